@@ -1,0 +1,116 @@
+"""The `seda` command: parses arguments, calls the library, maps errors to exit codes.
+
+Exit codes: 0 success, 1 the run failed, 2 the user's input is wrong (bad graph file or
+arguments), 130 interrupted. Only this module prints tracebacks-free error lines and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from seda import __version__
+from seda.errors import RunError, SpecError
+from seda.graph import Checked, check_file
+from seda.render import FORMATS
+from seda.spec import GraphSpec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _summary(file: str, checked: Checked) -> str:
+    spec = checked.spec
+    workers = sum(s.workers for s in spec.stages.values())
+    if spec.acceptor is not None:
+        front = f"{spec.acceptor.protocol} service on {spec.acceptor.listen}"
+    else:
+        front = "pipeline"
+    return (f"{file}: ok: graph '{spec.name}', {len(spec.stages)} stage(s), {workers} "
+            f"worker(s), {front}, model {spec.model}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for file in args.files:
+        try:
+            checked = check_file(file, imports=not args.no_imports)
+        except SpecError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        for warning in checked.warnings:
+            print(warning, file=sys.stderr)
+        print(_summary(file, checked))
+    return status
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    checked = check_file(args.file, imports=False)
+    text = FORMATS[args.format](checked.spec)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    schema = GraphSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "seda graph"
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seda", description="Run staged (SEDA) network services and pipelines.")
+    parser.add_argument("--version", action="version", version=f"seda {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("validate", help="check graph files (fields, topology, handlers)",
+                            description="Check graph files: fields, topology and handler "
+                                        "imports. Exit 0 if all are valid, 2 otherwise.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--no-imports", action="store_true",
+                   help="do not import handlers (skip running user code)")
+    p.set_defaults(func=cmd_validate)
+
+    p = commands.add_parser("graph", help="draw a graph's topology (text, dot, svg, json)",
+                            description="Draw the static topology of a graph file.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", "-f", choices=sorted(FORMATS), default="text")
+    p.add_argument("--output", "-o", metavar="OUT", help="write to OUT instead of stdout")
+    p.set_defaults(func=cmd_graph)
+
+    p = commands.add_parser("schema", help="print the JSON Schema of graph files",
+                            description="Print the JSON Schema of graph files (for editors).")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except RunError as exc:
+        print(f"seda: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The Python front end (a builder) and the whole-file check both front ends share.
+
+`Graph("shop").acceptor(...).stage(...).build()` gives the same GraphSpec as the YAML file
+declaring the same graph; `to_yaml` writes either back out. Errors from the builder point at
+the line of the Python call that declared the field.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seda import topology
+from seda.errors import Problem, SpecError
+from seda.handler import check_imports
+from seda.loader import FieldPath, LineMap, load_file, spec_from_data
+from seda.spec import GraphSpec
+
+
+def handler_ref(handler: str | Callable[..., Any]) -> str:
+    """A callable -> its 'module:qualname' import string (workers import it by name)."""
+    if isinstance(handler, str):
+        return handler
+    module = getattr(handler, "__module__", None)
+    qualname = getattr(handler, "__qualname__", "")
+    if not module or "<" in qualname:
+        raise SpecError([Problem(f"handler {handler!r} must be defined at module level so "
+                                 f"worker processes can import it")])
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is None or not spec.name:
+            raise SpecError([Problem(f"handler '{qualname}' is defined in a script; put it in "
+                                     f"a module (or run the script with python -m) so worker "
+                                     f"processes can import it")])
+        module = spec.name
+    return f"{module}:{qualname}"
+
+
+def _user_line() -> int:
+    """The line of user code that called a builder method (which called `_mark`)."""
+    return sys._getframe(3).f_lineno
+
+
+class Graph:
+    """Builder for a GraphSpec. Each method returns the builder, so calls chain."""
+
+    def __init__(self, name: str, *, description: str = "", model: str = "seda") -> None:
+        frame = sys._getframe(1)
+        self._lines = LineMap(frame.f_code.co_filename)
+        self._lines.lines[()] = frame.f_lineno
+        self._data: dict[str, Any] = {"name": name, "stages": {}}
+        if description:
+            self._data["description"] = description
+        if model != "seda":
+            self._data["model"] = model
+
+    def _mark(self, path: FieldPath, fields: dict[str, Any]) -> None:
+        line = _user_line()
+        self._lines.lines[path] = line
+        for key in fields:
+            self._lines.lines[(*path, key)] = line
+
+    def acceptor(self, entry: str, **fields: Any) -> Graph:
+        """The network front door: `entry` stage, plus listen, protocol, limits, ..."""
+        self._mark(("acceptor",), {"entry": entry, **fields})
+        self._data["acceptor"] = {"entry": entry, **fields}
+        return self
+
+    def source(self, handler: str | Callable[..., Any], to: list[str], **options: Any) -> Graph:
+        """The input of a finite pipeline; `options` reach the source callable."""
+        body: dict[str, Any] = {"handler": handler_ref(handler), "to": to}
+        if options:
+            body["options"] = options
+        self._mark(("source",), body)
+        self._data["source"] = body
+        return self
+
+    def stage(self, name: str, handler: str | Callable[..., Any], **fields: Any) -> Graph:
+        """One stage; fields as in YAML (workers, to, sink, pool, options, ...)."""
+        path: FieldPath = ("stages", name)
+        if name in self._data["stages"]:
+            first = self._lines.lines[path]
+            raise SpecError([Problem(f"duplicate stage name '{name}' (first on line {first})",
+                                     self._lines.file, sys._getframe(1).f_lineno,
+                                     f"stages.{name}")])
+        self._mark(path, fields)
+        self._data["stages"][name] = {"handler": handler_ref(handler), **fields}
+        return self
+
+    def settings(self, **fields: Any) -> Graph:
+        self._mark(("settings",), fields)
+        self._data["settings"] = fields
+        return self
+
+    def build(self) -> GraphSpec:
+        """Validate fields and topology; raise SpecError listing every error."""
+        spec = spec_from_data(self._data, self._lines)
+        errors = [p for p in topology.check(spec, self._lines) if p.severity == "error"]
+        if errors:
+            raise SpecError(errors)
+        return spec
+
+
+def to_yaml(spec: GraphSpec) -> str:
+    """Write a spec as YAML, leaving out fields that hold their defaults."""
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    data["name"] = spec.name
+    data["stages"] = {n: s.model_dump(mode="json", exclude_defaults=True)
+                      for n, s in spec.stages.items()}
+    text: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    return text
+
+
+@dataclass
+class Checked:
+    """A graph file after every check: the spec, and the warnings that did not stop it."""
+
+    spec: GraphSpec
+    lines: LineMap
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def check_file(path: str | Path, *, imports: bool = True) -> Checked:
+    """Load, validate fields and topology, and (optionally) import handlers. Raises SpecError."""
+    spec, lines = load_file(path)
+    problems = topology.check(spec, lines)
+    if imports and not any(p.severity == "error" for p in problems):
+        search = [str(Path(path).resolve().parent), str(Path.cwd())]
+        problems += check_imports(spec, lines, search)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise SpecError(errors)
+    return Checked(spec, lines, [p for p in problems if p.severity == "warning"])

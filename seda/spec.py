@@ -1,0 +1,157 @@
+"""The graph spec: pydantic models of what a user declares (no IO, no topology checks here).
+
+Field-level rules live here (types, ranges, formats); rules that span fields or stages
+(routes, reachability, cycles, pools) live in `seda.topology`. Unknown fields are errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Model = Literal["seda", "amped", "sped", "symped", "mp"]
+Protocol = Literal["http", "line", "length", "resp"]
+
+MODELS: tuple[str, ...] = ("seda", "amped", "sped", "symped", "mp")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]+)*$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split 'HOST:PORT' (or '[v6]:PORT') into its parts; ValueError says what was expected."""
+    expected = f"expected HOST:PORT with a port from 0 to 65535, got '{value}'"
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(expected)
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(expected)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"expected an IPv6 address in brackets, got '[{host}]'") from None
+    elif not _HOST_RE.match(host):
+        raise ValueError(f"expected a host name or IP address before ':', got '{host}'")
+    return host, port
+
+
+class Limits(_Spec):
+    """Acceptor limits; each has a clear answer when exceeded (see docs/acceptor.md)."""
+
+    max_connections: int = Field(10_000, ge=1, le=1_000_000)
+    max_request_bytes: int = Field(1 << 20, ge=64)
+    max_header_bytes: int = Field(64 << 10, ge=256)
+    max_inflight: int = Field(64, ge=1, le=65_536)
+    header_timeout: float = Field(10.0, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    request_timeout: float = Field(30.0, gt=0)
+
+
+class AcceptorSpec(_Spec):
+    """The SPED front door: where it listens, which protocol it speaks, where requests go."""
+
+    entry: str
+    listen: str = "127.0.0.1:8080"
+    protocol: Protocol = "http"
+    backlog: int = Field(1024, ge=1, le=65_535)
+    nodelay: bool = True
+    reuseport: bool = False
+    defer_accept: int = Field(0, ge=0, le=3600)
+    linger: int | None = Field(None, ge=0, le=3600)
+    congestion: str | None = None
+    limits: Limits = Limits()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+def _check_handler(value: str) -> str:
+    if not HANDLER_RE.match(value):
+        raise ValueError(f"expected an import string 'module:attribute', got '{value}'")
+    return value
+
+
+class SourceSpec(_Spec):
+    """The input of a finite pipeline: a callable(options) returning an iterable of payloads."""
+
+    handler: str
+    to: list[str] = Field(min_length=1)
+    options: dict[str, Any] = {}
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, value: str) -> str:
+        return _check_handler(value)
+
+
+class StageSpec(_Spec):
+    """One stage: a handler run by a pool of worker processes, and where its output goes."""
+
+    handler: str
+    workers: int = Field(1, ge=1, le=256)
+    prefetch: int = Field(8, ge=1, le=10_000)
+    queue: int | None = Field(None, ge=1, le=10_000_000)
+    to: list[str] = []
+    sink: bool = False
+    pool: str | None = None
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    options: dict[str, Any] = {}
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, value: str) -> str:
+        return _check_handler(value)
+
+
+class Restarts(_Spec):
+    """Restart intensity (Erlang/OTP): more than `max` restarts within `within` s fails the run."""
+
+    max: int = Field(10, ge=0, le=10_000)
+    within: float = Field(10.0, gt=0)
+
+
+class Settings(_Spec):
+    """Graph-wide settings."""
+
+    dead_letter: str = "dead-letter.jsonl"
+    max_attempts: int = Field(3, ge=1, le=100)
+    allow_cycles: bool = False
+    drain_timeout: float = Field(10.0, ge=0)
+    max_message_bytes: int = Field(16 << 20, ge=1024)
+    restarts: Restarts = Restarts()
+
+
+class GraphSpec(_Spec):
+    """A whole application: stages plus an acceptor (a service) or a source (a pipeline)."""
+
+    name: str = Field(pattern=NAME_RE.pattern)
+    description: str = ""
+    model: Model = "seda"
+    acceptor: AcceptorSpec | None = None
+    source: SourceSpec | None = None
+    stages: dict[str, StageSpec] = Field(min_length=1)
+    settings: Settings = Settings()
+
+    def entries(self) -> list[str]:
+        """The stages that receive work from outside (acceptor entry or source routes)."""
+        if self.acceptor is not None:
+            return [self.acceptor.entry]
+        return list(self.source.to) if self.source is not None else []
+
+    @property
+    def is_service(self) -> bool:
+        return self.acceptor is not None

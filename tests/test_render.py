@@ -1,0 +1,82 @@
+"""Static drawings: text, DOT, SVG and JSON describe the same nodes and edges."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from seda.graph import Graph, check_file
+from seda.render import layout, to_dot, to_json, to_svg, to_text
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def pipeline(root: Path):  # type: ignore[no-untyped-def]
+    return check_file(root / "graphs" / "pipeline.yaml").spec
+
+
+EDGES = {("@source", "tokenize"), ("tokenize", "normalize"), ("tokenize", "measure"),
+         ("normalize", "count"), ("measure", "count")}
+
+
+def test_json_lists_every_node_and_edge(root: Path) -> None:
+    doc = json.loads(to_json(pipeline(root)))
+    assert {n["id"] for n in doc["nodes"]} == {"@source", "tokenize", "normalize", "measure",
+                                               "count"}
+    assert {(e["from"], e["to"]) for e in doc["edges"]} == EDGES
+    layers = {n["id"]: n["layer"] for n in doc["nodes"]}
+    assert layers == {"@source": 0, "tokenize": 1, "normalize": 2, "measure": 2, "count": 3}
+    assert {n["id"]: n["workers"] for n in doc["nodes"]}["normalize"] == 2
+
+
+def test_svg_is_well_formed_with_a_box_per_node_and_a_path_per_edge(root: Path) -> None:
+    svg = ET.fromstring(to_svg(pipeline(root)))
+    nodes = svg.findall(f"{SVG}g[@class='node']")
+    edges = svg.findall(f"{SVG}path[@class='edge']")
+    assert {n.get("data-id") for n in nodes} == {"@source", "tokenize", "normalize", "measure",
+                                                 "count"}
+    assert {(e.get("data-from"), e.get("data-to")) for e in edges} == EDGES
+    boxes = [n.find(f"{SVG}rect") for n in nodes]
+    corners = {(b.get("x"), b.get("y")) for b in boxes if b is not None}
+    assert len(corners) == 5, "no two boxes drawn on top of each other"
+
+
+def test_svg_draws_fused_pools(root: Path) -> None:
+    spec = check_file(root / "graphs" / "shop.yaml").spec
+    svg = ET.fromstring(to_svg(spec))
+    assert [g.get("data-id") for g in svg.findall(f"{SVG}g[@class='pool']")] == ["front"]
+
+
+def test_dot_has_edges_and_pool_clusters(root: Path) -> None:
+    dot = to_dot(check_file(root / "graphs" / "shop.yaml").spec)
+    assert dot.startswith('digraph "shop" {')
+    assert '"parse" -> "checkout";' in dot
+    assert 'subgraph "cluster_front"' in dot
+
+
+def test_text_names_routes_and_roles(root: Path) -> None:
+    text = to_text(pipeline(root))
+    assert "tokenize   [2 workers] -> normalize, measure" in text
+    assert "count      [1 worker · sink]" in text
+
+
+def test_allowed_cycle_is_drawn_with_a_back_edge() -> None:
+    spec = (Graph("loop").acceptor("a")
+            .stage("a", "stages.hello:handle", to=["b"])
+            .stage("b", "stages.hello:handle", to=["a", "c"])
+            .stage("c", "stages.hello:handle")
+            .settings(allow_cycles=True)).build()
+    lay = layout(spec)
+    assert [(u, v) for u, v, back in lay.edges if back] == [("b", "a")]
+
+
+def test_cli_writes_svg_file(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shop.svg"
+    done = subprocess.run([sys.executable, "-m", "seda.cli", "graph", "graphs/shop.yaml",
+                           "-f", "svg", "-o", str(out)], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ET.parse(out).getroot().tag == f"{SVG}svg"
