@@ -59,7 +59,7 @@ def layout(spec: GraphSpec) -> Layout:
     front, kind, detail = _front_detail(spec)
     back = _back_edges(graph, front if front in graph else next(iter(spec.stages)))
     edges = [(u, v, (u, v) in back) for u, v in graph.edges]
-    forward = nx.DiGraph([(u, v) for u, v, b in edges if not b])
+    forward: nx.DiGraph[Any] = nx.DiGraph([(u, v) for u, v, b in edges if not b])
     forward.add_nodes_from(graph)
     order = {n: i for i, n in enumerate(nx.topological_sort(forward))}
     layer = {n: 0 for n in graph}
