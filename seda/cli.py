@@ -66,6 +66,33 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _workers(text: str) -> tuple[str, int]:
+    name, sep, count = text.partition("=")
+    if not sep or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"expected STAGE=N, got '{text}'")
+    return name, int(count)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from seda.supervisor import RunOptions, Supervisor
+
+    checked = check_file(args.file, imports=True)
+    for warning in checked.warnings:
+        print(warning, file=sys.stderr)
+    spec = checked.spec
+    if spec.acceptor is not None:
+        raise RunError("serving graphs with an acceptor is not implemented yet (issue 4); "
+                       "pipelines with a 'source' run today")
+    options = RunOptions(model=args.model, workers=dict(args.workers or []),
+                         output=str(Path(args.output).resolve()) if args.output else "",
+                         progress=not args.no_progress and sys.stderr.isatty(),
+                         base_dir=str(Path.cwd()),
+                         search_path=[str(Path(args.file).resolve().parent), str(Path.cwd())])
+    outcome = Supervisor(spec, options).run()
+    print(f"seda: {outcome.summary}", file=sys.stderr)
+    return outcome.code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seda", description="Run staged (SEDA) network services and pipelines.")
@@ -90,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("schema", help="print the JSON Schema of graph files",
                             description="Print the JSON Schema of graph files (for editors).")
     p.set_defaults(func=cmd_schema)
+
+    p = commands.add_parser("run", help="run a graph (supervisor, workers, queues)",
+                            description="Run a graph: a pipeline runs to the end of its "
+                                        "source and prints its results.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--model", choices=["seda", "amped", "sped", "symped", "mp"],
+                   help="deploy under this server model (default: the graph's)")
+    p.add_argument("--workers", type=_workers, action="append", metavar="STAGE=N",
+                   help="override a stage's (or pool's) worker count; repeatable")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="append pipeline results (JSON lines) to FILE instead of stdout")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -1,0 +1,45 @@
+"""Entry point of every child process: `python -m seda.child PLAN NAME SUPERVISOR_PID`.
+
+A fresh interpreter per child (no fork, nothing inherited but the environment): it reads the
+plan, dies with its supervisor, imports the handlers and runs its role.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO
+
+from seda.handler import HandlerImportError, resolve
+from seda.node import die_with_parent
+from seda.plan import Plan
+
+
+def main(argv: list[str]) -> int:
+    plan_path, name, parent = argv[1], argv[2], int(argv[3])
+    die_with_parent(parent)
+    plan = Plan.from_json(Path(plan_path).read_text(encoding="utf-8"))
+    sys.path[:0] = [p for p in plan.search_path if p not in sys.path]
+    role = plan.procs[name].role
+    try:
+        if role == "worker":
+            from seda.worker import Worker
+
+            Worker(plan, name, parent, resolve).run()
+        elif role == "source":
+            from seda.source import Source
+
+            out: IO[str] | None = open(plan.output, "a", encoding="utf-8") if plan.output \
+                else None
+            Source(plan, name, parent, resolve, out).run()
+        else:
+            print(f"seda: {name}: role '{role}' cannot run yet", file=sys.stderr)
+            return 3
+    except HandlerImportError as exc:
+        print(f"seda: {name}: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,273 @@
+"""The sans-IO stage core: a batch of envelopes in, emits / results / failures out.
+
+Knows nothing of sockets or processes: the zmq worker drives it today; inline (`sped`, `mp`)
+execution can drive the same object. Stages fused into one pool call each other directly
+through a local FIFO (no serialisation, no recursion, so allowed cycles cannot blow the stack).
+
+Theory of operation: each input envelope is processed atomically. Everything it causes -- the
+handler's return value, `ctx.emit`, `ctx.reply`, and whatever fused stages do with those -- is
+collected in a `Group`. If any handler raises, the group's outputs are thrown away and the
+input is reported failed; a retry regenerates the same outputs with the same (deterministic)
+ids, so a receiver can recognise a duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from seda.envelope import DEADLINE, ID, ORIGIN, PAYLOAD, Envelope, child_id, packable
+from seda.flow import SeenIds
+from seda.spec import GraphSpec
+
+
+class HandlerUsageError(Exception):
+    """A handler used the API wrongly (emit to a stage it has no route to, ...)."""
+
+
+@dataclass(slots=True)
+class Group:
+    """Inputs processed together and everything they caused."""
+
+    inputs: list[Envelope]
+    emits: list[tuple[str, Envelope]] = field(default_factory=list)  # to other pools
+    results: list[tuple[str, int, Any]] = field(default_factory=list)  # (origin, id, payload)
+    error: tuple[str, str] | None = None  # (message, traceback)
+
+
+@dataclass(slots=True)
+class StageStats:
+    received: int = 0
+    completed: int = 0
+    errors: int = 0
+    emitted: int = 0
+    results: int = 0
+    duplicates: int = 0
+    expired: int = 0
+    busy: float = 0.0
+
+
+class Context:
+    """What a handler sees as `ctx`: its options, and emit/reply for the current message."""
+
+    __slots__ = ("_core", "_env", "_group", "_n", "options", "stage", "worker")
+
+    def __init__(self, core: StageCore, stage: str, options: dict[str, Any]) -> None:
+        self._core, self.stage, self.options = core, stage, options
+        self.worker = core.worker
+        self._env: Envelope = [0, "", 1, 0.0, None]
+        self._group = Group([])
+        self._n = 0
+
+    @property
+    def request_id(self) -> int:
+        return int(self._env[ID])
+
+    @property
+    def attempt(self) -> int:
+        return int(self._env[2])
+
+    def emit(self, stage: str, payload: Any) -> None:
+        """Send `payload` to `stage`, which must be one of this stage's routes."""
+        if stage not in self._core.routes[self.stage]:
+            routes = ", ".join(self._core.routes[self.stage]) or "none"
+            raise HandlerUsageError(f"stage '{self.stage}' has no route to '{stage}' "
+                                    f"(its routes: {routes})")
+        self._core._emit(self, stage, payload)
+
+    def reply(self, payload: Any) -> None:
+        """Answer the origin of this message (the client, or the pipeline's output)."""
+        self._core._result(self, payload)
+
+
+class _Runner:
+    """One stage's handler, called the way it wants to be called."""
+
+    __slots__ = ("batch", "call", "ctx", "obj", "returns")
+
+    def __init__(self, obj: Any, ctx: Context, returns: str) -> None:
+        self.obj, self.ctx, self.returns = obj, ctx, returns
+        target = obj() if isinstance(obj, type) else obj
+        self.obj = target
+        self.batch: Callable[..., Any] | None = getattr(target, "handle_batch", None)
+        self.call: Callable[..., Any] = getattr(target, "handle", target)
+
+
+def return_route(spec: GraphSpec, stage: str) -> str:
+    """Where a handler's return value goes: '->next', 'reply', 'result', 'drop' or 'error'."""
+    s = spec.stages[stage]
+    if len(s.to) == 1:
+        return "->" + s.to[0]
+    if s.to:
+        return "error"
+    if s.sink:
+        return "result" if not spec.is_service else "drop"
+    return "reply"
+
+
+class StageCore:
+    """Runs the stages of one pool for one worker. `resolve` turns import strings into
+    objects (injected so tests can pass plain functions)."""
+
+    def __init__(self, spec: GraphSpec, stages: Iterable[str], worker: int,
+                 resolve: Callable[[str], Any], clock: Callable[[], float] = time.time,
+                 dedup_window: int = 1 << 18) -> None:
+        self.spec, self.worker, self.clock = spec, worker, clock
+        self.local = tuple(stages)
+        self.routes = {s: tuple(spec.stages[s].to) for s in spec.stages}
+        self.stats = {s: StageStats() for s in self.local}
+        self.runners = {s: _Runner(resolve(spec.stages[s].handler),
+                                   Context(self, s, dict(spec.stages[s].options)),
+                                   return_route(spec, s)) for s in self.local}
+        self.sinks = {s for s in self.local if spec.stages[s].sink}
+        self.seen = SeenIds(dedup_window)
+        self._pending: deque[tuple[str, Envelope]] = deque()
+        self._running = ""
+
+    # ---------------------------------------------------------------- lifecycle
+    def setup(self) -> None:
+        for runner in self.runners.values():
+            if hasattr(runner.obj, "setup"):
+                runner.obj.setup(runner.ctx)
+
+    def teardown(self) -> None:
+        for runner in self.runners.values():
+            if hasattr(runner.obj, "teardown"):
+                runner.obj.teardown(runner.ctx)
+
+    def finish(self) -> list[tuple[str, Any]]:
+        """End of a pipeline: each sink's `finish(ctx)` value, as (stage, value)."""
+        out = []
+        for stage in self.sinks:
+            runner = self.runners[stage]
+            if hasattr(runner.obj, "finish"):
+                value = runner.obj.finish(runner.ctx)
+                if value is not None:
+                    out.append((stage, value))
+        return out
+
+    # ---------------------------------------------------------------- processing
+    def process(self, stage: str, batch: list[Envelope]) -> list[Group]:
+        """Run `batch` (all for `stage`, from outside this pool). One Group per input, or one
+        for the whole batch when the handler takes batches."""
+        stats = self.stats[stage]
+        stats.received += len(batch)
+        batch = self._fresh(stage, batch)
+        if not batch:
+            return []
+        started = time.perf_counter()
+        runner = self.runners[stage]
+        self._running = ""
+        if runner.batch is not None:
+            groups = [self._run_batch(stage, runner, batch)]
+        else:
+            groups = [self._run_one(stage, env) for env in batch]
+        stats.busy += time.perf_counter() - started
+        return groups
+
+    def _fresh(self, stage: str, batch: list[Envelope]) -> list[Envelope]:
+        """Drop expired messages, and duplicates at sinks (a re-run upstream re-sends)."""
+        now = self.clock()
+        stats = self.stats[stage]
+        keep = []
+        for env in batch:
+            if env[DEADLINE] and env[DEADLINE] < now:
+                stats.expired += 1
+            elif stage in self.sinks and not self.seen.first_time(env[ID]):
+                stats.duplicates += 1
+            else:
+                keep.append(env)
+        return keep
+
+    def _run_one(self, stage: str, env: Envelope) -> Group:
+        group = Group([env])
+        try:
+            self._call(stage, env, group)
+            self._drain_local(group)
+        except Exception as exc:
+            self._fail(stage, group, exc)
+        return group
+
+    def _run_batch(self, stage: str, runner: _Runner, batch: list[Envelope]) -> Group:
+        group = Group(batch)
+        ctx = runner.ctx
+        ctx._env, ctx._group, ctx._n = batch[0], group, 0
+        self._running = stage
+        try:
+            assert runner.batch is not None
+            values = runner.batch([env[PAYLOAD] for env in batch], ctx)
+            if values is not None:
+                for env, value in zip(batch, values, strict=True):
+                    ctx._env = env
+                    self._route_return(stage, ctx, value)
+            self.stats[stage].completed += len(batch)
+            self._drain_local(group)
+        except Exception as exc:
+            self._fail(stage, group, exc)
+        return group
+
+    def _call(self, stage: str, env: Envelope, group: Group) -> None:
+        runner = self.runners[stage]
+        ctx = runner.ctx
+        ctx._env, ctx._group, ctx._n = env, group, 0
+        self._running = stage
+        value = runner.call(env[PAYLOAD], ctx)
+        self._route_return(stage, ctx, value)
+        self.stats[stage].completed += 1
+
+    def _route_return(self, stage: str, ctx: Context, value: Any) -> None:
+        if value is None:
+            return
+        route = self.runners[stage].returns
+        if route.startswith("->"):
+            self._emit(ctx, route[2:], value)
+        elif route == "reply" or route == "result":
+            self._result(ctx, value)
+        elif route == "error":
+            raise HandlerUsageError(f"stage '{stage}' returned a value but has several routes; "
+                                    f"use ctx.emit(stage, payload) to choose one")
+
+    def _emit(self, ctx: Context, stage: str, payload: Any) -> None:
+        env = ctx._env
+        child = [child_id(env[ID], ctx._n), env[ORIGIN], 1, env[DEADLINE], payload]
+        ctx._n += 1
+        self.stats[ctx.stage].emitted += 1
+        if stage in self.runners:
+            self._pending.append((stage, child))
+        else:
+            why = packable(payload)
+            if why is not None:
+                raise HandlerUsageError(f"stage '{ctx.stage}' emitted a payload msgpack cannot "
+                                        f"carry to '{stage}': {why}")
+            ctx._group.emits.append((stage, child))
+
+    def _result(self, ctx: Context, payload: Any) -> None:
+        env = ctx._env
+        why = packable(payload)
+        if why is not None:
+            raise HandlerUsageError(f"stage '{ctx.stage}' replied with a payload msgpack "
+                                    f"cannot carry: {why}")
+        result_id = env[ID] if self.spec.is_service else child_id(env[ID], ctx._n)
+        ctx._n += 1
+        self.stats[ctx.stage].results += 1
+        ctx._group.results.append((env[ORIGIN], result_id, payload))
+
+    def _drain_local(self, group: Group) -> None:
+        """Run what fused stages emitted to each other, first in first out."""
+        while self._pending:
+            stage, env = self._pending.popleft()
+            self.stats[stage].received += 1
+            self._call(stage, env, group)
+
+    def _fail(self, stage: str, group: Group, exc: Exception) -> None:
+        failed_in = self._running or stage
+        self._pending.clear()
+        self.stats[failed_in].errors += 1
+        group.emits.clear()
+        group.results.clear()
+        message = f"{failed_in}: {type(exc).__name__}: {exc}"
+        group.error = (message, "".join(traceback.format_exception(exc)))

@@ -1,0 +1,230 @@
+"""Credit-based, load-aware flow between processes, and the bookkeeping that makes it lossless.
+
+Pure (clock injected); the node shell moves the bytes. Two pieces:
+
+`Dispatcher` -- one per downstream pool, in every sender. Each worker grants the sender a
+window (its prefetch); the sender keeps every message it sent until the worker says DONE, so
+when the supervisor reports the worker dead, those messages go out again (attempt + 1). Work
+goes to the least-loaded worker with credit, and never to a *stalled* one (its oldest
+message has waited far longer than the pool's usual round trip) while another can take it:
+a worker stuck on a 2 s message does not collect a queue behind it.
+
+`Tracker` -- a worker reports an input DONE only once every output of that input has been
+RECEIVED by the next process. Until then the input stays pending upstream, so a worker killed
+with outputs still in its socket buffers loses nothing: its input is simply run again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from seda.envelope import ATTEMPT, ID, Envelope
+
+Pending = tuple[str, Envelope, float]  # (stage, envelope, sent at)
+
+
+@dataclass(slots=True)
+class Link:
+    """The sender's view of one worker."""
+
+    name: str
+    window: int = 0
+    up: bool = False
+    pid: int = 0  # incarnation that granted the window
+    pending: dict[int, Pending] = field(default_factory=dict)  # insertion order = age order
+
+    def available(self) -> int:
+        return self.window - len(self.pending) if self.up else 0
+
+    def oldest_age(self, now: float) -> float:
+        if not self.pending:
+            return 0.0
+        return now - next(iter(self.pending.values()))[2]
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    stage: str
+    env: Envelope
+    error: str
+    traceback: str = ""
+
+
+class Dispatcher:
+    """Queue, credit and pending messages for the workers of one pool."""
+
+    STALL_FLOOR = 0.05  # s: never call a worker stalled sooner than this
+    STALL_FACTOR = 8.0  # x the pool's smoothed round trip
+
+    def __init__(self, pool: str, workers: list[str], max_attempts: Callable[[str], int],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pool, self.clock, self.max_attempts = pool, clock, max_attempts
+        self.links = {w: Link(w) for w in workers}
+        self.queue: deque[tuple[str, Envelope]] = deque()
+        self.rtt = 0.0
+        self.sent = 0
+        self._turn = 0
+
+    # ------------------------------------------------------------ state from the network
+    def grant(self, worker: str, window: int, pid: int = 0) -> list[DeadLetter]:
+        """A worker grants its window. A new incarnation (pid) means the old one died, even
+        if the supervisor's word of it has not arrived yet."""
+        link = self.links[worker]
+        dead = self.down(worker, link.pid) if pid and link.pid and pid != link.pid else []
+        link.window, link.up, link.pid = window, True, pid or link.pid
+        return dead
+
+    def down(self, worker: str, pid: int = 0) -> list[DeadLetter]:
+        """The worker died: everything it held goes out again, or to the dead letters.
+        A report about an older incarnation than the one we know is ignored."""
+        link = self.links[worker]
+        if pid and link.pid and pid != link.pid:
+            return []
+        link.up, link.window = False, 0
+        back = list(link.pending.values())
+        link.pending.clear()
+        dead = []
+        for stage, env, _ in reversed(back):
+            env[ATTEMPT] += 1
+            if env[ATTEMPT] > self.max_attempts(stage):
+                dead.append(DeadLetter(stage, env, f"worker {worker} died while holding it"))
+            else:
+                self.queue.appendleft((stage, env))
+        return dead
+
+    def unreachable(self, worker: str, batch: list[Pending]) -> None:
+        """A send failed (the peer is not connected): take the batch back, wait for credit."""
+        link = self.links[worker]
+        link.up = False
+        for stage, env, _ in reversed(batch):
+            link.pending.pop(env[ID], None)
+            self.queue.appendleft((stage, env))
+
+    def done(self, worker: str, ids: list[int]) -> int:
+        link = self.links.get(worker)
+        if link is None:
+            return 0
+        now, released = self.clock(), 0
+        for msg_id in ids:
+            entry = link.pending.pop(msg_id, None)
+            if entry is not None:
+                released += 1
+                sample = now - entry[2]
+                self.rtt = sample if self.rtt == 0.0 else 0.9 * self.rtt + 0.1 * sample
+        return released
+
+    def failed(self, worker: str, msg_id: int, error: str, tb: str) -> DeadLetter | None:
+        """The handler raised: retry elsewhere, or give up after max_attempts."""
+        link = self.links.get(worker)
+        entry = link.pending.pop(msg_id, None) if link else None
+        if entry is None:
+            return None
+        stage, env, _ = entry
+        env[ATTEMPT] += 1
+        if env[ATTEMPT] > self.max_attempts(stage):
+            return DeadLetter(stage, env, error, tb)
+        self.queue.append((stage, env))
+        return None
+
+    # ------------------------------------------------------------ sending
+    def submit(self, stage: str, env: Envelope) -> None:
+        self.queue.append((stage, env))
+
+    def in_flight(self) -> int:
+        return sum(len(link.pending) for link in self.links.values())
+
+    def stalled(self, link: Link, now: float) -> bool:
+        limit = max(self.STALL_FLOOR, self.STALL_FACTOR * self.rtt)
+        return link.oldest_age(now) > limit
+
+    def dispatch(self) -> dict[str, list[Pending]]:
+        """Assign queued messages to workers; returns worker -> batch to send now."""
+        out: dict[str, list[Pending]] = {}
+        if not self.queue:
+            return out
+        now = self.clock()
+        healthy = [lk for lk in self.links.values() if lk.up and not self.stalled(lk, now)]
+        pool = healthy or [lk for lk in self.links.values() if lk.up]
+        ready = [lk for lk in pool if lk.available() > 0]
+        while self.queue and ready:
+            ready.sort(key=lambda lk: len(lk.pending))
+            share = math.ceil(len(self.queue) / len(ready))
+            link = ready[self._turn % len(ready)] if len({len(r.pending) for r in ready}) == 1 \
+                else ready[0]
+            self._turn += 1
+            count = min(link.available(), share)
+            batch = out.setdefault(link.name, [])
+            for _ in range(count):
+                stage, env = self.queue.popleft()
+                entry = (stage, env, now)
+                link.pending[env[ID]] = entry
+                batch.append(entry)
+            self.sent += count
+            ready = [lk for lk in ready if lk.available() > 0]
+        return out
+
+
+@dataclass(slots=True)
+class _Group:
+    inputs: list[tuple[str, int]]  # (sender, input id)
+    remaining: int
+
+
+class Tracker:
+    """Inputs whose outputs are not yet RECEIVED downstream (so not yet DONE upstream)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[int, _Group] = {}
+        self._waiting: dict[int, int] = {}  # output id -> group key
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def add(self, inputs: list[tuple[str, int]], outputs: list[int]) -> list[tuple[str, int]]:
+        """Register a processed group; returns the inputs that are DONE right away."""
+        fresh = [o for o in outputs if o not in self._waiting]
+        if not fresh:
+            return inputs
+        key = self._next
+        self._next += 1
+        self._groups[key] = _Group(inputs, len(fresh))
+        for output in fresh:
+            self._waiting[output] = key
+        return []
+
+    def received(self, outputs: list[int]) -> list[tuple[str, int]]:
+        """Outputs arrived downstream; returns inputs that are now DONE."""
+        done: list[tuple[str, int]] = []
+        for output in outputs:
+            key = self._waiting.pop(output, None)
+            if key is None:
+                continue
+            group = self._groups[key]
+            group.remaining -= 1
+            if group.remaining == 0:
+                del self._groups[key]
+                done.extend(group.inputs)
+        return done
+
+
+class SeenIds:
+    """The last `window` message ids seen, to drop duplicates that re-runs upstream cause."""
+
+    def __init__(self, window: int = 1 << 18) -> None:
+        self._set: set[int] = set()
+        self._order: deque[int] = deque()
+        self._window = window
+
+    def first_time(self, msg_id: int) -> bool:
+        if msg_id in self._set:
+            return False
+        self._set.add(msg_id)
+        self._order.append(msg_id)
+        if len(self._order) > self._window:
+            self._set.discard(self._order.popleft())
+        return True

@@ -1,0 +1,304 @@
+"""The IO shell every data-plane process shares: mailboxes, credit, acks, control, stats.
+
+Resource handling: each process binds one ROUTER inbox at its ipc endpoint (routing id = its
+name) and owns one ROUTER outbox (same routing id, ROUTER_MANDATORY) connected to every peer
+it sends to. Every frame is [sender, kind, body]. A fresh zmq Context is made here, in the
+child, never inherited.
+
+Error handling: malformed frames are counted and dropped; a send to a peer that is not
+connected takes the messages back (they stay pending and go out again when the peer grants
+credit); the supervisor's CONTROL `peer_down` re-dispatches what a dead worker held.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+from setproctitle import setproctitle
+
+from seda import deadletter
+from seda.envelope import (
+    ACK,
+    CONTROL,
+    CREDIT,
+    DATA,
+    FAIL,
+    HELLO,
+    ID,
+    RESULT,
+    STATUS,
+    Envelope,
+    pack,
+    unpack,
+)
+from seda.errors import ProtocolError
+from seda.flow import DeadLetter, Dispatcher, Pending, Tracker
+from seda.plan import SUPERVISOR, Plan
+
+RESULTS = "@results"
+HELLO_EVERY = 0.1
+STATS_EVERY = 0.5
+PARENT_CHECK_EVERY = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL us when the supervisor dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the periodic getppid() check still catches it
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class Node:
+    """Base of worker and source processes. Subclasses implement `step` and the hooks."""
+
+    def __init__(self, plan: Plan, name: str, parent: int) -> None:
+        self.plan, self.name, self.parent = plan, name, parent
+        self.me = plan.procs[name]
+        self.spec = plan.graph_spec()
+        self.limit = self.spec.settings.max_message_bytes + 4096
+        self.running = True
+        self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0}
+        self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
+        self.origin = plan.origin()
+        self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts)
+                            for p in self._downstream_pools()}
+        self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: 1 << 30)
+        self.results.grant(self.origin, 1 << 30)
+        self.tracker = Tracker()
+        self._acks: dict[str, tuple[list[int], list[int]]] = {}
+        self._fails: dict[str, list[list[Any]]] = {}
+        self._next_hello = self._next_stats = self._next_parent = 0.0
+        self.zmq = zmq.Context()
+        self.inbox = self._socket()
+        self.inbox.bind(self.me.endpoint)
+        self.outbox = self._socket()
+        self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        for peer in self.me.peers:
+            self.outbox.connect(plan.endpoint(peer))
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        sock = self.zmq.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        sock.setsockopt(zmq.SNDHWM, 0)  # credit bounds data; acks are bounded by data
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 1000)
+        return sock
+
+    def _downstream_pools(self) -> list[str]:
+        return sorted({self.plan.stage_pool[t] for t in self.targets()})
+
+    def targets(self) -> set[str]:
+        """Stages outside this process that this process sends to."""
+        return set()
+
+    def _max_attempts(self, stage: str) -> int:
+        own = self.spec.stages[stage].max_attempts
+        return own if own is not None else self.spec.settings.max_attempts
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        setproctitle(self.me.title)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.status({"op": "ready", "pid": os.getpid()})
+        try:
+            while self.running:
+                busy = self.has_work()
+                events = dict(self.poller.poll(0 if busy else 20))
+                if events:
+                    self._read_inbox()
+                self.step()
+                self.flush()
+                self._timers()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        self.inbox.close(linger=0)
+        self.outbox.close()
+        self.zmq.term()
+
+    def _read_inbox(self, most: int = 256) -> None:
+        for _ in range(most):
+            try:
+                sender_b, kind, body = self.inbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:  # not three frames
+                self.counters["malformed"] += 1
+                continue
+            try:
+                self.on_frame(sender_b.decode(), kind, body)
+            except (ProtocolError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+                self.counters["malformed"] += 1
+
+    def on_frame(self, sender: str, kind: bytes, body: bytes) -> None:
+        if kind == ACK:
+            received, done = unpack(body, self.limit)
+            self.on_received(received)
+            self._dispatcher_of(sender).done(sender, done)
+        elif kind == CREDIT:
+            window, pid = unpack(body, self.limit)
+            self.dead_letter(self._dispatcher_of(sender).grant(sender, int(window), int(pid)))
+        elif kind == FAIL:
+            dispatcher = self._dispatcher_of(sender)
+            letters = []
+            for msg_id, error, tb in unpack(body, self.limit):
+                letter = dispatcher.failed(sender, msg_id, error, tb)
+                if letter is not None:
+                    letters.append(letter)
+            self.dead_letter(letters)
+        elif kind == CONTROL:
+            self.on_control(unpack(body, self.limit))
+        else:
+            self.on_other(sender, kind, body)
+
+    def _dispatcher_of(self, sender: str) -> Dispatcher:
+        if sender == self.origin:
+            return self.results
+        return self.dispatchers[self.pool_of[sender]]
+
+    def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
+        self.counters["malformed"] += 1
+
+    def on_control(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "peer_down":
+            name = msg["name"]
+            if name in self.pool_of and self.pool_of[name] in self.dispatchers:
+                dispatcher = self.dispatchers[self.pool_of[name]]
+                self.dead_letter(dispatcher.down(name, int(msg.get("pid", 0))))
+            elif name == self.origin:
+                self.results.down(name)
+                self.results.grant(name, 1 << 30)
+        elif op == "probe":
+            self.status({"op": "probe", "wave": msg["wave"], "pending": self.pending(),
+                         "sent": self.sent_total(), **self.probe_extra()})
+        elif op == "stop":
+            self.stop()
+
+    def on_received(self, outputs: list[int]) -> None:
+        for sender, msg_id in self.tracker.received(outputs):
+            self.ack_done(sender, msg_id)
+
+    # ------------------------------------------------------------------ hooks
+    def has_work(self) -> bool:
+        return False
+
+    def step(self) -> None:
+        """Do local work (run handlers, read the source); subclasses override."""
+
+    def probe_extra(self) -> dict[str, Any]:
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------------ sending
+    def ack_received(self, sender: str, ids: Iterable[int]) -> None:
+        self._acks.setdefault(sender, ([], []))[0].extend(ids)
+
+    def ack_done(self, sender: str, msg_id: int) -> None:
+        self._acks.setdefault(sender, ([], []))[1].append(msg_id)
+
+    def fail(self, sender: str, msg_id: int, error: str, tb: str) -> None:
+        self._fails.setdefault(sender, []).append([msg_id, error, tb])
+
+    def submit_outputs(self, emits: list[tuple[str, Envelope]],
+                       results: list[tuple[str, int, Any]]) -> list[int]:
+        """Queue a group's outputs for sending; returns their ids (for the tracker)."""
+        ids = []
+        for stage, env in emits:
+            self.dispatchers[self.plan.stage_pool[stage]].submit(stage, env)
+            ids.append(env[ID])
+        for _origin, result_id, payload in results:
+            self.results.submit(RESULTS, [result_id, self.origin, 1, 0.0, payload])
+            ids.append(result_id)
+        return ids
+
+    def send(self, peer: str, kind: bytes, body: bytes) -> bool:
+        try:
+            self.outbox.send_multipart([peer.encode(), kind, body], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                self.counters["unreachable"] += 1
+                return False
+            raise
+
+    def status(self, msg: dict[str, Any]) -> None:
+        msg.setdefault("name", self.name)
+        self.send(SUPERVISOR, STATUS, pack(msg))
+
+    def flush(self) -> None:
+        for sender, (received, done) in self._acks.items():
+            self.send(sender, ACK, pack([received, done]))
+        self._acks.clear()
+        for sender, fails in self._fails.items():
+            self.send(sender, FAIL, pack(fails))
+        self._fails.clear()
+        for dispatcher in self.dispatchers.values():
+            for worker, batch in dispatcher.dispatch().items():
+                self._send_data(dispatcher, worker, batch)
+        for origin, batch in self.results.dispatch().items():
+            body = pack([[env[ID], env[4]] for _, env, _ in batch])
+            if not self.send(origin, RESULT, body):
+                self.results.unreachable(origin, batch)
+                self.results.grant(origin, 1 << 30)
+
+    def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
+        by_stage: dict[str, list[Envelope]] = {}
+        for stage, env, _ in batch:
+            by_stage.setdefault(stage, []).append(env)
+        for stage, envs in by_stage.items():
+            if not self.send(worker, DATA, pack([stage, envs])):
+                dispatcher.unreachable(worker, batch)
+                return
+
+    def dead_letter(self, letters: list[DeadLetter]) -> None:
+        if letters:
+            self.counters["dead_letters"] += len(letters)
+            deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
+
+    def pending(self) -> int:
+        """Messages this process is still responsible for (zero everywhere = finished)."""
+        queued = sum(len(d.queue) + d.in_flight() for d in self.dispatchers.values())
+        return queued + len(self.results.queue) + self.results.in_flight() + len(self.tracker)
+
+    def sent_total(self) -> int:
+        return sum(d.sent for d in self.dispatchers.values()) + self.results.sent
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_hello:
+            self._next_hello = now + HELLO_EVERY
+            for dispatcher in self.dispatchers.values():
+                for link in dispatcher.links.values():
+                    if not link.up:
+                        self.send(link.name, HELLO, b"")
+            if not self.results.links[self.origin].up:
+                self.results.grant(self.origin, 1 << 30)
+        if now >= self._next_stats:
+            self._next_stats = now + STATS_EVERY
+            self.status({"op": "stats", "pending": self.pending(), **self.counters,
+                         **self.stats()})
+        if now >= self._next_parent:
+            self._next_parent = now + PARENT_CHECK_EVERY
+            if os.getppid() != self.parent:
+                os._exit(1)  # the supervisor is gone: never outlive it

@@ -1,0 +1,149 @@
+"""The deployment plan: (graph, model, overrides) -> which processes run which stages, where.
+
+Pure: nothing here starts a process or opens a socket. The supervisor executes a plan and
+every child reads the same plan (as JSON) to find its stages and its peers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seda.errors import Problem, SpecError, did_you_mean
+from seda.spec import GraphSpec
+
+SUPERVISOR = "supervisor"
+SOURCE = "source"
+ACCEPTOR = "acceptor"
+AMPED_POOL = "all"
+RUNNABLE_MODELS = ("seda", "amped")
+
+
+@dataclass(frozen=True)
+class ProcPlan:
+    """One process: its name (also its zmq routing id), role, stages and peers."""
+
+    name: str
+    role: str  # "source" | "acceptor" | "worker"
+    endpoint: str
+    pool: str = ""
+    index: int = 0
+    stages: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()  # processes this one sends to (its outbox connects to them)
+
+    @property
+    def title(self) -> str:
+        if self.role == "worker":
+            return f"seda: worker {self.pool}#{self.index}"
+        return f"seda: {self.role}"
+
+
+@dataclass
+class Plan:
+    """A whole deployment. `stage_pool` and `pool_procs` are the routing table."""
+
+    graph: str
+    model: str
+    run_dir: str
+    procs: dict[str, ProcPlan]
+    stage_pool: dict[str, str]
+    pool_procs: dict[str, list[str]]
+    spec: dict[str, Any] = field(default_factory=dict)
+    dead_letter: str = "dead-letter.jsonl"
+    search_path: list[str] = field(default_factory=list)  # where handlers are imported from
+    output: str = ""  # pipeline results file ("" = the supervisor's stdout)
+
+    def workers(self) -> list[ProcPlan]:
+        return [p for p in self.procs.values() if p.role == "worker"]
+
+    def origin(self) -> str:
+        """The process that owns the work: the source of a pipeline or the acceptor."""
+        return SOURCE if SOURCE in self.procs else f"{ACCEPTOR}.0"
+
+    def endpoint(self, name: str) -> str:
+        if name == SUPERVISOR:
+            return supervisor_endpoint(self.run_dir)
+        return self.procs[name].endpoint
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        return json.dumps(doc, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        doc = json.loads(text)
+        procs = {n: ProcPlan(**{**p, "stages": tuple(p["stages"]), "peers": tuple(p["peers"])})
+                 for n, p in doc.pop("procs").items()}
+        return cls(procs=procs, **doc)
+
+    def graph_spec(self) -> GraphSpec:
+        return GraphSpec.model_validate(self.spec)
+
+
+def supervisor_endpoint(run_dir: str) -> str:
+    return f"ipc://{Path(run_dir) / 'supervisor'}"
+
+
+def _pools(spec: GraphSpec, model: str) -> dict[str, list[str]]:
+    """pool -> its stages, in spec order."""
+    if model == "amped":
+        return {AMPED_POOL: list(spec.stages)}
+    pools: dict[str, list[str]] = {}
+    for name, stage in spec.stages.items():
+        pools.setdefault(stage.pool or name, []).append(name)
+    return pools
+
+
+def _pool_size(spec: GraphSpec, pool: str, stages: list[str], workers: Mapping[str, int]) -> int:
+    for key in (pool, *stages):
+        if key in workers:
+            return workers[key]
+    return max(spec.stages[s].workers for s in stages)
+
+
+def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
+              workers: Mapping[str, int] | None = None, base_dir: str = ".") -> Plan:
+    """Decide the processes for `spec`. `workers` overrides pool sizes by pool or stage name."""
+    model = model or spec.model
+    workers = dict(workers or {})
+    if model not in RUNNABLE_MODELS:
+        raise SpecError([Problem(f"model '{model}' cannot run yet; runnable models: "
+                                 f"{', '.join(RUNNABLE_MODELS)}", "<graph>", None, "model")])
+    pools = _pools(spec, model)
+    known = set(pools) | set(spec.stages)
+    for key, count in workers.items():
+        if key not in known or count < 1:
+            raise _override_error(key, count, known)
+    stage_pool = {s: pool for pool, stages in pools.items() for s in stages}
+    run = Path(run_dir)
+    pool_procs = {pool: [f"{pool}.{i}" for i in range(_pool_size(spec, pool, stages, workers))]
+                  for pool, stages in pools.items()}
+    origin = SOURCE if spec.source is not None else f"{ACCEPTOR}.0"
+    procs: dict[str, ProcPlan] = {}
+    for pool, stages in pools.items():
+        downstream = sorted({stage_pool[t] for s in stages for t in spec.stages[s].to} - {pool})
+        upstream = sorted({stage_pool[s] for s in spec.stages
+                           for t in spec.stages[s].to if stage_pool[t] == pool} - {pool})
+        targets = [n for p in downstream + upstream for n in pool_procs[p]]
+        peers = tuple(dict.fromkeys([*targets, origin, SUPERVISOR]))
+        for index, name in enumerate(pool_procs[pool]):
+            procs[name] = ProcPlan(name, "worker", f"ipc://{run / name}", pool, index,
+                                   tuple(stages), peers)
+    entry_procs = [n for e in spec.entries() for n in pool_procs[stage_pool[e]]]
+    everyone = tuple(dict.fromkeys([*entry_procs, *procs, SUPERVISOR]))
+    role = "source" if spec.source is not None else "acceptor"
+    procs[origin] = ProcPlan(origin, role, f"ipc://{run / origin}", peers=everyone)
+    dead_letter = str(Path(base_dir) / spec.settings.dead_letter)
+    return Plan(spec.name, model, str(run), procs, stage_pool, pool_procs,
+                spec.model_dump(mode="json"), dead_letter)
+
+
+def _override_error(key: str, count: int, known: set[str]) -> SpecError:
+    if key not in known:
+        return SpecError([Problem(f"--workers: unknown stage or pool '{key}'"
+                                  f"{did_you_mean(key, known)}", "<command line>")])
+    return SpecError([Problem(f"--workers: expected a count >= 1 for '{key}', got {count}",
+                              "<command line>")])

@@ -1,0 +1,390 @@
+"""The supervisor: what `seda run` is. Executes a plan, restarts crashed children, turns
+signals into one drain path, detects the end of a pipeline, and reports.
+
+It does no data-plane work. Resource handling: it owns the private run directory (0700,
+removed on exit), one control ROUTER (children report to it) and one outbox (it sends CONTROL
+to children). Every child it starts is ended before `run` returns, on every path.
+
+Theory of operation (end of a pipeline): once the source is exhausted, the supervisor sends
+numbered probe waves; every process answers with what it still holds and how many messages it
+has sent so far. Two complete waves in a row that show nothing held anywhere and identical
+send counts mean no message is in flight (the four-counter method): then sinks `finish`, the
+results reach the source, and everything stops.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from setproctitle import setproctitle
+
+from seda import deadletter
+from seda.envelope import CONTROL, STATUS, pack, unpack
+from seda.errors import ProtocolError
+from seda.plan import SUPERVISOR, make_plan, supervisor_endpoint
+from seda.progress import Progress
+from seda.spec import GraphSpec
+
+FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
+STOP_GRACE = 2.0
+
+
+@dataclass
+class RunOptions:
+    model: str | None = None
+    workers: dict[str, int] = field(default_factory=dict)
+    output: str = ""
+    progress: bool = False
+    base_dir: str = "."  # where relative settings paths (dead letters) are resolved
+    search_path: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Child:
+    """A process handle: start, watch (pidfd), stop."""
+
+    name: str
+    argv: list[str]
+    popen: Any = None
+    pidfd: int = -1
+    ready: bool = False
+    failures: int = 0  # consecutive crashes, for the backoff
+    restart_at: float = 0.0
+
+    def start(self) -> None:
+        import subprocess
+
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.pidfd = os.pidfd_open(self.popen.pid)
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.popen.pid) if self.popen is not None else 0
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def reap(self) -> int:
+        code = int(self.popen.wait())
+        os.close(self.pidfd)
+        self.pidfd = -1
+        return code
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.popen.send_signal(signum)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class Outcome:
+    code: int
+    summary: str
+
+
+class Supervisor:
+    def __init__(self, spec: GraphSpec, options: RunOptions) -> None:
+        self.spec, self.options = spec, options
+        self.run_dir = tempfile.mkdtemp(prefix=f"seda-{spec.name}-")
+        os.chmod(self.run_dir, 0o700)
+        try:
+            self.plan = make_plan(spec, self.run_dir, model=options.model,
+                                  workers=options.workers, base_dir=options.base_dir)
+        except BaseException:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        self.plan.search_path = options.search_path
+        self.plan.output = options.output
+        self.children: dict[str, Child] = {}
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.retired: dict[str, int] = {}
+        self.restarts: deque[float] = deque()
+        self.restart_count = 0
+        self.stop_signal = 0
+        self.exhausted = False
+        self.failure: str | None = None
+        self.waves: list[dict[str, Any]] = []
+        self.wave = 0
+        self.wave_replies: dict[str, dict[str, Any]] = {}
+        self.phase = "running"  # running -> draining -> finishing -> done
+        self.finished: set[str] = set()
+        self.finish_deadline = 0.0
+        self.started = time.monotonic()
+        self.progress = Progress(enabled=options.progress)
+        self.dead_before = len(deadletter.read(self.plan.dead_letter))
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> Outcome:
+        setproctitle(f"seda: supervisor {self.spec.name}")
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.zmq = zmq.Context()
+        try:
+            self._open_sockets()
+            self._start_all()
+            return self._loop()
+        finally:
+            self._stop_all()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self.zmq.destroy(linger=0)
+            self.progress.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_signal:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+
+    def _open_sockets(self) -> None:
+        plan_file = Path(self.run_dir) / "plan.json"
+        plan_file.write_text(self.plan.to_json(), encoding="utf-8")
+        self.plan_file = str(plan_file)
+        self.inbox = self.zmq.socket(zmq.ROUTER)
+        self.inbox.setsockopt(zmq.ROUTING_ID, SUPERVISOR.encode())  # children address it so
+        self.inbox.setsockopt(zmq.RCVHWM, 0)
+        self.inbox.bind(supervisor_endpoint(self.run_dir))
+        self.outbox = self.zmq.socket(zmq.ROUTER)
+        self.outbox.setsockopt(zmq.ROUTING_ID, SUPERVISOR.encode())
+        self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.outbox.setsockopt(zmq.SNDHWM, 0)
+        for proc in self.plan.procs.values():
+            self.outbox.connect(proc.endpoint)
+
+    def _start_all(self) -> None:
+        for name in self.plan.procs:
+            argv = [sys.executable, "-m", "seda.child", self.plan_file, name, str(os.getpid())]
+            child = self.children[name] = Child(name, argv)
+            child.start()
+
+    def _stop_all(self) -> None:
+        for name in self.children:
+            self.send(name, {"op": "stop"})
+        deadline = time.monotonic() + STOP_GRACE
+        for child in self.children.values():
+            if child.popen is None:
+                continue
+            try:
+                child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                child.signal(signal.SIGKILL)
+                child.popen.wait()
+            if child.pidfd >= 0:
+                os.close(child.pidfd)
+                child.pidfd = -1
+
+    def send(self, name: str, msg: dict[str, Any]) -> bool:
+        try:
+            self.outbox.send_multipart([name.encode(), CONTROL, pack(msg)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    def broadcast(self, msg: dict[str, Any]) -> None:
+        for name, child in self.children.items():
+            if child.alive():
+                self.send(name, msg)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> Outcome:
+        next_tick = 0.0
+        while True:
+            poller = zmq.Poller()
+            poller.register(self.inbox, zmq.POLLIN)
+            for child in self.children.values():
+                if child.pidfd >= 0:
+                    poller.register(child.pidfd, zmq.POLLIN)
+            events = dict(poller.poll(20))
+            if self.inbox in events:
+                self._read_status()
+            for child in list(self.children.values()):
+                if child.pidfd >= 0 and child.pidfd in events:
+                    self._on_exit(child)
+            self._restart_due()
+            if self.failure is not None:
+                return Outcome(1, self.failure)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 0.05
+                outcome = self._tick(now)
+                if outcome is not None:
+                    return outcome
+
+    def _read_status(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.inbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3 or frames[1] != STATUS:
+                continue
+            try:
+                msg = unpack(frames[2], 1 << 20)
+                self._on_status(frames[0].decode(), msg)
+            except (ProtocolError, KeyError, TypeError, ValueError, AttributeError):
+                continue
+
+    def _on_status(self, name: str, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        child = self.children.get(name)
+        if child is None:
+            return
+        child.ready = True  # any word from it will do; "ready" itself may be lost at start
+        if op == "stats":
+            self.stats[name] = msg
+            # one-shot reports can be lost while sockets connect: stats repeat them
+            self.exhausted = self.exhausted or bool(msg.get("exhausted"))
+            if msg.get("finished"):
+                self.finished.add(name)
+            if msg.get("failure"):
+                self.failure = str(msg["failure"])
+        elif op == "probe" and msg.get("wave") == self.wave:
+            self.wave_replies[name] = msg
+        elif op == "exhausted":
+            self.exhausted = True
+        elif op == "failed":
+            self.failure = str(msg.get("error")).rstrip()
+        elif op == "finished":
+            self.finished.add(name)
+
+    def _on_exit(self, child: Child) -> None:
+        pid = child.pid
+        code = child.reap()
+        self._retire(child.name)
+        self.broadcast({"op": "peer_down", "name": child.name, "pid": pid})
+        self.wave_replies.clear()
+        self.waves.clear()
+        if self.phase == "done":
+            return
+        what = f"{self.plan.procs[child.name].title.removeprefix('seda: ')} {describe_exit(code)}"
+        if self.plan.procs[child.name].role != "worker":
+            self.failure = f"{what}; a finite source cannot be resumed, so the run stops"
+            return
+        now = time.monotonic()
+        self.restarts.append(now)
+        self.restart_count += 1
+        limit = self.spec.settings.restarts
+        while self.restarts and self.restarts[0] < now - limit.within:
+            self.restarts.popleft()
+        if len(self.restarts) > limit.max:
+            self.failure = (f"restart limit reached: {len(self.restarts)} restarts within "
+                            f"{limit.within:g} s (settings.restarts allows {limit.max}); "
+                            f"last: {what}")
+            return
+        print(f"seda: {what}; restarting", file=sys.stderr)
+        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * (2 ** child.failures))
+        child.failures += 1
+        child.restart_at = now + backoff
+        child.popen = None
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.popen is None and child.restart_at <= now:
+                child.start()
+
+    def _retire(self, name: str) -> None:
+        """Keep the counters of a dead incarnation, so totals survive restarts."""
+        last = self.stats.pop(name, None)
+        if not last:
+            return
+        for stage, figures in last.get("stages", {}).items():
+            for key, value in figures.items():
+                tag = f"{stage}.{key}"
+                self.retired[tag] = self.retired.get(tag, 0) + value
+
+    # ------------------------------------------------------------------ progress and end
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = dict(self.retired)
+        for msg in self.stats.values():
+            for stage, figures in msg.get("stages", {}).items():
+                for key, value in figures.items():
+                    tag = f"{stage}.{key}"
+                    out[tag] = out.get(tag, 0) + value
+        return out
+
+    def _tick(self, now: float) -> Outcome | None:
+        source = self.stats.get("source", {})
+        totals = self.totals()
+        errors = sum(v for k, v in totals.items() if k.endswith(".errors"))
+        dead = sum(m.get("dead_letters", 0) for m in self.stats.values())
+        self.progress.update(read=source.get("read", 0), pending=source.get("pending", 0),
+                             errors=int(errors), dead=dead, restarts=self.restart_count)
+        if self.stop_signal and self.phase == "running":
+            self.phase = "draining"
+            self.finish_deadline = now + self.spec.settings.drain_timeout
+            self.send(self.plan.origin(), {"op": "stop_intake"})
+        if self.phase in ("running", "draining") and (self.exhausted or self.phase == "draining"):
+            if self._quiet():
+                self.phase = "finishing"
+                self.finish_deadline = now + max(self.spec.settings.drain_timeout, 1.0)
+                self.broadcast({"op": "finish"})
+            elif self.phase == "draining" and now > self.finish_deadline:
+                return Outcome(self._interrupted_code(), "drain timeout: stopped with work "
+                                                         "still in flight")
+        if self.phase == "finishing":
+            workers = {w.name for w in self.plan.workers()}
+            if workers <= self.finished:
+                self.phase = "done"
+                return Outcome(self._interrupted_code(), self._summary())
+            if now > self.finish_deadline:
+                return Outcome(1, "sinks did not finish in time")
+        return None
+
+    def _interrupted_code(self) -> int:
+        return 128 + self.stop_signal if self.stop_signal else 0
+
+    def _quiet(self) -> bool:
+        """Run probe waves; True once two complete waves in a row show nothing in flight."""
+        alive = {n for n, c in self.children.items() if c.alive() and c.ready}
+        if len(alive) < len(self.children):
+            return False
+        if self.wave and alive <= set(self.wave_replies):
+            self.waves.append(dict(self.wave_replies))
+            self.waves = self.waves[-2:]
+            self.wave_replies = {}
+            self.wave = 0
+        if self.wave == 0:
+            self.wave = int(time.monotonic() * 1000) & 0x7FFFFFFF
+            self.broadcast({"op": "probe", "wave": self.wave})
+        if len(self.waves) < 2:
+            return False
+        first, second = self.waves
+        if any(m["pending"] for m in second.values()):
+            return False
+        return all(first[n]["sent"] == second[n]["sent"] and first[n]["pending"] == 0
+                   for n in second)
+
+    def _summary(self) -> str:
+        source = self.stats.get("source", {})
+        totals = self.totals()
+        elapsed = time.monotonic() - self.started
+        read = source.get("read", 0)
+        errors = int(sum(v for k, v in totals.items() if k.endswith(".errors")))
+        dups = int(sum(v for k, v in totals.items() if k.endswith(".duplicates")))
+        dups += source.get("duplicates", 0)
+        dead = len(deadletter.read(self.plan.dead_letter)) - self.dead_before
+        read = self.waves[-1].get("source", {}).get("read", read) if self.waves else read
+        word = "interrupted" if self.stop_signal else "finished"
+        return (f"pipeline '{self.spec.name}' {word}: {read} items in {elapsed:.2f} s "
+                f"({read / elapsed:.0f}/s); {errors} handler errors, {dead} dead-lettered"
+                f"{' -> ' + self.plan.dead_letter if dead else ''}, {dups} duplicates "
+                f"dropped, {self.restart_count} restarts")

@@ -1,0 +1,103 @@
+"""A worker process: one member of a stage pool. Receives batches, runs the stage core, sends
+outputs on with credit, and acknowledges its inputs only once their outputs are received.
+
+Must not touch client sockets or decide its own lifetime: the supervisor starts, stops and
+restarts it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from seda.core import StageCore
+from seda.envelope import CREDIT, DATA, HELLO, ID, Envelope, child_id, pack, unpack_data
+from seda.node import Node
+from seda.plan import Plan
+
+BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
+
+
+class Worker(Node):
+    def __init__(self, plan: Plan, name: str, parent: int,
+                 resolve: Callable[[str], Any]) -> None:
+        super().__init__(plan, name, parent)
+        self.core = StageCore(self.spec, self.me.stages, self.me.index, resolve)
+        self.window = max(self.spec.stages[s].prefetch for s in self.me.stages)
+        self.work: deque[tuple[str, str, list[Envelope]]] = deque()
+        self.finishing = self.finished = False
+        self.core.setup()
+
+    def targets(self) -> set[str]:
+        mine = set(self.me.stages)
+        return {t for s in self.me.stages for t in self.spec.stages[s].to} - mine
+
+    def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
+        if kind == DATA:
+            stage, envs = unpack_data(body, self.limit)
+            if stage not in self.core.runners:
+                self.counters["malformed"] += 1
+                return
+            self.ack_received(sender, [env[ID] for env in envs])
+            self.work.append((sender, stage, envs))
+        elif kind == HELLO:
+            self.send(sender, CREDIT, pack([self.window, os.getpid()]))
+        else:
+            super().on_other(sender, kind, body)
+
+    def backlog(self) -> int:
+        return sum(len(d.queue) for d in self.dispatchers.values())
+
+    def has_work(self) -> bool:
+        return bool(self.work) and self.backlog() < BACKLOG_LIMIT
+
+    def step(self) -> None:
+        for _ in range(64):
+            if not self.has_work():
+                break
+            sender, stage, envs = self.work.popleft()
+            self._run(sender, stage, envs)
+        if self.finishing and not self.finished and self.pending() == 0:
+            self.finished = True
+            self.status({"op": "finished"})
+
+    def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
+        handled: set[int] = set()
+        for group in self.core.process(stage, envs):
+            inputs = [(sender, env[ID]) for env in group.inputs]
+            handled.update(i for _, i in inputs)
+            if group.error is not None:
+                for _, msg_id in inputs:
+                    self.fail(sender, msg_id, *group.error)
+                continue
+            outputs = self.submit_outputs(group.emits, group.results)
+            for done_sender, msg_id in self.tracker.add(inputs, outputs):
+                self.ack_done(done_sender, msg_id)
+        for env in envs:  # expired or duplicate: dropped by the core, done all the same
+            if env[ID] not in handled:
+                self.ack_done(sender, env[ID])
+
+    def on_control(self, msg: dict[str, Any]) -> None:
+        if msg.get("op") == "finish":
+            seed = zlib.crc32(self.name.encode())
+            results = [(self.origin, child_id(seed, i), value)
+                       for i, (_stage, value) in enumerate(self.core.finish())]
+            self.submit_outputs([], results)
+            self.finishing = True
+        else:
+            super().on_control(msg)
+
+    def stats(self) -> dict[str, Any]:
+        stages = {s: {f: getattr(st, f) for f in st.__slots__}
+                  for s, st in self.core.stats.items()}
+        return {"stages": stages, "queued": sum(len(w[2]) for w in self.work),
+                "finished": self.finished}
+
+    def close(self) -> None:
+        try:
+            self.core.teardown()
+        finally:
+            super().close()
