@@ -7,6 +7,7 @@ plan, dies with its supervisor, imports the handlers and runs its role.
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
@@ -29,9 +30,11 @@ def main(argv: list[str]) -> int:
         elif role == "source":
             from seda.source import Source
 
-            out: IO[str] | None = open(plan.output, "a", encoding="utf-8") if plan.output \
-                else None
-            Source(plan, name, parent, resolve, out).run()
+            with ExitStack() as stack:
+                out: IO[str] | None = None
+                if plan.output:
+                    out = stack.enter_context(open(plan.output, "a", encoding="utf-8"))
+                Source(plan, name, parent, resolve, out).run()
         else:
             print(f"seda: {name}: role '{role}' cannot run yet", file=sys.stderr)
             return 3

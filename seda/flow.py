@@ -151,10 +151,13 @@ class Dispatcher:
         pool = healthy or [lk for lk in self.links.values() if lk.up]
         ready = [lk for lk in pool if lk.available() > 0]
         while self.queue and ready:
-            ready.sort(key=lambda lk: len(lk.pending))
+            # least loaded first; among equals, the one whose oldest message is youngest;
+            # rotating the start first shares work evenly between idle workers
+            turn = self._turn % len(ready)
+            ready = ready[turn:] + ready[:turn]
+            ready.sort(key=lambda lk: (len(lk.pending), lk.oldest_age(now)))
+            link = ready[0]
             share = math.ceil(len(self.queue) / len(ready))
-            link = ready[self._turn % len(ready)] if len({len(r.pending) for r in ready}) == 1 \
-                else ready[0]
             self._turn += 1
             count = min(link.available(), share)
             batch = out.setdefault(link.name, [])

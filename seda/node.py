@@ -257,7 +257,7 @@ class Node:
             for worker, batch in dispatcher.dispatch().items():
                 self._send_data(dispatcher, worker, batch)
         for origin, batch in self.results.dispatch().items():
-            body = pack([[env[ID], env[4]] for _, env, _ in batch])
+            body = pack([[env[ID], *env[4:]] for _, env, _ in batch])  # [id, payload(, stage)]
             if not self.send(origin, RESULT, body):
                 self.results.unreachable(origin, batch)
                 self.results.grant(origin, 1 << 30)

@@ -8,9 +8,11 @@ Must not run stage handlers; it only feeds the entry stages and collects results
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, Any
 
 from seda.envelope import ACK as ACK_KIND
@@ -30,8 +32,13 @@ class Source(Node):
         super().__init__(plan, name, parent)
         assert self.spec.source is not None
         self.entries = list(self.spec.source.to)
+        self.resolve = resolve
         self.make_items = resolve(self.spec.source.handler)
-        self.items: Iterator[Any] | None = None
+        self.finals: dict[str, list[Any]] = {}
+        self.flushed = self.started = False
+        self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=READ_AHEAD)
+        self.reader: threading.Thread | None = None
+        self.stop_reading = threading.Event()
         self.out = output or sys.stdout
         self.read = self.results_written = self.duplicates = 0
         self.exhausted = False
@@ -45,49 +52,107 @@ class Source(Node):
     def queued(self) -> int:
         return sum(len(d.queue) for d in self.dispatchers.values())
 
+    def room(self) -> int:
+        """Items worth reading now: as many as the entry workers have credit for (reading
+        further ahead would only hold items in memory). Nothing is read until every entry
+        worker has granted credit once, so the first items are not all given to whichever
+        worker happened to start first."""
+        if not self.started:
+            self.started = all(lk.pid for d in self.dispatchers.values()
+                               for lk in d.links.values())
+            if not self.started:
+                return 0
+        credit = min(sum(lk.available() for lk in d.links.values())
+                     for d in self.dispatchers.values())
+        return min(credit, READ_AHEAD) - self.queued()
+
     def has_work(self) -> bool:
-        return not self.exhausted and self.queued() < READ_AHEAD
+        return not self.exhausted and self.room() > 0 and not self.inbound.empty()
 
     def step(self) -> None:
         if self.exhausted:
             return
+        if self.reader is None:
+            self.reader = threading.Thread(target=self._read, name="source-reader", daemon=True)
+            self.reader.start()
+        for _ in range(max(0, self.room())):
+            try:
+                kind, item = self.inbound.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "item":
+                self._submit(item)
+            elif kind == "end":
+                self.exhausted = True
+                self.status({"op": "exhausted", "read": self.read})
+                return
+            else:
+                self.exhausted = True
+                self.failure = str(item)
+                self.status({"op": "failed", "error": self.failure})
+                return
+
+    def _read(self) -> None:
+        """Reader thread: runs the user's generator, so a slow or blocking source never stalls
+        the loop that sends, acknowledges and answers the supervisor. Bounded queue: it
+        blocks when the loop is READ_AHEAD items behind."""
+        assert self.spec.source is not None
         try:
-            if self.items is None:
-                self.items = iter(self.make_items(dict(self.spec.source.options)))  # type: ignore[union-attr]
-            while self.queued() < READ_AHEAD:
-                item = next(self.items)
-                self.read += 1
-                for k, entry in enumerate(self.entries):
-                    msg_id = self.read if k == 0 else child_id(self.read, k)
-                    self.dispatchers[self.plan.stage_pool[entry]].submit(
-                        entry, [msg_id, self.name, 1, 0.0, item])
-        except StopIteration:
-            self.exhausted = True
-            self.status({"op": "exhausted", "read": self.read})
+            for item in self.make_items(dict(self.spec.source.options)):
+                if self.stop_reading.is_set():
+                    return
+                self.inbound.put(("item", item))
+            self.inbound.put(("end", None))
         except Exception as exc:  # the user's source failed: report it, stop reading
-            self.exhausted = True
-            self.failure = (f"source: {type(exc).__name__}: {exc}\n"
-                            + "".join(traceback.format_exception(exc)))
-            self.status({"op": "failed", "error": self.failure})
+            tb = "".join(traceback.format_exception(exc))
+            self.inbound.put(("error", f"source: {type(exc).__name__}: {exc}\n{tb}"))
+
+    def _submit(self, item: Any) -> None:
+        self.read += 1
+        for k, entry in enumerate(self.entries):
+            msg_id = self.read if k == 0 else child_id(self.read, k)
+            self.dispatchers[self.plan.stage_pool[entry]].submit(
+                entry, [msg_id, self.name, 1, 0.0, item])
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind != RESULT:
             super().on_other(sender, kind, body)
             return
         items = unpack(body, self.limit)
-        ids = [int(i) for i, _ in items]
+        ids = [int(item[0]) for item in items]
         self.send(sender, ACK_KIND, pack_frame([ids, ids]))
-        for msg_id, payload in items:
-            if self.seen.first_time(msg_id):
-                self.out.write(json.dumps(payload, default=str) + "\n")
-                self.results_written += 1
-            else:
+        for msg_id, payload, *final in items:
+            if not self.seen.first_time(msg_id):
                 self.duplicates += 1
+            elif final:  # a sink's finish() value: merged with its siblings' at the end
+                self.finals.setdefault(str(final[0]), []).append(payload)
+            else:
+                self.write(payload)
         self.out.flush()
+
+    def write(self, payload: Any) -> None:
+        self.out.write(json.dumps(payload, default=str) + "\n")
+        self.results_written += 1
+
+    def flush_finals(self) -> None:
+        """Write each sink's finish() values: merged by the handler's `merge` if it has one
+        (one value per sink worker otherwise)."""
+        for stage, values in self.finals.items():
+            handler = self.resolve(self.spec.stages[stage].handler)
+            merge = getattr(handler, "merge", None)
+            for value in [merge(values)] if merge is not None else values:
+                self.write(value)
+        self.finals.clear()
+        self.out.flush()
+        self.flushed = True
+        self.status({"op": "flushed"})
 
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "stop_intake":
             self.exhausted = True
+            self.stop_reading.set()
+        elif msg.get("op") == "flush":
+            self.flush_finals()
         else:
             super().on_control(msg)
 
@@ -97,4 +162,4 @@ class Source(Node):
     def stats(self) -> dict[str, Any]:
         return {"read": self.read, "results": self.results_written,
                 "duplicates": self.duplicates, "exhausted": self.exhausted,
-                "failure": self.failure}
+                "failure": self.failure, "flushed": self.flushed}

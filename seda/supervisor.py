@@ -127,6 +127,7 @@ class Supervisor:
         self.wave_replies: dict[str, dict[str, Any]] = {}
         self.phase = "running"  # running -> draining -> finishing -> done
         self.finished: set[str] = set()
+        self.flushed = self.flush_sent = False
         self.finish_deadline = 0.0
         self.started = time.monotonic()
         self.progress = Progress(enabled=options.progress)
@@ -254,6 +255,8 @@ class Supervisor:
             self.exhausted = self.exhausted or bool(msg.get("exhausted"))
             if msg.get("finished"):
                 self.finished.add(name)
+            if msg.get("flushed"):
+                self.flushed = True
             if msg.get("failure"):
                 self.failure = str(msg["failure"])
         elif op == "probe" and msg.get("wave") == self.wave:
@@ -264,6 +267,8 @@ class Supervisor:
             self.failure = str(msg.get("error")).rstrip()
         elif op == "finished":
             self.finished.add(name)
+        elif op == "flushed":
+            self.flushed = True
 
     def _on_exit(self, child: Child) -> None:
         pid = child.pid
@@ -342,7 +347,9 @@ class Supervisor:
                                                          "still in flight")
         if self.phase == "finishing":
             workers = {w.name for w in self.plan.workers()}
-            if workers <= self.finished:
+            if workers <= self.finished and not self.flush_sent:
+                self.flush_sent = self.send(self.plan.origin(), {"op": "flush"})
+            if self.flushed:
                 self.phase = "done"
                 return Outcome(self._interrupted_code(), self._summary())
             if now > self.finish_deadline:

@@ -15,7 +15,7 @@ from typing import Any
 
 from seda.core import StageCore
 from seda.envelope import CREDIT, DATA, HELLO, ID, Envelope, child_id, pack, unpack_data
-from seda.node import Node
+from seda.node import RESULTS, Node
 from seda.plan import Plan
 
 BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
@@ -83,9 +83,9 @@ class Worker(Node):
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "finish":
             seed = zlib.crc32(self.name.encode())
-            results = [(self.origin, child_id(seed, i), value)
-                       for i, (_stage, value) in enumerate(self.core.finish())]
-            self.submit_outputs([], results)
+            for i, (stage, value) in enumerate(self.core.finish()):
+                final = [child_id(seed, i), self.origin, 1, 0.0, value, stage]
+                self.results.submit(RESULTS, final)
             self.finishing = True
         else:
             super().on_control(msg)

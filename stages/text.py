@@ -57,6 +57,15 @@ class Count:
     def finish(self, ctx: Any) -> dict[str, Any]:
         return {"words": dict(self.words), "chars": self.chars, "lines": self.lines}
 
+    @staticmethod
+    def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Combine the totals of several workers into one answer."""
+        words: Counter[str] = Counter()
+        for part in parts:
+            words.update(part["words"])
+        return {"words": dict(words), "chars": sum(p["chars"] for p in parts),
+                "lines": sum(p["lines"] for p in parts)}
+
 
 def word_counts(path: Path = CORPUS) -> dict[str, Any]:
     """The exact answer, computed in one process (what tests compare the pipeline against)."""

@@ -1,0 +1,114 @@
+"""Running `seda run` for real in tests: a subprocess with a deadline, its process tree, and
+a guarantee that nothing it started outlives the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+TESTS = Path(__file__).resolve().parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `predicate` until it is truthy or `timeout` passes (then fail naming `what`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class SedaRun:
+    """One `seda run` in a temporary folder. Use as a context manager."""
+
+    def __init__(self, tmp: Path, graph: str, *args: str) -> None:
+        self.tmp = tmp
+        self.graph = tmp / "graph.yaml"
+        self.graph.write_text(graph)
+        self.output = tmp / "out.jsonl"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS),
+                                                           os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seda.cli", "run", str(self.graph), "--no-progress",
+             "-o", str(self.output), *args],
+            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.seen: dict[int, psutil.Process] = {}
+        self.stderr = ""
+
+    def __enter__(self) -> SedaRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def tree(self) -> list[psutil.Process]:
+        """The live children of the supervisor (remembered, so leaks can be checked)."""
+        try:
+            kids = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for kid in kids:
+            self.seen.setdefault(kid.pid, kid)
+        return kids
+
+    def workers(self, title: str) -> list[psutil.Process]:
+        out = []
+        for kid in self.tree():
+            try:
+                if " ".join(kid.cmdline()).startswith(title):
+                    out.append(kid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            _, self.stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.cleanup()
+            raise AssertionError(f"seda run did not finish in {timeout} s") from None
+        return int(self.proc.returncode)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def results(self) -> list[Any]:
+        if not self.output.exists():
+            return []
+        return [json.loads(line) for line in self.output.read_text().splitlines()]
+
+    def leftovers(self) -> list[int]:
+        alive = []
+        for pid, proc in self.seen.items():
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def cleanup(self) -> None:
+        """End everything this run started (by pid), then fail if anything had leaked."""
+        self.tree()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.communicate()
+        try:
+            wait_for(lambda: not self.leftovers(), 3.0, "children to exit")
+        except AssertionError:
+            for pid in self.leftovers():
+                os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"leaked processes: {self.leftovers()}") from None

@@ -1,0 +1,90 @@
+"""Handlers for the runtime tests (imported by worker processes through PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+def numbers(options: dict[str, Any]) -> Iterator[int]:
+    """0..n-1; `pause_after`/`pause` sleep once after that item; `gap` sleeps between items."""
+    for i in range(int(options.get("n", 100))):
+        yield i
+        if i == options.get("pause_after"):
+            time.sleep(float(options.get("pause", 0.0)))
+        if options.get("gap"):
+            time.sleep(float(options["gap"]))
+
+
+def forever(options: dict[str, Any]) -> Iterator[int]:
+    i = 0
+    while True:
+        yield i
+        i += 1
+        time.sleep(float(options.get("gap", 0.001)))
+
+
+def double(x: int, ctx: Any) -> int:
+    return x * 2
+
+
+def timed(x: int, ctx: Any) -> dict[str, Any]:
+    """Item `long` takes `seconds`; every item reports who ran it and when."""
+    start = time.time()
+    if x == ctx.options.get("long"):
+        time.sleep(float(ctx.options.get("seconds", 2.0)))
+    return {"x": x, "pid": os.getpid(), "start": start, "end": time.time()}
+
+
+def poison(x: int, ctx: Any) -> int:
+    if x == ctx.options.get("bad"):
+        raise ValueError(f"cannot digest {x}")
+    return x
+
+
+def crash(x: int, ctx: Any) -> int:
+    if x == ctx.options.get("bad", x):
+        os._exit(17)
+    return x
+
+
+def echo(x: Any, ctx: Any) -> Any:
+    return x
+
+
+class Collect:
+    """Sink: count, sum and (optionally) the items; `delay` seconds per item."""
+
+    def setup(self, ctx: Any) -> None:
+        self.count = self.total = 0
+
+    def handle(self, x: int, ctx: Any) -> None:
+        delay = ctx.options.get("delay")
+        if delay:
+            time.sleep(float(delay))
+        self.count += 1
+        self.total += x
+
+    def finish(self, ctx: Any) -> dict[str, int]:
+        return {"count": self.count, "sum": self.total}
+
+    @staticmethod
+    def merge(parts: list[dict[str, int]]) -> dict[str, int]:
+        return {"count": sum(p["count"] for p in parts), "sum": sum(p["sum"] for p in parts)}
+
+
+class Slow:
+    """Sink that sleeps `delay` every `every` items (a slow consumer)."""
+
+    def setup(self, ctx: Any) -> None:
+        self.count = 0
+
+    def handle(self, x: int, ctx: Any) -> None:
+        self.count += 1
+        if self.count % int(ctx.options.get("every", 100)) == 0:
+            time.sleep(float(ctx.options.get("delay", 0.001)))
+
+    def finish(self, ctx: Any) -> dict[str, int]:
+        return {"count": self.count}

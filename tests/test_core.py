@@ -1,0 +1,164 @@
+"""The sans-IO stage core: handler styles, routing of return values, fusion, failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from seda.core import StageCore
+from seda.envelope import ID, PAYLOAD
+from seda.graph import Graph
+from seda.spec import GraphSpec
+
+
+def core(spec: GraphSpec, stages: list[str], handlers: dict[str, Any],
+         now: float = 1000.0) -> StageCore:
+    c = StageCore(spec, stages, 0, lambda ref: handlers[ref], clock=lambda: now)
+    c.setup()
+    return c
+
+
+def env(i: int, payload: Any, deadline: float = 0.0) -> list[Any]:
+    return [i, "source", 1, deadline, payload]
+
+
+def chain() -> GraphSpec:
+    return (Graph("c").source("m:src", to=["a"])
+            .stage("a", "m:a", to=["b"]).stage("b", "m:b", to=["c"])
+            .stage("c", "m:c", sink=True)).build()
+
+
+def test_return_value_goes_to_the_single_route() -> None:
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: x + 1})
+    [group] = c.process("a", [env(1, 41)])
+    assert [(s, e[PAYLOAD]) for s, e in group.emits] == [("b", 42)]
+    assert group.error is None and c.stats["a"].completed == 1
+
+
+def test_fused_stages_call_each_other_directly() -> None:
+    handlers = {"m:a": lambda x, ctx: x + 1, "m:b": lambda x, ctx: x * 10}
+    c = core(chain(), ["a", "b"], handlers)
+    [group] = c.process("a", [env(1, 1)])
+    assert [(s, e[PAYLOAD]) for s, e in group.emits] == [("c", 20)]
+    assert c.stats["b"].received == 1
+
+
+def test_sink_return_is_a_result_and_duplicates_are_dropped() -> None:
+    c = core(chain(), ["c"], {"m:c": lambda x, ctx: x})
+    groups = c.process("c", [env(5, "x"), env(5, "x"), env(6, "y")])
+    assert [r[2] for g in groups for r in g.results] == ["x", "y"]
+    assert c.stats["c"].duplicates == 1
+
+
+def test_child_ids_are_deterministic() -> None:
+    handlers = {"m:a": lambda x, ctx: x}
+    first = core(chain(), ["a"], handlers).process("a", [env(9, 0)])[0].emits[0][1][ID]
+    again = core(chain(), ["a"], handlers).process("a", [env(9, 0)])[0].emits[0][1][ID]
+    assert first == again != 9
+
+
+def test_exception_discards_outputs_and_names_the_stage() -> None:
+    def b(x: int, ctx: Any) -> int:
+        raise ValueError(f"bad {x}")
+
+    c = core(chain(), ["a", "b"], {"m:a": lambda x, ctx: x, "m:b": b})
+    [group] = c.process("a", [env(1, 3)])
+    assert group.emits == [] and group.error is not None
+    assert group.error[0] == "b: ValueError: bad 3"
+    assert "Traceback" in group.error[1]
+    assert c.stats["b"].errors == 1 and c.stats["a"].errors == 0
+
+
+def test_emit_to_a_stage_without_a_route_is_an_error() -> None:
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: ctx.emit("c", x)})
+    [group] = c.process("a", [env(1, 3)])
+    assert group.error is not None
+    assert "stage 'a' has no route to 'c' (its routes: b)" in group.error[0]
+
+
+def test_unpackable_payload_is_an_error_at_the_emitting_stage() -> None:
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: object()})
+    [group] = c.process("a", [env(1, 3)])
+    assert group.error is not None and "msgpack cannot carry" in group.error[0]
+
+
+def test_class_handler_lifecycle_and_batches() -> None:
+    calls: list[str] = []
+
+    class Batcher:
+        def setup(self, ctx: Any) -> None:
+            calls.append(f"setup {ctx.options}")
+
+        def handle_batch(self, items: list[int], ctx: Any) -> list[int]:
+            calls.append(f"batch {items}")
+            return [i * 2 for i in items]
+
+        def teardown(self, ctx: Any) -> None:
+            calls.append("teardown")
+
+    spec = (Graph("b").source("m:src", to=["a"]).stage("a", "m:a", to=["c"], options={"k": 1})
+            .stage("c", "m:c", sink=True)).build()
+    c = core(spec, ["a"], {"m:a": Batcher})
+    groups = c.process("a", [env(1, 1), env(2, 2)])
+    c.teardown()
+    assert len(groups) == 1 and len(groups[0].inputs) == 2
+    assert [e[PAYLOAD] for _, e in groups[0].emits] == [2, 4]
+    assert calls == ["setup {'k': 1}", "batch [1, 2]", "teardown"]
+
+
+def test_expired_messages_are_dropped_and_counted() -> None:
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: x}, now=1000.0)
+    groups = c.process("a", [env(1, 1, deadline=999.0), env(2, 2, deadline=1001.0)])
+    assert [g.inputs[0][ID] for g in groups] == [2]
+    assert c.stats["a"].expired == 1
+
+
+def test_several_routes_need_explicit_emit() -> None:
+    spec = (Graph("f").source("m:src", to=["a"]).stage("a", "m:a", to=["b", "c"])
+            .stage("b", "m:b", sink=True).stage("c", "m:c", sink=True)).build()
+    c = core(spec, ["a"], {"m:a": lambda x, ctx: x})
+    [group] = c.process("a", [env(1, 1)])
+    assert group.error is not None and "use ctx.emit" in group.error[0]
+
+
+def test_service_reply_keeps_the_request_id() -> None:
+    spec = Graph("s").acceptor("a").stage("a", "m:a").build()
+    c = core(spec, ["a"], {"m:a": lambda req, ctx: {"status": 200}})
+    [group] = c.process("a", [[77, "acceptor.0", 1, 0.0, {"path": "/"}]])
+    assert group.results == [("acceptor.0", 77, {"status": 200})]
+
+
+def test_finish_collects_sink_values() -> None:
+    class Total:
+        def setup(self, ctx: Any) -> None:
+            self.n = 0
+
+        def handle(self, x: int, ctx: Any) -> None:
+            self.n += x
+
+        def finish(self, ctx: Any) -> int:
+            return self.n
+
+    c = core(chain(), ["c"], {"m:c": Total})
+    c.process("c", [env(1, 2), env(2, 3)])
+    assert c.finish() == [("c", 5)]
+
+
+@pytest.mark.parametrize("bad", [b"", b"\xc1", b"\x93\x01\x02"])
+def test_malformed_frames_are_protocol_errors(bad: bytes) -> None:
+    from seda.envelope import unpack_data
+    from seda.errors import ProtocolError
+
+    with pytest.raises(ProtocolError):
+        unpack_data(bad, 1 << 20)
+
+
+def test_oversized_frames_are_refused() -> None:
+    from seda.envelope import pack, unpack_data
+    from seda.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="over the 100-byte limit"):
+        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200]]]), 100)
+
+

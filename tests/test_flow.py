@@ -1,0 +1,164 @@
+"""Dispatcher and Tracker: credit, load-aware choice, re-dispatch, receipts (pure, fake clock)."""
+
+from __future__ import annotations
+
+from seda.envelope import ATTEMPT, ID
+from seda.flow import Dispatcher, SeenIds, Tracker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def env(i: int) -> list[object]:
+    return [i, "source", 1, 0.0, f"item {i}"]
+
+
+def make(workers: int = 2, attempts: int = 3) -> tuple[Dispatcher, Clock]:
+    clock = Clock()
+    d = Dispatcher("p", [f"p.{i}" for i in range(workers)], lambda _s: attempts, clock)
+    return d, clock
+
+
+def sent_ids(out: dict[str, list[tuple[str, list[object], float]]]) -> dict[str, list[int]]:
+    return {w: [e[ID] for _, e, _ in batch] for w, batch in out.items()}  # type: ignore[misc]
+
+
+def test_nothing_is_sent_without_credit() -> None:
+    d, _ = make()
+    d.submit("s", env(1))
+    assert d.dispatch() == {}
+    d.grant("p.0", 4, pid=10)
+    assert sent_ids(d.dispatch()) == {"p.0": [1]}
+
+
+def test_window_bounds_what_a_worker_holds() -> None:
+    d, _ = make(workers=1)
+    d.grant("p.0", 3, pid=10)
+    for i in range(10):
+        d.submit("s", env(i))
+    assert sent_ids(d.dispatch()) == {"p.0": [0, 1, 2]}
+    assert d.dispatch() == {}
+    assert d.done("p.0", [0, 1]) == 2
+    assert sent_ids(d.dispatch()) == {"p.0": [3, 4]}
+    assert d.in_flight() == 3 and len(d.queue) == 5
+
+
+def test_work_is_spread_over_idle_workers() -> None:
+    d, _ = make()
+    d.grant("p.0", 8, pid=10)
+    d.grant("p.1", 8, pid=11)
+    for i in range(4):
+        d.submit("s", env(i))
+    out = sent_ids(d.dispatch())
+    assert sorted(len(v) for v in out.values()) == [2, 2]
+
+
+def test_a_stalled_worker_gets_no_more_work_while_another_can_take_it() -> None:
+    d, clock = make()
+    d.grant("p.0", 8, pid=10)
+    d.grant("p.1", 8, pid=11)
+    d.submit("s", env(0))  # the long one
+    assert sent_ids(d.dispatch()) == {"p.0": [0]}
+    for i in range(1, 40):  # short ones arrive while the long one runs
+        clock.now += 0.01
+        d.submit("s", env(i))
+        for worker, ids in sent_ids(d.dispatch()).items():
+            assert worker == "p.1", f"message {ids} queued behind the stalled worker"
+            d.done(worker, ids)
+    assert d.in_flight() == 1
+
+
+def test_when_every_worker_is_stalled_work_still_flows() -> None:
+    d, clock = make(workers=1)
+    d.grant("p.0", 8, pid=10)
+    d.submit("s", env(0))
+    d.dispatch()
+    clock.now += 10
+    d.submit("s", env(1))
+    assert sent_ids(d.dispatch()) == {"p.0": [1]}
+
+
+def test_down_worker_messages_go_out_again_with_attempt_plus_one() -> None:
+    d, _ = make()
+    d.grant("p.0", 4, pid=10)
+    for i in range(3):
+        d.submit("s", env(i))
+    d.dispatch()
+    assert d.down("p.0", pid=10) == []
+    assert [e[ID] for _, e in d.queue] == [0, 1, 2]
+    assert all(e[ATTEMPT] == 2 for _, e in d.queue)
+    d.grant("p.1", 4, pid=11)
+    assert sent_ids(d.dispatch()) == {"p.1": [0, 1, 2]}
+
+
+def test_messages_past_max_attempts_become_dead_letters() -> None:
+    d, _ = make(attempts=2)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(7))
+    d.dispatch()
+    assert d.down("p.0", pid=10) == []
+    d.grant("p.0", 4, pid=12)
+    d.dispatch()
+    [letter] = d.down("p.0", pid=12)
+    assert (letter.stage, letter.env[ID], letter.env[ATTEMPT]) == ("s", 7, 3)
+    assert "died" in letter.error
+
+
+def test_handler_failure_retries_then_dead_letters() -> None:
+    d, _ = make(attempts=2)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(1))
+    d.dispatch()
+    assert d.failed("p.0", 1, "s: ValueError: bad", "tb") is None
+    assert sent_ids(d.dispatch()) == {"p.0": [1]}
+    letter = d.failed("p.0", 1, "s: ValueError: bad", "tb")
+    assert letter is not None and letter.error == "s: ValueError: bad"
+
+
+def test_a_new_incarnation_implies_the_old_one_died() -> None:
+    d, _ = make(workers=1)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(1))
+    d.dispatch()
+    assert d.grant("p.0", 4, pid=20) == []  # restarted before the supervisor said so
+    assert [e[ID] for _, e in d.queue] == [1]
+    assert d.down("p.0", pid=10) == []  # the late word about pid 10 changes nothing
+    assert sent_ids(d.dispatch()) == {"p.0": [1]}
+
+
+def test_unreachable_worker_takes_the_batch_back() -> None:
+    d, _ = make(workers=1)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(1))
+    d.submit("s", env(2))
+    out = d.dispatch()
+    d.unreachable("p.0", out["p.0"])
+    assert [e[ID] for _, e in d.queue] == [1, 2]
+    assert d.in_flight() == 0 and d.dispatch() == {}
+
+
+def test_tracker_reports_done_only_after_every_output_is_received() -> None:
+    t = Tracker()
+    assert t.add([("a.0", 1)], [101, 102]) == []
+    assert t.received([101]) == []
+    assert t.received([999]) == []
+    assert t.received([102]) == [("a.0", 1)]
+    assert len(t) == 0
+
+
+def test_tracker_without_outputs_is_done_at_once() -> None:
+    t = Tracker()
+    assert t.add([("a.0", 1), ("a.0", 2)], []) == [("a.0", 1), ("a.0", 2)]
+
+
+def test_seen_ids_window() -> None:
+    seen = SeenIds(window=2)
+    assert seen.first_time(1) and seen.first_time(2)
+    assert not seen.first_time(1)
+    assert seen.first_time(3)  # 1 falls out of the window
+    assert seen.first_time(1)

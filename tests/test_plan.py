@@ -1,0 +1,64 @@
+"""The deployment plan is pure: graph + overrides -> processes, stages, peers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seda.errors import SpecError
+from seda.graph import check_file
+from seda.plan import Plan, make_plan
+
+
+def pipeline(root: Path):  # type: ignore[no-untyped-def]
+    return check_file(root / "graphs" / "pipeline.yaml", imports=False).spec
+
+
+def test_seda_model_gives_a_pool_per_stage(root: Path) -> None:
+    plan = make_plan(pipeline(root), "/run/x")
+    assert plan.pool_procs == {"tokenize": ["tokenize.0", "tokenize.1"],
+                               "normalize": ["normalize.0", "normalize.1"],
+                               "measure": ["measure.0"], "count": ["count.0"]}
+    assert plan.procs["tokenize.1"].title == "seda: worker tokenize#1"
+    assert plan.procs["tokenize.1"].endpoint == "ipc:///run/x/tokenize.1"
+    assert plan.origin() == "source"
+    # tokenize sends to normalize and measure, acks the source, reports to the supervisor
+    assert set(plan.procs["tokenize.0"].peers) == {"normalize.0", "normalize.1", "measure.0",
+                                                   "source", "supervisor"}
+    # count acks normalize and measure; results go to the source
+    assert set(plan.procs["count.0"].peers) == {"normalize.0", "normalize.1", "measure.0",
+                                                "source", "supervisor"}
+    assert set(plan.procs["source"].peers) == {"tokenize.0", "tokenize.1", *plan.procs,
+                                               "supervisor"} - {"source"}
+
+
+def test_fused_pools_and_amped(root: Path) -> None:
+    shop = check_file(root / "graphs" / "shop.yaml", imports=False).spec
+    plan = make_plan(shop, "/run/y")
+    assert plan.stage_pool == {"parse": "front", "catalog": "front", "checkout": "checkout"}
+    assert plan.procs["front.0"].stages == ("parse", "catalog")
+    amped = make_plan(shop, "/run/y", model="amped")
+    assert list(amped.pool_procs) == ["all"]
+    assert len(amped.pool_procs["all"]) == 4  # the largest pool asked for
+    assert amped.procs["all.0"].stages == ("parse", "catalog", "checkout")
+
+
+def test_worker_overrides(root: Path) -> None:
+    plan = make_plan(pipeline(root), "/r", workers={"count": 3, "tokenize": 1})
+    assert plan.pool_procs["count"] == ["count.0", "count.1", "count.2"]
+    assert plan.pool_procs["tokenize"] == ["tokenize.0"]
+    with pytest.raises(SpecError, match="unknown stage or pool 'cont' \\(did you mean"):
+        make_plan(pipeline(root), "/r", workers={"cont": 2})
+
+
+def test_plan_survives_json(root: Path) -> None:
+    plan = make_plan(pipeline(root), "/run/z")
+    again = Plan.from_json(plan.to_json())
+    assert again == plan
+    assert again.graph_spec() == pipeline(root)
+
+
+def test_models_that_cannot_run_yet_say_so(root: Path) -> None:
+    with pytest.raises(SpecError, match="model 'sped' cannot run yet"):
+        make_plan(pipeline(root), "/r", model="sped")
