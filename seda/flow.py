@@ -35,6 +35,7 @@ class Link:
     window: int = 0
     up: bool = False
     pid: int = 0  # incarnation that granted the window
+    isolated: bool = False  # holds one suspect and nothing else
     pending: dict[int, Pending] = field(default_factory=dict)  # insertion order = age order
 
     def available(self) -> int:
@@ -65,6 +66,7 @@ class Dispatcher:
         self.pool, self.clock, self.max_attempts = pool, clock, max_attempts
         self.links = {w: Link(w) for w in workers}
         self.queue: deque[tuple[str, Envelope]] = deque()
+        self.suspects: deque[tuple[str, Envelope]] = deque()  # held by a worker that died
         self.rtt = 0.0
         self.sent = 0
         self._turn = 0
@@ -79,30 +81,36 @@ class Dispatcher:
         return dead
 
     def down(self, worker: str, pid: int = 0) -> list[DeadLetter]:
-        """The worker died: everything it held goes out again, or to the dead letters.
+        """The worker died. What it held goes out again as *suspects*, one at a time, each
+        alone on a worker; only a message that was alone on a worker when it died is charged
+        an attempt. So a poison message is caught without charging its innocent neighbours.
         A report about an older incarnation than the one we know is ignored."""
         link = self.links[worker]
         if pid and link.pid and pid != link.pid:
             return []
-        link.up, link.window = False, 0
         back = list(link.pending.values())
+        alone = link.isolated and len(back) == 1
+        link.up, link.window, link.isolated = False, 0, False
         link.pending.clear()
         dead = []
         for stage, env, _ in reversed(back):
-            env[ATTEMPT] += 1
-            if env[ATTEMPT] > self.max_attempts(stage):
-                dead.append(DeadLetter(stage, env, f"worker {worker} died while holding it"))
-            else:
-                self.queue.appendleft((stage, env))
+            if alone:
+                env[ATTEMPT] += 1
+                if env[ATTEMPT] > self.max_attempts(stage):
+                    dead.append(DeadLetter(stage, env, f"worker {worker} died while running "
+                                                       f"it (alone) {env[ATTEMPT] - 1} times"))
+                    continue
+            self.suspects.appendleft((stage, env))
         return dead
 
     def unreachable(self, worker: str, batch: list[Pending]) -> None:
         """A send failed (the peer is not connected): take the batch back, wait for credit."""
         link = self.links[worker]
-        link.up = False
+        back = self.suspects if link.isolated else self.queue
+        link.up, link.isolated = False, False
         for stage, env, _ in reversed(batch):
             link.pending.pop(env[ID], None)
-            self.queue.appendleft((stage, env))
+            back.appendleft((stage, env))
 
     def done(self, worker: str, ids: list[int]) -> int:
         link = self.links.get(worker)
@@ -113,6 +121,7 @@ class Dispatcher:
             entry = link.pending.pop(msg_id, None)
             if entry is not None:
                 released += 1
+                link.isolated = False
                 sample = now - entry[2]
                 self.rtt = sample if self.rtt == 0.0 else 0.9 * self.rtt + 0.1 * sample
         return released
@@ -134,6 +143,9 @@ class Dispatcher:
     def submit(self, stage: str, env: Envelope) -> None:
         self.queue.append((stage, env))
 
+    def backlog(self) -> int:
+        return len(self.queue) + len(self.suspects)
+
     def in_flight(self) -> int:
         return sum(len(link.pending) for link in self.links.values())
 
@@ -144,12 +156,18 @@ class Dispatcher:
     def dispatch(self) -> dict[str, list[Pending]]:
         """Assign queued messages to workers; returns worker -> batch to send now."""
         out: dict[str, list[Pending]] = {}
-        if not self.queue:
+        if not self.queue and not self.suspects:
             return out
         now = self.clock()
         healthy = [lk for lk in self.links.values() if lk.up and not self.stalled(lk, now)]
         pool = healthy or [lk for lk in self.links.values() if lk.up]
-        ready = [lk for lk in pool if lk.available() > 0]
+        ready = [lk for lk in pool if lk.available() > 0 and not lk.isolated]
+        for link in [lk for lk in ready if not lk.pending]:
+            if not self.suspects:
+                break
+            link.isolated = True
+            self._assign(link, self.suspects, 1, now, out)
+        ready = [lk for lk in ready if not lk.isolated]
         while self.queue and ready:
             # least loaded first; among equals, the one whose oldest message is youngest;
             # rotating the start first shares work evenly between idle workers
@@ -159,16 +177,19 @@ class Dispatcher:
             link = ready[0]
             share = math.ceil(len(self.queue) / len(ready))
             self._turn += 1
-            count = min(link.available(), share)
-            batch = out.setdefault(link.name, [])
-            for _ in range(count):
-                stage, env = self.queue.popleft()
-                entry = (stage, env, now)
-                link.pending[env[ID]] = entry
-                batch.append(entry)
-            self.sent += count
+            self._assign(link, self.queue, min(link.available(), share), now, out)
             ready = [lk for lk in ready if lk.available() > 0]
         return out
+
+    def _assign(self, link: Link, source: deque[tuple[str, Envelope]], count: int, now: float,
+                out: dict[str, list[Pending]]) -> None:
+        batch = out.setdefault(link.name, [])
+        for _ in range(count):
+            stage, env = source.popleft()
+            entry = (stage, env, now)
+            link.pending[env[ID]] = entry
+            batch.append(entry)
+        self.sent += count
 
 
 @dataclass(slots=True)

@@ -242,6 +242,9 @@ class Node:
                 return False
             raise
 
+    def report(self) -> None:
+        self.status({"op": "stats", "pending": self.pending(), **self.counters, **self.stats()})
+
     def status(self, msg: dict[str, Any]) -> None:
         msg.setdefault("name", self.name)
         self.send(SUPERVISOR, STATUS, pack(msg))
@@ -278,8 +281,8 @@ class Node:
 
     def pending(self) -> int:
         """Messages this process is still responsible for (zero everywhere = finished)."""
-        queued = sum(len(d.queue) + d.in_flight() for d in self.dispatchers.values())
-        return queued + len(self.results.queue) + self.results.in_flight() + len(self.tracker)
+        queued = sum(d.backlog() + d.in_flight() for d in self.dispatchers.values())
+        return queued + self.results.backlog() + self.results.in_flight() + len(self.tracker)
 
     def sent_total(self) -> int:
         return sum(d.sent for d in self.dispatchers.values()) + self.results.sent
@@ -296,8 +299,7 @@ class Node:
                 self.results.grant(self.origin, 1 << 30)
         if now >= self._next_stats:
             self._next_stats = now + STATS_EVERY
-            self.status({"op": "stats", "pending": self.pending(), **self.counters,
-                         **self.stats()})
+            self.report()
         if now >= self._next_parent:
             self._next_parent = now + PARENT_CHECK_EVERY
             if os.getppid() != self.parent:

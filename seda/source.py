@@ -50,7 +50,7 @@ class Source(Node):
         return set(self.spec.source.to)
 
     def queued(self) -> int:
-        return sum(len(d.queue) for d in self.dispatchers.values())
+        return sum(d.backlog() for d in self.dispatchers.values())
 
     def room(self) -> int:
         """Items worth reading now: as many as the entry workers have credit for (reading
@@ -145,7 +145,7 @@ class Source(Node):
         self.finals.clear()
         self.out.flush()
         self.flushed = True
-        self.status({"op": "flushed"})
+        self.report()
 
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "stop_intake":

@@ -49,7 +49,7 @@ class Worker(Node):
             super().on_other(sender, kind, body)
 
     def backlog(self) -> int:
-        return sum(len(d.queue) for d in self.dispatchers.values())
+        return sum(d.backlog() for d in self.dispatchers.values())
 
     def has_work(self) -> bool:
         return bool(self.work) and self.backlog() < BACKLOG_LIMIT
@@ -62,7 +62,7 @@ class Worker(Node):
             self._run(sender, stage, envs)
         if self.finishing and not self.finished and self.pending() == 0:
             self.finished = True
-            self.status({"op": "finished"})
+            self.report()  # final figures, so the run's summary is exact
 
     def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
         handled: set[int] = set()

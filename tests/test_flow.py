@@ -83,30 +83,39 @@ def test_when_every_worker_is_stalled_work_still_flows() -> None:
     assert sent_ids(d.dispatch()) == {"p.0": [1]}
 
 
-def test_down_worker_messages_go_out_again_with_attempt_plus_one() -> None:
+def test_down_worker_messages_go_out_again_one_at_a_time_uncharged() -> None:
     d, _ = make()
     d.grant("p.0", 4, pid=10)
     for i in range(3):
         d.submit("s", env(i))
     d.dispatch()
     assert d.down("p.0", pid=10) == []
-    assert [e[ID] for _, e in d.queue] == [0, 1, 2]
-    assert all(e[ATTEMPT] == 2 for _, e in d.queue)
+    assert [e[ID] for _, e in d.suspects] == [0, 1, 2]
+    assert all(e[ATTEMPT] == 1 for _, e in d.suspects), "held is not the same as guilty"
     d.grant("p.1", 4, pid=11)
-    assert sent_ids(d.dispatch()) == {"p.1": [0, 1, 2]}
+    d.submit("s", env(3))
+    assert sent_ids(d.dispatch()) == {"p.1": [0]}  # a suspect travels alone
+    assert d.dispatch() == {}
+    d.done("p.1", [0])
+    assert sent_ids(d.dispatch()) == {"p.1": [1]}
 
 
-def test_messages_past_max_attempts_become_dead_letters() -> None:
+def test_a_suspect_that_kills_its_worker_alone_is_charged_then_dead_lettered() -> None:
     d, _ = make(attempts=2)
     d.grant("p.0", 4, pid=10)
     d.submit("s", env(7))
+    d.submit("s", env(8))
     d.dispatch()
-    assert d.down("p.0", pid=10) == []
-    d.grant("p.0", 4, pid=12)
-    d.dispatch()
-    [letter] = d.down("p.0", pid=12)
+    assert d.down("p.0", pid=10) == []  # held two: nobody charged
+    for pid in (12, 13):
+        d.grant("p.0", 4, pid=pid)
+        assert sent_ids(d.dispatch()) == {"p.0": [7]}
+        letters = d.down("p.0", pid=pid)  # died with 7 alone
+    [letter] = letters
     assert (letter.stage, letter.env[ID], letter.env[ATTEMPT]) == ("s", 7, 3)
-    assert "died" in letter.error
+    assert "died while running it (alone) 2 times" in letter.error
+    assert [e[ID] for _, e in d.suspects] == [8]
+    assert [e[ATTEMPT] for _, e in d.suspects] == [1]
 
 
 def test_handler_failure_retries_then_dead_letters() -> None:
@@ -126,7 +135,7 @@ def test_a_new_incarnation_implies_the_old_one_died() -> None:
     d.submit("s", env(1))
     d.dispatch()
     assert d.grant("p.0", 4, pid=20) == []  # restarted before the supervisor said so
-    assert [e[ID] for _, e in d.queue] == [1]
+    assert [e[ID] for _, e in d.suspects] == [1]
     assert d.down("p.0", pid=10) == []  # the late word about pid 10 changes nothing
     assert sent_ids(d.dispatch()) == {"p.0": [1]}
 
