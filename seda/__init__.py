@@ -9,11 +9,28 @@ Layers, bottom up (each imports only those below it):
 
 from __future__ import annotations
 
-from seda.errors import ProtocolError, RunError, SedaError, SpecError
-from seda.graph import Graph, check_file, to_yaml
-from seda.spec import GraphSpec
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 __all__ = ["Graph", "GraphSpec", "ProtocolError", "RunError", "SedaError", "SpecError",
            "__version__", "check_file", "to_yaml"]
+
+# Imported on first use: worker processes import `seda.*` modules and should not pay for
+# the graph tooling (networkx, YAML) they never touch.
+_LAZY = {"Graph": "seda.graph", "check_file": "seda.graph", "to_yaml": "seda.graph",
+         "GraphSpec": "seda.spec", "ProtocolError": "seda.errors", "RunError": "seda.errors",
+         "SedaError": "seda.errors", "SpecError": "seda.errors"}
+
+if TYPE_CHECKING:
+    from seda.errors import ProtocolError, RunError, SedaError, SpecError
+    from seda.graph import Graph, check_file, to_yaml
+    from seda.spec import GraphSpec
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'seda' has no attribute '{name}'")

@@ -6,6 +6,7 @@ plan, dies with its supervisor, imports the handlers and runs its role.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -44,5 +45,17 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def profiled(argv: list[str]) -> int:
+    """With SEDA_PROFILE=DIR, each child writes DIR/NAME.prof (cProfile) when it stops."""
+    import cProfile
+
+    folder = os.environ["SEDA_PROFILE"]
+    profile = cProfile.Profile()
+    try:
+        return int(profile.runcall(main, argv))
+    finally:
+        profile.dump_stats(os.path.join(folder, f"{argv[2]}.prof"))
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(profiled(sys.argv) if os.environ.get("SEDA_PROFILE") else main(sys.argv))

@@ -24,6 +24,8 @@ from seda.envelope import DEADLINE, ID, ORIGIN, PAYLOAD, Envelope, child_id, pac
 from seda.flow import SeenIds
 from seda.spec import GraphSpec
 
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})  # msgpack carries these as is
+
 
 class HandlerUsageError(Exception):
     """A handler used the API wrongly (emit to a stage it has no route to, ...)."""
@@ -31,12 +33,14 @@ class HandlerUsageError(Exception):
 
 @dataclass(slots=True)
 class Group:
-    """Inputs processed together and everything they caused."""
+    """What one batch caused: the inputs handled, their outputs, and the inputs that failed
+    or were dropped (both are finished with at once; handled ones once outputs arrive)."""
 
     inputs: list[Envelope]
     emits: list[tuple[str, Envelope]] = field(default_factory=list)  # to other pools
     results: list[tuple[str, int, Any]] = field(default_factory=list)  # (origin, id, payload)
-    error: tuple[str, str] | None = None  # (message, traceback)
+    failed: list[tuple[Envelope, str, str]] = field(default_factory=list)  # (env, error, tb)
+    dropped: list[Envelope] = field(default_factory=list)  # expired, or duplicate at a sink
 
 
 @dataclass(slots=True)
@@ -151,49 +155,72 @@ class StageCore:
         return out
 
     # ---------------------------------------------------------------- processing
-    def process(self, stage: str, batch: list[Envelope]) -> list[Group]:
-        """Run `batch` (all for `stage`, from outside this pool). One Group per input, or one
-        for the whole batch when the handler takes batches."""
+    def process(self, stage: str, batch: list[Envelope]) -> Group:
+        """Run `batch` (all for `stage`, from outside this pool) and return what it caused.
+        Each input is atomic: a handler that raises takes back that input's outputs."""
         stats = self.stats[stage]
         stats.received += len(batch)
-        batch = self._fresh(stage, batch)
-        if not batch:
-            return []
+        group = Group([])
+        batch = self._fresh(stage, batch, group.dropped)
         started = time.perf_counter()
         runner = self.runners[stage]
         self._running = ""
         if runner.batch is not None:
-            groups = [self._run_batch(stage, runner, batch)]
+            self._run_batch(stage, runner, batch, group)
         else:
-            groups = [self._run_one(stage, env) for env in batch]
+            self._run_each(stage, runner, batch, group)
         stats.busy += time.perf_counter() - started
-        return groups
+        return group
 
-    def _fresh(self, stage: str, batch: list[Envelope]) -> list[Envelope]:
+    def _run_each(self, stage: str, runner: _Runner, batch: list[Envelope],
+                  group: Group) -> None:
+        """The hot loop: one handler call per message, locals hoisted out of the loop."""
+        call, ctx, route = runner.call, runner.ctx, self._route_return
+        emits, results, inputs, pending = group.emits, group.results, group.inputs, \
+            self._pending
+        ctx._group = group
+        done = 0
+        for env in batch:
+            marks = len(emits), len(results)
+            ctx._env, ctx._n = env, 0
+            self._running = stage
+            try:
+                value = call(env[PAYLOAD], ctx)
+                if value is not None:
+                    route(stage, ctx, value)
+                done += 1
+                if pending:
+                    self._drain_local(group)
+                inputs.append(env)
+            except Exception as exc:
+                del emits[marks[0]:], results[marks[1]:]
+                group.failed.append((env, *self._failure(stage, exc)))
+        self.stats[stage].completed += done
+
+    def _fresh(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
+               ) -> list[Envelope]:
         """Drop expired messages, and duplicates at sinks (a re-run upstream re-sends)."""
+        is_sink = stage in self.sinks
+        if not is_sink and not any(env[DEADLINE] for env in batch):
+            return batch
         now = self.clock()
         stats = self.stats[stage]
         keep = []
         for env in batch:
             if env[DEADLINE] and env[DEADLINE] < now:
                 stats.expired += 1
-            elif stage in self.sinks and not self.seen.first_time(env[ID]):
+                dropped.append(env)
+            elif is_sink and not self.seen.first_time(env[ID]):
                 stats.duplicates += 1
+                dropped.append(env)
             else:
                 keep.append(env)
         return keep
 
-    def _run_one(self, stage: str, env: Envelope) -> Group:
-        group = Group([env])
-        try:
-            self._call(stage, env, group)
-            self._drain_local(group)
-        except Exception as exc:
-            self._fail(stage, group, exc)
-        return group
-
-    def _run_batch(self, stage: str, runner: _Runner, batch: list[Envelope]) -> Group:
-        group = Group(batch)
+    def _run_batch(self, stage: str, runner: _Runner, batch: list[Envelope],
+                   group: Group) -> None:
+        if not batch:
+            return
         ctx = runner.ctx
         ctx._env, ctx._group, ctx._n = batch[0], group, 0
         self._running = stage
@@ -206,9 +233,12 @@ class StageCore:
                     self._route_return(stage, ctx, value)
             self.stats[stage].completed += len(batch)
             self._drain_local(group)
+            group.inputs.extend(batch)
         except Exception as exc:
-            self._fail(stage, group, exc)
-        return group
+            group.emits.clear()
+            group.results.clear()
+            failure = self._failure(stage, exc)
+            group.failed.extend((env, *failure) for env in batch)
 
     def _call(self, stage: str, env: Envelope, group: Group) -> None:
         runner = self.runners[stage]
@@ -223,7 +253,7 @@ class StageCore:
         if value is None:
             return
         route = self.runners[stage].returns
-        if route.startswith("->"):
+        if route[:2] == "->":
             self._emit(ctx, route[2:], value)
         elif route == "reply" or route == "result":
             self._result(ctx, value)
@@ -239,15 +269,16 @@ class StageCore:
         if stage in self.runners:
             self._pending.append((stage, child))
         else:
-            why = packable(payload)
-            if why is not None:
-                raise HandlerUsageError(f"stage '{ctx.stage}' emitted a payload msgpack cannot "
-                                        f"carry to '{stage}': {why}")
+            if type(payload) not in _PLAIN:
+                why = packable(payload)
+                if why is not None:
+                    raise HandlerUsageError(f"stage '{ctx.stage}' emitted a payload msgpack "
+                                            f"cannot carry to '{stage}': {why}")
             ctx._group.emits.append((stage, child))
 
     def _result(self, ctx: Context, payload: Any) -> None:
         env = ctx._env
-        why = packable(payload)
+        why = None if type(payload) in _PLAIN else packable(payload)
         if why is not None:
             raise HandlerUsageError(f"stage '{ctx.stage}' replied with a payload msgpack "
                                     f"cannot carry: {why}")
@@ -263,11 +294,10 @@ class StageCore:
             self.stats[stage].received += 1
             self._call(stage, env, group)
 
-    def _fail(self, stage: str, group: Group, exc: Exception) -> None:
+    def _failure(self, stage: str, exc: Exception) -> tuple[str, str]:
+        """Count the error against the stage that raised; (message, traceback)."""
         failed_in = self._running or stage
         self._pending.clear()
         self.stats[failed_in].errors += 1
-        group.emits.clear()
-        group.results.clear()
         message = f"{failed_in}: {type(exc).__name__}: {exc}"
-        group.error = (message, "".join(traceback.format_exception(exc)))
+        return message, "".join(traceback.format_exception(exc))

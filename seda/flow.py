@@ -116,14 +116,16 @@ class Dispatcher:
         link = self.links.get(worker)
         if link is None:
             return 0
-        now, released = self.clock(), 0
+        pop, released, last = link.pending.pop, 0, None
         for msg_id in ids:
-            entry = link.pending.pop(msg_id, None)
+            entry = pop(msg_id, None)
             if entry is not None:
                 released += 1
-                link.isolated = False
-                sample = now - entry[2]
-                self.rtt = sample if self.rtt == 0.0 else 0.9 * self.rtt + 0.1 * sample
+                last = entry
+        if last is not None:  # one round-trip sample per acknowledgement frame
+            link.isolated = False
+            sample = self.clock() - last[2]
+            self.rtt = sample if self.rtt == 0.0 else 0.9 * self.rtt + 0.1 * sample
         return released
 
     def failed(self, worker: str, msg_id: int, error: str, tb: str) -> DeadLetter | None:
@@ -211,14 +213,16 @@ class Tracker:
 
     def add(self, inputs: list[tuple[str, int]], outputs: list[int]) -> list[tuple[str, int]]:
         """Register a processed group; returns the inputs that are DONE right away."""
-        fresh = [o for o in outputs if o not in self._waiting]
-        if not fresh:
+        if not outputs:
             return inputs
+        if not self._waiting.keys().isdisjoint(outputs):  # rare: a duplicate still in flight
+            outputs = [o for o in outputs if o not in self._waiting]
+            if not outputs:
+                return inputs
         key = self._next
         self._next += 1
-        self._groups[key] = _Group(inputs, len(fresh))
-        for output in fresh:
-            self._waiting[output] = key
+        self._groups[key] = _Group(inputs, len(set(outputs)))
+        self._waiting.update(dict.fromkeys(outputs, key))
         return []
 
     def received(self, outputs: list[int]) -> list[tuple[str, int]]:

@@ -8,7 +8,7 @@ the line of the Python call that declared the field.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import yaml
 
 from seda import topology
 from seda.errors import Problem, SpecError
-from seda.handler import check_imports
+from seda.handler import HandlerImportError, resolve, search_path
 from seda.loader import FieldPath, LineMap, load_file, spec_from_data
 from seda.spec import GraphSpec
 
@@ -115,6 +115,22 @@ def to_yaml(spec: GraphSpec) -> str:
                       for n, s in spec.stages.items()}
     text: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
     return text
+
+
+def check_imports(spec: GraphSpec, lines: LineMap, search: Sequence[str] = ()) -> list[Problem]:
+    """Import every handler of `spec`; one Problem per handler that cannot be used."""
+    refs: list[tuple[tuple[str, ...], str]] = []
+    if spec.source is not None:
+        refs.append((("source", "handler"), spec.source.handler))
+    refs += [(("stages", n, "handler"), s.handler) for n, s in spec.stages.items()]
+    problems = []
+    with search_path(search):
+        for path, ref in refs:
+            try:
+                resolve(ref)
+            except HandlerImportError as exc:
+                problems.append(lines.problem(path, str(exc)))
+    return problems
 
 
 @dataclass

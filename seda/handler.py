@@ -1,7 +1,7 @@
 """Handler import strings ('module:attr') -> callables, with errors a user can act on.
 
 Importing runs user code, so only `seda validate`, `seda run` and workers call this; the
-pure spec and topology checks never do.
+pure spec and topology checks never do. Kept light: worker processes import it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from seda.errors import Problem, SedaError, did_you_mean
-from seda.loader import LineMap
-from seda.spec import GraphSpec
+from seda.errors import SedaError, did_you_mean
 
 
 class HandlerImportError(SedaError):
@@ -66,19 +64,3 @@ def resolve(ref: str) -> Any:
     if not callable(obj):
         raise HandlerImportError(ref, f"not callable (it is {type(obj).__name__})")
     return obj
-
-
-def check_imports(spec: GraphSpec, lines: LineMap, search: Sequence[str] = ()) -> list[Problem]:
-    """Import every handler of `spec`; one Problem per handler that cannot be used."""
-    refs: list[tuple[tuple[str, ...], str]] = []
-    if spec.source is not None:
-        refs.append((("source", "handler"), spec.source.handler))
-    refs += [(("stages", n, "handler"), s.handler) for n, s in spec.stages.items()]
-    problems = []
-    with search_path(search):
-        for path, ref in refs:
-            try:
-                resolve(ref)
-            except HandlerImportError as exc:
-                problems.append(lines.problem(path, str(exc)))
-    return problems

@@ -42,6 +42,7 @@ from seda.flow import DeadLetter, Dispatcher, Pending, Tracker
 from seda.plan import SUPERVISOR, Plan
 
 RESULTS = "@results"
+FRAME_MAX = 64  # messages per DATA frame
 HELLO_EVERY = 0.1
 STATS_EVERY = 0.5
 PARENT_CHECK_EVERY = 0.5
@@ -73,6 +74,9 @@ class Node:
         self.origin = plan.origin()
         self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts)
                             for p in self._downstream_pools()}
+        # stage -> the queue of the dispatcher for its pool (the hot path appends to it)
+        self._route = {s: self.dispatchers[p].queue for s, p in plan.stage_pool.items()
+                       if p in self.dispatchers}
         self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: 1 << 30)
         self.results.grant(self.origin, 1 << 30)
         self.tracker = Tracker()
@@ -120,6 +124,7 @@ class Node:
                 events = dict(self.poller.poll(0 if busy else 20))
                 if events:
                     self._read_inbox()
+                    self._flush_acks()  # receipts go back before we spend time on work
                 self.step()
                 self.flush()
                 self._timers()
@@ -224,9 +229,10 @@ class Node:
                        results: list[tuple[str, int, Any]]) -> list[int]:
         """Queue a group's outputs for sending; returns their ids (for the tracker)."""
         ids = []
-        for stage, env in emits:
-            self.dispatchers[self.plan.stage_pool[stage]].submit(stage, env)
-            ids.append(env[ID])
+        route = self._route
+        for item in emits:
+            route[item[0]].append(item)
+            ids.append(item[1][ID])
         for _origin, result_id, payload in results:
             self.results.submit(RESULTS, [result_id, self.origin, 1, 0.0, payload])
             ids.append(result_id)
@@ -249,10 +255,13 @@ class Node:
         msg.setdefault("name", self.name)
         self.send(SUPERVISOR, STATUS, pack(msg))
 
-    def flush(self) -> None:
+    def _flush_acks(self) -> None:
         for sender, (received, done) in self._acks.items():
             self.send(sender, ACK, pack([received, done]))
         self._acks.clear()
+
+    def flush(self) -> None:
+        self._flush_acks()
         for sender, fails in self._fails.items():
             self.send(sender, FAIL, pack(fails))
         self._fails.clear()
@@ -266,13 +275,16 @@ class Node:
                 self.results.grant(origin, 1 << 30)
 
     def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
+        """One DATA frame per stage and per FRAME_MAX messages: several frames in flight
+        let the receiver start on the first while the rest travel."""
         by_stage: dict[str, list[Envelope]] = {}
         for stage, env, _ in batch:
             by_stage.setdefault(stage, []).append(env)
         for stage, envs in by_stage.items():
-            if not self.send(worker, DATA, pack([stage, envs])):
-                dispatcher.unreachable(worker, batch)
-                return
+            for start in range(0, len(envs), FRAME_MAX):
+                if not self.send(worker, DATA, pack([stage, envs[start:start + FRAME_MAX]])):
+                    dispatcher.unreachable(worker, batch)
+                    return
 
     def dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters:

@@ -12,6 +12,7 @@ import queue
 import sys
 import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -22,7 +23,8 @@ from seda.flow import SeenIds
 from seda.node import Node
 from seda.plan import Plan
 
-READ_AHEAD = 256  # items read but not yet sent, at most
+READ_AHEAD = 1024  # items read but not yet sent, at most (about)
+CHUNK = 128  # items per hand-over from the reader thread
 DEDUP_WINDOW = 1 << 18
 
 
@@ -36,7 +38,8 @@ class Source(Node):
         self.make_items = resolve(self.spec.source.handler)
         self.finals: dict[str, list[Any]] = {}
         self.flushed = self.started = False
-        self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=READ_AHEAD)
+        self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=READ_AHEAD // CHUNK)
+        self.items: deque[Any] = deque()
         self.reader: threading.Thread | None = None
         self.stop_reading = threading.Event()
         self.out = output or sys.stdout
@@ -67,7 +70,8 @@ class Source(Node):
         return min(credit, READ_AHEAD) - self.queued()
 
     def has_work(self) -> bool:
-        return not self.exhausted and self.room() > 0 and not self.inbound.empty()
+        return not self.exhausted and self.room() > 0 and bool(self.items
+                                                               or not self.inbound.empty())
 
     def step(self) -> None:
         if self.exhausted:
@@ -75,35 +79,52 @@ class Source(Node):
         if self.reader is None:
             self.reader = threading.Thread(target=self._read, name="source-reader", daemon=True)
             self.reader.start()
-        for _ in range(max(0, self.room())):
-            try:
-                kind, item = self.inbound.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "item":
-                self._submit(item)
-            elif kind == "end":
-                self.exhausted = True
-                self.status({"op": "exhausted", "read": self.read})
-                return
-            else:
-                self.exhausted = True
-                self.failure = str(item)
-                self.status({"op": "failed", "error": self.failure})
-                return
+        room = self.room()
+        while room > 0:
+            if not self.items:
+                try:
+                    kind, value = self.inbound.get_nowait()
+                except queue.Empty:
+                    return
+                if kind != "items":
+                    self._end(kind, value)
+                    return
+                self.items.extend(value)
+            take = min(room, len(self.items))
+            for _ in range(take):
+                self._submit(self.items.popleft())
+            room -= take
+
+    def _end(self, kind: str, value: Any) -> None:
+        self.exhausted = True
+        if kind == "error":
+            self.failure = str(value)
+            self.status({"op": "failed", "error": self.failure})
+        else:
+            self.status({"op": "exhausted", "read": self.read})
 
     def _read(self) -> None:
         """Reader thread: runs the user's generator, so a slow or blocking source never stalls
-        the loop that sends, acknowledges and answers the supervisor. Bounded queue: it
-        blocks when the loop is READ_AHEAD items behind."""
+        the loop that sends, acknowledges and answers the supervisor. Items travel in chunks
+        (one lock round per chunk, not per item); a chunk goes as soon as the loop is idle,
+        so a slow source's items are not held back. The queue is bounded, so the thread
+        blocks when the loop is behind."""
         assert self.spec.source is not None
+        chunk: list[Any] = []
         try:
             for item in self.make_items(dict(self.spec.source.options)):
                 if self.stop_reading.is_set():
                     return
-                self.inbound.put(("item", item))
+                chunk.append(item)
+                if len(chunk) >= CHUNK or self.inbound.empty():
+                    self.inbound.put(("items", chunk))
+                    chunk = []
+            if chunk:
+                self.inbound.put(("items", chunk))
             self.inbound.put(("end", None))
         except Exception as exc:  # the user's source failed: report it, stop reading
+            if chunk:
+                self.inbound.put(("items", chunk))
             tb = "".join(traceback.format_exception(exc))
             self.inbound.put(("error", f"source: {type(exc).__name__}: {exc}\n{tb}"))
 

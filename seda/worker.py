@@ -8,6 +8,7 @@ restarts it.
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from seda.envelope import CREDIT, DATA, HELLO, ID, Envelope, child_id, pack, unp
 from seda.node import RESULTS, Node
 from seda.plan import Plan
 
+STEP_SLICE = 0.002  # s of handler work per loop turn
 BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
 
 
@@ -55,9 +57,9 @@ class Worker(Node):
         return bool(self.work) and self.backlog() < BACKLOG_LIMIT
 
     def step(self) -> None:
-        for _ in range(64):
-            if not self.has_work():
-                break
+        # a short slice, then the loop sends what it produced and reads what came in
+        until = time.perf_counter() + STEP_SLICE
+        while self.has_work() and time.perf_counter() < until:
             sender, stage, envs = self.work.popleft()
             self._run(sender, stage, envs)
         if self.finishing and not self.finished and self.pending() == 0:
@@ -65,20 +67,16 @@ class Worker(Node):
             self.report()  # final figures, so the run's summary is exact
 
     def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
-        handled: set[int] = set()
-        for group in self.core.process(stage, envs):
-            inputs = [(sender, env[ID]) for env in group.inputs]
-            handled.update(i for _, i in inputs)
-            if group.error is not None:
-                for _, msg_id in inputs:
-                    self.fail(sender, msg_id, *group.error)
-                continue
+        group = self.core.process(stage, envs)
+        for env, error, tb in group.failed:
+            self.fail(sender, env[ID], error, tb)
+        done = self._acks.setdefault(sender, ([], []))[1]
+        done.extend(env[ID] for env in group.dropped)
+        if group.inputs:
             outputs = self.submit_outputs(group.emits, group.results)
+            inputs = [(sender, env[ID]) for env in group.inputs]
             for done_sender, msg_id in self.tracker.add(inputs, outputs):
                 self.ack_done(done_sender, msg_id)
-        for env in envs:  # expired or duplicate: dropped by the core, done all the same
-            if env[ID] not in handled:
-                self.ack_done(sender, env[ID])
 
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "finish":

@@ -31,30 +31,31 @@ def chain() -> GraphSpec:
 
 def test_return_value_goes_to_the_single_route() -> None:
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: x + 1})
-    [group] = c.process("a", [env(1, 41)])
+    group = c.process("a", [env(1, 41)])
     assert [(s, e[PAYLOAD]) for s, e in group.emits] == [("b", 42)]
-    assert group.error is None and c.stats["a"].completed == 1
+    assert group.failed == [] and c.stats["a"].completed == 1
 
 
 def test_fused_stages_call_each_other_directly() -> None:
     handlers = {"m:a": lambda x, ctx: x + 1, "m:b": lambda x, ctx: x * 10}
     c = core(chain(), ["a", "b"], handlers)
-    [group] = c.process("a", [env(1, 1)])
+    group = c.process("a", [env(1, 1)])
     assert [(s, e[PAYLOAD]) for s, e in group.emits] == [("c", 20)]
     assert c.stats["b"].received == 1
 
 
 def test_sink_return_is_a_result_and_duplicates_are_dropped() -> None:
     c = core(chain(), ["c"], {"m:c": lambda x, ctx: x})
-    groups = c.process("c", [env(5, "x"), env(5, "x"), env(6, "y")])
-    assert [r[2] for g in groups for r in g.results] == ["x", "y"]
+    group = c.process("c", [env(5, "x"), env(5, "x"), env(6, "y")])
+    assert [r[2] for r in group.results] == ["x", "y"]
+    assert [e[ID] for e in group.dropped] == [5]
     assert c.stats["c"].duplicates == 1
 
 
 def test_child_ids_are_deterministic() -> None:
     handlers = {"m:a": lambda x, ctx: x}
-    first = core(chain(), ["a"], handlers).process("a", [env(9, 0)])[0].emits[0][1][ID]
-    again = core(chain(), ["a"], handlers).process("a", [env(9, 0)])[0].emits[0][1][ID]
+    first = core(chain(), ["a"], handlers).process("a", [env(9, 0)]).emits[0][1][ID]
+    again = core(chain(), ["a"], handlers).process("a", [env(9, 0)]).emits[0][1][ID]
     assert first == again != 9
 
 
@@ -62,25 +63,43 @@ def test_exception_discards_outputs_and_names_the_stage() -> None:
     def b(x: int, ctx: Any) -> int:
         raise ValueError(f"bad {x}")
 
-    c = core(chain(), ["a", "b"], {"m:a": lambda x, ctx: x, "m:b": b})
-    [group] = c.process("a", [env(1, 3)])
-    assert group.emits == [] and group.error is not None
-    assert group.error[0] == "b: ValueError: bad 3"
-    assert "Traceback" in group.error[1]
-    assert c.stats["b"].errors == 1 and c.stats["a"].errors == 0
+    def a(x: int, ctx: Any) -> int:
+        ctx.reply("early")  # taken back too when the message fails later
+        return x
+
+    c = core(chain(), ["a", "b"], {"m:a": a, "m:b": b})
+    group = c.process("a", [env(1, 2), env(2, 3)])
+    assert [e[ID] for e in group.inputs] == []
+    assert group.emits == [] and group.results == []
+    [(e1, err1, tb1), (_, err2, _)] = group.failed
+    assert (e1[ID], err1, err2) == (1, "b: ValueError: bad 2", "b: ValueError: bad 3")
+    assert "Traceback" in tb1
+    assert c.stats["b"].errors == 2 and c.stats["a"].errors == 0
+
+
+def test_one_failing_input_does_not_take_its_batch_neighbours_down() -> None:
+    def a(x: int, ctx: Any) -> int:
+        if x == 2:
+            raise KeyError(x)
+        return x
+
+    c = core(chain(), ["a"], {"m:a": a})
+    group = c.process("a", [env(1, 1), env(2, 2), env(3, 3)])
+    assert [e[ID] for e in group.inputs] == [1, 3]
+    assert [e[PAYLOAD] for _, e in group.emits] == [1, 3]
+    assert [e[ID] for e, _, _ in group.failed] == [2]
 
 
 def test_emit_to_a_stage_without_a_route_is_an_error() -> None:
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: ctx.emit("c", x)})
-    [group] = c.process("a", [env(1, 3)])
-    assert group.error is not None
-    assert "stage 'a' has no route to 'c' (its routes: b)" in group.error[0]
+    [(_, error, _)] = c.process("a", [env(1, 3)]).failed
+    assert "stage 'a' has no route to 'c' (its routes: b)" in error
 
 
 def test_unpackable_payload_is_an_error_at_the_emitting_stage() -> None:
-    c = core(chain(), ["a"], {"m:a": lambda x, ctx: object()})
-    [group] = c.process("a", [env(1, 3)])
-    assert group.error is not None and "msgpack cannot carry" in group.error[0]
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: {"x": object()}})
+    [(_, error, _)] = c.process("a", [env(1, 3)]).failed
+    assert "msgpack cannot carry" in error
 
 
 def test_class_handler_lifecycle_and_batches() -> None:
@@ -100,17 +119,18 @@ def test_class_handler_lifecycle_and_batches() -> None:
     spec = (Graph("b").source("m:src", to=["a"]).stage("a", "m:a", to=["c"], options={"k": 1})
             .stage("c", "m:c", sink=True)).build()
     c = core(spec, ["a"], {"m:a": Batcher})
-    groups = c.process("a", [env(1, 1), env(2, 2)])
+    group = c.process("a", [env(1, 1), env(2, 2)])
     c.teardown()
-    assert len(groups) == 1 and len(groups[0].inputs) == 2
-    assert [e[PAYLOAD] for _, e in groups[0].emits] == [2, 4]
+    assert len(group.inputs) == 2
+    assert [e[PAYLOAD] for _, e in group.emits] == [2, 4]
     assert calls == ["setup {'k': 1}", "batch [1, 2]", "teardown"]
 
 
 def test_expired_messages_are_dropped_and_counted() -> None:
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: x}, now=1000.0)
-    groups = c.process("a", [env(1, 1, deadline=999.0), env(2, 2, deadline=1001.0)])
-    assert [g.inputs[0][ID] for g in groups] == [2]
+    group = c.process("a", [env(1, 1, deadline=999.0), env(2, 2, deadline=1001.0)])
+    assert [e[ID] for e in group.inputs] == [2]
+    assert [e[ID] for e in group.dropped] == [1]
     assert c.stats["a"].expired == 1
 
 
@@ -118,14 +138,14 @@ def test_several_routes_need_explicit_emit() -> None:
     spec = (Graph("f").source("m:src", to=["a"]).stage("a", "m:a", to=["b", "c"])
             .stage("b", "m:b", sink=True).stage("c", "m:c", sink=True)).build()
     c = core(spec, ["a"], {"m:a": lambda x, ctx: x})
-    [group] = c.process("a", [env(1, 1)])
-    assert group.error is not None and "use ctx.emit" in group.error[0]
+    [(_, error, _)] = c.process("a", [env(1, 1)]).failed
+    assert "use ctx.emit" in error
 
 
 def test_service_reply_keeps_the_request_id() -> None:
     spec = Graph("s").acceptor("a").stage("a", "m:a").build()
     c = core(spec, ["a"], {"m:a": lambda req, ctx: {"status": 200}})
-    [group] = c.process("a", [[77, "acceptor.0", 1, 0.0, {"path": "/"}]])
+    group = c.process("a", [[77, "acceptor.0", 1, 0.0, {"path": "/"}]])
     assert group.results == [("acceptor.0", 77, {"status": 200})]
 
 

@@ -1,0 +1,313 @@
+"""Pipeline throughput: seda against hand-written baselines, side by side in one run.
+
+    python tools/bench_pipeline.py [--items 200000] [--repeat 3]
+
+Shapes (each stage one process, ~100-byte messages):
+  chain    source -> double -> sink
+  fan      source -> split -> (left, right) -> sink      (fan-out and fan-in)
+Contenders:
+  seda        `seda run` on the same shape (startup included, like the others)
+  zmq-batch   hand-written pyzmq PUSH/PULL + msgpack, 256 messages per frame: the practical
+              ceiling for Python processes talking over zmq (no acks, no retries, no credit)
+  mp-queue    multiprocessing.Queue between processes, one item per put
+  pypeln      pypeln.process stages (if installed)
+Prints messages/s (best of --repeat, wall clock end to end) and each one's ratio to seda.
+Every process here runs on this machine's cores; the figures are for comparison, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+PAD = "x" * 80  # payload ~100 bytes with the number
+
+
+def item(i: int) -> list[Any]:
+    return [i, PAD]
+
+
+# ------------------------------------------------------------------ handlers for seda
+def numbers(options: dict[str, Any]) -> Any:
+    return (item(i) for i in range(int(options["n"])))
+
+
+def double(x: list[Any], ctx: Any) -> list[Any]:
+    return [x[0] * 2, x[1]]
+
+
+def split(x: list[Any], ctx: Any) -> None:
+    ctx.emit("left" if x[0] % 2 else "right", x)
+
+
+class Total:
+    def setup(self, ctx: Any) -> None:
+        self.count = self.total = 0
+
+    def handle(self, x: list[Any], ctx: Any) -> None:
+        self.count += 1
+        self.total += x[0]
+
+    def finish(self, ctx: Any) -> dict[str, int]:
+        return {"count": self.count, "sum": self.total}
+
+    @staticmethod
+    def merge(parts: list[dict[str, int]]) -> dict[str, int]:
+        return {"count": sum(p["count"] for p in parts), "sum": sum(p["sum"] for p in parts)}
+
+
+CHAIN = """
+name: bench-chain
+source: {{handler: "bench_pipeline:numbers", to: [double], options: {{n: {n}}}}}
+stages:
+  double: {{handler: "bench_pipeline:double", prefetch: 512, to: [sink]}}
+  sink: {{handler: "bench_pipeline:Total", prefetch: 512, sink: true}}
+"""
+FAN = """
+name: bench-fan
+source: {{handler: "bench_pipeline:numbers", to: [split], options: {{n: {n}}}}}
+stages:
+  split: {{handler: "bench_pipeline:split", prefetch: 512, to: [left, right]}}
+  left: {{handler: "bench_pipeline:double", prefetch: 512, to: [sink]}}
+  right: {{handler: "bench_pipeline:double", prefetch: 512, to: [sink]}}
+  sink: {{handler: "bench_pipeline:Total", prefetch: 512, sink: true, queue: 2048}}
+"""
+
+
+def run_seda(shape: str, n: int) -> float:
+    text = (CHAIN if shape == "chain" else FAN).format(n=n)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = Path(tmp) / "graph.yaml"
+        graph.write_text(text)
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "tools")}
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "seda.cli", "run", str(graph),
+                               "--no-progress", "-o", str(Path(tmp) / "out.jsonl")],
+                              cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr)
+        check(eval_total(Path(tmp) / "out.jsonl"), n, shape)
+    return elapsed
+
+
+def eval_total(path: Path) -> dict[str, int]:
+    import json
+
+    [total] = [json.loads(line) for line in path.read_text().splitlines()]
+    return dict(total)
+
+
+def check(total: dict[str, int], n: int, shape: str) -> None:
+    want = {"count": n, "sum": 2 * n * (n - 1) // 2}
+    if total != want:
+        raise RuntimeError(f"{shape}: wrong result {total}, expected {want}")
+
+
+# ------------------------------------------------------------------ zmq-batch baseline
+BATCH = 256
+
+
+def _zmq_source(out: str, n: int, fan: bool) -> None:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(out)
+    for start in range(0, n, BATCH):
+        push.send(msgpack.packb([item(i) for i in range(start, min(n, start + BATCH))]))
+    push.send(b"")
+    push.close(linger=-1)
+
+
+def _zmq_stage(inp: str, outs: list[str], fn: str, ends: int) -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(inp)
+    pushes = []
+    for out in outs:
+        sock = ctx.socket(zmq.PUSH)
+        sock.connect(out)
+        pushes.append(sock)
+    seen = 0
+    while seen < ends:
+        frame = pull.recv()
+        if not frame:
+            seen += 1
+            continue
+        batch = msgpack.unpackb(frame)
+        if fn == "double":
+            pushes[0].send(msgpack.packb([[x[0] * 2, x[1]] for x in batch]))
+        else:  # split
+            left = [x for x in batch if x[0] % 2]
+            right = [x for x in batch if not x[0] % 2]
+            pushes[0].send(msgpack.packb(left))
+            pushes[1].send(msgpack.packb(right))
+    for sock in pushes:
+        sock.send(b"")
+        sock.close(linger=-1)
+
+
+def _zmq_sink(inp: str, ends: int, result: Any) -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(inp)
+    count = total = seen = 0
+    while seen < ends:
+        frame = pull.recv()
+        if not frame:
+            seen += 1
+            continue
+        for x in msgpack.unpackb(frame):
+            count += 1
+            total += x[0]
+    result.put({"count": count, "sum": total})
+
+
+def run_zmq(shape: str, n: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        ep = {k: f"ipc://{tmp}/{k}" for k in ("a", "l", "r", "s")}
+        result: Any = mp.Queue()
+        start = time.perf_counter()
+        if shape == "chain":
+            procs = [mp.Process(target=_zmq_sink, args=(ep["s"], 1, result)),
+                     mp.Process(target=_zmq_stage, args=(ep["a"], [ep["s"]], "double", 1)),
+                     mp.Process(target=_zmq_source, args=(ep["a"], n, False))]
+        else:
+            procs = [mp.Process(target=_zmq_sink, args=(ep["s"], 2, result)),
+                     mp.Process(target=_zmq_stage, args=(ep["l"], [ep["s"]], "double", 1)),
+                     mp.Process(target=_zmq_stage, args=(ep["r"], [ep["s"]], "double", 1)),
+                     mp.Process(target=_zmq_stage, args=(ep["a"], [ep["l"], ep["r"]], "split",
+                                                         1)),
+                     mp.Process(target=_zmq_source, args=(ep["a"], n, True))]
+        for p in procs:
+            p.start()
+        total = result.get(timeout=600)
+        elapsed = time.perf_counter() - start
+        for p in procs:
+            p.join()
+    check(total, n, shape)
+    return elapsed
+
+
+# ------------------------------------------------------------------ multiprocessing.Queue
+def _q_stage(inp: Any, outs: list[Any], fn: str, ends: int) -> None:
+    seen = 0
+    while seen < ends:
+        x = inp.get()
+        if x is None:
+            seen += 1
+            continue
+        if fn == "double":
+            outs[0].put([x[0] * 2, x[1]])
+        else:
+            outs[x[0] % 2 == 0].put(x)
+    for q in outs:
+        q.put(None)
+
+
+def _q_sink(inp: Any, ends: int, result: Any) -> None:
+    count = total = seen = 0
+    while seen < ends:
+        x = inp.get()
+        if x is None:
+            seen += 1
+            continue
+        count += 1
+        total += x[0]
+    result.put({"count": count, "sum": total})
+
+
+def run_queue(shape: str, n: int) -> float:
+    a, left, right, s, result = (mp.Queue(maxsize=10_000) for _ in range(5))
+    start = time.perf_counter()
+    if shape == "chain":
+        procs = [mp.Process(target=_q_stage, args=(a, [s], "double", 1)),
+                 mp.Process(target=_q_sink, args=(s, 1, result))]
+    else:
+        procs = [mp.Process(target=_q_stage, args=(a, [left, right], "split", 1)),
+                 mp.Process(target=_q_stage, args=(left, [s], "double", 1)),
+                 mp.Process(target=_q_stage, args=(right, [s], "double", 1)),
+                 mp.Process(target=_q_sink, args=(s, 2, result))]
+    for p in procs:
+        p.start()
+    for i in range(n):
+        a.put(item(i))
+    a.put(None)
+    total = result.get(timeout=600)
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    check(total, n, shape)
+    return elapsed
+
+
+# ------------------------------------------------------------------ pypeln
+def _double_item(x: list[Any]) -> list[Any]:
+    return [x[0] * 2, x[1]]
+
+
+def run_pypeln(shape: str, n: int) -> float:
+    import pypeln as pl
+
+    start = time.perf_counter()
+    items = (item(i) for i in range(n))
+    if shape == "chain":
+        stage = pl.process.map(_double_item, items, workers=1, maxsize=10_000)
+    else:
+        odd = pl.process.filter(lambda x: x[0] % 2 == 1, items, workers=1, maxsize=10_000)
+        stage = pl.process.map(_double_item, odd, workers=1, maxsize=10_000)
+    count = total = 0
+    for x in stage:
+        count += 1
+        total += x[0]
+    elapsed = time.perf_counter() - start
+    if shape == "chain":
+        check({"count": count, "sum": total}, n, shape)
+    return elapsed
+
+
+def best(fn: Callable[[str, int], float], shape: str, n: int, repeat: int) -> float:
+    return min(fn(shape, n) for _ in range(repeat))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "tools"))
+    contenders: dict[str, Callable[[str, int], float]] = {
+        "seda": run_seda, "zmq-batch": run_zmq, "mp-queue": run_queue}
+    try:
+        import pypeln  # noqa: F401
+
+        contenders["pypeln"] = run_pypeln
+    except ImportError:
+        print("(pypeln not installed: pip install pypeln to include it)")
+    print(f"{args.items} messages of ~100 bytes, best of {args.repeat}, on {os.cpu_count()} "
+          f"cores; wall clock including process start-up")
+    for shape in ("chain", "fan"):
+        rates = {}
+        for name, fn in contenders.items():
+            if name == "pypeln" and shape == "fan":
+                continue  # pypeln has no fan-in of two branches into one stage
+            rates[name] = args.items / best(fn, shape, args.items, args.repeat)
+        print(f"\n{shape}:")
+        print(f"  {'contender':<10} {'msgs/s':>10} {'seda / it':>10}")
+        for name, rate in rates.items():
+            print(f"  {name:<10} {rate:>10,.0f} {rates['seda'] / rate:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
