@@ -135,8 +135,9 @@ class Node:
         self.running = False
 
     def close(self) -> None:
+        # the supervisor only stops us once nothing is in flight (or the drain gave up)
         self.inbox.close(linger=0)
-        self.outbox.close()
+        self.outbox.close(linger=0)
         self.zmq.term()
 
     def _read_inbox(self, most: int = 256) -> None:

@@ -11,6 +11,7 @@ import json
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,7 @@ class Source(Node):
         self.make_items = resolve(self.spec.source.handler)
         self.finals: dict[str, list[Any]] = {}
         self.flushed = self.started = False
+        self.first_item_at = 0.0
         self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=READ_AHEAD // CHUNK)
         self.items: deque[Any] = deque()
         self.reader: threading.Thread | None = None
@@ -129,6 +131,8 @@ class Source(Node):
             self.inbound.put(("error", f"source: {type(exc).__name__}: {exc}\n{tb}"))
 
     def _submit(self, item: Any) -> None:
+        if not self.read:
+            self.first_item_at = time.time()
         self.read += 1
         for k, entry in enumerate(self.entries):
             msg_id = self.read if k == 0 else child_id(self.read, k)
@@ -183,4 +187,5 @@ class Source(Node):
     def stats(self) -> dict[str, Any]:
         return {"read": self.read, "results": self.results_written,
                 "duplicates": self.duplicates, "exhausted": self.exhausted,
-                "failure": self.failure, "flushed": self.flushed}
+                "failure": self.failure, "flushed": self.flushed,
+                "first_item_at": self.first_item_at}

@@ -383,7 +383,8 @@ class Supervisor:
     def _summary(self) -> str:
         source = self.stats.get("source", {})
         totals = self.totals()
-        elapsed = time.monotonic() - self.started
+        first = source.get("first_item_at") or 0.0
+        elapsed = time.time() - first if first else time.monotonic() - self.started
         read = source.get("read", 0)
         errors = int(sum(v for k, v in totals.items() if k.endswith(".errors")))
         dups = int(sum(v for k, v in totals.items() if k.endswith(".duplicates")))
@@ -391,7 +392,9 @@ class Supervisor:
         dead = len(deadletter.read(self.plan.dead_letter)) - self.dead_before
         read = self.waves[-1].get("source", {}).get("read", read) if self.waves else read
         word = "interrupted" if self.stop_signal else "finished"
+        startup = time.monotonic() - self.started - elapsed if first else 0.0
         return (f"pipeline '{self.spec.name}' {word}: {read} items in {elapsed:.2f} s "
-                f"({read / elapsed:.0f}/s); {errors} handler errors, {dead} dead-lettered"
+                f"({read / elapsed:.0f}/s; start-up {startup:.2f} s); {errors} handler errors, "
+                f"{dead} dead-lettered"
                 f"{' -> ' + self.plan.dead_letter if dead else ''}, {dups} duplicates "
                 f"dropped, {self.restart_count} restarts")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,9 @@ stages:
 """
 
 
+STEADY: dict[str, list[float]] = {}
+
+
 def run_seda(shape: str, n: int) -> float:
     text = (CHAIN if shape == "chain" else FAN).format(n=n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +103,9 @@ def run_seda(shape: str, n: int) -> float:
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(done.stderr)
+        match = re.search(r"items in [0-9.]+ s \(([0-9]+)/s", done.stderr)
+        if match:  # seda's own rate, from the first item read to the end (no start-up)
+            STEADY.setdefault(shape, []).append(float(match.group(1)))
         check(eval_total(Path(tmp) / "out.jsonl"), n, shape)
     return elapsed
 
@@ -285,6 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-pypeln", action="store_true", help="skip pypeln (slow)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tools"))
     contenders: dict[str, Callable[[str, int], float]] = {
@@ -292,7 +300,8 @@ def main() -> None:
     try:
         import pypeln  # noqa: F401
 
-        contenders["pypeln"] = run_pypeln
+        if not args.no_pypeln:
+            contenders["pypeln"] = run_pypeln
     except ImportError:
         print("(pypeln not installed: pip install pypeln to include it)")
     print(f"{args.items} messages of ~100 bytes, best of {args.repeat}, on {os.cpu_count()} "
@@ -307,6 +316,11 @@ def main() -> None:
         print(f"  {'contender':<10} {'msgs/s':>10} {'seda / it':>10}")
         for name, rate in rates.items():
             print(f"  {name:<10} {rate:>10,.0f} {rates['seda'] / rate:>10.2f}")
+        if STEADY.get(shape):
+            steady = max(STEADY[shape])
+            print(f"  seda without its start-up (first item to last): {steady:,.0f} msgs/s; "
+                  f"vs zmq-batch {steady / rates['zmq-batch']:.2f}, vs mp-queue "
+                  f"{steady / rates['mp-queue']:.2f}")
 
 
 if __name__ == "__main__":
