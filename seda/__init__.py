@@ -13,18 +13,29 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Graph", "GraphSpec", "ProtocolError", "RunError", "SedaError", "SpecError",
-           "__version__", "check_file", "to_yaml"]
+__all__ = [
+    "Graph",
+    "GraphSpec",
+    "ProtocolError",
+    "RunError",
+    "SedaError",
+    "SpecError",
+    "__version__",
+    "amped",
+    "check_file",
+    "to_yaml",
+]
 
 # Imported on first use: worker processes import `seda.*` modules and should not pay for
 # the graph tooling (networkx, YAML) they never touch.
-_LAZY = {"Graph": "seda.graph", "check_file": "seda.graph", "to_yaml": "seda.graph",
+_LAZY = {"Graph": "seda.graph", "amped": "seda.graph", "check_file": "seda.graph",
+         "to_yaml": "seda.graph",
          "GraphSpec": "seda.spec", "ProtocolError": "seda.errors", "RunError": "seda.errors",
          "SedaError": "seda.errors", "SpecError": "seda.errors"}
 
 if TYPE_CHECKING:
     from seda.errors import ProtocolError, RunError, SedaError, SpecError
-    from seda.graph import Graph, check_file, to_yaml
+    from seda.graph import Graph, amped, check_file, to_yaml
     from seda.spec import GraphSpec
 
 

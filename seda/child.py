@@ -36,8 +36,12 @@ def main(argv: list[str]) -> int:
                 if plan.output:
                     out = stack.enter_context(open(plan.output, "a", encoding="utf-8"))
                 Source(plan, name, parent, resolve, out).run()
+        elif role == "acceptor":
+            from seda.acceptor import Acceptor
+
+            Acceptor(plan, name, parent, int(argv[4])).run()
         else:
-            print(f"seda: {name}: role '{role}' cannot run yet", file=sys.stderr)
+            print(f"seda: {name}: unknown role '{role}'", file=sys.stderr)
             return 3
     except HandlerImportError as exc:
         print(f"seda: {name}: {exc}", file=sys.stderr)

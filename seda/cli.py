@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from seda import __version__
-from seda.errors import RunError, SpecError
+from seda.errors import Problem, RunError, SpecError
 from seda.graph import Checked, check_file
 from seda.render import FORMATS
-from seda.spec import GraphSpec
+from seda.spec import GraphSpec, parse_listen
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,10 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in checked.warnings:
         print(warning, file=sys.stderr)
     spec = checked.spec
-    if spec.acceptor is not None:
-        raise RunError("serving graphs with an acceptor is not implemented yet (issue 4); "
-                       "pipelines with a 'source' run today")
-    options = RunOptions(model=args.model, workers=dict(args.workers or []),
+    if args.listen is not None:
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            raise SpecError([Problem(f"--listen: {exc}", "<command line>")]) from None
+        if spec.acceptor is None:
+            raise SpecError([Problem("--listen: this graph has no acceptor", args.file)])
+    options = RunOptions(listen=args.listen, model=args.model, workers=dict(args.workers or []),
                          output=str(Path(args.output).resolve()) if args.output else "",
                          progress=not args.no_progress and sys.stderr.isatty(),
                          base_dir=str(Path.cwd()),
@@ -129,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE",
                    help="append pipeline results (JSON lines) to FILE instead of stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="listen here instead of the graph's acceptor.listen (port 0: any)")
     p.set_defaults(func=cmd_run)
     return parser
 

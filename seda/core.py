@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from seda.envelope import DEADLINE, ID, ORIGIN, PAYLOAD, Envelope, child_id, packable
+from seda.envelope import DEADLINE, ID, ORIGIN, PAYLOAD, REQUEST, Envelope, child_id, packable
 from seda.flow import SeenIds
 from seda.spec import GraphSpec
 
@@ -38,7 +38,7 @@ class Group:
 
     inputs: list[Envelope]
     emits: list[tuple[str, Envelope]] = field(default_factory=list)  # to other pools
-    results: list[tuple[str, int, Any]] = field(default_factory=list)  # (origin, id, payload)
+    results: list[Envelope] = field(default_factory=list)  # envelopes for the origin
     failed: list[tuple[Envelope, str, str]] = field(default_factory=list)  # (env, error, tb)
     dropped: list[Envelope] = field(default_factory=list)  # expired, or duplicate at a sink
 
@@ -263,7 +263,8 @@ class StageCore:
 
     def _emit(self, ctx: Context, stage: str, payload: Any) -> None:
         env = ctx._env
-        child = [child_id(env[ID], ctx._n), env[ORIGIN], 1, env[DEADLINE], payload]
+        child = [child_id(env[ID], ctx._n), env[ORIGIN], 1, env[DEADLINE], payload,
+                 env[REQUEST]]
         ctx._n += 1
         self.stats[ctx.stage].emitted += 1
         if stage in self.runners:
@@ -282,10 +283,10 @@ class StageCore:
         if why is not None:
             raise HandlerUsageError(f"stage '{ctx.stage}' replied with a payload msgpack "
                                     f"cannot carry: {why}")
-        result_id = env[ID] if self.spec.is_service else child_id(env[ID], ctx._n)
+        result_id = child_id(env[ID], ctx._n)
         ctx._n += 1
         self.stats[ctx.stage].results += 1
-        ctx._group.results.append((env[ORIGIN], result_id, payload))
+        ctx._group.results.append([result_id, env[ORIGIN], 1, 0.0, payload, env[REQUEST]])
 
     def _drain_local(self, group: Group) -> None:
         """Run what fused stages emitted to each other, first in first out."""

@@ -1,7 +1,9 @@
 """Envelopes and wire frames between seda processes: msgpack only, size-limited, no IO here.
 
 An envelope is a plain list on the hot path (cheap to build, pack and index):
-    [id, origin, attempt, deadline, payload]
+    [id, origin, attempt, deadline, payload, request]
+`request` is the id the origin gave the work this message descends from (the acceptor's
+request, the source's item): replies find their client by it.
 Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)].
 """
 
@@ -13,7 +15,7 @@ import msgpack
 
 from seda.errors import ProtocolError
 
-ID, ORIGIN, ATTEMPT, DEADLINE, PAYLOAD = range(5)
+ID, ORIGIN, ATTEMPT, DEADLINE, PAYLOAD, REQUEST = range(6)
 Envelope = list[Any]
 
 # frame kinds
@@ -22,7 +24,7 @@ ACK = b"A"       # body: [[received ids], [done ids]]         worker -> sender
 FAIL = b"F"      # body: [[id, error, traceback], ...]        worker -> sender (handler raised)
 CREDIT = b"C"    # body: window (int, absolute)               worker -> sender
 HELLO = b"H"     # body: nil                                  sender -> worker
-RESULT = b"R"    # body: [[id, payload], ...]                 any -> origin (reply / result)
+RESULT = b"R"    # body: [[id, payload, request(, stage)]]   any -> origin (reply / result)
 CONTROL = b"X"   # body: {"op": ...}                          supervisor -> process
 STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
 
@@ -58,10 +60,10 @@ def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope]]:
             or not isinstance(obj[1], list)):
         raise ProtocolError("malformed DATA frame: expected [stage, [envelope, ...]]")
     for env in obj[1]:
-        if (not isinstance(env, list) or len(env) != 5 or not isinstance(env[ID], int)
+        if (not isinstance(env, list) or len(env) != 6 or not isinstance(env[ID], int)
                 or not isinstance(env[ATTEMPT], int)):
             raise ProtocolError("malformed envelope: expected [id, origin, attempt, deadline, "
-                                "payload]")
+                                "payload, request]")
     return obj[0], obj[1]
 
 

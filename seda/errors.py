@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 class SedaError(Exception):
@@ -46,6 +47,7 @@ class ProtocolError(SedaError):
     def __init__(self, message: str, status_hint: int = 400) -> None:
         super().__init__(message)
         self.status_hint = status_hint
+        self.requests: list[Any] = []  # complete requests that came before the fault
 
 
 class RunError(SedaError):

@@ -107,6 +107,15 @@ class Graph:
         return spec
 
 
+def amped(handler: str | Callable[..., Any], *, workers: int = 4, name: str = "amped",
+          listen: str = "127.0.0.1:8080", protocol: str = "http", **stage: Any) -> GraphSpec:
+    """The AMPED shape from one handler: an acceptor in front of one pool of `workers`."""
+    return (Graph(name, description="acceptor -> one worker pool (AMPED)")
+            .acceptor(entry="handle", listen=listen, protocol=protocol)
+            .stage("handle", handler=handler, workers=workers, **stage)
+            .build())
+
+
 def to_yaml(spec: GraphSpec) -> str:
     """Write a spec as YAML, leaving out fields that hold their defaults."""
     data = spec.model_dump(mode="json", exclude_defaults=True)

@@ -31,6 +31,7 @@ from seda.envelope import (
     FAIL,
     HELLO,
     ID,
+    PAYLOAD,
     RESULT,
     STATUS,
     Envelope,
@@ -227,16 +228,16 @@ class Node:
         self._fails.setdefault(sender, []).append([msg_id, error, tb])
 
     def submit_outputs(self, emits: list[tuple[str, Envelope]],
-                       results: list[tuple[str, int, Any]]) -> list[int]:
+                       results: list[Envelope]) -> list[int]:
         """Queue a group's outputs for sending; returns their ids (for the tracker)."""
         ids = []
         route = self._route
         for item in emits:
             route[item[0]].append(item)
             ids.append(item[1][ID])
-        for _origin, result_id, payload in results:
-            self.results.submit(RESULTS, [result_id, self.origin, 1, 0.0, payload])
-            ids.append(result_id)
+        for env in results:
+            self.results.submit(RESULTS, env)
+            ids.append(env[ID])
         return ids
 
     def send(self, peer: str, kind: bytes, body: bytes) -> bool:
@@ -250,7 +251,11 @@ class Node:
             raise
 
     def report(self) -> None:
-        self.status({"op": "stats", "pending": self.pending(), **self.counters, **self.stats()})
+        links = {lk.name: [lk.up, lk.window, len(lk.pending), lk.isolated, lk.pid]
+                 for d in self.dispatchers.values() for lk in d.links.values()}
+        suspects = sum(len(d.suspects) for d in self.dispatchers.values())
+        self.status({"op": "stats", "pending": self.pending(), **self.counters, **self.stats(),
+                     "links": links, "suspects": suspects})
 
     def status(self, msg: dict[str, Any]) -> None:
         msg.setdefault("name", self.name)
@@ -270,7 +275,8 @@ class Node:
             for worker, batch in dispatcher.dispatch().items():
                 self._send_data(dispatcher, worker, batch)
         for origin, batch in self.results.dispatch().items():
-            body = pack([[env[ID], *env[4:]] for _, env, _ in batch])  # [id, payload(, stage)]
+            # [id, payload, request] (+ [stage] for a sink's finish value)
+            body = pack([[env[ID], *env[PAYLOAD:]] for _, env, _ in batch])
             if not self.send(origin, RESULT, body):
                 self.results.unreachable(origin, batch)
                 self.results.grant(origin, 1 << 30)

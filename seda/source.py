@@ -137,7 +137,7 @@ class Source(Node):
         for k, entry in enumerate(self.entries):
             msg_id = self.read if k == 0 else child_id(self.read, k)
             self.dispatchers[self.plan.stage_pool[entry]].submit(
-                entry, [msg_id, self.name, 1, 0.0, item])
+                entry, [msg_id, self.name, 1, 0.0, item, self.read])
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind != RESULT:
@@ -146,7 +146,7 @@ class Source(Node):
         items = unpack(body, self.limit)
         ids = [int(item[0]) for item in items]
         self.send(sender, ACK_KIND, pack_frame([ids, ids]))
-        for msg_id, payload, *final in items:
+        for msg_id, payload, _request, *final in items:
             if not self.seen.first_time(msg_id):
                 self.duplicates += 1
             elif final:  # a sink's finish() value: merged with its siblings' at the end

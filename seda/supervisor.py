@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -31,12 +32,14 @@ from setproctitle import setproctitle
 from seda import deadletter
 from seda.envelope import CONTROL, STATUS, pack, unpack
 from seda.errors import ProtocolError
+from seda.listener import bind, raise_fd_limit, url
 from seda.plan import SUPERVISOR, make_plan, supervisor_endpoint
 from seda.progress import Progress
 from seda.spec import GraphSpec
 
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 STOP_GRACE = 2.0
+WAVE_PATIENCE = 0.5  # s before a probe wave that has not completed is sent again
 
 
 @dataclass
@@ -47,6 +50,7 @@ class RunOptions:
     progress: bool = False
     base_dir: str = "."  # where relative settings paths (dead letters) are resolved
     search_path: list[str] = field(default_factory=list)
+    listen: str | None = None  # overrides acceptor.listen
 
 
 @dataclass
@@ -60,11 +64,13 @@ class Child:
     ready: bool = False
     failures: int = 0  # consecutive crashes, for the backoff
     restart_at: float = 0.0
+    pass_fds: tuple[int, ...] = ()
 
     def start(self) -> None:
         import subprocess
 
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                      pass_fds=self.pass_fds)
         self.pidfd = os.pidfd_open(self.popen.pid)
         self.ready = False
 
@@ -123,7 +129,8 @@ class Supervisor:
         self.exhausted = False
         self.failure: str | None = None
         self.waves: list[dict[str, Any]] = []
-        self.wave = 0
+        self.wave = self.wave_seq = 0
+        self.wave_started = 0.0
         self.wave_replies: dict[str, dict[str, Any]] = {}
         self.phase = "running"  # running -> draining -> finishing -> done
         self.finished: set[str] = set()
@@ -132,6 +139,7 @@ class Supervisor:
         self.started = time.monotonic()
         self.progress = Progress(enabled=options.progress)
         self.dead_before = len(deadletter.read(self.plan.dead_letter))
+        self.listener: socket.socket | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> Outcome:
@@ -140,6 +148,7 @@ class Supervisor:
         self.zmq = zmq.Context()
         try:
             self._open_sockets()
+            self._listen()
             self._start_all()
             return self._loop()
         finally:
@@ -147,6 +156,8 @@ class Supervisor:
             for s, handler in old.items():
                 signal.signal(s, handler)
             self.zmq.destroy(linger=0)
+            if self.listener is not None:
+                self.listener.close()
             self.progress.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -171,10 +182,23 @@ class Supervisor:
             self.outbox.connect(proc.endpoint)
 
     def _start_all(self) -> None:
-        for name in self.plan.procs:
+        for name, proc in self.plan.procs.items():
             argv = [sys.executable, "-m", "seda.child", self.plan_file, name, str(os.getpid())]
-            child = self.children[name] = Child(name, argv)
+            fds: tuple[int, ...] = ()
+            if proc.role == "acceptor" and self.listener is not None:
+                fds = (self.listener.fileno(),)
+                argv.append(str(fds[0]))
+            child = self.children[name] = Child(name, argv, pass_fds=fds)
             child.start()
+
+    def _listen(self) -> None:
+        acc = self.spec.acceptor
+        if acc is None:
+            return
+        raise_fd_limit(acc.limits.max_connections + 1024)
+        self.listener = bind(acc, self.options.listen)
+        print(f"seda: listening on {url(self.listener, acc.protocol)} (graph {self.spec.name}, "
+              f"model {self.plan.model})", file=sys.stderr, flush=True)
 
     def _stop_all(self) -> None:
         for name in self.children:
@@ -277,10 +301,11 @@ class Supervisor:
         self.broadcast({"op": "peer_down", "name": child.name, "pid": pid})
         self.wave_replies.clear()
         self.waves.clear()
+        self.wave = 0  # the new incarnation never saw the current probe: start another
         if self.phase == "done":
             return
         what = f"{self.plan.procs[child.name].title.removeprefix('seda: ')} {describe_exit(code)}"
-        if self.plan.procs[child.name].role != "worker":
+        if self.plan.procs[child.name].role == "source":
             self.failure = f"{what}; a finite source cannot be resumed, so the run stops"
             return
         now = time.monotonic()
@@ -338,6 +363,9 @@ class Supervisor:
             self.finish_deadline = now + self.spec.settings.drain_timeout
             self.send(self.plan.origin(), {"op": "stop_intake"})
         if self.phase in ("running", "draining") and (self.exhausted or self.phase == "draining"):
+            if self.spec.is_service and self._quiet():
+                self.phase = "done"
+                return Outcome(0, self._service_summary())
             if self._quiet():
                 self.phase = "finishing"
                 self.finish_deadline = now + max(self.spec.settings.drain_timeout, 1.0)
@@ -369,8 +397,12 @@ class Supervisor:
             self.waves = self.waves[-2:]
             self.wave_replies = {}
             self.wave = 0
+        now = time.monotonic()
+        if self.wave and now - self.wave_started > WAVE_PATIENCE:
+            self.wave, self.wave_replies = 0, {}  # a probe or a reply was lost: ask again
         if self.wave == 0:
-            self.wave = int(time.monotonic() * 1000) & 0x7FFFFFFF
+            self.wave = self.wave_seq = self.wave_seq + 1
+            self.wave_started = now
             self.broadcast({"op": "probe", "wave": self.wave})
         if len(self.waves) < 2:
             return False
@@ -379,6 +411,13 @@ class Supervisor:
             return False
         return all(first[n]["sent"] == second[n]["sent"] and first[n]["pending"] == 0
                    for n in second)
+
+    def _service_summary(self) -> str:
+        acc = self.stats.get(self.plan.origin(), {})
+        figures = ", ".join(f"{acc.get(k, 0)} {k.replace('_', ' ')}" for k in (
+            "requests", "responses", "rejected", "timeouts", "protocol_errors"))
+        return (f"service '{self.spec.name}' stopped after draining: {figures}, "
+                f"{self.restart_count} restarts")
 
     def _summary(self) -> str:
         source = self.stats.get("source", {})

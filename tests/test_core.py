@@ -20,7 +20,7 @@ def core(spec: GraphSpec, stages: list[str], handlers: dict[str, Any],
 
 
 def env(i: int, payload: Any, deadline: float = 0.0) -> list[Any]:
-    return [i, "source", 1, deadline, payload]
+    return [i, "source", 1, deadline, payload, i]
 
 
 def chain() -> GraphSpec:
@@ -47,7 +47,7 @@ def test_fused_stages_call_each_other_directly() -> None:
 def test_sink_return_is_a_result_and_duplicates_are_dropped() -> None:
     c = core(chain(), ["c"], {"m:c": lambda x, ctx: x})
     group = c.process("c", [env(5, "x"), env(5, "x"), env(6, "y")])
-    assert [r[2] for r in group.results] == ["x", "y"]
+    assert [r[PAYLOAD] for r in group.results] == ["x", "y"]
     assert [e[ID] for e in group.dropped] == [5]
     assert c.stats["c"].duplicates == 1
 
@@ -145,8 +145,9 @@ def test_several_routes_need_explicit_emit() -> None:
 def test_service_reply_keeps_the_request_id() -> None:
     spec = Graph("s").acceptor("a").stage("a", "m:a").build()
     c = core(spec, ["a"], {"m:a": lambda req, ctx: {"status": 200}})
-    group = c.process("a", [[77, "acceptor.0", 1, 0.0, {"path": "/"}]])
-    assert group.results == [("acceptor.0", 77, {"status": 200})]
+    group = c.process("a", [[76, "acceptor.0", 1, 0.0, {"path": "/"}, 77]])
+    [result] = group.results
+    assert result[1:] == ["acceptor.0", 1, 0.0, {"status": 200}, 77]
 
 
 def test_finish_collects_sink_values() -> None:
@@ -179,6 +180,6 @@ def test_oversized_frames_are_refused() -> None:
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="over the 100-byte limit"):
-        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200]]]), 100)
+        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200, 1]]]), 100)
 
 

@@ -1,0 +1,290 @@
+"""The acceptor: SPED front door of a service. One asyncio event loop (uvloop when installed)
+accepts on the socket the supervisor bound, frames requests with a sans-IO codec, sends them
+to the entry stage with credit, and writes replies back in request order per connection.
+
+It is the only process that touches client sockets, and runs no handler. Limits, each with a
+clear answer: max connections (accept, then close; counted), max in-flight per connection
+(stop reading), entry queue full (503 / error reply at once), request deadline (504; a late
+reply is dropped and counted), header and idle timeouts (close), request size (413/431).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import zmq
+from setproctitle import setproctitle
+
+from seda.codec import Codec, make_codec
+from seda.envelope import ACK, RESULT, pack, unpack
+from seda.errors import ProtocolError
+from seda.node import Node
+from seda.plan import Plan
+
+
+@dataclass(slots=True)
+class Slot:
+    """One request's place in its connection's reply order."""
+
+    conn: Connection
+    request: Any
+    out: bytes = b""
+    close: bool = False
+    done: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, acceptor: Acceptor) -> None:
+        self.acceptor = acceptor
+        self.codec: Codec = make_codec(acceptor.protocol, acceptor.limits)
+        self.order: deque[Slot] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.paused = False
+        self.last_activity = self.partial_since = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a
+        # subclass of asyncio.Transport, but has the same interface
+        if not self.acceptor.admit(self):
+            transport.abort()
+            self.closed = True
+            return
+        self.acceptor.tune(transport.get_extra_info("socket"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.acceptor.conns.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.last_activity = now
+        was_partial = self.codec.partial()
+        try:
+            requests = self.codec.feed(data)
+        except ProtocolError as exc:  # answer what came before the fault, then the error
+            self.acceptor.counters["protocol_errors"] += 1
+            for request in exc.requests:
+                self.order.append(self.acceptor.submit(self, request))
+            self.answer_now(self.codec.error_reply(exc), close=True)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if self.codec.partial() and (not was_partial or requests):
+            self.partial_since = now
+        for request in requests:
+            self.order.append(self.acceptor.submit(self, request))
+        if len(self.order) >= self.acceptor.limits.max_inflight and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def answer_now(self, data: bytes, close: bool) -> None:
+        slot = Slot(self, None, data, close, True)
+        self.order.append(slot)
+        self.write_ready()
+
+    def write_ready(self) -> None:
+        """Write every finished reply at the head of the queue (request order)."""
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        while self.order and self.order[0].done:
+            slot = self.order.popleft()
+            transport.write(slot.out)
+            if slot.close:
+                self.closed = True
+                transport.close()
+                return
+        if self.paused and len(self.order) < self.acceptor.limits.max_inflight:
+            self.paused = False
+            transport.resume_reading()
+
+
+class Acceptor(Node):
+    def __init__(self, plan: Plan, name: str, parent: int, listen_fd: int) -> None:
+        super().__init__(plan, name, parent)
+        acc = self.spec.acceptor
+        assert acc is not None
+        self.acc, self.limits, self.protocol = acc, acc.limits, acc.protocol
+        self.entry = acc.entry
+        self.entry_dispatcher = self.dispatchers[plan.stage_pool[self.entry]]
+        stage = self.spec.stages[self.entry]
+        workers = len(plan.pool_procs[plan.stage_pool[self.entry]])
+        # requests waiting for credit at the entry stage; past it, an immediate 503
+        self.queue_bound = stage.queue or max(1024, 4 * workers * stage.prefetch)
+        self.listen_sock = socket.socket(fileno=listen_fd)
+        self.slots: dict[int, Slot] = {}
+        self.deadlines: deque[tuple[float, int]] = deque()
+        self.conns: set[Connection] = set()
+        self.next_id = random.getrandbits(40) << 20
+        self.accepting = True
+        self.pump_due = False
+        for key in ("accepted", "refused", "requests", "responses", "rejected", "timeouts",
+                    "late", "protocol_errors", "idle_closed"):
+            self.counters[key] = 0
+
+    def targets(self) -> set[str]:
+        acc = self.spec.acceptor
+        assert acc is not None
+        return {acc.entry}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        setproctitle(self.me.title)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        try:
+            import uvloop
+
+            runner: Any = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        try:
+            runner(self.main())
+        finally:
+            self.close()
+
+    async def main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(int(self.inbox.getsockopt(zmq.FD)), self.pump)
+        self.server = await self.loop.create_server(lambda: Connection(self),
+                                                    sock=self.listen_sock,
+                                                    backlog=self.acc.backlog)
+        self.status({"op": "ready", "pid": os.getpid()})
+        next_sweep = 0.0
+        while self.running:
+            await asyncio.sleep(0.01)
+            self.pump()
+            now = time.monotonic()
+            self.expire(now)
+            if now >= next_sweep:
+                next_sweep = now + 0.25
+                self.sweep(now)
+            self._timers()
+        self.server.close()
+        self.report()  # final figures for the supervisor's summary
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+
+    def pump(self) -> None:
+        """Read every frame waiting in the inbox, then send what is queued. The zmq FD is
+        edge-triggered, so read until EVENTS says nothing is left."""
+        self.pump_due = False
+        while int(self.inbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._read_inbox()
+        self.flush()
+
+    def soon(self) -> None:
+        """Send queued requests once this turn of the event loop ends (a batch per turn)."""
+        if not self.pump_due:
+            self.pump_due = True
+            self.loop.call_soon(self.pump)
+
+    # ------------------------------------------------------------------ connections
+    def admit(self, conn: Connection) -> bool:
+        if not self.accepting or len(self.conns) >= self.limits.max_connections:
+            self.counters["refused"] += 1
+            return False
+        self.counters["accepted"] += 1
+        self.conns.add(conn)
+        return True
+
+    def tune(self, sock: socket.socket | None) -> None:
+        """Per-connection socket options from the spec (TCP_NODELAY, SO_LINGER); the congestion
+        algorithm is set on the listening socket and inherited."""
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.acc.nodelay))
+        if self.acc.linger is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            struct.pack("ii", 1, self.acc.linger))
+
+    def submit(self, conn: Connection, request: Any) -> Slot:
+        self.counters["requests"] += 1
+        slot = Slot(conn, request)
+        if self.entry_dispatcher.backlog() >= self.queue_bound or not self.accepting:
+            self.counters["rejected"] += 1
+            slot.out = conn.codec.error_reply(ProtocolError("overloaded, try again", 503))
+            slot.done = True
+            self.loop.call_soon(conn.write_ready)
+            return slot
+        self.next_id += 1
+        msg_id = self.next_id
+        deadline = time.time() + self.limits.request_timeout
+        self.slots[msg_id] = slot
+        self.deadlines.append((time.monotonic() + self.limits.request_timeout, msg_id))
+        self.entry_dispatcher.queue.append((self.entry, [msg_id, self.name, 1, deadline,
+                                                         request, msg_id]))
+        self.soon()
+        return slot
+
+    def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
+        if kind != RESULT:
+            super().on_other(sender, kind, body)
+            return
+        items = unpack(body, self.limit)
+        ids = [int(item[0]) for item in items]
+        self.send(sender, ACK, pack([ids, ids]))
+        for _, payload, request_id, *_ in items:
+            slot = self.slots.pop(request_id, None)
+            if slot is None:
+                self.counters["late"] += 1  # timed out already, or a duplicate
+                continue
+            self.complete(slot, payload)
+
+    def complete(self, slot: Slot, payload: Any) -> None:
+        conn = slot.conn
+        try:
+            slot.out, slot.close = conn.codec.encode(payload, slot.request)
+        except Exception as exc:  # a reply the codec cannot write is the stage's fault
+            slot.out = conn.codec.error_reply(ProtocolError(f"bad reply: {exc}", 500))
+        slot.done = True
+        self.counters["responses"] += 1
+        conn.write_ready()
+
+    def expire(self, now: float) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, msg_id = self.deadlines.popleft()
+            slot = self.slots.pop(msg_id, None)
+            if slot is not None:
+                self.counters["timeouts"] += 1
+                slot.out = slot.conn.codec.error_reply(ProtocolError("no reply in time", 504))
+                slot.done = True
+                slot.conn.write_ready()
+
+    def sweep(self, now: float) -> None:
+        """Close connections that sit idle, or dribble a request too slowly (slowloris)."""
+        for conn in list(self.conns):
+            if conn.transport is None or conn.closed or conn.order:
+                continue
+            if conn.codec.partial() and now - conn.partial_since > self.limits.header_timeout:
+                self.counters["idle_closed"] += 1
+                conn.answer_now(conn.codec.error_reply(
+                    ProtocolError("request not received in time", 408)), close=True)
+            elif now - conn.last_activity > self.limits.idle_timeout:
+                self.counters["idle_closed"] += 1
+                conn.transport.close()
+
+    def on_control(self, msg: dict[str, Any]) -> None:
+        if msg.get("op") == "stop_intake":
+            self.accepting = False
+            self.server.close()
+        else:
+            super().on_control(msg)
+
+    def pending(self) -> int:
+        return super().pending() + len(self.slots)
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections": len(self.conns), "in_flight": len(self.slots)}

@@ -1,0 +1,42 @@
+"""Protocol codecs, sans-IO: bytes in -> requests out; replies in -> bytes out.
+
+No sockets here. The acceptor owns one codec per connection and calls:
+  feed(data) -> list of request payloads (raises ProtocolError: answer `error_reply`, close)
+  encode(reply, request) -> (bytes to write, close after writing?)
+  error_reply(exc) -> bytes for a protocol error, an overload (503) or a timeout (504)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from seda.errors import ProtocolError
+from seda.spec import Limits
+
+
+class Codec(Protocol):
+    name: str
+
+    def feed(self, data: bytes) -> list[Any]: ...
+
+    def encode(self, reply: Any, request: Any) -> tuple[bytes, bool]: ...
+
+    def error_reply(self, exc: ProtocolError) -> bytes: ...
+
+    def partial(self) -> bool:
+        """True while a request has started arriving but is not complete (header timeout)."""
+        ...
+
+
+def make_codec(protocol: str, limits: Limits) -> Codec:
+    if protocol == "http":
+        from seda.codec.http import HttpCodec
+
+        return HttpCodec(limits)
+    if protocol == "resp":
+        from seda.codec.resp import RespCodec
+
+        return RespCodec(limits)
+    from seda.codec.simple import LengthCodec, LineCodec
+
+    return LineCodec(limits) if protocol == "line" else LengthCodec(limits)

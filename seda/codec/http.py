@@ -1,0 +1,159 @@
+"""HTTP/1.1, sans-IO, parsed with httptools (llhttp, the parser Node.js uses).
+
+Request payload given to the entry stage:
+    {"method": "GET", "path": "/x", "query": "a=1", "headers": {"host": "..."}, "body": b""}
+(header names lower-cased; repeated headers joined with ", "). Reply shorthands:
+    {"status": 201, "headers": {...}, "body": str|bytes}  or  {"json": value}
+    {"file": "/path"}    streamed with sendfile by the acceptor
+    "text"  -> 200 text/plain     b"..." -> 200 application/octet-stream
+    None    -> 204                 anything else -> 200 application/json
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from seda.errors import ProtocolError
+from seda.spec import Limits
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class HttpCodec:
+    name = "http"
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.done: list[dict[str, Any]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.header_bytes = self.body_bytes = 0
+        self.started = False
+        self.method = ""
+        self.keep_alive = True
+
+    # ---------------------------------------------------------- httptools callbacks
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.started = True
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count_header(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header(len(name) + len(value) + 4)
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def _count_header(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise ProtocolError("request headers too large", 431)
+
+    def on_headers_complete(self) -> None:
+        self.method = self.parser.get_method().decode()
+        self.keep_alive = self.parser.should_keep_alive()
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limits.max_request_bytes:
+            raise ProtocolError("request body too large", 413)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_request_bytes:
+            raise ProtocolError("request body too large", 413)
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        try:
+            url = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            raise ProtocolError("invalid request target", 400) from None
+        self.done.append({"method": self.method, "path": (url.path or b"/").decode("latin-1"),
+                          "query": (url.query or b"").decode("latin-1"),
+                          "headers": self.headers, "body": b"".join(self.body),
+                          "keep_alive": self.keep_alive})
+        self.started = False
+
+    # ---------------------------------------------------------- codec interface
+    def feed(self, data: bytes) -> list[Any]:
+        try:
+            self._feed(data)
+        except ProtocolError as exc:
+            exc.requests, self.done = self.done, []
+            raise
+        out, self.done = self.done, []
+        return out
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except ProtocolError:
+            raise
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError("protocol upgrades are not supported", 400) from None
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):  # raised inside a callback
+                raise cause from None
+            raise ProtocolError(f"malformed request: {exc}", 400) from None
+
+    def partial(self) -> bool:
+        return self.started
+
+    def encode(self, reply: Any, request: Any) -> tuple[bytes, bool]:
+        status, headers, body = reply_parts(reply)
+        close = not request.get("keep_alive", True)
+        return head(status, headers, len(body), close) + (
+            b"" if request.get("method") == "HEAD" else body), close
+
+    def error_reply(self, exc: ProtocolError) -> bytes:
+        status = exc.status_hint
+        body = f"{status} {_REASONS.get(status, 'Error')}: {exc}\n".encode()
+        extra = {"retry-after": "1"} if status == 503 else {}
+        return head(status, {"content-type": "text/plain; charset=utf-8", **extra}, len(body),
+                    close=status not in (503, 504)) + body
+
+
+def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
+    """A stage's reply -> (status, headers, body bytes). See the module docstring."""
+    if reply is None:
+        return 204, {}, b""
+    if isinstance(reply, str):
+        return 200, {"content-type": "text/plain; charset=utf-8"}, reply.encode()
+    if isinstance(reply, bytes):
+        return 200, {"content-type": "application/octet-stream"}, reply
+    if isinstance(reply, dict) and ("status" in reply or "body" in reply or "json" in reply):
+        headers = {str(k).lower(): str(v) for k, v in (reply.get("headers") or {}).items()}
+        if "json" in reply:
+            body = json.dumps(reply["json"]).encode()
+            headers.setdefault("content-type", "application/json")
+        else:
+            raw = reply.get("body", b"")
+            body = raw.encode() if isinstance(raw, str) else bytes(raw)
+            headers.setdefault("content-type", "text/plain; charset=utf-8")
+        status = int(reply.get("status", 200))
+        if not 100 <= status <= 599:
+            return 500, {"content-type": "text/plain"}, b"stage replied with a bad status\n"
+        return status, headers, body
+    return 200, {"content-type": "application/json"}, json.dumps(reply, default=str).encode()
+
+
+def head(status: int, headers: dict[str, str], length: int, close: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k not in ("content-length",
+                                                                    "connection")]
+    lines.append(f"content-length: {length}")
+    if close:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
