@@ -176,6 +176,7 @@ class StageCore:
                   group: Group) -> None:
         """The hot loop: one handler call per message, locals hoisted out of the loop."""
         call, ctx, route = runner.call, runner.ctx, self._route_return
+        replies = runner.returns == "reply"  # a request always gets an answer here
         emits, results, inputs, pending = group.emits, group.results, group.inputs, \
             self._pending
         ctx._group = group
@@ -186,7 +187,7 @@ class StageCore:
             self._running = stage
             try:
                 value = call(env[PAYLOAD], ctx)
-                if value is not None:
+                if value is not None or (replies and not ctx._n):
                     route(stage, ctx, value)
                 done += 1
                 if pending:
@@ -228,9 +229,11 @@ class StageCore:
             assert runner.batch is not None
             values = runner.batch([env[PAYLOAD] for env in batch], ctx)
             if values is not None:
+                replies = runner.returns == "reply"
                 for env, value in zip(batch, values, strict=True):
-                    ctx._env = env
-                    self._route_return(stage, ctx, value)
+                    if value is not None or replies:
+                        ctx._env = env
+                        self._route_return(stage, ctx, value)
             self.stats[stage].completed += len(batch)
             self._drain_local(group)
             group.inputs.extend(batch)
@@ -246,12 +249,13 @@ class StageCore:
         ctx._env, ctx._group, ctx._n = env, group, 0
         self._running = stage
         value = runner.call(env[PAYLOAD], ctx)
-        self._route_return(stage, ctx, value)
+        if value is not None or (runner.returns == "reply" and not ctx._n):
+            self._route_return(stage, ctx, value)
         self.stats[stage].completed += 1
 
     def _route_return(self, stage: str, ctx: Context, value: Any) -> None:
-        if value is None:
-            return
+        """Route a handler's value. None only gets here at a terminal stage of a service
+        whose handler neither replied nor emitted: it becomes an empty reply."""
         route = self.runners[stage].returns
         if route[:2] == "->":
             self._emit(ctx, route[2:], value)

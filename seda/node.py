@@ -138,7 +138,7 @@ class Node:
     def close(self) -> None:
         # the supervisor only stops us once nothing is in flight (or the drain gave up)
         self.inbox.close(linger=0)
-        self.outbox.close(linger=0)
+        self.outbox.close(linger=200)  # time for the last report to reach the supervisor
         self.zmq.term()
 
     def _read_inbox(self, most: int = 256) -> None:

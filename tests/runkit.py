@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,10 +41,12 @@ class SedaRun:
         self.output = tmp / "out.jsonl"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS),
                                                            os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seda.cli", "run", str(self.graph), "--no-progress",
-             "-o", str(self.output), *args],
-            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.err_file = tmp / "stderr.txt"
+        with open(self.err_file, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "seda.cli", "run", str(self.graph), "--no-progress",
+                 "-o", str(self.output), *args],
+                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
         self.pid = self.proc.pid
         self.seen: dict[int, psutil.Process] = {}
         self.stderr = ""
@@ -76,11 +79,22 @@ class SedaRun:
 
     def wait(self, timeout: float = 120) -> int:
         try:
-            _, self.stderr = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.cleanup()
             raise AssertionError(f"seda run did not finish in {timeout} s") from None
+        self.stderr = self.err_file.read_text()
         return int(self.proc.returncode)
+
+    def port(self, timeout: float = 30) -> int:
+        """The port from the 'listening on' line (the run was given --listen ...:0)."""
+        def find() -> int:
+            match = re.search(r"listening on \w+://[^:]+:(\d+)", self.err_file.read_text())
+            if self.proc.poll() is not None:
+                raise AssertionError(f"seda run exited: {self.err_file.read_text()}")
+            return int(match.group(1)) if match else 0
+
+        return int(wait_for(find, timeout, "the listening line"))
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -105,7 +119,7 @@ class SedaRun:
         self.tree()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            self.proc.communicate()
+            self.proc.wait()
         try:
             wait_for(lambda: not self.leftovers(), 3.0, "children to exit")
         except AssertionError:

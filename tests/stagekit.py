@@ -88,3 +88,20 @@ class Slow:
 
     def finish(self, ctx: Any) -> dict[str, int]:
         return {"count": self.count}
+
+
+def web(request: dict[str, Any], ctx: Any) -> Any:
+    """HTTP test stage: /slow sleeps, /echo returns the body, /sleep?s=N sleeps N seconds."""
+    path = request["path"]
+    if path == "/slow":
+        time.sleep(float(ctx.options.get("slow", 0.3)))
+        return "slow"
+    if path == "/sleep":
+        time.sleep(float(request["query"].partition("=")[2] or 1))
+        return "slept"
+    if path == "/echo":
+        return {"status": 200, "body": request["body"],
+                "headers": {"x-length": str(len(request["body"]))}}
+    if path == "/pid":
+        return str(os.getpid())
+    return f"{request['method']} {path}"

@@ -183,3 +183,13 @@ def test_oversized_frames_are_refused() -> None:
         unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200, 1]]]), 100)
 
 
+
+
+def test_a_terminal_service_stage_that_returns_none_still_answers() -> None:
+    spec = Graph("s").acceptor("a").stage("a", "m:a", to=["b"]).stage("b", "m:b").build()
+    handlers = {"m:a": lambda req, ctx: req, "m:b": lambda req, ctx: None}
+    group = core(spec, ["a", "b"], handlers).process("a", [[1, "acceptor.0", 1, 0.0, "x", 1]])
+    assert [r[PAYLOAD] for r in group.results] == [None]
+    replied = {"m:a": lambda req, ctx: req, "m:b": lambda req, ctx: ctx.reply("once")}
+    group = core(spec, ["a", "b"], replied).process("a", [[1, "acceptor.0", 1, 0.0, "x", 1]])
+    assert [r[PAYLOAD] for r in group.results] == ["once"]

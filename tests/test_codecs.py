@@ -1,0 +1,127 @@
+"""Protocol codecs without sockets: exact bytes in, exact requests and bytes out."""
+
+from __future__ import annotations
+
+import pytest
+
+from seda.codec.http import HttpCodec
+from seda.codec.resp import RespCodec, encode_value
+from seda.codec.simple import LengthCodec, LineCodec
+from seda.errors import ProtocolError
+from seda.spec import Limits
+
+
+def http(**limits: int) -> HttpCodec:
+    return HttpCodec(Limits(**limits))  # type: ignore[arg-type]
+
+
+def test_http_request_payload() -> None:
+    [req] = http().feed(b"GET /items/7?x=1&y=2 HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\nX-Two: 2\r\n\r\n")
+    assert req == {"method": "GET", "path": "/items/7", "query": "x=1&y=2",
+                   "headers": {"host": "a", "x-two": "1, 2"}, "body": b"", "keep_alive": True}
+
+
+def test_http_pipelined_and_split_requests() -> None:
+    codec = http()
+    first = codec.feed(b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe")
+    assert [r["path"] for r in first] == ["/a"]
+    assert codec.partial()
+    [second] = codec.feed(b"llo")
+    assert (second["method"], second["body"]) == ("POST", b"hello")
+    assert not codec.partial()
+
+
+def test_http_chunked_body() -> None:
+    [req] = http().feed(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+    assert req["body"] == b"abcdefg"
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"BREW /pot HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nContent-Length: 100\r\n\r\n", 413),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n80\r\n" + b"a" * 128, 413),
+    (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 600 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400),
+])
+def test_http_faults_have_statuses(data: bytes, status: int) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        http(max_request_bytes=64, max_header_bytes=512).feed(data)
+    assert caught.value.status_hint == status
+
+
+def test_http_fault_keeps_the_requests_before_it() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        http().feed(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nNOPE\r\n\r\n")
+    assert [r["path"] for r in caught.value.requests] == ["/1", "/2"]
+
+
+def test_http_reply_shorthands() -> None:
+    codec, get = http(), {"method": "GET", "keep_alive": True}
+    assert codec.encode("hi", get) == (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; "
+                                       b"charset=utf-8\r\ncontent-length: 2\r\n\r\nhi", False)
+    assert codec.encode(None, get)[0] == b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n"
+    assert codec.encode({"json": [1]}, get)[0].endswith(b"content-length: 3\r\n\r\n[1]")
+    assert codec.encode(b"\x00", get)[0].startswith(b"HTTP/1.1 200 OK\r\ncontent-type: "
+                                                    b"application/octet-stream")
+    created = codec.encode({"status": 201, "headers": {"X-Id": "9"}, "body": "made"}, get)[0]
+    assert created == (b"HTTP/1.1 201 Created\r\nx-id: 9\r\ncontent-type: text/plain; "
+                       b"charset=utf-8\r\ncontent-length: 4\r\n\r\nmade")
+    assert codec.encode({"status": 999}, get)[0].startswith(b"HTTP/1.1 500 ")
+    assert codec.encode({"a": 1}, get)[0].endswith(b'\r\n\r\n{"a": 1}')
+
+
+def test_http_head_and_connection_close() -> None:
+    out, close = http().encode("body", {"method": "HEAD", "keep_alive": False})
+    assert close
+    assert out.endswith(b"content-length: 4\r\nconnection: close\r\n\r\n")
+
+
+def test_http_error_replies() -> None:
+    codec = http()
+    busy = codec.error_reply(ProtocolError("overloaded, try again", 503))
+    assert busy.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"retry-after: 1\r\n" in busy and b"connection: close" not in busy
+    bad = codec.error_reply(ProtocolError("malformed request", 400))
+    assert b"connection: close\r\n" in bad
+    assert bad.endswith(b"400 Bad Request: malformed request\n")
+
+
+def test_line_codec() -> None:
+    codec = LineCodec(Limits(max_request_bytes=64))
+    assert codec.feed(b"one\r\ntw") == ["one"]
+    assert codec.partial()
+    assert codec.feed(b"o\n") == ["two"]
+    assert codec.encode("a\nb", None) == (b"a b\n", False)
+    assert codec.encode({"error": "no"}, None) == (b"ERROR no\n", False)
+    with pytest.raises(ProtocolError) as caught:
+        codec.feed(b"x" * 100)
+    assert caught.value.status_hint == 413
+
+
+def test_length_codec() -> None:
+    codec = LengthCodec(Limits(max_request_bytes=64))
+    assert codec.feed(b"\x00\x00\x00\x03abc\x00\x00") == [b"abc"]
+    assert codec.feed(b"\x00\x01z") == [b"z"]
+    assert codec.encode(b"ok", None) == (b"\x00\x00\x00\x02ok", False)
+    with pytest.raises(ProtocolError):
+        codec.feed(b"\x00\x00\x01\x00")
+
+
+def test_resp_codec() -> None:
+    codec = RespCodec(Limits())
+    assert codec.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\xff\x00\r\nPING\r\n") == [
+        ["SET", "k", b"\xff\x00"], ["PING"]]
+    assert codec.feed(b"*2\r\n$3\r\nGET\r\n$1") == []
+    assert codec.feed(b"\r\nk\r\n") == [["GET", "k"]]
+    with pytest.raises(ProtocolError):
+        codec.feed(b"*1\r\n:5\r\n")
+
+
+def test_resp_values() -> None:
+    assert encode_value({"ok": "OK"}) == b"+OK\r\n"
+    assert encode_value({"error": "unknown command"}) == b"-ERR unknown command\r\n"
+    assert encode_value(7) == b":7\r\n"
+    assert encode_value(None) == b"$-1\r\n"
+    assert encode_value("hi") == b"$2\r\nhi\r\n"
+    assert encode_value(["a", 1]) == b"*2\r\n$1\r\na\r\n:1\r\n"

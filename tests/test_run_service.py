@@ -1,0 +1,228 @@
+"""Services over real sockets and real clients: the acceptor, its limits and its answers."""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runkit import SedaRun, wait_for
+
+WEB = """
+name: web
+acceptor:
+  listen: 127.0.0.1:8080
+  protocol: http
+  entry: web
+  limits: {{max_request_bytes: 4096, max_header_bytes: 2048, header_timeout: 0.5,
+           request_timeout: {timeout}, max_connections: {conns}}}
+stages:
+  web:
+    handler: stagekit:web
+    workers: {workers}
+    prefetch: 2
+    queue: {queue}
+"""
+
+
+def web(workers: int = 3, timeout: float = 10, conns: int = 100, queue: int = 1000) -> str:
+    return WEB.format(workers=workers, timeout=timeout, conns=conns, queue=queue)
+
+
+def serve(tmp: Path, graph: str) -> tuple[SedaRun, int]:
+    run = SedaRun(tmp, graph, "--listen", "127.0.0.1:0")
+    return run, run.port()
+
+
+def stop(run: SedaRun) -> None:
+    run.signal(signal.SIGTERM)
+    assert run.wait(30) == 0, run.stderr
+    assert "stopped after draining" in run.stderr
+
+
+def raw(port: int, data: bytes, wait: float = 3.0) -> bytes:
+    """Send `data`, read until the server closes or `wait` seconds pass."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(data)
+        s.settimeout(wait)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass  # a reset is how a refused connection may end; the bytes so far count
+    return out
+
+
+def test_keep_alive_and_statuses_with_http_client(tmp_path: Path) -> None:
+    run, port = serve(tmp_path, web())
+    with run:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for path in ("/a", "/b"):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, f"GET {path}".encode())
+        conn.request("POST", "/echo", body=iter([b"abc", b"defg"]), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+        response = conn.getresponse()
+        assert (response.read(), response.getheader("x-length")) == (b"abcdefg", "7")
+        conn.request("HEAD", "/h")
+        response = conn.getresponse()
+        assert (response.status, response.getheader("content-length"), response.read()) == (
+            200, "7", b"")  # the length of "HEAD /h", without the body
+        conn.close()
+        stop(run)
+
+
+def test_curl(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed (.ci/run installs it)")
+    run, port = serve(tmp_path, web())
+    with run:
+        done = subprocess.run(["curl", "-s", "-i", f"http://127.0.0.1:{port}/hello"],
+                              capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert done.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert done.stdout.endswith(b"\r\n\r\nGET /hello")
+        stop(run)
+
+
+def test_pipelined_replies_come_back_in_request_order(tmp_path: Path) -> None:
+    run, port = serve(tmp_path, web(workers=3))
+    with run:
+        out = raw(port, b"GET /slow HTTP/1.1\r\n\r\nGET /fast1 HTTP/1.1\r\n\r\n"
+                        b"GET /fast2 HTTP/1.1\r\nConnection: close\r\n\r\n")
+        bodies = [part.split(b"\r\n\r\n", 1)[1] for part in out.split(b"HTTP/1.1 ")[1:]]
+        assert bodies == [b"slow", b"GET /fast1", b"GET /fast2"]
+        stop(run)
+
+
+def test_malformed_request_gets_400_and_others_are_still_served(tmp_path: Path) -> None:
+    run, port = serve(tmp_path, web())
+    with run:
+        out = raw(port, b"GET /ok HTTP/1.1\r\n\r\nNOT HTTP\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 OK")
+        assert b"HTTP/1.1 400 Bad Request" in out and b"connection: close" in out
+        assert raw(port, b"GET /next HTTP/1.1\r\nConnection: close\r\n\r\n").endswith(
+            b"GET /next")
+        stop(run)
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"POST /echo HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", b"413"),
+    (b"GET / HTTP/1.1\r\nX-Big: " + b"x" * 3000 + b"\r\n\r\n", b"431"),
+])
+def test_size_limits(tmp_path: Path, request_bytes: bytes, status: bytes) -> None:
+    run, port = serve(tmp_path, web())
+    with run:
+        assert raw(port, request_bytes).startswith(b"HTTP/1.1 " + status)
+        stop(run)
+
+
+def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> None:
+    run, port = serve(tmp_path, web())
+    with run, socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: dribble\r\n")  # never finishes its headers
+        fast = raw(port, b"GET /fast HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert fast.endswith(b"GET /fast")
+        slow.settimeout(5)
+        answer = slow.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+        assert slow.recv(4096) == b""  # and closed
+        stop(run)
+
+
+def test_no_reply_in_time_is_504_and_a_full_queue_is_503(tmp_path: Path) -> None:
+    run, port = serve(tmp_path, web(workers=1, timeout=0.5, queue=1))
+    with run:
+        # one request occupies the worker past its deadline; the queue bound is 1
+        sockets = []
+        for _ in range(6):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /sleep?s=1 HTTP/1.1\r\n\r\n")
+            sockets.append(s)
+        answers = []
+        for s in sockets:
+            s.settimeout(5)
+            answers.append(s.recv(4096).split(b"\r\n")[0])
+            s.close()
+        assert b"HTTP/1.1 504 Gateway Timeout" in answers
+        assert b"HTTP/1.1 503 Service Unavailable" in answers
+        stop(run)
+
+
+def test_connections_past_the_limit_are_closed(tmp_path: Path) -> None:
+    run, port = serve(tmp_path, web(conns=2))
+    with run:
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        for s in held:  # make sure both are accepted and counted
+            s.sendall(b"GET /x HTTP/1.1\r\n\r\n")
+            s.settimeout(5)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        assert raw(port, b"GET /y HTTP/1.1\r\n\r\n") == b""
+        for s in held:
+            s.close()
+        wait_for(lambda: raw(port, b"GET /z HTTP/1.1\r\nConnection: close\r\n\r\n"), 5,
+                 "a free connection slot")
+        stop(run)
+
+
+def test_acceptor_restart_keeps_the_port(tmp_path: Path) -> None:
+    run, port = serve(tmp_path, web())
+    with run:
+        assert raw(port, b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n").endswith(b"GET /a")
+        [acceptor] = run.workers("seda: acceptor")
+        acceptor.send_signal(signal.SIGKILL)
+        wait_for(lambda: "acceptor killed by SIGKILL; restarting" in run.err_file.read_text(),
+                 10, "the restart")
+
+        def answered() -> bool:
+            try:
+                return raw(port, b"GET /b HTTP/1.1\r\nConnection: close\r\n\r\n",
+                           wait=2).endswith(b"GET /b")
+            except ConnectionError:
+                return False
+
+        wait_for(answered, 15, "the new acceptor on the same port")
+        stop(run)
+
+
+def test_line_protocol(tmp_path: Path, root: Path) -> None:
+    run, port = serve(tmp_path, (root / "graphs" / "echo.yaml").read_text())
+    with run:
+        assert raw(port, b"hello\nworld\n", wait=1.0) == b"hello\nworld\n"
+        stop(run)
+
+
+def test_kv_with_redis_cli(tmp_path: Path, root: Path) -> None:
+    if shutil.which("redis-cli") is None:
+        pytest.fail("redis-cli is not installed (.ci/run installs redis-tools)")
+    run, port = serve(tmp_path, (root / "graphs" / "kv.yaml").read_text())
+    with run:
+        def cli(*args: str) -> str:
+            done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                                  text=True, timeout=30, stdin=subprocess.DEVNULL)
+            return done.stdout.strip()
+
+        assert cli("set", "greeting", "hello") == "OK"
+        assert cli("get", "greeting") == "hello"
+        assert cli("incr", "visits") == "1"
+        assert cli("incr", "visits") == "2"
+        assert cli("del", "greeting", "nothing") == "1"
+        assert cli("get", "greeting") == ""
+        assert cli("frob").startswith("ERR unknown command 'frob'")
+        stop(run)
+
+
+def test_listening_line_names_graph_and_model(tmp_path: Path) -> None:
+    run, _ = serve(tmp_path, web())
+    with run:
+        assert "(graph web, model seda)" in run.err_file.read_text()
+        started = time.monotonic()
+        stop(run)
+        assert time.monotonic() - started < 10
