@@ -1,0 +1,199 @@
+"""HTTP and RESP throughput: seda's acceptor against minimal baselines, in one run.
+
+    python tools/bench_http.py [--duration 10] [--connections 64]
+    (needs wrk; for the RESP part redis-benchmark and redis-server: apt-get install wrk
+     redis-tools redis-server)
+
+HTTP (wrk -t1 -cN -dS against each):
+  baseline     a minimal uvloop + httptools hello server (written here, one process)
+  amped-1      seda, graphs/hello.yaml with 1 worker   (acceptor + one worker pool)
+  amped-2      seda, graphs/hello.yaml with 2 workers
+RESP (redis-benchmark -t get,set, -P 1 and -P 16):
+  redis        redis-server, the real thing
+  seda-kv      seda, graphs/kv.yaml
+Prints requests/s, p50 and p99 latency, and each one's ratio to the baseline. On a 2-core
+machine wrk and redis-benchmark use one of the cores: the figures are for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------ the baseline server
+class Hello(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import httptools
+
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        body = b"hello, world\n"
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"  # type: ignore[attr-defined]
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def serve_baseline(port: int) -> None:
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Hello, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+# ------------------------------------------------------------------ helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def seda(graph: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", graph, "--no-progress",
+                             "--listen", f"127.0.0.1:{port}", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    time.sleep(1.0)  # let every worker grant credit
+    return proc
+
+
+def ms(text: str) -> float:
+    value = float(re.sub(r"[a-z]+", "", text))
+    return value / 1000 if text.endswith("us") else value * 1000 if text.endswith("s") and \
+        not text.endswith("ms") else value
+
+
+def wrk(port: int, connections: int, duration: int) -> tuple[float, float, float]:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                         timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    return rps, p50, p99
+
+
+def redis_bench(port: int, pipeline: int, requests: int) -> dict[str, float]:
+    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "get,set", "-n",
+                          str(requests), "-P", str(pipeline), "-q"], capture_output=True,
+                         text=True, timeout=600, stdin=subprocess.DEVNULL).stdout
+    return {m.group(1): float(m.group(2)) for m in
+            re.finditer(r"^(GET|SET): ([0-9.]+) requests per second", out.replace("\r", "\n"),
+                        re.M)}
+
+
+# ------------------------------------------------------------------ runs
+def bench_http(connections: int, duration: int) -> None:
+    results: dict[str, tuple[float, float, float]] = {}
+    port = free_port()
+    base = subprocess.Popen([sys.executable, __file__, "--serve-baseline", str(port)])
+    try:
+        wait_port(port)
+        results["baseline"] = wrk(port, connections, duration)
+    finally:
+        stop(base)  # type: ignore[arg-type]
+    for workers in (1, 2):
+        port = free_port()
+        proc = seda("graphs/hello.yaml", port, "--model", "amped", "--workers",
+                    f"hello={workers}")
+        try:
+            results[f"amped-{workers}"] = wrk(port, connections, duration)
+        finally:
+            stop(proc)
+    base_rps = results["baseline"][0]
+    print(f"\nHTTP: wrk -t1 -c{connections} -d{duration}s, hello world")
+    print(f"  {'server':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs baseline':>12}")
+    for name, (rps, p50, p99) in results.items():
+        print(f"  {name:<10} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f} {rps / base_rps:>12.2f}")
+
+
+def bench_resp(requests: int) -> None:
+    if not (shutil.which("redis-benchmark") and shutil.which("redis-server")):
+        print("\nRESP: skipped (needs redis-benchmark and redis-server)")
+        return
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
+                                  "--appendonly", "no", "--dir", tmp],
+                                 stdout=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+            for p in (1, 16):
+                rows[f"redis -P{p}"] = redis_bench(port, p, requests)
+        finally:
+            stop(redis)  # type: ignore[arg-type]
+    port = free_port()
+    proc = seda("graphs/kv.yaml", port)
+    try:
+        for p in (1, 16):
+            rows[f"seda-kv -P{p}"] = redis_bench(port, p, requests)
+    finally:
+        stop(proc)
+    print(f"\nRESP: redis-benchmark -t get,set -n {requests} (50 clients)")
+    print(f"  {'server':<14} {'SET/s':>10} {'GET/s':>10} {'vs redis':>9}")
+    for name, row in rows.items():
+        ref = rows[f"redis -P{name.rsplit('P', 1)[1]}"]
+        ratio = row.get("GET", 0) / ref.get("GET", 1)
+        print(f"  {name:<14} {row.get('SET', 0):>10,.0f} {row.get('GET', 0):>10,.0f} "
+              f"{ratio:>9.2f}")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-baseline":
+        serve_baseline(int(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=100_000)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("needs wrk (apt-get install wrk)")
+    print(f"{os.cpu_count()} cores; load generators run on the same machine")
+    bench_http(args.connections, args.duration)
+    bench_resp(args.requests)
+
+
+if __name__ == "__main__":
+    main()
