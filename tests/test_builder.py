@@ -79,3 +79,13 @@ def test_handler_ref_needs_module_level_callables() -> None:
 def _line() -> int:
     import sys
     return sys._getframe(1).f_lineno
+
+
+def test_amped_helper_builds_the_two_stage_shape() -> None:
+    from seda import amped
+
+    spec = amped("stages.hello:handle", workers=3, listen="127.0.0.1:0")
+    assert spec.acceptor is not None and spec.acceptor.entry == "handle"
+    assert list(spec.stages) == ["handle"]
+    assert spec.stages["handle"].workers == 3
+    assert spec.stages["handle"].handler == "stages.hello:handle"

@@ -226,3 +226,15 @@ def test_listening_line_names_graph_and_model(tmp_path: Path) -> None:
         started = time.monotonic()
         stop(run)
         assert time.monotonic() - started < 10
+
+
+def test_a_thousand_keep_alive_connections(root: Path) -> None:
+    """The CI-sized smoke of tools/check_connections.py (10,000 is reported in docs)."""
+    import sys
+
+    done = subprocess.run([sys.executable, "tools/check_connections.py", "1000"], cwd=root,
+                          capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert "1000 concurrent keep-alive connections, 1000 answered 200" in done.stdout
+    assert "a new client is served: b'hello, late\\n'" in done.stdout
