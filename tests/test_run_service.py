@@ -238,3 +238,30 @@ def test_a_thousand_keep_alive_connections(root: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "1000 concurrent keep-alive connections, 1000 answered 200" in done.stdout
     assert "a new client is served: b'hello, late\\n'" in done.stdout
+
+
+def test_reuseport_lets_another_socket_share_the_port(tmp_path: Path) -> None:
+    graph = web().replace("  protocol: http\n", "  protocol: http\n  reuseport: true\n")
+    run, port = serve(tmp_path, graph)
+    with run, socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", port))  # fails with EADDRINUSE without SO_REUSEPORT
+        stop(run)
+
+
+def test_port_in_use_and_unknown_congestion_fail_clearly(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "a").mkdir()
+        with SedaRun(tmp_path / "a", web(), "--listen", f"127.0.0.1:{port}") as run:
+            assert run.wait(60) == 1
+            assert f"seda: error: cannot listen on 127.0.0.1:{port}: Address already in use" \
+                in run.stderr
+            assert run.seen == {}
+    (tmp_path / "b").mkdir()
+    graph = web().replace("  protocol: http\n", "  protocol: http\n  congestion: nosuch\n")
+    with SedaRun(tmp_path / "b", graph, "--listen", "127.0.0.1:0") as run:
+        assert run.wait(60) == 1
+        assert "TCP congestion algorithm 'nosuch' is not available" in run.stderr
