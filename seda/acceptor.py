@@ -25,7 +25,6 @@ import zmq
 from setproctitle import setproctitle
 
 from seda.codec import Codec, make_codec
-from seda.envelope import ACK, RESULT, pack, unpack
 from seda.errors import ProtocolError
 from seda.node import Node
 from seda.plan import Plan
@@ -229,13 +228,7 @@ class Acceptor(Node):
         self.soon()
         return slot
 
-    def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
-        if kind != RESULT:
-            super().on_other(sender, kind, body)
-            return
-        items = unpack(body, self.limit)
-        ids = [int(item[0]) for item in items]
-        self.send(sender, ACK, pack([ids, ids]))
+    def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
             slot = self.slots.pop(request_id, None)
             if slot is None:

@@ -182,7 +182,17 @@ class Node:
         return self.dispatchers[self.pool_of[sender]]
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
-        self.counters["malformed"] += 1
+        if kind == RESULT:  # only origins (source, acceptor) receive results
+            items = unpack(body, self.limit)
+            ids = [int(item[0]) for item in items]
+            self.send(sender, ACK, pack([ids, ids]))  # received and done at once
+            self.on_results(items)
+        else:
+            self.counters["malformed"] += 1
+
+    def on_results(self, items: list[list[Any]]) -> None:
+        """Results [id, payload, request(, stage)] for an origin; others never get them."""
+        self.counters["malformed"] += len(items)
 
     def on_control(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")

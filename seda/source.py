@@ -17,9 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from seda.envelope import ACK as ACK_KIND
-from seda.envelope import RESULT, child_id, unpack
-from seda.envelope import pack as pack_frame
+from seda.envelope import child_id
 from seda.flow import SeenIds
 from seda.node import Node
 from seda.plan import Plan
@@ -139,13 +137,7 @@ class Source(Node):
             self.dispatchers[self.plan.stage_pool[entry]].submit(
                 entry, [msg_id, self.name, 1, 0.0, item, self.read])
 
-    def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
-        if kind != RESULT:
-            super().on_other(sender, kind, body)
-            return
-        items = unpack(body, self.limit)
-        ids = [int(item[0]) for item in items]
-        self.send(sender, ACK_KIND, pack_frame([ids, ids]))
+    def on_results(self, items: list[list[Any]]) -> None:
         for msg_id, payload, _request, *final in items:
             if not self.seen.first_time(msg_id):
                 self.duplicates += 1

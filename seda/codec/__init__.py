@@ -28,6 +28,32 @@ class Codec(Protocol):
         ...
 
 
+class Buffered:
+    """Base of the byte-buffer codecs (line, length, resp): one `feed` that keeps the requests
+    complete before a fault (so they are still answered), one `partial`."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limit = limits.max_request_bytes
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        out: list[Any] = []
+        try:
+            self.buffer += data
+            self.parse(out)
+        except ProtocolError as exc:
+            exc.requests = out
+            raise
+        return out
+
+    def parse(self, out: list[Any]) -> None:
+        """Move every complete request from the buffer to `out`."""
+        raise NotImplementedError
+
+    def partial(self) -> bool:
+        return bool(self.buffer)
+
+
 def make_codec(protocol: str, limits: Limits) -> Codec:
     if protocol == "http":
         from seda.codec.http import HttpCodec

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from seda.codec import Buffered
 from seda.errors import ProtocolError
-from seda.spec import Limits
 
 MAX_ARGS = 1 << 16
 
@@ -23,24 +23,10 @@ def _arg(raw: bytes) -> str | bytes:
         return raw
 
 
-class RespCodec:
+class RespCodec(Buffered):
     name = "resp"
 
-    def __init__(self, limits: Limits) -> None:
-        self.limit = limits.max_request_bytes
-        self.buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        out: list[Any] = []
-        try:
-            self._feed(data, out)
-        except ProtocolError as exc:
-            exc.requests = out
-            raise
-        return out
-
-    def _feed(self, data: bytes, out: list[Any]) -> None:
-        self.buffer += data
+    def parse(self, out: list[Any]) -> None:
         while self.buffer:
             parsed = self._one()
             if parsed is None:
@@ -102,9 +88,6 @@ class RespCodec:
     def error_reply(self, exc: ProtocolError) -> bytes:
         kind = "BUSY" if exc.status_hint == 503 else "ERR"
         return f"-{kind} {str(exc).replace(chr(13), ' ').replace(chr(10), ' ')}\r\n".encode()
-
-    def partial(self) -> bool:
-        return bool(self.buffer)
 
 
 def encode_value(value: Any) -> bytes:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from seda.codec import Buffered
 from seda.errors import ProtocolError
-from seda.spec import Limits
 
 
 def _text(reply: Any) -> bytes:
@@ -20,26 +20,12 @@ def _text(reply: Any) -> bytes:
     return json.dumps(reply, default=str).encode()
 
 
-class LineCodec:
+class LineCodec(Buffered):
     """Requests are lines (UTF-8, without the newline); replies are written as one line."""
 
     name = "line"
 
-    def __init__(self, limits: Limits) -> None:
-        self.limit = limits.max_request_bytes
-        self.buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        out: list[Any] = []
-        try:
-            self._feed(data, out)
-        except ProtocolError as exc:
-            exc.requests = out
-            raise
-        return out
-
-    def _feed(self, data: bytes, out: list[Any]) -> None:
-        self.buffer += data
+    def parse(self, out: list[Any]) -> None:
         while True:
             end = self.buffer.find(b"\n")
             if end < 0:
@@ -61,30 +47,13 @@ class LineCodec:
     def error_reply(self, exc: ProtocolError) -> bytes:
         return f"ERROR {exc.status_hint} {exc}\n".encode()
 
-    def partial(self) -> bool:
-        return bool(self.buffer)
 
-
-class LengthCodec:
+class LengthCodec(Buffered):
     """Frames are a 4-byte big-endian length, then that many bytes (the payload)."""
 
     name = "length"
 
-    def __init__(self, limits: Limits) -> None:
-        self.limit = limits.max_request_bytes
-        self.buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        out: list[Any] = []
-        try:
-            self._feed(data, out)
-        except ProtocolError as exc:
-            exc.requests = out
-            raise
-        return out
-
-    def _feed(self, data: bytes, out: list[Any]) -> None:
-        self.buffer += data
+    def parse(self, out: list[Any]) -> None:
         while len(self.buffer) >= 4:
             size = int.from_bytes(self.buffer[:4], "big")
             if size > self.limit:
@@ -101,6 +70,3 @@ class LengthCodec:
     def error_reply(self, exc: ProtocolError) -> bytes:
         body = f"ERROR {exc.status_hint} {exc}".encode()
         return len(body).to_bytes(4, "big") + body
-
-    def partial(self) -> bool:
-        return bool(self.buffer)
