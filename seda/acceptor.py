@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import zmq
@@ -39,7 +39,6 @@ class Slot:
     out: bytes = b""
     close: bool = False
     done: bool = False
-    started: float = field(default_factory=time.monotonic)
 
 
 class Connection(asyncio.Protocol):
@@ -73,16 +72,15 @@ class Connection(asyncio.Protocol):
             requests = self.codec.feed(data)
         except ProtocolError as exc:  # answer what came before the fault, then the error
             self.acceptor.counters["protocol_errors"] += 1
-            for request in exc.requests:
-                self.order.append(self.acceptor.submit(self, request))
+            self.acceptor.submit_all(self, exc.requests)
             self.answer_now(self.codec.error_reply(exc), close=True)
             if self.transport is not None:
                 self.transport.pause_reading()
             return
         if self.codec.partial() and (not was_partial or requests):
             self.partial_since = now
-        for request in requests:
-            self.order.append(self.acceptor.submit(self, request))
+        if requests:
+            self.acceptor.submit_all(self, requests)
         if len(self.order) >= self.acceptor.limits.max_inflight and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
@@ -209,24 +207,28 @@ class Acceptor(Node):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                             struct.pack("ii", 1, self.acc.linger))
 
-    def submit(self, conn: Connection, request: Any) -> Slot:
-        self.counters["requests"] += 1
-        slot = Slot(conn, request)
-        if self.entry_dispatcher.backlog() >= self.queue_bound or not self.accepting:
-            self.counters["rejected"] += 1
-            slot.out = conn.codec.error_reply(ProtocolError("overloaded, try again", 503))
-            slot.done = True
-            self.loop.call_soon(conn.write_ready)
-            return slot
-        self.next_id += 1
-        msg_id = self.next_id
-        deadline = time.time() + self.limits.request_timeout
-        self.slots[msg_id] = slot
-        self.deadlines.append((time.monotonic() + self.limits.request_timeout, msg_id))
-        self.entry_dispatcher.queue.append((self.entry, [msg_id, self.name, 1, deadline,
-                                                         request, msg_id]))
+    def submit_all(self, conn: Connection, requests: list[Any]) -> None:
+        """Queue a connection's new requests for the entry stage (sent once this turn of the
+        loop ends), or answer 503 at once when the entry queue is full."""
+        self.counters["requests"] += len(requests)
+        timeout = self.limits.request_timeout
+        deadline, expires = time.time() + timeout, time.monotonic() + timeout
+        queue, order, slots = self.entry_dispatcher.queue, conn.order, self.slots
+        for request in requests:
+            slot = Slot(conn, request)
+            order.append(slot)
+            if len(queue) >= self.queue_bound or not self.accepting:
+                self.counters["rejected"] += 1
+                slot.out = conn.codec.error_reply(ProtocolError("overloaded, try again", 503))
+                slot.done = True
+                self.loop.call_soon(conn.write_ready)
+                continue
+            self.next_id += 1
+            msg_id = self.next_id
+            slots[msg_id] = slot
+            self.deadlines.append((expires, msg_id))
+            queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id]))
         self.soon()
-        return slot
 
     def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
