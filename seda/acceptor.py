@@ -18,6 +18,7 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,7 +26,10 @@ import zmq
 from setproctitle import setproctitle
 
 from seda.codec import Codec, make_codec
+from seda.core import StageCore
+from seda.envelope import ID, PAYLOAD, REQUEST
 from seda.errors import ProtocolError
+from seda.flow import DeadLetter, Dispatcher
 from seda.node import Node
 from seda.plan import Plan
 
@@ -108,15 +112,22 @@ class Connection(asyncio.Protocol):
 
 
 class Acceptor(Node):
-    def __init__(self, plan: Plan, name: str, parent: int, listen_fd: int) -> None:
+    def __init__(self, plan: Plan, name: str, parent: int, listen_fd: int,
+                 resolve: Callable[[str], Any]) -> None:
         super().__init__(plan, name, parent)
+        # SPED: the whole graph runs here, inline, on the event loop (no queues, no workers)
+        self.core = StageCore(self.spec, self.me.stages, 0, resolve) if self.me.stages \
+            else None
+        if self.core is not None:
+            self.core.setup()
         acc = self.spec.acceptor
         assert acc is not None
         self.acc, self.limits, self.protocol = acc, acc.limits, acc.protocol
         self.entry = acc.entry
-        self.entry_dispatcher = self.dispatchers[plan.stage_pool[self.entry]]
+        pool = plan.stage_pool.get(self.entry, "")
+        self.entry_dispatcher = self.dispatchers.get(pool) or Dispatcher("", [], lambda _: 1)
         stage = self.spec.stages[self.entry]
-        workers = len(plan.pool_procs[plan.stage_pool[self.entry]])
+        workers = len(plan.pool_procs.get(pool, [])) or 1
         # requests waiting for credit at the entry stage; past it, an immediate 503
         self.queue_bound = stage.queue or max(1024, 4 * workers * stage.prefetch)
         self.listen_sock = socket.socket(fileno=listen_fd)
@@ -133,7 +144,7 @@ class Acceptor(Node):
     def targets(self) -> set[str]:
         acc = self.spec.acceptor
         assert acc is not None
-        return {acc.entry}
+        return set() if self.me.stages else {acc.entry}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -228,7 +239,26 @@ class Acceptor(Node):
             slots[msg_id] = slot
             self.deadlines.append((expires, msg_id))
             queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id]))
-        self.soon()
+        if self.core is not None:
+            self.run_inline()
+        else:
+            self.soon()
+
+    def run_inline(self) -> None:
+        """SPED: run the queued requests through the whole graph now, on this loop."""
+        assert self.core is not None
+        queue = self.entry_dispatcher.queue
+        envs = [env for _, env in queue]
+        queue.clear()
+        group = self.core.process(self.entry, envs)
+        self.on_results([[env[ID], env[PAYLOAD], env[REQUEST]] for env in group.results])
+        for env, error, tb in group.failed:
+            self.dead_letter([DeadLetter(self.entry, env, error, tb)])
+            slot = self.slots.pop(env[ID], None)
+            if slot is not None:
+                slot.out = slot.conn.codec.error_reply(ProtocolError("the handler failed", 500))
+                slot.done = True
+                slot.conn.write_ready()
 
     def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
@@ -278,8 +308,20 @@ class Acceptor(Node):
         else:
             super().on_control(msg)
 
+    def close(self) -> None:
+        try:
+            if self.core is not None:
+                self.core.teardown()
+        finally:
+            super().close()
+
+    def stats(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.slots)}
+        if self.core is not None:
+            figures["stages"] = {s: {f: getattr(st, f) for f in st.__slots__}
+                                 for s, st in self.core.stats.items()}
+        return figures
+
     def pending(self) -> int:
         return super().pending() + len(self.slots)
 
-    def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.conns), "in_flight": len(self.slots)}

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         elif role == "acceptor":
             from seda.acceptor import Acceptor
 
-            Acceptor(plan, name, parent, int(argv[4])).run()
+            Acceptor(plan, name, parent, int(argv[4]), resolve).run()
         else:
             print(f"seda: {name}: unknown role '{role}'", file=sys.stderr)
             return 3

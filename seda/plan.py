@@ -19,7 +19,7 @@ SUPERVISOR = "supervisor"
 SOURCE = "source"
 ACCEPTOR = "acceptor"
 AMPED_POOL = "all"
-RUNNABLE_MODELS = ("seda", "amped")
+RUNNABLE_MODELS = ("seda", "amped", "sped")
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,8 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
     if model not in RUNNABLE_MODELS:
         raise SpecError([Problem(f"model '{model}' cannot run yet; runnable models: "
                                  f"{', '.join(RUNNABLE_MODELS)}", "<graph>", None, "model")])
+    if model == "sped":
+        return _sped_plan(spec, run_dir, base_dir)
     pools = _pools(spec, model)
     known = set(pools) | set(spec.stages)
     for key, count in workers.items():
@@ -139,6 +141,18 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
     dead_letter = str(Path(base_dir) / spec.settings.dead_letter)
     return Plan(spec.name, model, str(run), procs, stage_pool, pool_procs,
                 spec.model_dump(mode="json"), dead_letter)
+
+
+def _sped_plan(spec: GraphSpec, run_dir: str, base_dir: str) -> Plan:
+    """SPED: one process, the acceptor, runs the whole graph inline in its event loop."""
+    if spec.acceptor is None:
+        raise SpecError([Problem("model 'sped' runs services (graphs with an acceptor) only, "
+                                 "so far", "<graph>", None, "model")])
+    name = f"{ACCEPTOR}.0"
+    proc = ProcPlan(name, "acceptor", f"ipc://{Path(run_dir) / name}",
+                    stages=tuple(spec.stages), peers=(SUPERVISOR,))
+    return Plan(spec.name, "sped", run_dir, {name: proc}, {}, {}, spec.model_dump(mode="json"),
+                str(Path(base_dir) / spec.settings.dead_letter))
 
 
 def _override_error(key: str, count: int, known: set[str]) -> SpecError:

@@ -59,6 +59,16 @@ def test_plan_survives_json(root: Path) -> None:
     assert again.graph_spec() == pipeline(root)
 
 
-def test_models_that_cannot_run_yet_say_so(root: Path) -> None:
-    with pytest.raises(SpecError, match="model 'sped' cannot run yet"):
+def test_sped_is_one_process_running_every_stage(root: Path) -> None:
+    shop = check_file(root / "graphs" / "shop.yaml", imports=False).spec
+    plan = make_plan(shop, "/run/s", model="sped")
+    assert list(plan.procs) == ["acceptor.0"]
+    assert plan.procs["acceptor.0"].stages == ("parse", "catalog", "checkout")
+    assert plan.workers() == []
+    with pytest.raises(SpecError, match="model 'sped' runs services"):
         make_plan(pipeline(root), "/r", model="sped")
+
+
+def test_models_that_cannot_run_yet_say_so(root: Path) -> None:
+    with pytest.raises(SpecError, match="model 'mp' cannot run yet"):
+        make_plan(pipeline(root), "/r", model="mp")

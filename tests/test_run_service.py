@@ -265,3 +265,30 @@ def test_port_in_use_and_unknown_congestion_fail_clearly(tmp_path: Path) -> None
     with SedaRun(tmp_path / "b", graph, "--listen", "127.0.0.1:0") as run:
         assert run.wait(60) == 1
         assert "TCP congestion algorithm 'nosuch' is not available" in run.stderr
+
+
+@pytest.mark.parametrize("model", ["seda", "amped", "sped"])
+def test_the_shop_answers_the_same_under_every_model(tmp_path: Path, root: Path,
+                                                     model: str) -> None:
+    run = SedaRun(tmp_path, (root / "graphs" / "shop.yaml").read_text(), "--listen",
+                  "127.0.0.1:0", "--model", model)
+    port = run.port()
+    with run:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        answers = []
+        for method, path, body in [("GET", "/item/7", None), ("GET", "/item/5000", None),
+                                   ("POST", "/checkout", b'{"items": [1, 2, 3]}'),
+                                   ("POST", "/checkout", b"not json"), ("GET", "/nope", None)]:
+            conn.request(method, path, body=body)
+            response = conn.getresponse()
+            answers.append((response.status, response.read()))
+        conn.close()
+        assert answers == [
+            (200, b'{"item": 7, "price": 11.49}'), (404, b"no item 5000\n"),
+            (200, b'{"items": [1, 2, 3], "total": 11.97}'),
+            (400, b'expected a JSON body like {"items": [1, 2]}\n'),
+            (404, b"no route for /nope\n")]
+        titles = {" ".join(p.cmdline()).strip() for p in run.tree()}
+        if model == "sped":
+            assert titles == {"seda: acceptor"}
+        stop(run)

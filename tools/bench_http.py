@@ -8,6 +8,7 @@ HTTP (wrk -t1 -cN -dS against each):
   baseline     a minimal uvloop + httptools hello server (written here, one process)
   amped-1      seda, graphs/hello.yaml with 1 worker   (acceptor + one worker pool)
   amped-2      seda, graphs/hello.yaml with 2 workers
+  sped         seda, graphs/hello.yaml with --model sped (the handler runs in the acceptor)
 RESP (redis-benchmark -t get,set, -P 1 and -P 16):
   redis        redis-server, the real thing
   seda-kv      seda, graphs/kv.yaml
@@ -140,6 +141,12 @@ def bench_http(connections: int, duration: int) -> None:
             results[f"amped-{workers}"] = wrk(port, connections, duration)
         finally:
             stop(proc)
+    port = free_port()
+    proc = seda("graphs/hello.yaml", port, "--model", "sped")
+    try:
+        results["sped"] = wrk(port, connections, duration)
+    finally:
+        stop(proc)
     base_rps = results["baseline"][0]
     print(f"\nHTTP: wrk -t1 -c{connections} -d{duration}s, hello world")
     print(f"  {'server':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs baseline':>12}")
@@ -187,12 +194,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--no-resp", action="store_true", help="HTTP only")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("needs wrk (apt-get install wrk)")
     print(f"{os.cpu_count()} cores; load generators run on the same machine")
     bench_http(args.connections, args.duration)
-    bench_resp(args.requests)
+    if not args.no_resp:
+        bench_resp(args.requests)
 
 
 if __name__ == "__main__":
