@@ -94,8 +94,8 @@ class _Runner:
     __slots__ = ("batch", "call", "ctx", "obj", "returns")
 
     def __init__(self, obj: Any, ctx: Context, returns: str) -> None:
-        self.obj, self.ctx, self.returns = obj, ctx, returns
-        target = obj() if isinstance(obj, type) else obj
+        self.ctx, self.returns = ctx, returns
+        target = obj() if isinstance(obj, type) else obj  # a class: one instance per worker
         self.obj = target
         self.batch: Callable[..., Any] | None = getattr(target, "handle_batch", None)
         self.call: Callable[..., Any] = getattr(target, "handle", target)

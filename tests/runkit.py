@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,3 +128,14 @@ class SedaRun:
             for pid in self.leftovers():
                 os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"leaked processes: {self.leftovers()}") from None
+        finally:
+            self.remove_run_dirs()
+
+    def remove_run_dirs(self) -> None:
+        """A supervisor killed with SIGKILL cannot remove its run directory: do it for it."""
+        for plan in Path(tempfile.gettempdir()).glob("seda-*/plan.json"):
+            try:
+                if str(self.tmp) in plan.read_text():
+                    shutil.rmtree(plan.parent, ignore_errors=True)
+            except OSError:
+                pass
