@@ -29,7 +29,7 @@ from seda.codec import Codec, make_codec
 from seda.core import StageCore
 from seda.envelope import ID, PAYLOAD, REQUEST
 from seda.errors import ProtocolError
-from seda.flow import DeadLetter, Dispatcher
+from seda.flow import DeadLetter
 from seda.node import Node
 from seda.plan import Plan
 
@@ -125,7 +125,9 @@ class Acceptor(Node):
         self.acc, self.limits, self.protocol = acc, acc.limits, acc.protocol
         self.entry = acc.entry
         pool = plan.stage_pool.get(self.entry, "")
-        self.entry_dispatcher = self.dispatchers.get(pool) or Dispatcher("", [], lambda _: 1)
+        # requests waiting for credit at the entry stage (SPED runs them at once instead)
+        self.entry_queue = self.dispatchers[pool].queue if pool in self.dispatchers \
+            else deque()
         stage = self.spec.stages[self.entry]
         workers = len(plan.pool_procs.get(pool, [])) or 1
         # requests waiting for credit at the entry stage; past it, an immediate 503
@@ -224,7 +226,7 @@ class Acceptor(Node):
         self.counters["requests"] += len(requests)
         timeout = self.limits.request_timeout
         deadline, expires = time.time() + timeout, time.monotonic() + timeout
-        queue, order, slots = self.entry_dispatcher.queue, conn.order, self.slots
+        queue, order, slots = self.entry_queue, conn.order, self.slots
         for request in requests:
             slot = Slot(conn, request)
             order.append(slot)
@@ -240,17 +242,15 @@ class Acceptor(Node):
             self.deadlines.append((expires, msg_id))
             queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id]))
         if self.core is not None:
-            self.run_inline()
+            self.run_inline(self.core)
         else:
             self.soon()
 
-    def run_inline(self) -> None:
+    def run_inline(self, core: StageCore) -> None:
         """SPED: run the queued requests through the whole graph now, on this loop."""
-        assert self.core is not None
-        queue = self.entry_dispatcher.queue
-        envs = [env for _, env in queue]
-        queue.clear()
-        group = self.core.process(self.entry, envs)
+        envs = [env for _, env in self.entry_queue]
+        self.entry_queue.clear()
+        group = core.process(self.entry, envs)
         self.on_results([[env[ID], env[PAYLOAD], env[REQUEST]] for env in group.results])
         for env, error, tb in group.failed:
             self.dead_letter([DeadLetter(self.entry, env, error, tb)])

@@ -43,6 +43,7 @@ from seda.flow import DeadLetter, Dispatcher, Pending, Tracker
 from seda.plan import SUPERVISOR, Plan
 
 RESULTS = "@results"
+ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded upstream)
 FRAME_MAX = 64  # messages per DATA frame
 HELLO_EVERY = 0.1
 STATS_EVERY = 0.5
@@ -78,8 +79,8 @@ class Node:
         # stage -> the queue of the dispatcher for its pool (the hot path appends to it)
         self._route = {s: self.dispatchers[p].queue for s, p in plan.stage_pool.items()
                        if p in self.dispatchers}
-        self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: 1 << 30)
-        self.results.grant(self.origin, 1 << 30)
+        self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: ORIGIN_WINDOW)
+        self.results.grant(self.origin, ORIGIN_WINDOW)
         self.tracker = Tracker()
         self._acks: dict[str, tuple[list[int], list[int]]] = {}
         self._fails: dict[str, list[list[Any]]] = {}
@@ -203,7 +204,7 @@ class Node:
                 self.dead_letter(dispatcher.down(name, int(msg.get("pid", 0))))
             elif name == self.origin:
                 self.results.down(name)
-                self.results.grant(name, 1 << 30)
+                self.results.grant(name, ORIGIN_WINDOW)
         elif op == "probe":
             self.status({"op": "probe", "wave": msg["wave"], "pending": self.pending(),
                          "sent": self.sent_total(), **self.probe_extra()})
@@ -287,9 +288,8 @@ class Node:
         for origin, batch in self.results.dispatch().items():
             # [id, payload, request] (+ [stage] for a sink's finish value)
             body = pack([[env[ID], *env[PAYLOAD:]] for _, env, _ in batch])
-            if not self.send(origin, RESULT, body):
+            if not self.send(origin, RESULT, body):  # retried by _timers, not in a spin
                 self.results.unreachable(origin, batch)
-                self.results.grant(origin, 1 << 30)
 
     def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
         """One DATA frame per stage and per FRAME_MAX messages: several frames in flight
@@ -325,7 +325,7 @@ class Node:
                     if not link.up:
                         self.send(link.name, HELLO, b"")
             if not self.results.links[self.origin].up:
-                self.results.grant(self.origin, 1 << 30)
+                self.results.grant(self.origin, ORIGIN_WINDOW)
         if now >= self._next_stats:
             self._next_stats = now + STATS_EVERY
             self.report()

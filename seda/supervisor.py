@@ -351,13 +351,16 @@ class Supervisor:
                     out[tag] = out.get(tag, 0) + value
         return out
 
-    def _tick(self, now: float) -> Outcome | None:
+    def _show_progress(self) -> None:
         source = self.stats.get("source", {})
-        totals = self.totals()
-        errors = sum(v for k, v in totals.items() if k.endswith(".errors"))
+        errors = sum(v for k, v in self.totals().items() if k.endswith(".errors"))
         dead = sum(m.get("dead_letters", 0) for m in self.stats.values())
         self.progress.update(read=source.get("read", 0), pending=source.get("pending", 0),
                              errors=int(errors), dead=dead, restarts=self.restart_count)
+
+    def _tick(self, now: float) -> Outcome | None:
+        if self.progress.enabled:
+            self._show_progress()
         if self.stop_signal and self.phase == "running":
             self.phase = "draining"
             self.finish_deadline = now + self.spec.settings.drain_timeout

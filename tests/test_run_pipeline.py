@@ -78,9 +78,10 @@ def test_busy_worker_does_not_collect_a_queue(tmp_path: Path) -> None:
     with SedaRun(tmp_path, LOAD_AWARE) as run:
         assert run.wait() == 0, run.stderr
     results = {r["x"]: r for r in run.results()}
-    assert sorted(results) == list(range(21))
+    assert sorted(results) == list(range(21)), run.stderr
     long = results.pop(0)
-    assert {r["pid"] for r in results.values()} != {long["pid"]}
-    assert all(r["pid"] != long["pid"] for r in results.values()), \
-        [x for x, r in results.items() if r["pid"] == long["pid"]]
-    assert max(r["end"] for r in results.values()) < long["end"]
+    t0 = long["start"]
+    table = [(x, r["pid"], round(r["start"] - t0, 3), round(r["end"] - t0, 3))
+             for x, r in sorted(results.items())]  # shown if an assertion fails
+    assert all(r["pid"] != long["pid"] for r in results.values()), (long["pid"], table)
+    assert max(r["end"] for r in results.values()) < long["end"], (long["end"] - t0, table)

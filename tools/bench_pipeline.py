@@ -197,14 +197,23 @@ def run_zmq(shape: str, n: int) -> float:
                      mp.Process(target=_zmq_stage, args=(ep["a"], [ep["l"], ep["r"]], "split",
                                                          1)),
                      mp.Process(target=_zmq_source, args=(ep["a"], n, True))]
-        for p in procs:
-            p.start()
-        total = result.get(timeout=600)
-        elapsed = time.perf_counter() - start
-        for p in procs:
-            p.join()
+        total, elapsed = _run(procs, result, start)
     check(total, n, shape)
     return elapsed
+
+
+def _run(procs: list[Any], result: Any, start: float,
+         feed: Callable[[], None] | None = None) -> tuple[dict[str, int], float]:
+    """Start the processes, feed them (if the parent is the source), wait for the total."""
+    for p in procs:
+        p.start()
+    if feed is not None:
+        feed()
+    total = result.get(timeout=600)
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    return total, elapsed
 
 
 # ------------------------------------------------------------------ multiprocessing.Queue
@@ -246,15 +255,12 @@ def run_queue(shape: str, n: int) -> float:
                  mp.Process(target=_q_stage, args=(left, [s], "double", 1)),
                  mp.Process(target=_q_stage, args=(right, [s], "double", 1)),
                  mp.Process(target=_q_sink, args=(s, 2, result))]
-    for p in procs:
-        p.start()
-    for i in range(n):
-        a.put(item(i))
-    a.put(None)
-    total = result.get(timeout=600)
-    elapsed = time.perf_counter() - start
-    for p in procs:
-        p.join()
+    def feed() -> None:
+        for i in range(n):
+            a.put(item(i))
+        a.put(None)
+
+    total, elapsed = _run(procs, result, start, feed)
     check(total, n, shape)
     return elapsed
 
