@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,12 +23,13 @@ from typing import Any, cast
 import zmq
 from setproctitle import setproctitle
 
-from seda.codec import Codec, make_codec
+from seda.codec import Codec, encode_reply, make_codec
 from seda.core import StageCore
 from seda.envelope import ID, PAYLOAD, REQUEST
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter
-from seda.node import Node
+from seda.listener import tune
+from seda.node import Node, ignore_stop_signals
 from seda.plan import Plan
 
 
@@ -62,7 +61,7 @@ class Connection(asyncio.Protocol):
             transport.abort()
             self.closed = True
             return
-        self.acceptor.tune(transport.get_extra_info("socket"))
+        tune(transport.get_extra_info("socket"), self.acceptor.acc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -151,8 +150,7 @@ class Acceptor(Node):
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         setproctitle(self.me.title)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        ignore_stop_signals()
         try:
             import uvloop
 
@@ -210,16 +208,6 @@ class Acceptor(Node):
         self.conns.add(conn)
         return True
 
-    def tune(self, sock: socket.socket | None) -> None:
-        """Per-connection socket options from the spec (TCP_NODELAY, SO_LINGER); the congestion
-        algorithm is set on the listening socket and inherited."""
-        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.acc.nodelay))
-        if self.acc.linger is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                            struct.pack("ii", 1, self.acc.linger))
-
     def submit_all(self, conn: Connection, requests: list[Any]) -> None:
         """Queue a connection's new requests for the entry stage (sent once this turn of the
         loop ends), or answer 503 at once when the entry queue is full."""
@@ -270,10 +258,7 @@ class Acceptor(Node):
 
     def complete(self, slot: Slot, payload: Any) -> None:
         conn = slot.conn
-        try:
-            slot.out, slot.close = conn.codec.encode(payload, slot.request)
-        except Exception as exc:  # a reply the codec cannot write is the stage's fault
-            slot.out = conn.codec.error_reply(ProtocolError(f"bad reply: {exc}", 500))
+        slot.out, slot.close = encode_reply(conn.codec, payload, slot.request)
         slot.done = True
         self.counters["responses"] += 1
         conn.write_ready()

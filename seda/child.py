@@ -40,6 +40,10 @@ def main(argv: list[str]) -> int:
             from seda.acceptor import Acceptor
 
             Acceptor(plan, name, parent, int(argv[4]), resolve).run()
+        elif role == "master":
+            from seda.mp import Master
+
+            Master(plan, name, parent, int(argv[4]), resolve).run()
         else:
             print(f"seda: {name}: unknown role '{role}'", file=sys.stderr)
             return 3

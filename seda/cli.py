@@ -15,8 +15,9 @@ from pathlib import Path
 from seda import __version__
 from seda.errors import Problem, RunError, SpecError
 from seda.graph import Checked, check_file
+from seda.plan import MP_DEFAULT_PROCESSES, SUPERVISOR, Plan, make_plan
 from seda.render import FORMATS
-from seda.spec import GraphSpec, parse_listen
+from seda.spec import MODELS, GraphSpec, parse_listen
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -73,6 +74,45 @@ def _workers(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
+def describe_plan(plan: Plan) -> str:
+    """A deployment plan as text: one row per process (what `seda plan` prints)."""
+    spec = plan.graph_spec()
+    rows = [("PROCESS", "ROLE", "STAGES", "SENDS TO")]
+    for name, proc in plan.procs.items():
+        stages = ", ".join(proc.stages) or "-"
+        peers = ", ".join(p for p in proc.peers if p != SUPERVISOR) or "-"
+        rows.append((name, proc.role, stages, peers))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"graph '{plan.graph}', model {plan.model}: {len(plan.procs)} process(es) "
+             f"besides the supervisor"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[3]
+              for r in rows]
+    if spec.acceptor is not None:
+        doors = plan.front_doors()
+        how = {"symped": f"{len(doors)} sockets with SO_REUSEPORT, one per acceptor",
+               "mp": f"the master forks one process per connection, at most {plan.processes} "
+                     f"alive"}.get(plan.model, "one socket, bound by the supervisor")
+        lines.append(f"listens on {spec.acceptor.protocol} {spec.acceptor.listen}: {how}")
+    lines.append("endpoints: ipc://RUN_DIR/PROCESS (RUN_DIR is made at start, mode 0700)")
+    return "\n".join(lines) + "\n"
+
+
+def _make_plan(args: argparse.Namespace) -> Plan:
+    checked = check_file(args.file, imports=False)
+    return make_plan(checked.spec, "RUN_DIR", model=args.model,
+                     workers=dict(args.workers or []), processes=args.processes,
+                     file=args.file)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = _make_plan(args)
+    if args.json:
+        print(plan.to_json())
+    else:
+        sys.stdout.write(describe_plan(plan))
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from seda.supervisor import RunOptions, Supervisor
 
@@ -88,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if spec.acceptor is None:
             raise SpecError([Problem("--listen: this graph has no acceptor", args.file)])
     options = RunOptions(listen=args.listen, model=args.model, workers=dict(args.workers or []),
+                         processes=args.processes, file=args.file,
                          output=str(Path(args.output).resolve()) if args.output else "",
                          progress=not args.no_progress and sys.stderr.isatty(),
                          base_dir=str(Path.cwd()),
@@ -95,6 +136,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = Supervisor(spec, options).run()
     print(f"seda: {outcome.summary}", file=sys.stderr)
     return outcome.code
+
+
+def _deploy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--model", choices=list(MODELS),
+                   help="deploy under this server model (default: the graph's)")
+    p.add_argument("--workers", type=_workers, action="append", metavar="STAGE=N",
+                   help="override a stage's (or pool's) worker count; repeatable")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="symped: number of event-loop processes (default: CPU count); "
+                        f"mp: most connection processes alive at once (default "
+                        f"{MP_DEFAULT_PROCESSES})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,14 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Print the JSON Schema of graph files (for editors).")
     p.set_defaults(func=cmd_schema)
 
+    p = commands.add_parser("plan", help="print the deployment plan of a graph under a model",
+                            description="Print which processes a model would start, which "
+                                        "stages each runs and whom each sends to; starts "
+                                        "nothing.")
+    _deploy_options(p)
+    p.add_argument("--json", action="store_true", help="the plan as JSON (what children read)")
+    p.set_defaults(func=cmd_plan)
+
     p = commands.add_parser("run", help="run a graph (supervisor, workers, queues)",
                             description="Run a graph: a pipeline runs to the end of its "
                                         "source and prints its results.")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--model", choices=["seda", "amped", "sped", "symped", "mp"],
-                   help="deploy under this server model (default: the graph's)")
-    p.add_argument("--workers", type=_workers, action="append", metavar="STAGE=N",
-                   help="override a stage's (or pool's) worker count; repeatable")
+    _deploy_options(p)
     p.add_argument("--output", "-o", metavar="FILE",
                    help="append pipeline results (JSON lines) to FILE instead of stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")

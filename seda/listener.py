@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import resource
 import socket
+import struct
 
 from seda.errors import RunError
 from seda.spec import AcceptorSpec, parse_listen
 
 
-def bind(acc: AcceptorSpec, listen: str | None = None) -> socket.socket:
-    """Bind and listen on `listen` (or the spec's address). Raises RunError with the reason."""
+def bind(acc: AcceptorSpec, listen: str | None = None, *, reuseport: bool = False
+         ) -> socket.socket:
+    """Bind and listen on `listen` (or the spec's address). Raises RunError with the reason.
+    `reuseport` forces SO_REUSEPORT (symped binds one socket per process on one port)."""
     host, port = parse_listen(listen or acc.listen)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -22,7 +25,7 @@ def bind(acc: AcceptorSpec, listen: str | None = None) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if acc.reuseport:
+        if acc.reuseport or reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if acc.defer_accept:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, acc.defer_accept)
@@ -42,11 +45,15 @@ def bind(acc: AcceptorSpec, listen: str | None = None) -> socket.socket:
     return sock
 
 
-def url(sock: socket.socket, protocol: str) -> str:
+def address(sock: socket.socket) -> str:
+    """HOST:PORT of a bound socket, in the form `--listen` takes."""
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def url(sock: socket.socket, protocol: str) -> str:
     scheme = {"http": "http", "resp": "redis"}.get(protocol, protocol)
-    return f"{scheme}://{shown}:{port}"
+    return f"{scheme}://{address(sock)}"
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -57,3 +64,13 @@ def raise_fd_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         return target
     return soft
+
+
+def tune(sock: socket.socket | None, acc: AcceptorSpec) -> None:
+    """Per-connection socket options from the spec (TCP_NODELAY, SO_LINGER); the congestion
+    algorithm is set on the listening socket and inherited."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(acc.nodelay))
+    if acc.linger is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, acc.linger))

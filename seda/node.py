@@ -40,7 +40,7 @@ from seda.envelope import (
 )
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter, Dispatcher, Pending, Tracker
-from seda.plan import SUPERVISOR, Plan
+from seda.plan import FRONT_ROLES, SUPERVISOR, Plan
 
 RESULTS = "@results"
 ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded upstream)
@@ -62,6 +62,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def ignore_stop_signals() -> None:
+    """The supervisor alone decides when a child stops (CONTROL `stop`): a Ctrl-C or a SIGTERM
+    to the whole process group (systemd, timeout, a shell) stops the graph once, through the
+    supervisor's drain, instead of ending children it would then restart."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class Node:
     """Base of worker and source processes. Subclasses implement `step` and the hooks."""
 
@@ -73,7 +81,8 @@ class Node:
         self.running = True
         self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0}
         self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
-        self.origin = plan.origin()
+        # results go to the origin; a front door is its own (symped has several)
+        self.origin = name if self.me.role in FRONT_ROLES else plan.origin()
         self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts)
                             for p in self._downstream_pools()}
         # stage -> the queue of the dispatcher for its pool (the hot path appends to it)
@@ -117,8 +126,7 @@ class Node:
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         setproctitle(self.me.title)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        ignore_stop_signals()
         self.status({"op": "ready", "pid": os.getpid()})
         try:
             while self.running:

@@ -7,6 +7,7 @@ every child reads the same plan (as JSON) to find its stages and its peers.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +19,11 @@ from seda.spec import GraphSpec
 SUPERVISOR = "supervisor"
 SOURCE = "source"
 ACCEPTOR = "acceptor"
+MASTER = "master"
 AMPED_POOL = "all"
-RUNNABLE_MODELS = ("seda", "amped", "sped")
+RUNNABLE_MODELS = ("seda", "amped", "sped", "symped", "mp")
+FRONT_ROLES = ("acceptor", "master")  # processes that own client sockets
+MP_DEFAULT_PROCESSES = 1024  # connection processes alive at once under mp
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class ProcPlan:
     """One process: its name (also its zmq routing id), role, stages and peers."""
 
     name: str
-    role: str  # "source" | "acceptor" | "worker"
+    role: str  # "source" | "acceptor" | "master" | "worker"
     endpoint: str
     pool: str = ""
     index: int = 0
@@ -38,6 +42,8 @@ class ProcPlan:
     def title(self) -> str:
         if self.role == "worker":
             return f"seda: worker {self.pool}#{self.index}"
+        if self.pool:  # one of symped's acceptors
+            return f"seda: {self.role}#{self.index}"
         return f"seda: {self.role}"
 
 
@@ -55,13 +61,18 @@ class Plan:
     dead_letter: str = "dead-letter.jsonl"
     search_path: list[str] = field(default_factory=list)  # where handlers are imported from
     output: str = ""  # pipeline results file ("" = the supervisor's stdout)
+    processes: int = 0  # symped: event loops; mp: most connection processes alive at once
 
     def workers(self) -> list[ProcPlan]:
         return [p for p in self.procs.values() if p.role == "worker"]
 
+    def front_doors(self) -> list[str]:
+        """The processes that own client sockets (one, or N under symped)."""
+        return [n for n, p in self.procs.items() if p.role in FRONT_ROLES]
+
     def origin(self) -> str:
-        """The process that owns the work: the source of a pipeline or the acceptor."""
-        return SOURCE if SOURCE in self.procs else f"{ACCEPTOR}.0"
+        """The process that owns the work: the source of a pipeline or the (first) acceptor."""
+        return SOURCE if SOURCE in self.procs else self.front_doors()[0]
 
     def endpoint(self, name: str) -> str:
         if name == SUPERVISOR:
@@ -105,15 +116,27 @@ def _pool_size(spec: GraphSpec, pool: str, stages: list[str], workers: Mapping[s
 
 
 def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
-              workers: Mapping[str, int] | None = None, base_dir: str = ".") -> Plan:
-    """Decide the processes for `spec`. `workers` overrides pool sizes by pool or stage name."""
+              workers: Mapping[str, int] | None = None, base_dir: str = ".",
+              processes: int | None = None, file: str = "<graph>") -> Plan:
+    """Decide the processes for `spec`. `workers` overrides pool sizes by pool or stage name;
+    `processes` is symped's number of event loops (default: CPU count) or mp's cap. Problems
+    name `file` (the graph file)."""
     model = model or spec.model
     workers = dict(workers or {})
     if model not in RUNNABLE_MODELS:
-        raise SpecError([Problem(f"model '{model}' cannot run yet; runnable models: "
-                                 f"{', '.join(RUNNABLE_MODELS)}", "<graph>", None, "model")])
-    if model == "sped":
-        return _sped_plan(spec, run_dir, base_dir)
+        raise SpecError([Problem(f"unknown model '{model}'; models: "
+                                 f"{', '.join(RUNNABLE_MODELS)}", file, None, "model")])
+    if processes is not None and processes < 1:
+        raise SpecError([Problem(f"--processes: expected a count >= 1, got {processes}",
+                                 "<command line>")])
+    if model in ("sped", "symped", "mp"):
+        if workers:
+            raise SpecError([Problem(f"--workers: model '{model}' runs no worker pools "
+                                     f"(use --processes)", "<command line>")])
+        return _front_plan(spec, run_dir, base_dir, model, processes, file)
+    if processes is not None:
+        raise SpecError([Problem(f"--processes: only models symped and mp take it (model "
+                                 f"'{model}' sizes its pools with --workers)", "<command line>")])
     pools = _pools(spec, model)
     known = set(pools) | set(spec.stages)
     for key, count in workers.items():
@@ -143,16 +166,34 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
                 spec.model_dump(mode="json"), dead_letter)
 
 
-def _sped_plan(spec: GraphSpec, run_dir: str, base_dir: str) -> Plan:
-    """SPED: one process, the acceptor, runs the whole graph inline in its event loop."""
+def _front_plan(spec: GraphSpec, run_dir: str, base_dir: str, model: str,
+                processes: int | None, file: str) -> Plan:
+    """The models without queues: the front door runs the whole graph inline.
+
+    sped: one acceptor process; symped: N acceptors, each with its own listening socket on
+    one port (SO_REUSEPORT); mp: a master that forks a process per connection (up to a cap).
+    """
     if spec.acceptor is None:
-        raise SpecError([Problem("model 'sped' runs services (graphs with an acceptor) only, "
-                                 "so far", "<graph>", None, "model")])
-    name = f"{ACCEPTOR}.0"
-    proc = ProcPlan(name, "acceptor", f"ipc://{Path(run_dir) / name}",
-                    stages=tuple(spec.stages), peers=(SUPERVISOR,))
-    return Plan(spec.name, "sped", run_dir, {name: proc}, {}, {}, spec.model_dump(mode="json"),
-                str(Path(base_dir) / spec.settings.dead_letter))
+        raise SpecError([Problem(f"model '{model}' runs services (graphs with an acceptor) "
+                                 f"only; a pipeline runs under seda or amped", file, None,
+                                 "model")])
+    stages = tuple(spec.stages)
+    run = Path(run_dir)
+    if model == "mp":
+        count = processes or MP_DEFAULT_PROCESSES
+        procs = {MASTER: ProcPlan(MASTER, "master", f"ipc://{run / MASTER}", stages=stages,
+                                  peers=(SUPERVISOR,))}
+    else:
+        count = 1 if model == "sped" else processes or os.cpu_count() or 1
+        if model == "sped" and processes not in (None, 1):
+            raise SpecError([Problem("--processes: model 'sped' is one process (symped runs "
+                                     "several)", "<command line>")])
+        names = [f"{ACCEPTOR}.{i}" for i in range(count)]
+        pool = ACCEPTOR if model == "symped" else ""
+        procs = {n: ProcPlan(n, "acceptor", f"ipc://{run / n}", pool, i, stages, (SUPERVISOR,))
+                 for i, n in enumerate(names)}
+    return Plan(spec.name, model, run_dir, procs, {}, {}, spec.model_dump(mode="json"),
+                str(Path(base_dir) / spec.settings.dead_letter), processes=count)
 
 
 def _override_error(key: str, count: int, known: set[str]) -> SpecError:

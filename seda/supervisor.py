@@ -32,7 +32,7 @@ from setproctitle import setproctitle
 from seda import deadletter
 from seda.envelope import CONTROL, STATUS, pack, unpack
 from seda.errors import ProtocolError
-from seda.listener import bind, raise_fd_limit, url
+from seda.listener import address, bind, raise_fd_limit, url
 from seda.plan import SUPERVISOR, make_plan, supervisor_endpoint
 from seda.progress import Progress
 from seda.spec import GraphSpec
@@ -51,6 +51,8 @@ class RunOptions:
     base_dir: str = "."  # where relative settings paths (dead letters) are resolved
     search_path: list[str] = field(default_factory=list)
     listen: str | None = None  # overrides acceptor.listen
+    processes: int | None = None  # symped: event loops; mp: cap on connection processes
+    file: str = "<graph>"  # the graph file, named in errors
 
 
 @dataclass
@@ -114,7 +116,8 @@ class Supervisor:
         os.chmod(self.run_dir, 0o700)
         try:
             self.plan = make_plan(spec, self.run_dir, model=options.model,
-                                  workers=options.workers, base_dir=options.base_dir)
+                                  workers=options.workers, base_dir=options.base_dir,
+                                  processes=options.processes, file=options.file)
         except BaseException:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
@@ -139,7 +142,8 @@ class Supervisor:
         self.started = time.monotonic()
         self.progress = Progress(enabled=options.progress)
         self.dead_before = len(deadletter.read(self.plan.dead_letter))
-        self.listener: socket.socket | None = None
+        self.intake_open: set[str] = set()  # front doors yet to be told to stop intake
+        self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> Outcome:
@@ -150,14 +154,19 @@ class Supervisor:
             self._open_sockets()
             self._listen()
             self._start_all()
-            return self._loop()
+            outcome = self._loop()
+            self._stop_all()
+            if not outcome.summary:  # a service: its front doors' final figures are in now
+                self._read_status()
+                outcome.summary = self._service_summary()
+            return outcome
         finally:
             self._stop_all()
             for s, handler in old.items():
                 signal.signal(s, handler)
             self.zmq.destroy(linger=0)
-            if self.listener is not None:
-                self.listener.close()
+            for sock in self.listeners.values():
+                sock.close()
             self.progress.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -182,11 +191,11 @@ class Supervisor:
             self.outbox.connect(proc.endpoint)
 
     def _start_all(self) -> None:
-        for name, proc in self.plan.procs.items():
+        for name in self.plan.procs:
             argv = [sys.executable, "-m", "seda.child", self.plan_file, name, str(os.getpid())]
             fds: tuple[int, ...] = ()
-            if proc.role == "acceptor" and self.listener is not None:
-                fds = (self.listener.fileno(),)
+            if name in self.listeners:
+                fds = (self.listeners[name].fileno(),)
                 argv.append(str(fds[0]))
             child = self.children[name] = Child(name, argv, pass_fds=fds)
             child.start()
@@ -196,12 +205,20 @@ class Supervisor:
         if acc is None:
             return
         raise_fd_limit(acc.limits.max_connections + 1024)
-        self.listener = bind(acc, self.options.listen)
-        print(f"seda: listening on {url(self.listener, acc.protocol)} (graph {self.spec.name}, "
-              f"model {self.plan.model})", file=sys.stderr, flush=True)
+        doors = self.plan.front_doors()
+        many = len(doors) > 1  # symped: one socket per process, one port (SO_REUSEPORT)
+        first = self.listeners[doors[0]] = bind(acc, self.options.listen, reuseport=many)
+        for name in doors[1:]:
+            self.listeners[name] = bind(acc, address(first), reuseport=True)
+        shared = f", {len(doors)} listeners" if many else ""
+        print(f"seda: listening on {url(first, acc.protocol)} (graph {self.spec.name}, "
+              f"model {self.plan.model}{shared})", file=sys.stderr, flush=True)
 
     def _stop_all(self) -> None:
-        for name in self.children:
+        """Stop every child (CONTROL stop, SIGKILL after STOP_GRACE); idempotent."""
+        for name, child in self.children.items():
+            if child.popen is None or child.pidfd < 0:
+                continue
             self.send(name, {"op": "stop"})
         deadline = time.monotonic() + STOP_GRACE
         for child in self.children.values():
@@ -319,6 +336,8 @@ class Supervisor:
                             f"{limit.within:g} s (settings.restarts allows {limit.max}); "
                             f"last: {what}")
             return
+        if self.phase == "draining" and child.name in self.plan.front_doors():
+            self.intake_open.add(child.name)  # its new incarnation must not take work either
         print(f"seda: {what}; restarting", file=sys.stderr)
         backoff = min(MAX_BACKOFF, FIRST_BACKOFF * (2 ** child.failures))
         child.failures += 1
@@ -364,11 +383,14 @@ class Supervisor:
         if self.stop_signal and self.phase == "running":
             self.phase = "draining"
             self.finish_deadline = now + self.spec.settings.drain_timeout
-            self.send(self.plan.origin(), {"op": "stop_intake"})
+            self.intake_open = set(self.plan.front_doors() or [self.plan.origin()])
+        if self.intake_open:  # a send fails while a (re)started child is not yet connected
+            self.intake_open = {d for d in self.intake_open
+                                if not self.send(d, {"op": "stop_intake"})}
         if self.phase in ("running", "draining") and (self.exhausted or self.phase == "draining"):
             if self.spec.is_service and self._quiet():
                 self.phase = "done"
-                return Outcome(0, self._service_summary())
+                return Outcome(0, "")  # the summary is made once the front doors stopped
             if self._quiet():
                 self.phase = "finishing"
                 self.finish_deadline = now + max(self.spec.settings.drain_timeout, 1.0)
@@ -416,9 +438,10 @@ class Supervisor:
                    for n in second)
 
     def _service_summary(self) -> str:
-        acc = self.stats.get(self.plan.origin(), {})
-        figures = ", ".join(f"{acc.get(k, 0)} {k.replace('_', ' ')}" for k in (
-            "requests", "responses", "rejected", "timeouts", "protocol_errors"))
+        doors = [self.stats.get(n, {}) for n in self.plan.front_doors()]
+        figures = ", ".join(f"{sum(d.get(k, 0) for d in doors)} {k.replace('_', ' ')}"
+                            for k in ("requests", "responses", "rejected", "timeouts",
+                                      "protocol_errors"))
         return (f"service '{self.spec.name}' stopped after draining: {figures}, "
                 f"{self.restart_count} restarts")
 

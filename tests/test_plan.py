@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from seda.errors import SpecError
 from seda.graph import check_file
-from seda.plan import Plan, make_plan
+from seda.plan import MP_DEFAULT_PROCESSES, Plan, make_plan
 
 
 def pipeline(root: Path):  # type: ignore[no-untyped-def]
@@ -69,6 +71,44 @@ def test_sped_is_one_process_running_every_stage(root: Path) -> None:
         make_plan(pipeline(root), "/r", model="sped")
 
 
-def test_models_that_cannot_run_yet_say_so(root: Path) -> None:
-    with pytest.raises(SpecError, match="model 'mp' cannot run yet"):
-        make_plan(pipeline(root), "/r", model="mp")
+def test_symped_is_n_acceptors_each_running_every_stage(root: Path) -> None:
+    shop = check_file(root / "graphs" / "shop.yaml", imports=False).spec
+    plan = make_plan(shop, "/run/s", model="symped", processes=3)
+    assert plan.front_doors() == ["acceptor.0", "acceptor.1", "acceptor.2"]
+    assert all(p.stages == ("parse", "catalog", "checkout") and p.peers == ("supervisor",)
+               for p in plan.procs.values())
+    assert [p.title for p in plan.procs.values()] == [
+        "seda: acceptor#0", "seda: acceptor#1", "seda: acceptor#2"]
+    assert plan.processes == 3 and plan.workers() == []
+    assert len(make_plan(shop, "/r", model="symped").front_doors()) == (os.cpu_count() or 1)
+
+
+def test_mp_is_a_master_with_a_cap(root: Path) -> None:
+    shop = check_file(root / "graphs" / "shop.yaml", imports=False).spec
+    plan = make_plan(shop, "/run/m", model="mp", processes=7)
+    assert list(plan.procs) == ["master"] and plan.front_doors() == ["master"]
+    assert plan.procs["master"].role == "master"
+    assert plan.procs["master"].stages == ("parse", "catalog", "checkout")
+    assert plan.processes == 7
+    assert make_plan(shop, "/r", model="mp").processes == MP_DEFAULT_PROCESSES
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize(("model", "kwargs", "message"), [
+    ("mp", {}, "'mp' runs services .* only"),
+    ("symped", {}, "'symped' runs services .* only"),
+    ("nope", {}, "unknown model 'nope'; models: seda, amped, sped, symped, mp"),
+    ("sped", {"processes": 2}, "--processes: model 'sped' is one process"),
+    ("amped", {"processes": 2}, "--processes: only models symped and mp take it"),
+    ("mp", {"workers": {"parse": 2}}, "--workers: model 'mp' runs no worker pools"),
+])
+def test_model_misuse_is_a_clear_error(root: Path, model: str, kwargs: dict[str, Any],
+                                       message: str) -> None:
+    graph = "pipeline.yaml" if "services" in message else "shop.yaml"
+    spec = check_file(root / "graphs" / graph, imports=False).spec
+    with pytest.raises(SpecError, match=message):
+        make_plan(spec, "/r", model=model, file=graph, **kwargs)
+    try:
+        make_plan(spec, "/r", model=model, file=graph, **kwargs)
+    except SpecError as exc:
+        assert str(exc.problems[0]).startswith(graph) or "command line" in str(exc)

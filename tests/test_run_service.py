@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.runkit import SedaRun, wait_for
@@ -267,11 +268,12 @@ def test_port_in_use_and_unknown_congestion_fail_clearly(tmp_path: Path) -> None
         assert "TCP congestion algorithm 'nosuch' is not available" in run.stderr
 
 
-@pytest.mark.parametrize("model", ["seda", "amped", "sped"])
+@pytest.mark.parametrize("model", ["seda", "amped", "sped", "symped", "mp"])
 def test_the_shop_answers_the_same_under_every_model(tmp_path: Path, root: Path,
                                                      model: str) -> None:
+    extra = ["--processes", "2"] if model == "symped" else []
     run = SedaRun(tmp_path, (root / "graphs" / "shop.yaml").read_text(), "--listen",
-                  "127.0.0.1:0", "--model", model)
+                  "127.0.0.1:0", "--model", model, *extra)
     port = run.port()
     with run:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -288,7 +290,13 @@ def test_the_shop_answers_the_same_under_every_model(tmp_path: Path, root: Path,
             (200, b'{"items": [1, 2, 3], "total": 11.97}'),
             (400, b'expected a JSON body like {"items": [1, 2]}\n'),
             (404, b"no route for /nope\n")], run.err_file.read_text()
-        if model == "sped":
-            titles = {" ".join(p.cmdline()).strip() for p in run.tree()}
-            assert titles == {"seda: acceptor"}
+        expected = {"sped": {"seda: acceptor"}, "mp": {"seda: master"},
+                    "symped": {"seda: acceptor#0", "seda: acceptor#1"}}
+        if model in expected:  # no worker pools: the front doors run the graph
+            def titles() -> set[str]:
+                return {" ".join(p.cmdline()).strip() for p in run.tree()
+                        if p.status() != psutil.STATUS_ZOMBIE}
+
+            wait_for(lambda: titles() == expected[model], 5, f"{expected[model]}, not "
+                                                             f"{titles()}")
         stop(run)

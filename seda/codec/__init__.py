@@ -54,6 +54,14 @@ class Buffered:
         return bool(self.buffer)
 
 
+def encode_reply(codec: Codec, reply: Any, request: Any) -> tuple[bytes, bool]:
+    """`codec.encode`, where a reply the codec cannot write is the stage's fault: a 500."""
+    try:
+        return codec.encode(reply, request)
+    except Exception as exc:
+        return codec.error_reply(ProtocolError(f"bad reply: {exc}", 500)), False
+
+
 def make_codec(protocol: str, limits: Limits) -> Codec:
     if protocol == "http":
         from seda.codec.http import HttpCodec
