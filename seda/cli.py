@@ -150,6 +150,37 @@ def _deploy_options(p: argparse.ArgumentParser) -> None:
                         f"{MP_DEFAULT_PROCESSES})")
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,16,64, got '{text}'") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected counts >= 1, got '{text}'")
+    return counts
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from seda.bench import BenchOptions, run_bench
+
+    checked = check_file(args.file, imports=True)
+    if checked.spec.acceptor is None or checked.spec.acceptor.protocol != "http":
+        raise SpecError([Problem("seda bench drives HTTP services: this graph has no http "
+                                 "acceptor", args.file)])
+    models = list(MODELS) if args.models == "all" else args.models.split(",")
+    for model in models:  # every plan is checked before anything starts
+        make_plan(checked.spec, "RUN_DIR", model=model, file=args.file,
+                  processes=args.processes if model in ("symped", "mp") else None)
+    options = BenchOptions(file=args.file, models=models, connections=args.connections,
+                           paths=args.path or ["/"], duration=args.duration,
+                           warmup=args.warmup, rate=args.rate, loadgen=args.loadgen,
+                           out=args.out, processes=args.processes, timeout=args.timeout,
+                           command="seda " + " ".join(sys.argv[1:]))
+    run_bench(options)
+    print(f"seda bench: report in {Path(args.out) / 'report.md'}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seda", description="Run staged (SEDA) network services and pipelines.")
@@ -193,6 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="listen here instead of the graph's acceptor.listen (port 0: any)")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("bench", help="compare server models on one graph (a report)",
+                            description="Run an HTTP graph under each model in turn, drive it "
+                                        "with a load generator at each connection count, and "
+                                        "write a report (markdown, JSON, PNG/SVG plots).")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--models", default="all", metavar="M,M",
+                   help=f"models to compare (default all: {','.join(MODELS)})")
+    p.add_argument("--connections", "-c", type=_counts, default=[1, 16, 64, 256, 1024],
+                   metavar="N,N", help="connection counts (default 1,16,64,256,1024)")
+    p.add_argument("--path", action="append", metavar="PATH",
+                   help="request path; repeat for several workloads (default /)")
+    p.add_argument("--duration", "-d", type=float, default=10.0, metavar="S",
+                   help="measured seconds per point (default 10)")
+    p.add_argument("--warmup", type=float, default=1.0, metavar="S",
+                   help="unmeasured seconds before each point (default 1)")
+    p.add_argument("--rate", type=float, metavar="R",
+                   help="open loop: offer R requests/s in all (seda's load generator)")
+    p.add_argument("--loadgen", choices=["auto", "wrk", "seda"], default="auto",
+                   help="auto: wrk when installed and the load is closed-loop, else seda's")
+    p.add_argument("--processes", type=int, metavar="N", help="passed to symped and mp")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="a request unanswered this long is an error (default 5)")
+    p.add_argument("--out", "-o", default="bench-report", metavar="DIR",
+                   help="where the report goes (default bench-report/)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

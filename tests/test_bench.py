@@ -1,0 +1,93 @@
+"""`seda bench` end to end at a tiny scale: every model serves, the report is complete, and
+nothing is left running. No timing is asserted (these machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import psutil
+import pytest
+
+from seda import loadgen
+from seda.spec import MODELS
+
+
+def bench(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    done = subprocess.run(
+        [sys.executable, "-m", "seda.cli", "bench", str(root / "graphs" / "work.yaml"),
+         "--out", str(out), "--duration", "0.5", "--warmup", "0.2", *args],
+        capture_output=True, text=True, timeout=240, cwd=root)
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not left, f"the bench left processes running: {left}"
+    return done
+
+
+def test_bench_runs_every_model_and_writes_the_report(root: Path, tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed (.ci/run installs it)")
+    done = bench(root, tmp_path, "--connections", "1,4", "--path", "/hello", "--processes",
+                 "2")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "results.json").read_text())
+    rows = doc["rows"]
+    points = {(r["model"], r["path"], r["connections"]) for r in rows}
+    assert points == {(m, "/hello", c) for m in MODELS for c in (1, 4)}
+    for row in rows:
+        assert row["loadgen"] == "wrk"
+        assert row["requests"] > 0 and row["errors"] == 0 and row["non_2xx"] == 0, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], row
+        assert row["server_cores"] > 0, row
+    # the models are themselves: mp has a process per connection, symped two loops (the
+    # processes a point saw, supervisor included)
+    procs = {(r["model"], r["connections"]): r["processes"] for r in rows}
+    assert procs[("sped", 1)] == procs[("sped", 4)] == 2  # supervisor + acceptor
+    assert procs[("symped", 4)] == 3
+    assert procs[("mp", 1)] == 2 + 1  # supervisor, master, one per connection...
+    assert procs[("mp", 4)] == 2 + 2  # ... up to the cap (--processes 2)
+    report = (tmp_path / "report.md").read_text()
+    assert "| model | connections | rps |" in report
+    assert report.count("| symped |") == 2 and "## /hello" in report
+    assert (tmp_path / "hello.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ET.parse(tmp_path / "hello.svg").getroot().tag.endswith("svg")
+    assert done.stderr.count(" req/s ") == len(rows)  # a line per point as it goes
+
+
+def test_open_loop_with_seda_load_generator(root: Path, tmp_path: Path) -> None:
+    done = bench(root, tmp_path, "--models", "amped,sped", "--connections", "2",
+                 "--path", "/hello", "--path", "/mixed", "--rate", "400", "--loadgen", "seda")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["model"], r["path"]) for r in rows] == [
+        ("amped", "/hello"), ("amped", "/mixed"), ("sped", "/hello"), ("sped", "/mixed")]
+    assert "## /mixed" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "mixed.png").exists() and (tmp_path / "mixed.svg").exists()
+    for row in rows:
+        assert row["loadgen"] == "seda" and row["rate"] == 400
+        # open loop: the server is offered 400/s and keeps up, so about 200 in 0.5 s
+        assert 100 <= row["requests"] <= 201 and row["errors"] == 0, row
+
+
+def test_bench_rejects_what_it_cannot_run(root: Path, tmp_path: Path) -> None:
+    done = bench(root, tmp_path, "--models", "sped,nope")
+    assert done.returncode == 2 and "unknown model 'nope'" in done.stderr
+    pipeline = subprocess.run([sys.executable, "-m", "seda.cli", "bench",
+                               str(root / "graphs" / "pipeline.yaml")],
+                              capture_output=True, text=True, timeout=60, cwd=root)
+    assert pipeline.returncode == 2 and "no http acceptor" in pipeline.stderr
+    wrk_open = bench(root, tmp_path, "--models", "sped", "--rate", "10", "--loadgen", "wrk")
+    assert wrk_open.returncode == 1 and "needs --loadgen seda" in wrk_open.stderr
+
+
+def test_load_generator_summary_percentiles() -> None:
+    result = loadgen.LoadResult(requests=100, duration=2.0,
+                                latencies=[i / 1000 for i in range(1, 101)])
+    summary = result.summary()
+    assert summary["rps"] == 50.0
+    assert (summary["p50_ms"], summary["p90_ms"], summary["p99_ms"], summary["max_ms"]) == \
+        (51.0, 91.0, 100.0, 100.0)
