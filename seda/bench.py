@@ -54,8 +54,8 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
-COLUMNS = ("model", "connections", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors",
-           "non_2xx", "server_cores", "sys_share", "processes", "loadgen_cores")
+COLUMNS = ("model", "connections", "rps", "ok_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+           "errors", "non_2xx", "server_cores", "sys_share", "processes", "loadgen_cores")
 
 
 @dataclass
@@ -211,8 +211,24 @@ def drive(loadgen: str, url: str, connections: int, duration: float,
     return figures
 
 
+def settle(pid: int, idle_cores: float = 0.15, most: float = 60.0) -> float:
+    """Wait until the server is idle again (what one point left behind -- a backlog of
+    closed connections, queued requests -- must not be charged to the next); returns the
+    seconds waited."""
+    start = time.monotonic()
+    user, system, _ = tree_cpu(pid)
+    while time.monotonic() - start < most:
+        time.sleep(0.5)
+        user2, system2, _ = tree_cpu(pid)
+        if (user2 - user) + (system2 - system) < idle_cores * 0.5:
+            break
+        user, system = user2, system2
+    return round(time.monotonic() - start, 1)
+
+
 def measure(server: Server, loadgen: str, path: str, connections: int,
             options: BenchOptions) -> dict[str, Any]:
+    settled = settle(server.proc.pid)
     url = f"http://127.0.0.1:{server.port}{path}"
     if options.warmup > 0:
         drive(loadgen, url, connections, options.warmup, options.rate, options.timeout)
@@ -238,7 +254,7 @@ def measure(server: Server, loadgen: str, path: str, connections: int,
     figures.update(server_user=round(user1 - user0, 3), server_system=round(sys1 - sys0, 3),
                    server_cores=round(used / figures["duration"], 2) if figures["duration"]
                    else 0.0, sys_share=round((sys1 - sys0) / used, 3) if used > 0 else 0.0,
-                   processes=processes)
+                   processes=processes, settle_s=settled)
     return figures
 
 
@@ -287,10 +303,16 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> list[dic
     return rows
 
 
+def ok_rps(row: dict[str, Any]) -> float:
+    """Answers with a status below 400, per second (503s of a full queue do not count)."""
+    return (row["requests"] - row["non_2xx"]) / row["duration"] if row["duration"] else 0.0
+
+
 def line_of(row: dict[str, Any]) -> str:
     return (f"{row['model']:>6} {row['path']:<8} c={row['connections']:<5} "
-            f"{row['rps']:>10,.0f} req/s  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f} ms  "
-            f"errors {row['errors']}  server {row['server_cores']:.2f} cores "
+            f"{row['rps']:>10,.0f} req/s ({ok_rps(row):,.0f} ok)  p50 {row['p50_ms']:.2f}  "
+            f"p99 {row['p99_ms']:.2f} ms  errors {row['errors']}  "
+            f"server {row['server_cores']:.2f} cores "
             f"(sys {row['sys_share']:.0%})  loadgen {row['loadgen_cores']:.2f} cores")
 
 
@@ -322,10 +344,13 @@ def write_report(options: BenchOptions, loadgen: str, rows: list[dict[str, Any]]
              f"- load: {loadgen}, {load}, "
              f"{options.duration:g} s measured after {options.warmup:g} s warm-up per point",
              f"- date: {meta['date']}", "",
-             "Columns: rps = answered requests per second; latencies in ms; server_cores = "
-             "CPU seconds used by all server processes per second of wall time; sys_share = "
+             "Columns: rps = answered requests per second, ok_rps = those answered with a "
+             "status below 400 (the plots show these); latencies in ms (of all answers); "
+             "server_cores = CPU seconds used by all server processes per second of wall "
+             "time; sys_share = "
              "kernel share of that CPU; processes = most server processes seen during the "
-             "window; loadgen_cores = the load generator's CPU on the same machine.", ""]
+             "window; loadgen_cores = the load generator's CPU on the same machine. Before each "
+             "point the bench waits until the server is idle (results.json: settle_s).", ""]
     for path in options.paths:
         lines += [f"## {path}", ""]
         for name in plots.get(path, []):
@@ -340,6 +365,8 @@ def write_report(options: BenchOptions, loadgen: str, rows: list[dict[str, Any]]
 
 
 def _cell(row: dict[str, Any], column: str) -> str:
+    if column == "ok_rps":
+        return f"{ok_rps(row):,.0f}"
     value = row[column]
     if column == "rps":
         return f"{value:,.0f}"
@@ -362,14 +389,14 @@ def plot(options: BenchOptions, rows: list[dict[str, Any]]) -> dict[str, list[st
     for path in options.paths:
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
         for model in options.models:
-            points = sorted((r["connections"], r["rps"], r["p99_ms"]) for r in rows
+            points = sorted((r["connections"], ok_rps(r), r["p99_ms"]) for r in rows
                             if r["path"] == path and r["model"] == model)
             if not points:
                 continue
             xs = [p[0] for p in points]
             top.plot(xs, [p[1] for p in points], marker="o", label=model)
             bottom.plot(xs, [p[2] for p in points], marker="o", label=model)
-        top.set_ylabel("requests / s")
+        top.set_ylabel("ok requests / s")
         top.set_title(f"{Path(options.file).name} {path}")
         bottom.set_ylabel("p99 latency (ms)")
         bottom.set_yscale("log")
