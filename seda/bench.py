@@ -232,6 +232,7 @@ def measure(server: Server, loadgen: str, path: str, connections: int,
     url = f"http://127.0.0.1:{server.port}{path}"
     if options.warmup > 0:
         drive(loadgen, url, connections, options.warmup, options.rate, options.timeout)
+        settled += settle(server.proc.pid)  # the warm-up's closed connections are gone
     duration = seconds(loadgen, options.duration)
     user0, sys0, _ = tree_cpu(server.proc.pid)
     peak = [0]  # most server processes seen during the window (mp: one per client)
@@ -349,8 +350,9 @@ def write_report(options: BenchOptions, loadgen: str, rows: list[dict[str, Any]]
              "server_cores = CPU seconds used by all server processes per second of wall "
              "time; sys_share = "
              "kernel share of that CPU; processes = most server processes seen during the "
-             "window; loadgen_cores = the load generator's CPU on the same machine. Before each "
-             "point the bench waits until the server is idle (results.json: settle_s).", ""]
+             "window; loadgen_cores = the load generator's CPU on the same machine. Before the "
+             "warm-up and again before the measured window the bench waits until the server "
+             "is idle (results.json: settle_s). '-': nothing was answered in the window.", ""]
     for path in options.paths:
         lines += [f"## {path}", ""]
         for name in plots.get(path, []):
@@ -365,6 +367,8 @@ def write_report(options: BenchOptions, loadgen: str, rows: list[dict[str, Any]]
 
 
 def _cell(row: dict[str, Any], column: str) -> str:
+    if column.endswith("_ms") and not row["requests"]:
+        return "-"  # nothing answered in the window: no latency to show
     if column == "ok_rps":
         return f"{ok_rps(row):,.0f}"
     value = row[column]
@@ -389,19 +393,22 @@ def plot(options: BenchOptions, rows: list[dict[str, Any]]) -> dict[str, list[st
     for path in options.paths:
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
         for model in options.models:
-            points = sorted((r["connections"], ok_rps(r), r["p99_ms"]) for r in rows
-                            if r["path"] == path and r["model"] == model)
+            points = sorted((r["connections"], ok_rps(r), r["p99_ms"], r["requests"])
+                            for r in rows if r["path"] == path and r["model"] == model)
             if not points:
                 continue
-            xs = [p[0] for p in points]
-            top.plot(xs, [p[1] for p in points], marker="o", label=model)
-            bottom.plot(xs, [p[2] for p in points], marker="o", label=model)
+            line = top.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                            label=model)[0]
+            answered = [p for p in points if p[3]]  # no p99 where nothing was answered
+            bottom.plot([p[0] for p in answered], [p[2] for p in answered], marker="o",
+                        label=model, color=line.get_color())
         top.set_ylabel("ok requests / s")
         top.set_title(f"{Path(options.file).name} {path}")
         bottom.set_ylabel("p99 latency (ms)")
         bottom.set_yscale("log")
         bottom.set_xlabel("connections")
         bottom.set_xscale("log", base=2)
+        bottom.set_xticks(options.connections, [str(c) for c in options.connections])
         top.legend()
         top.grid(True, alpha=0.3)
         bottom.grid(True, alpha=0.3)

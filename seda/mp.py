@@ -127,8 +127,7 @@ class Connection:
         return close
 
     def write(self, data: bytes) -> None:
-        self.sock.settimeout(self.limits.idle_timeout)
-        self.sock.sendall(data)
+        self.sock.sendall(data)  # a client that reads nothing for idle_timeout is dropped
 
 
 class Master(Node):
@@ -220,7 +219,7 @@ class Master(Node):
         connection = Connection(self, sock)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         try:
-            sock.setblocking(True)
+            sock.settimeout(self.limits.idle_timeout)  # bounds a send to a stalled client
             tune(sock, self.acc)
             connection.serve()
         except OSError:
