@@ -48,7 +48,8 @@ class SedaRun:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "seda.cli", "run", str(self.graph), "--no-progress",
                  "-o", str(self.output), *args],
-                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                start_new_session=True)  # its own process group: see signal_group
         self.pid = self.proc.pid
         self.seen: dict[int, psutil.Process] = {}
         self.stderr = ""
@@ -100,6 +101,10 @@ class SedaRun:
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the run's whole process group, as systemd, `timeout` or a shell's Ctrl-C do."""
+        os.killpg(self.pid, signum)
 
     def results(self) -> list[Any]:
         if not self.output.exists():

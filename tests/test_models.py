@@ -6,11 +6,14 @@ from __future__ import annotations
 import http.client
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import psutil
 
+from seda.plan import Plan
 from tests.runkit import SedaRun, wait_for
 from tests.test_run_service import web
 
@@ -124,3 +127,45 @@ def test_mp_drain_finishes_the_request_in_hand(tmp_path: Path) -> None:
         assert run.wait(30) == 0, run.stderr
         with socket.socket() as s:  # the port is closed: nothing is listening any more
             assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_sigterm_to_the_whole_process_group_stops_every_model_once(tmp_path: Path) -> None:
+    """Children leave stopping to the supervisor: nothing is restarted, figures are kept."""
+    for model in ("seda", "symped", "mp"):
+        folder = tmp_path / model
+        folder.mkdir()
+        run = SedaRun(folder, web(), "--listen", "127.0.0.1:0", "--model", model)
+        port = run.port()
+        with run:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            assert get(conn, "/pid")[0] == 200
+            conn.close()
+            run.signal_group(signal.SIGTERM)
+            assert run.wait(30) == 0, run.stderr
+            assert "restarting" not in run.stderr, run.stderr
+            assert "1 requests, 1 responses" in run.stderr and "0 restarts" in run.stderr
+
+
+def test_seda_plan_prints_the_processes_and_starts_nothing(root: Path) -> None:
+    shop = str(root / "graphs" / "shop.yaml")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    text = subprocess.run([sys.executable, "-m", "seda.cli", "plan", shop, "--model", "mp",
+                           "--processes", "9"], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[:3] == [
+        "graph 'shop', model mp: 1 process(es) besides the supervisor",
+        "  PROCESS  ROLE    STAGES                    SENDS TO",
+        "  master   master  parse, catalog, checkout  -"]
+    assert "at most 9 alive" in text.stdout
+    as_json = subprocess.run([sys.executable, "-m", "seda.cli", "plan", shop, "--json",
+                              "--workers", "checkout=2"], capture_output=True, text=True,
+                             timeout=60)
+    plan = Plan.from_json(as_json.stdout)
+    assert plan.model == "seda" and plan.pool_procs["checkout"] == ["checkout.0", "checkout.1"]
+    bad = subprocess.run([sys.executable, "-m", "seda.cli", "plan",
+                          str(root / "graphs" / "pipeline.yaml"), "--model", "symped"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(f"{root / 'graphs' / 'pipeline.yaml'}: model: model 'symped' "
+                                 f"runs services")
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
