@@ -29,7 +29,7 @@ from seda.envelope import ID, PAYLOAD, REQUEST
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter
 from seda.listener import tune
-from seda.node import Node, ignore_stop_signals
+from seda.node import Node
 from seda.plan import Plan
 
 
@@ -150,7 +150,6 @@ class Acceptor(Node):
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         setproctitle(self.me.title)
-        ignore_stop_signals()
         try:
             import uvloop
 

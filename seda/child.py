@@ -2,22 +2,39 @@
 
 A fresh interpreter per child (no fork, nothing inherited but the environment): it reads the
 plan, dies with its supervisor, imports the handlers and runs its role.
+
+Stop signals: the supervisor starts children with SIGINT and SIGTERM blocked; a child ignores
+both before unblocking them (first thing, before any import of weight), so a signal sent to
+the whole process group while a child starts is never the child's to act on.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
-from seda.handler import HandlerImportError, resolve
-from seda.node import die_with_parent
-from seda.plan import Plan
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def ignore_stop_signals() -> None:
+    """The supervisor alone decides when a child stops (CONTROL `stop`): a Ctrl-C or a SIGTERM
+    to the whole process group (systemd, timeout, a shell) stops the graph once, through the
+    supervisor's drain, instead of ending children it would then restart."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def main(argv: list[str]) -> int:
+    ignore_stop_signals()
+    from seda.handler import HandlerImportError, resolve
+    from seda.node import die_with_parent
+    from seda.plan import Plan
+
     plan_path, name, parent = argv[1], argv[2], int(argv[3])
     die_with_parent(parent)
     plan = Plan.from_json(Path(plan_path).read_text(encoding="utf-8"))

@@ -62,14 +62,6 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def ignore_stop_signals() -> None:
-    """The supervisor alone decides when a child stops (CONTROL `stop`): a Ctrl-C or a SIGTERM
-    to the whole process group (systemd, timeout, a shell) stops the graph once, through the
-    supervisor's drain, instead of ending children it would then restart."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 class Node:
     """Base of worker and source processes. Subclasses implement `step` and the hooks."""
 
@@ -126,7 +118,6 @@ class Node:
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         setproctitle(self.me.title)
-        ignore_stop_signals()
         self.status({"op": "ready", "pid": os.getpid()})
         try:
             while self.running:
@@ -273,8 +264,13 @@ class Node:
         links = {lk.name: [lk.up, lk.window, len(lk.pending), lk.isolated, lk.pid]
                  for d in self.dispatchers.values() for lk in d.links.values()}
         suspects = sum(len(d.suspects) for d in self.dispatchers.values())
+        depth: dict[str, list[int]] = {}
+        for dispatcher in self.dispatchers.values():
+            depth.update(dispatcher.depths())
         self.status({"op": "stats", "pending": self.pending(), **self.counters, **self.stats(),
-                     "links": links, "suspects": suspects})
+                     "links": links, "suspects": suspects, "depth": depth,
+                     "blocked": sum(d.backlog() > 0 and d.available() == 0
+                                    for d in self.dispatchers.values())})
 
     def status(self, msg: dict[str, Any]) -> None:
         msg.setdefault("name", self.name)

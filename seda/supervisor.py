@@ -71,8 +71,14 @@ class Child:
     def start(self) -> None:
         import subprocess
 
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                      pass_fds=self.pass_fds)
+        # the child starts with stop signals blocked and ignores them before unblocking
+        # (seda.child): a signal to the process group is the supervisor's alone
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                          pass_fds=self.pass_fds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.pidfd = os.pidfd_open(self.popen.pid)
         self.ready = False
 
