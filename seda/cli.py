@@ -127,8 +127,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError([Problem(f"--listen: {exc}", "<command line>")]) from None
         if spec.acceptor is None:
             raise SpecError([Problem("--listen: this graph has no acceptor", args.file)])
+    if not args.no_status:
+        try:
+            parse_listen(args.status)
+        except ValueError as exc:
+            raise SpecError([Problem(f"--status: {exc}", "<command line>")]) from None
     options = RunOptions(listen=args.listen, model=args.model, workers=dict(args.workers or []),
                          processes=args.processes, file=args.file,
+                         status=None if args.no_status else args.status,
                          output=str(Path(args.output).resolve()) if args.output else "",
                          progress=not args.no_progress and sys.stderr.isatty(),
                          base_dir=str(Path.cwd()),
@@ -181,6 +187,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from seda.top import find_url, top
+
+    url = args.url or find_url(args.target)
+    try:
+        return top(url.rstrip("/"), args.once, args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seda", description="Run staged (SEDA) network services and pipelines.")
@@ -223,7 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="listen here instead of the graph's acceptor.listen (port 0: any)")
+    p.add_argument("--status", metavar="HOST:PORT", default="127.0.0.1:0",
+                   help="serve /api/status and /metrics here (loopback only; default "
+                        "127.0.0.1:0, a free port, printed at start)")
+    p.add_argument("--no-status", action="store_true", help="no status endpoint")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("top", help="live view of a running graph (stages, queues)",
+                            description="A live tpstats-style view of a running graph: "
+                                        "per stage Active, Pending, Completed, Blocked, "
+                                        "Dropped, Errors and throughput; queue depth per edge.")
+    p.add_argument("target", nargs="?", metavar="NAME|RUN_DIR",
+                   help="the graph's name or run directory (default: the only one running)")
+    p.add_argument("--url", help="the status URL printed by seda run")
+    p.add_argument("--once", action="store_true", help="print one view and exit")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                   help="seconds between updates (default 1)")
+    p.set_defaults(func=cmd_top)
 
     p = commands.add_parser("bench", help="compare server models on one graph (a report)",
                             description="Run an HTTP graph under each model in turn, drive it "

@@ -151,6 +151,19 @@ class Dispatcher:
     def in_flight(self) -> int:
         return sum(len(link.pending) for link in self.links.values())
 
+    def available(self) -> int:
+        """Credit left over all live workers."""
+        return sum(link.available() for link in self.links.values())
+
+    def waiting(self) -> dict[str, int]:
+        """stage -> messages held here for lack of credit (this sender's part of the queue in
+        front of each stage; the status views add the receivers' inboxes)."""
+        out: dict[str, int] = {}
+        for items in (self.queue, self.suspects):
+            for stage, _ in items:
+                out[stage] = out.get(stage, 0) + 1
+        return out
+
     def stalled(self, link: Link, now: float) -> bool:
         limit = max(self.STALL_FLOOR, self.STALL_FACTOR * self.rtt)
         return link.oldest_age(now) > limit

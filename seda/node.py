@@ -264,13 +264,16 @@ class Node:
         links = {lk.name: [lk.up, lk.window, len(lk.pending), lk.isolated, lk.pid]
                  for d in self.dispatchers.values() for lk in d.links.values()}
         suspects = sum(len(d.suspects) for d in self.dispatchers.values())
-        depth: dict[str, list[int]] = {}
+        waiting: dict[str, int] = {}
+        blocked: list[str] = []  # stages this process holds work for with no credit left
         for dispatcher in self.dispatchers.values():
-            depth.update(dispatcher.depths())
+            held = dispatcher.waiting()
+            waiting.update(held)
+            if held and dispatcher.available() == 0:
+                blocked.extend(held)
         self.status({"op": "stats", "pending": self.pending(), **self.counters, **self.stats(),
-                     "links": links, "suspects": suspects, "depth": depth,
-                     "blocked": sum(d.backlog() > 0 and d.available() == 0
-                                    for d in self.dispatchers.values())})
+                     "links": links, "suspects": suspects, "waiting": waiting,
+                     "blocked": blocked})
 
     def status(self, msg: dict[str, Any]) -> None:
         msg.setdefault("name", self.name)

@@ -36,9 +36,11 @@ from seda.listener import address, bind, raise_fd_limit, url
 from seda.plan import SUPERVISOR, make_plan, supervisor_endpoint
 from seda.progress import Progress
 from seda.spec import GraphSpec
+from seda.status import Status, StatusServer
 
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 STOP_GRACE = 2.0
+STATUS_EVERY = 0.5  # s between snapshots (children report every 0.5 s)
 WAVE_PATIENCE = 0.5  # s before a probe wave that has not completed is sent again
 
 
@@ -53,6 +55,7 @@ class RunOptions:
     listen: str | None = None  # overrides acceptor.listen
     processes: int | None = None  # symped: event loops; mp: cap on connection processes
     file: str = "<graph>"  # the graph file, named in errors
+    status: str | None = "127.0.0.1:0"  # where /api/status and /metrics are served (None: off)
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Child:
     pidfd: int = -1
     ready: bool = False
     failures: int = 0  # consecutive crashes, for the backoff
+    restarts: int = 0
     restart_at: float = 0.0
     pass_fds: tuple[int, ...] = ()
 
@@ -147,6 +151,9 @@ class Supervisor:
         self.finish_deadline = 0.0
         self.started = time.monotonic()
         self.progress = Progress(enabled=options.progress)
+        self.status = Status(self.plan, time.monotonic())
+        self.status_server: StatusServer | None = None
+        self.next_status = 0.0
         self.dead_before = len(deadletter.read(self.plan.dead_letter))
         self.intake_open: set[str] = set()  # front doors yet to be told to stop intake
         self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
@@ -159,6 +166,7 @@ class Supervisor:
         try:
             self._open_sockets()
             self._listen()
+            self._serve_status()
             self._start_all()
             outcome = self._loop()
             self._stop_all()
@@ -171,6 +179,8 @@ class Supervisor:
             for s, handler in old.items():
                 signal.signal(s, handler)
             self.zmq.destroy(linger=0)
+            if self.status_server is not None:
+                self.status_server.close()
             for sock in self.listeners.values():
                 sock.close()
             self.progress.close()
@@ -219,6 +229,19 @@ class Supervisor:
         shared = f", {len(doors)} listeners" if many else ""
         print(f"seda: listening on {url(first, acc.protocol)} (graph {self.spec.name}, "
               f"model {self.plan.model}{shared})", file=sys.stderr, flush=True)
+
+    def _serve_status(self) -> None:
+        if not self.options.status:
+            return
+        self.status_server = StatusServer(self.status, self.options.status)
+        (Path(self.run_dir) / "status.url").write_text(self.status_server.url + "\n")
+        print(f"seda: status on {self.status_server.url} (/api/status, /metrics; "
+              f"seda top {self.spec.name})", file=sys.stderr, flush=True)
+
+    def _update_status(self, now: float) -> None:
+        alive = {n: c.pid for n, c in self.children.items() if c.alive()}
+        self.status.update(now, dict(self.stats), self.totals(),
+                           {n: c.restarts for n, c in self.children.items()}, alive)
 
     def _stop_all(self) -> None:
         """Stop every child (CONTROL stop, SIGKILL after STOP_GRACE); idempotent."""
@@ -347,6 +370,7 @@ class Supervisor:
         print(f"seda: {what}; restarting", file=sys.stderr)
         backoff = min(MAX_BACKOFF, FIRST_BACKOFF * (2 ** child.failures))
         child.failures += 1
+        child.restarts += 1
         child.restart_at = now + backoff
         child.popen = None
 
@@ -384,6 +408,9 @@ class Supervisor:
                              errors=int(errors), dead=dead, restarts=self.restart_count)
 
     def _tick(self, now: float) -> Outcome | None:
+        if self.status_server is not None and now >= self.next_status:
+            self.next_status = now + STATUS_EVERY
+            self._update_status(now)
         if self.progress.enabled:
             self._show_progress()
         if self.stop_signal and self.phase == "running":

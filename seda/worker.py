@@ -91,8 +91,12 @@ class Worker(Node):
     def stats(self) -> dict[str, Any]:
         stages = {s: {f: getattr(st, f) for f in st.__slots__}
                   for s, st in self.core.stats.items()}
+        inbox: dict[str, dict[str, int]] = {}  # stage -> sender -> received, not yet run
+        for sender, stage, envs in self.work:
+            senders = inbox.setdefault(stage, {})
+            senders[sender] = senders.get(sender, 0) + len(envs)
         return {"stages": stages, "queued": sum(len(w[2]) for w in self.work),
-                "finished": self.finished}
+                "finished": self.finished, "inbox": inbox}
 
     def close(self) -> None:
         try:

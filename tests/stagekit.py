@@ -105,3 +105,14 @@ def web(request: dict[str, Any], ctx: Any) -> Any:
     if path == "/pid":
         return str(os.getpid())
     return f"{request['method']} {path}"
+
+
+def forward(request: dict[str, Any], ctx: Any) -> str:
+    """HTTP front stage: pass the path on (the next stage answers)."""
+    return str(request["path"])
+
+
+def slow_ok(path: str, ctx: Any) -> str:
+    """Sleep `options.slow` seconds (default 0.02), then answer 'ok'."""
+    time.sleep(float(ctx.options.get("slow", 0.02)))
+    return "ok"

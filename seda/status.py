@@ -1,0 +1,275 @@
+"""The live figures of a running graph: one snapshot the supervisor keeps up to date from its
+children's reports (about twice a second), read by `/api/status`, `/metrics` and `seda top`.
+
+Pure: reports in, a JSON-able snapshot out (the clock is passed in). Columns follow Cassandra's
+`nodetool tpstats`: per stage Active (workers busy, averaged over the last interval), Pending
+(messages in front of the stage not yet run: held by their senders for lack of credit, plus
+received by a worker and waiting in its inbox), Completed, Blocked (senders holding work for
+the stage with no credit left), Dropped (expired or duplicate), Errors (handler exceptions).
+Messages in transit between two processes are in neither place and are not counted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from seda.plan import Plan
+
+HISTORY = 60  # samples kept per stage (about 30 s at two reports a second)
+STAGE_FIGURES = ("received", "completed", "errors", "emitted", "results", "duplicates",
+                 "expired", "busy")
+FRONT_FIGURES = ("accepted", "refused", "requests", "responses", "rejected", "timeouts",
+                 "late", "protocol_errors", "idle_closed")
+
+
+class Status:
+    """Turns reports into snapshots; keeps peaks and a short history per stage."""
+
+    def __init__(self, plan: Plan, started: float) -> None:
+        self.plan, self.started = plan, started
+        self.spec = plan.graph_spec()
+        self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
+        self.last: tuple[float, dict[str, float]] | None = None  # (time, totals) of last update
+        self.peaks: dict[str, int] = {}
+        self.history: dict[str, deque[tuple[float, int]]] = {
+            s: deque(maxlen=HISTORY) for s in self.spec.stages}
+        self.snapshot: dict[str, Any] = {}
+        self.queues = self._queues()  # every edge that is a queue, shown even when empty
+
+    def _queues(self) -> list[tuple[str, str]]:
+        """(from, stage) for every queue of the plan: front door or source to the entry
+        stages, and between stages in different pools (fused stages call each other)."""
+        pool = self.plan.stage_pool
+        if not pool:
+            return []  # sped, symped, mp: the graph runs inline, no queues
+        origin = "source" if self.spec.source is not None else "acceptor"
+        out = [(origin, entry) for entry in self.spec.entries()]
+        for name, stage in self.spec.stages.items():
+            out += [(pool[name], to) for to in stage.to if pool[to] != pool[name]]
+        return list(dict.fromkeys(out))
+
+    def update(self, now: float, reports: dict[str, dict[str, Any]], totals: dict[str, float],
+               restarts: dict[str, int], alive: dict[str, int]) -> dict[str, Any]:
+        """`reports`: each live process's last stats; `totals`: stage.figure summed over live
+        and retired incarnations; `restarts`: per process; `alive`: process -> pid (0 when
+        down). Returns (and keeps) the new snapshot."""
+        dt = now - self.last[0] if self.last else 0.0
+        before = self.last[1] if self.last else {}
+        stages: dict[str, dict[str, Any]] = {}
+        edges = dict.fromkeys(self.queues, 0)
+        pending = dict.fromkeys(self.spec.stages, 0)
+        blocked = dict.fromkeys(self.spec.stages, 0)
+        def add(source: str, stage: str, count: int) -> None:
+            if stage in pending:
+                pending[stage] += count
+                edges[(source, stage)] = edges.get((source, stage), 0) + count
+
+        for name, report in reports.items():
+            for stage, count in report.get("waiting", {}).items():  # held for credit
+                add(self._role_of(name), stage, int(count))
+            for stage in report.get("blocked", []):
+                if stage in blocked:
+                    blocked[stage] += 1
+            for stage, senders in report.get("inbox", {}).items():  # received, not yet run
+                for sender, count in senders.items():
+                    add(self._role_of(sender), stage, int(count))
+        for stage, spec in self.spec.stages.items():
+            figures = {f: totals.get(f"{stage}.{f}", 0) for f in STAGE_FIGURES}
+            done = figures["completed"] - before.get(f"{stage}.completed", 0)
+            busy = figures["busy"] - before.get(f"{stage}.busy", 0)
+            workers = self._workers(stage)
+            self.peaks[stage] = max(self.peaks.get(stage, 0), pending[stage])
+            rate = done / dt if dt > 0 else 0.0
+            self.history[stage].append((round(rate, 1), pending[stage]))
+            stages[stage] = {
+                **{f: int(v) if f != "busy" else round(v, 3) for f, v in figures.items()},
+                "workers": workers, "pool": self.plan.stage_pool.get(stage, ""),
+                "active": round(busy / dt, 2) if dt > 0 else 0.0,
+                "utilisation": round(busy / (dt * workers), 3) if dt > 0 and workers else 0.0,
+                "pending": pending[stage], "peak_pending": self.peaks[stage],
+                "blocked": blocked[stage],
+                "dropped": int(figures["expired"] + figures["duplicates"]),
+                "throughput": round(rate, 1),
+                "history": list(self.history[stage]), "to": list(spec.to)}
+        front = {f: 0 for f in (*FRONT_FIGURES, "connections", "in_flight")}
+        for name in self.plan.front_doors():
+            for figure in front:
+                front[figure] += int(reports.get(name, {}).get(figure, 0) or 0)
+        snapshot = {
+            "graph": self.plan.graph, "model": self.plan.model, "time": round(now, 3),
+            "uptime": round(now - self.started, 1), "stages": stages,
+            "edges": [{"from": src, "to": dst, "depth": depth,
+                       "peak": self._edge_peak(src, dst, depth)}
+                      for (src, dst), depth in sorted(edges.items())],
+            "front": front if self.spec.acceptor is not None else None,
+            "processes": {name: {"pid": alive.get(name, 0), "restarts": restarts.get(name, 0),
+                                 "role": proc.role}
+                          for name, proc in self.plan.procs.items()},
+            "restarts": sum(restarts.values()),
+            "dead_letters": sum(int(r.get("dead_letters", 0)) for r in reports.values()),
+            "bottleneck": bottleneck(stages),
+        }
+        self.last = (now, dict(totals))
+        self.snapshot = snapshot
+        return snapshot
+
+    def _role_of(self, process: str) -> str:
+        """What an edge starts from: a worker's pool, or the source / acceptor."""
+        if process in self.pool_of:
+            return self.pool_of[process]
+        return "source" if process == "source" else "acceptor"
+
+    def _workers(self, stage: str) -> int:
+        pool = self.plan.stage_pool.get(stage)
+        return len(self.plan.pool_procs.get(pool, [])) if pool else 0
+
+    def _edge_peak(self, src: str, dst: str, depth: int) -> int:
+        key = f"{src}->{dst}"
+        self.peaks[key] = max(self.peaks.get(key, 0), depth)
+        return self.peaks[key]
+
+
+def bottleneck(stages: dict[str, dict[str, Any]]) -> str | None:
+    """The stage that limits the graph now: the busiest (utilisation >= 0.8) with work
+    waiting, else the one with the most pending; None when all is quiet."""
+    loaded = [(s["utilisation"], s["pending"], name) for name, s in stages.items()
+              if s["pending"] > 0]
+    if not loaded:
+        return None
+    busy = [x for x in loaded if x[0] >= 0.8]
+    return max(busy or loaded, key=lambda x: (x[1], x[0]) if not busy else x)[2]
+
+
+def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
+    """The snapshot as Prometheus metric families (prometheus_client), names by convention:
+    `seda_stage_*{graph,stage}`, `seda_edge_queue_depth{graph,from,to}`, `seda_acceptor_*`."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    graph = snapshot.get("graph", "")
+    stages = snapshot.get("stages", {})
+    counters = {"received": "messages received by the stage",
+                "completed": "messages the stage has finished (seda_stage_processed_total)",
+                "errors": "handler exceptions", "emitted": "messages the stage sent on",
+                "expired": "messages dropped past their deadline",
+                "duplicates": "duplicate messages dropped"}
+    for figure, text in counters.items():
+        name = "processed" if figure == "completed" else figure
+        family = CounterMetricFamily(f"seda_stage_{name}", text, labels=["graph", "stage"])
+        for stage, figures in stages.items():
+            family.add_metric([graph, stage], figures[figure])
+        yield family
+    busy = CounterMetricFamily("seda_stage_busy_seconds", "time spent in the stage's handler",
+                               labels=["graph", "stage"])
+    for stage, figures in stages.items():
+        busy.add_metric([graph, stage], figures["busy"])
+    yield busy
+    gauges = {"queue_depth": ("pending", "messages queued in front of the stage"),
+              "queue_depth_peak": ("peak_pending", "largest queue depth seen"),
+              "workers": ("workers", "worker processes of the stage's pool"),
+              "utilisation": ("utilisation", "share of the pool's time spent in handlers"),
+              "blocked": ("blocked", "senders holding work for the stage with no credit")}
+    for name, (figure, text) in gauges.items():
+        gauge = GaugeMetricFamily(f"seda_stage_{name}", text, labels=["graph", "stage"])
+        for stage, figures in stages.items():
+            gauge.add_metric([graph, stage], figures[figure])
+        yield gauge
+    edge = GaugeMetricFamily("seda_edge_queue_depth", "messages on an edge (queued + in flight)",
+                             labels=["graph", "from", "to"])
+    for item in snapshot.get("edges", []):
+        edge.add_metric([graph, item["from"], item["to"]], item["depth"])
+    yield edge
+    def one(family: Any, value: float) -> Any:
+        family.add_metric([graph], value)
+        return family
+
+    front = snapshot.get("front")
+    if front:
+        yield one(GaugeMetricFamily("seda_acceptor_connections", "open client connections",
+                                    labels=["graph"]), front["connections"])
+        for figure in ("requests", "responses", "rejected", "timeouts", "protocol_errors",
+                       "refused"):
+            yield one(CounterMetricFamily(f"seda_acceptor_{figure}", f"acceptor: {figure}",
+                                          labels=["graph"]), front[figure])
+    yield one(CounterMetricFamily("seda_restarts", "child process restarts",
+                                  labels=["graph"]), snapshot.get("restarts", 0))
+    yield one(CounterMetricFamily("seda_dead_letters", "messages written to the dead-letter "
+                                  "file", labels=["graph"]), snapshot.get("dead_letters", 0))
+
+
+class StatusServer:
+    """`GET /api/status` (JSON) and `GET /metrics` (Prometheus text) on a loopback port, served
+    from a thread of the supervisor; it only reads the latest snapshot (replaced whole)."""
+
+    def __init__(self, status: Status, listen: str) -> None:
+        import ipaddress
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        from seda.errors import RunError
+        from seda.spec import parse_listen
+
+        host, port = parse_listen(listen)
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise RunError(f"--status {listen}: the status endpoint binds a loopback address "
+                           f"only (it has no authentication yet)")
+        handler = _handler(status)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise RunError(f"--status {listen}: {exc.strerror}") from None
+        self.httpd.daemon_threads = True
+        bound_host, bound_port = self.httpd.server_address[:2]
+        self.url = f"http://{bound_host!s}:{bound_port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="status",
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _handler(status: Status) -> Any:
+    import json
+    from http.server import BaseHTTPRequestHandler
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    class Snapshot(Collector):
+        def collect(self) -> Iterable[Any]:
+            return metric_families(status.snapshot)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Snapshot())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.partition("?")[0]
+            if path == "/api/status":
+                body, kind = json.dumps(status.snapshot).encode(), "application/json"
+            elif path == "/metrics":
+                body, kind = generate_latest(registry), CONTENT_TYPE_LATEST
+            elif path == "/":
+                body = b"seda status: /api/status (JSON), /metrics (Prometheus)\n"
+                kind = "text/plain; charset=utf-8"
+            else:
+                self.send_error(404, "try /api/status or /metrics")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # no access log on the supervisor's stderr
+
+    return Handler

@@ -1,0 +1,140 @@
+"""Live figures: the status snapshot (pure), then /api/status, /metrics and `seda top` on a
+running graph whose slow stage is known."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from seda.loader import load_text
+from seda.plan import make_plan
+from seda.status import Status
+from tests.runkit import SedaRun, wait_for
+
+DEPTH = """
+name: depth
+acceptor: {listen: "127.0.0.1:0", entry: front}
+stages:
+  front: {handler: "stagekit:forward", prefetch: 256, to: [slow]}
+  slow: {handler: "stagekit:slow_ok", prefetch: 2, options: {slow: 0.02}}
+"""
+
+
+def test_snapshot_adds_up_reports() -> None:
+    spec, _ = load_text(DEPTH)
+    plan = make_plan(spec, "/run/x")
+    status = Status(plan, started=100.0)
+    reports: dict[str, dict[str, Any]] = {
+        "acceptor.0": {"waiting": {"front": 3}, "connections": 5, "requests": 40,
+                       "responses": 30},
+        "front.0": {"waiting": {"slow": 7}, "blocked": ["slow"]},
+        "slow.0": {"inbox": {"slow": {"front.0": 2}}, "dead_letters": 1},
+    }
+    alive = {n: 1 for n in plan.procs}
+    status.update(101.0, reports, {"slow.completed": 10, "slow.busy": 0.5}, {}, alive)
+    snap = status.update(101.5, reports, {"slow.completed": 20, "slow.busy": 0.9,
+                                          "front.completed": 30}, {"slow.0": 2}, alive)
+    slow = snap["stages"]["slow"]
+    assert slow["pending"] == 9 and slow["blocked"] == 1 and slow["completed"] == 20
+    assert slow["throughput"] == 20.0 and slow["active"] == 0.8 and slow["utilisation"] == 0.8
+    assert snap["stages"]["front"]["pending"] == 3
+    assert snap["edges"] == [{"from": "acceptor", "to": "front", "depth": 3, "peak": 3},
+                             {"from": "front", "to": "slow", "depth": 9, "peak": 9}]
+    assert snap["bottleneck"] == "slow"
+    assert snap["front"]["connections"] == 5 and snap["front"]["responses"] == 30
+    assert snap["restarts"] == 2 and snap["dead_letters"] == 1
+    quiet = status.update(102.0, {}, {"slow.completed": 20, "slow.busy": 0.9}, {}, alive)
+    assert quiet["stages"]["slow"]["pending"] == 0 and quiet["bottleneck"] is None
+    assert quiet["stages"]["slow"]["peak_pending"] == 9  # peaks are kept
+    assert [h[1] for h in quiet["stages"]["slow"]["history"]] == [9, 9, 0]
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        data: dict[str, Any] = json.load(response)
+        return data
+
+
+def pipelined_load(port: int, connections: int, each: int) -> list[int]:
+    """`connections` clients each pipelining `each` GETs; returns the replies each read."""
+    counts = [0] * connections
+
+    def client(i: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n" * each)
+            data = b""
+            while data.count(b"HTTP/1.1 200") < each:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            counts[i] = data.count(b"HTTP/1.1 200")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return counts
+
+
+def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
+    run = SedaRun(tmp_path, DEPTH, "--listen", "127.0.0.1:0")
+    port = run.port()
+    with run:
+        url = wait_for(lambda: re.search(r"status on (http://\S+)", run.err_file.read_text()),
+                       10, "the status line").group(1)
+        wait_for(lambda: get_json(f"{url}/api/status").get("stages"), 10, "a first snapshot")
+        counts: list[int] = []
+        load = threading.Thread(target=lambda: counts.extend(pipelined_load(port, 40, 5)))
+        load.start()
+        peaks = {"front->slow": 0, "acceptor->front": 0}
+        top = ""
+        while load.is_alive():
+            snap = get_json(f"{url}/api/status")
+            for edge in snap["edges"]:
+                key = f"{edge['from']}->{edge['to']}"
+                peaks[key] = max(peaks.get(key, 0), edge["depth"])
+            if snap["bottleneck"] == "slow" and not top:
+                top = subprocess.run([sys.executable, "-m", "seda.cli", "top", "--once",
+                                      "--url", url], capture_output=True, text=True,
+                                     timeout=30, env={"COLUMNS": "160", "PATH": ""}).stdout
+            time.sleep(0.1)
+        load.join()
+        assert counts == [5] * 40  # every request answered
+        # 200 requests at 20 ms each through one slow worker: the queue is in front of it
+        assert peaks["front->slow"] >= 100, peaks
+        assert peaks["acceptor->front"] <= 30, peaks
+        assert "slow ◀ bottleneck" in top, top
+        assert "front → slow" in top, top
+
+        def drained() -> dict[str, Any] | None:
+            snap = get_json(f"{url}/api/status")
+            quiet = all(s["pending"] == 0 for s in snap["stages"].values())
+            return snap if quiet and snap["stages"]["slow"]["completed"] == 200 else None
+
+        snap = wait_for(drained, 10, "the queues to drain")
+        assert snap["stages"]["front"]["completed"] == 200
+        assert snap["stages"]["slow"]["peak_pending"] >= 100
+        assert snap["front"]["responses"] >= 200
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples = {(s.name, s.labels.get("stage", s.labels.get("to", ""))): s.value
+                   for family in text_string_to_metric_families(text)
+                   for s in family.samples}
+        assert samples[("seda_stage_processed_total", "slow")] == 200
+        assert samples[("seda_stage_queue_depth", "slow")] == 0
+        assert samples[("seda_stage_queue_depth_peak", "slow")] >= 100
+        assert samples[("seda_stage_workers", "slow")] == 1
+        assert ("seda_edge_queue_depth", "slow") in samples
+        assert samples[("seda_acceptor_requests_total", "")] >= 200
