@@ -90,7 +90,7 @@ stages:
 STEADY: dict[str, list[float]] = {}
 
 
-def run_seda(shape: str, n: int) -> float:
+def run_seda(shape: str, n: int, *extra: str) -> float:
     text = (CHAIN if shape == "chain" else FAN).format(n=n)
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "graph.yaml"
@@ -98,14 +98,14 @@ def run_seda(shape: str, n: int) -> float:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "tools")}
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "seda.cli", "run", str(graph),
-                               "--no-progress", "-o", str(Path(tmp) / "out.jsonl")],
+                               "--no-progress", "-o", str(Path(tmp) / "out.jsonl"), *extra],
                               cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(done.stderr)
         match = re.search(r"items in [0-9.]+ s \(([0-9]+)/s", done.stderr)
         if match:  # seda's own rate, from the first item read to the end (no start-up)
-            STEADY.setdefault(shape, []).append(float(match.group(1)))
+            STEADY.setdefault(shape + "".join(extra), []).append(float(match.group(1)))
         check(eval_total(Path(tmp) / "out.jsonl"), n, shape)
     return elapsed
 
@@ -294,15 +294,33 @@ def best(fn: Callable[[str, int], float], shape: str, n: int, repeat: int) -> fl
     return min(fn(shape, n) for _ in range(repeat))
 
 
+def status_cost(n: int, repeat: int) -> None:
+    """What the live status (snapshots, /api/status, /metrics) costs: seda with and without
+    it, interleaved run by run so drift hits both alike."""
+    print(f"{n} messages, best of {repeat}, seda with and without --no-status")
+    for shape in ("chain", "fan"):
+        for _ in range(repeat):
+            run_seda(shape, n)
+            run_seda(shape, n, "--no-status")
+        on, off = max(STEADY[shape]), max(STEADY[shape + "--no-status"])
+        print(f"  {shape}: status on {on:,.0f} msgs/s, off {off:,.0f} msgs/s: on/off "
+              f"{on / off:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-pypeln", action="store_true", help="skip pypeln (slow)")
+    parser.add_argument("--status-cost", action="store_true",
+                        help="only seda, with and without its status endpoint (--no-status)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tools"))
     contenders: dict[str, Callable[[str, int], float]] = {
         "seda": run_seda, "zmq-batch": run_zmq, "mp-queue": run_queue}
+    if args.status_cost:
+        status_cost(args.items, args.repeat)
+        return
     try:
         import pypeln  # noqa: F401
 
