@@ -238,9 +238,12 @@ class StatusServer:
 def _handler(status: Status) -> Any:
     import json
     from http.server import BaseHTTPRequestHandler
+    from importlib import resources
 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from prometheus_client.registry import Collector, CollectorRegistry
+
+    from seda.render import to_svg
 
     class Snapshot(Collector):
         def collect(self) -> Iterable[Any]:
@@ -248,6 +251,8 @@ def _handler(status: Status) -> Any:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot())
+    dashboard = (resources.files("seda") / "web" / "dashboard.html").read_bytes()
+    drawing = to_svg(status.spec).encode()  # the same layout as `seda graph -f svg`
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -256,11 +261,12 @@ def _handler(status: Status) -> Any:
                 body, kind = json.dumps(status.snapshot).encode(), "application/json"
             elif path == "/metrics":
                 body, kind = generate_latest(registry), CONTENT_TYPE_LATEST
-            elif path == "/":
-                body = b"seda status: /api/status (JSON), /metrics (Prometheus)\n"
-                kind = "text/plain; charset=utf-8"
+            elif path in ("/", "/index.html"):
+                body, kind = dashboard, "text/html; charset=utf-8"
+            elif path == "/graph.svg":
+                body, kind = drawing, "image/svg+xml"
             else:
-                self.send_error(404, "try /api/status or /metrics")
+                self.send_error(404, "try /, /api/status or /metrics")
                 return
             self.send_response(200)
             self.send_header("Content-Type", kind)

@@ -60,6 +60,8 @@ def sparkline(values: list[float]) -> str:
 
 def render(snap: dict[str, Any], before: dict[str, Any] | None = None) -> Group:
     """The view of one snapshot (`before`, the previous one, gives the acceptor's rates)."""
+    if "stages" not in snap:
+        return Group(Text("waiting for the graph's first figures (it has just started)"))
     header = Text(f"graph {snap['graph']} · model {snap['model']} · up {snap['uptime']:.0f} s"
                   f" · restarts {snap['restarts']} · dead letters {snap['dead_letters']}")
     front = snap.get("front")
