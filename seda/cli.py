@@ -240,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="listen here instead of the graph's acceptor.listen (port 0: any)")
     p.add_argument("--status", metavar="HOST:PORT", default="127.0.0.1:0",
-                   help="serve /api/status and /metrics here (loopback only; default "
-                        "127.0.0.1:0, a free port, printed at start)")
+                   help="serve the dashboard, /api/status and /metrics here (loopback "
+                        "only; default 127.0.0.1:0, a free port, printed at start)")
     p.add_argument("--no-status", action="store_true", help="no status endpoint")
     p.set_defaults(func=cmd_run)
 

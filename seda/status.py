@@ -139,7 +139,9 @@ def bottleneck(stages: dict[str, dict[str, Any]]) -> str | None:
     if not loaded:
         return None
     busy = [x for x in loaded if x[0] >= 0.8]
-    return max(busy or loaded, key=lambda x: (x[1], x[0]) if not busy else x)[2]
+    if busy:
+        return max(busy)[2]  # the busiest, then the most pending
+    return max(loaded, key=lambda x: (x[1], x[0]))[2]  # the most pending, then the busiest
 
 
 def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:

@@ -235,7 +235,7 @@ class Supervisor:
             return
         self.status_server = StatusServer(self.status, self.options.status)
         (Path(self.run_dir) / "status.url").write_text(self.status_server.url + "\n")
-        print(f"seda: status on {self.status_server.url} (/api/status, /metrics; "
+        print(f"seda: status on {self.status_server.url} (dashboard; /api/status, /metrics; "
               f"seda top {self.spec.name})", file=sys.stderr, flush=True)
 
     def _update_status(self, now: float) -> None:
