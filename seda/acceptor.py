@@ -302,7 +302,7 @@ class Acceptor(Node):
     def stats(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.slots)}
         if self.core is not None:
-            figures["stages"] = {s: {f: getattr(st, f) for f in st.__slots__}
+            figures["stages"] = {s: st.figures()
                                  for s, st in self.core.stats.items()}
         return figures
 

@@ -43,6 +43,20 @@ class Group:
     dropped: list[Envelope] = field(default_factory=list)  # expired, or duplicate at a sink
 
 
+def time_bucket(ns: int) -> int:
+    """Histogram bucket of a duration in ns: four per power of two (within 25%)."""
+    b = ns.bit_length()
+    return b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns
+
+
+def bucket_upper(key: int) -> int:
+    """The largest duration (ns) that falls in bucket `key`."""
+    if key < 16:
+        return key
+    b, sub = divmod(key, 4)
+    return ((5 + sub) << (b - 3)) - 1
+
+
 @dataclass(slots=True)
 class StageStats:
     received: int = 0
@@ -53,6 +67,13 @@ class StageStats:
     duplicates: int = 0
     expired: int = 0
     busy: float = 0.0
+    times: list[int] = field(default_factory=lambda: [0] * 256)  # time_bucket -> count
+
+    def figures(self) -> dict[str, Any]:
+        """What a process reports: the counters, and the histogram's non-empty buckets."""
+        out: dict[str, Any] = {f: getattr(self, f) for f in self.__slots__ if f != "times"}
+        out["times"] = {k: n for k, n in enumerate(self.times) if n}
+        return out
 
 
 class Context:
@@ -179,8 +200,10 @@ class StageCore:
         replies = runner.returns == "reply"  # a request always gets an answer here
         emits, results, inputs, pending = group.emits, group.results, group.inputs, \
             self._pending
+        times, clock = self.stats[stage].times, time.perf_counter_ns
         ctx._group = group
         done = 0
+        last = clock()  # one clock read per message: the time since the previous one ended
         for env in batch:
             marks = len(emits), len(results)
             ctx._env, ctx._n = env, 0
@@ -193,9 +216,14 @@ class StageCore:
                 if pending:
                     self._drain_local(group)
                 inputs.append(env)
+                now = clock()
+                ns, last = now - last, now
+                b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
+                times[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             except Exception as exc:
                 del emits[marks[0]:], results[marks[1]:]
                 group.failed.append((env, *self._failure(stage, exc)))
+                last = clock()
         self.stats[stage].completed += done
 
     def _fresh(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
@@ -227,7 +255,10 @@ class StageCore:
         self._running = stage
         try:
             assert runner.batch is not None
+            start = time.perf_counter_ns()
             values = runner.batch([env[PAYLOAD] for env in batch], ctx)
+            key = time_bucket((time.perf_counter_ns() - start) // len(batch))  # the mean
+            self.stats[stage].times[key] += len(batch)
             if values is not None:
                 replies = runner.returns == "reply"
                 for env, value in zip(batch, values, strict=True):
@@ -248,7 +279,9 @@ class StageCore:
         ctx = runner.ctx
         ctx._env, ctx._group, ctx._n = env, group, 0
         self._running = stage
+        start = time.perf_counter_ns()
         value = runner.call(env[PAYLOAD], ctx)
+        self.stats[stage].times[time_bucket(time.perf_counter_ns() - start)] += 1
         if value is not None or (runner.returns == "reply" and not ctx._n):
             self._route_return(stage, ctx, value)
         self.stats[stage].completed += 1

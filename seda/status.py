@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from seda.core import bucket_upper
 from seda.plan import Plan
 
 HISTORY = 60  # samples kept per stage (about 30 s at two reports a second)
@@ -22,6 +23,32 @@ STAGE_FIGURES = ("received", "completed", "errors", "emitted", "results", "dupli
                  "expired", "busy")
 FRONT_FIGURES = ("accepted", "refused", "requests", "responses", "rejected", "timeouts",
                  "late", "protocol_errors", "idle_closed")
+
+
+RECENT = 10  # updates (about 5 s) over which service-time percentiles are taken
+
+
+def percentiles(hist: dict[int, int], qs: tuple[float, ...] = (0.5, 0.9, 0.99)
+                ) -> dict[str, float]:
+    """Percentiles (ms, the upper edge of the bucket: within 25%) of a service-time
+    histogram (time_bucket -> count); empty when nothing was timed."""
+    total = sum(hist.values())
+    if not total:
+        return {}
+    out: dict[str, float] = {}
+    items = sorted(hist.items())
+    for q in qs:
+        rank, seen = q * total, 0
+        for key, count in items:
+            seen += count
+            if seen >= rank:
+                out[f"p{round(q * 100)}"] = round(bucket_upper(key) / 1e6, 3)
+                break
+    return out
+
+
+def _minus(now: dict[int, int], before: dict[int, int]) -> dict[int, int]:
+    return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0) > 0}
 
 
 class Status:
@@ -36,6 +63,7 @@ class Status:
         self.history: dict[str, deque[tuple[float, int]]] = {
             s: deque(maxlen=HISTORY) for s in self.spec.stages}
         self.snapshot: dict[str, Any] = {}
+        self.past: deque[dict[str, Any]] = deque(maxlen=RECENT)  # totals of recent updates
         self.queues = self._queues()  # every edge that is a queue, shown even when empty
 
     def _queues(self) -> list[tuple[str, str]]:
@@ -50,7 +78,7 @@ class Status:
             out += [(pool[name], to) for to in stage.to if pool[to] != pool[name]]
         return list(dict.fromkeys(out))
 
-    def update(self, now: float, reports: dict[str, dict[str, Any]], totals: dict[str, float],
+    def update(self, now: float, reports: dict[str, dict[str, Any]], totals: dict[str, Any],
                restarts: dict[str, int], alive: dict[str, int]) -> dict[str, Any]:
         """`reports`: each live process's last stats; `totals`: stage.figure summed over live
         and retired incarnations; `restarts`: per process; `alive`: process -> pid (0 when
@@ -83,8 +111,13 @@ class Status:
             self.peaks[stage] = max(self.peaks.get(stage, 0), pending[stage])
             rate = done / dt if dt > 0 else 0.0
             self.history[stage].append((round(rate, 1), pending[stage]))
+            times = totals.get(f"{stage}.times", {})
+            recent = _minus(times, self.past[0].get(f"{stage}.times", {})) if self.past \
+                else times
             stages[stage] = {
                 **{f: int(v) if f != "busy" else round(v, 3) for f, v in figures.items()},
+                "service_ms": percentiles(recent), "service_ms_all": percentiles(times),
+                "times": {str(k): v for k, v in sorted(times.items())},
                 "workers": workers, "pool": self.plan.stage_pool.get(stage, ""),
                 "active": round(busy / dt, 2) if dt > 0 else 0.0,
                 "utilisation": round(busy / (dt * workers), 3) if dt > 0 and workers else 0.0,
@@ -112,6 +145,7 @@ class Status:
             "bottleneck": bottleneck(stages),
         }
         self.last = (now, dict(totals))
+        self.past.append(totals)
         self.snapshot = snapshot
         return snapshot
 
@@ -147,7 +181,11 @@ def bottleneck(stages: dict[str, dict[str, Any]]) -> str | None:
 def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
     """The snapshot as Prometheus metric families (prometheus_client), names by convention:
     `seda_stage_*{graph,stage}`, `seda_edge_queue_depth{graph,from,to}`, `seda_acceptor_*`."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     graph = snapshot.get("graph", "")
     stages = snapshot.get("stages", {})
@@ -167,6 +205,19 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
     for stage, figures in stages.items():
         busy.add_metric([graph, stage], figures["busy"])
     yield busy
+    service = HistogramMetricFamily("seda_stage_service_seconds", "handler time per message",
+                                    labels=["graph", "stage"])
+    for stage, figures in stages.items():
+        hist = sorted((int(k), v) for k, v in figures.get("times", {}).items())
+        buckets, seen, total = [], 0, 0.0
+        for key, count in hist:
+            seen += count
+            upper = (bucket_upper(key) + 1) / 1e9
+            total += count * upper
+            buckets.append((repr(upper), seen))
+        buckets.append(("+Inf", seen))
+        service.add_metric([graph, stage], buckets, sum_value=total)
+    yield service
     gauges = {"queue_depth": ("pending", "messages queued in front of the stage"),
               "queue_depth_peak": ("peak_pending", "largest queue depth seen"),
               "workers": ("workers", "worker processes of the stage's pool"),

@@ -104,6 +104,19 @@ class Child:
             self.popen.send_signal(signum)
 
 
+def add_figures(out: dict[str, Any], report: dict[str, Any]) -> None:
+    """Add a process's per-stage figures into `out` (stage.figure -> total)."""
+    for stage, figures in report.get("stages", {}).items():
+        for key, value in figures.items():
+            tag = f"{stage}.{key}"
+            if isinstance(value, dict):  # a histogram: bucket -> count
+                merged = out.setdefault(tag, {})
+                for bucket, count in value.items():
+                    merged[bucket] = merged.get(bucket, 0) + count
+            else:
+                out[tag] = out.get(tag, 0) + value
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -135,7 +148,7 @@ class Supervisor:
         self.plan.output = options.output
         self.children: dict[str, Child] = {}
         self.stats: dict[str, dict[str, Any]] = {}
-        self.retired: dict[str, int] = {}
+        self.retired: dict[str, Any] = {}  # figures of dead incarnations (see totals)
         self.restarts: deque[float] = deque()
         self.restart_count = 0
         self.stop_signal = 0
@@ -383,21 +396,17 @@ class Supervisor:
     def _retire(self, name: str) -> None:
         """Keep the counters of a dead incarnation, so totals survive restarts."""
         last = self.stats.pop(name, None)
-        if not last:
-            return
-        for stage, figures in last.get("stages", {}).items():
-            for key, value in figures.items():
-                tag = f"{stage}.{key}"
-                self.retired[tag] = self.retired.get(tag, 0) + value
+        if last:
+            add_figures(self.retired, last)
 
     # ------------------------------------------------------------------ progress and end
-    def totals(self) -> dict[str, float]:
-        out: dict[str, float] = dict(self.retired)
+    def totals(self) -> dict[str, Any]:
+        """stage.figure -> the sum over every process and dead incarnation (a number, or a
+        merged histogram for `stage.times`)."""
+        out: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
+                               for k, v in self.retired.items()}
         for msg in self.stats.values():
-            for stage, figures in msg.get("stages", {}).items():
-                for key, value in figures.items():
-                    tag = f"{stage}.{key}"
-                    out[tag] = out.get(tag, 0) + value
+            add_figures(out, msg)
         return out
 
     def _show_progress(self) -> None:

@@ -58,6 +58,11 @@ def sparkline(values: list[float]) -> str:
                    for v in values)
 
 
+def _service(ms: dict[str, float]) -> str:
+    """Recent service time (handler time per message), median and 99th percentile."""
+    return f"{ms['p50']:.3g}/{ms['p99']:.3g}" if ms else "-"
+
+
 def render(snap: dict[str, Any], before: dict[str, Any] | None = None) -> Group:
     """The view of one snapshot (`before`, the previous one, gives the acceptor's rates)."""
     if "stages" not in snap:
@@ -76,7 +81,7 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None) -> Group:
                       f"protocol errors")
     table = Table(expand=False)
     for column in ("Stage", "Workers", "Active", "Pending", "Peak", "Completed", "Blocked",
-                   "Dropped", "Errors", "Done/s", "Throughput history"):
+                   "Dropped", "Errors", "Done/s", "p50/p99 ms", "Throughput history"):
         table.add_column(column, justify="left" if column[0] in "ST" else "right")
     worst = snap.get("bottleneck")
     for name, st in snap["stages"].items():
@@ -86,7 +91,7 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None) -> Group:
         table.add_row(label, str(st["workers"]), f"{st['active']:.1f}", str(st["pending"]),
                       str(st["peak_pending"]), f"{st['completed']:,}", str(st["blocked"]),
                       str(st["dropped"]), str(st["errors"]), f"{st['throughput']:,.0f}",
-                      sparkline(rates), style=style)
+                      _service(st.get("service_ms", {})), sparkline(rates), style=style)
     edges = Text("queues: " + ("  ".join(f"{e['from']} → {e['to']} {e['depth']} "
                                          f"(peak {e['peak']})" for e in snap["edges"])
                                or "none yet"))

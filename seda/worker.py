@@ -89,7 +89,7 @@ class Worker(Node):
             super().on_control(msg)
 
     def stats(self) -> dict[str, Any]:
-        stages = {s: {f: getattr(st, f) for f in st.__slots__}
+        stages = {s: st.figures()
                   for s, st in self.core.stats.items()}
         inbox: dict[str, dict[str, int]] = {}  # stage -> sender -> received, not yet run
         for sender, stage, envs in self.work:

@@ -61,6 +61,24 @@ def test_snapshot_adds_up_reports() -> None:
     assert [h[1] for h in quiet["stages"]["slow"]["history"]] == [9, 9, 0]
 
 
+def test_service_time_buckets_and_percentiles() -> None:
+    from seda.core import bucket_upper, time_bucket
+    from seda.status import percentiles
+
+    for ns in (0, 1, 7, 8, 15, 16, 1000, 999_999, 20_000_000, 3 * 10**9):
+        key = time_bucket(ns)
+        assert ns <= bucket_upper(key) <= max(ns * 1.25, 15), ns  # within 25% above
+        lower = key if key < 16 else (4 + key % 4) << (key // 4 - 3)
+        assert lower <= ns, ns  # the bucket's own range holds it
+    hist: dict[int, int] = {}
+    for ms in [1] * 80 + [10] * 15 + [100] * 5:
+        key = time_bucket(ms * 1_000_000)
+        hist[key] = hist.get(key, 0) + 1
+    p = percentiles(hist)
+    assert 1 <= p["p50"] <= 1.25 and 10 <= p["p90"] <= 12.5 and 100 <= p["p99"] <= 125
+    assert percentiles({}) == {}
+
+
 def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as response:
         data: dict[str, Any] = json.load(response)
@@ -129,6 +147,8 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
 
         snap = wait_for(drained, 10, "the queues to drain")
         assert snap["stages"]["front"]["completed"] == 200
+        service = snap["stages"]["slow"]["service_ms_all"]  # the handler sleeps 20 ms
+        assert 20 <= service["p50"] <= 30 and service["p50"] <= service["p99"] <= 60, service
         assert snap["stages"]["slow"]["peak_pending"] >= 100
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
             text = response.read().decode()
@@ -136,6 +156,7 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
                    for family in text_string_to_metric_families(text)
                    for s in family.samples}
         assert samples[("seda_stage_processed_total", "slow")] == 200
+        assert samples[("seda_stage_service_seconds_count", "slow")] == 200
         assert samples[("seda_stage_queue_depth", "slow")] == 0
         assert samples[("seda_stage_queue_depth_peak", "slow")] >= 100
         assert samples[("seda_stage_workers", "slow")] == 1

@@ -1,0 +1,78 @@
+"""Steady pipeline throughput of two revisions of seda, interleaved run by run.
+
+    python tools/compare_revisions.py BASE [NEW] [--repeat 5] [--items 200000]
+
+BASE and NEW are git revisions (NEW defaults to the working tree). Each is checked out in a
+temporary git worktree, and the chain pipeline of tools/bench_pipeline.py (source -> double
+-> sink, one process each) runs under both, alternating, `--repeat` times. Prints seda's
+own steady rate (first item to last, without start-up) for each run, then the best and the
+median of each with the ratio NEW/BASE. Runs on a 2-core machine vary by 10-20%: the
+median ratio is the steadier figure; repeat before believing a few percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import bench_pipeline  # noqa: E402
+
+
+def steady_rate(tree: Path, items: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = Path(tmp) / "graph.yaml"
+        graph.write_text(bench_pipeline.CHAIN.format(n=items))
+        env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT / 'tools'}"}
+        done = subprocess.run([sys.executable, "-m", "seda.cli", "run", str(graph),
+                               "--no-progress", "--no-status", "-o", str(Path(tmp) / "out")],
+                              cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+        match = re.search(r"items in [0-9.]+ s \(([0-9]+)/s", done.stderr)
+        if done.returncode != 0 or not match:
+            raise RuntimeError(done.stderr)
+        return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("base")
+    parser.add_argument("new", nargs="?", help="a revision (default: the working tree)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--items", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        trees: dict[str, Path] = {}
+        for label, rev in (("base", args.base), ("new", args.new)):
+            if rev is None:
+                trees[label] = ROOT
+                continue
+            trees[label] = Path(tmp) / label
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach",
+                            str(trees[label]), rev], check=True)
+        try:
+            rates: dict[str, list[float]] = {"base": [], "new": []}
+            for _ in range(args.repeat):
+                for label, tree in trees.items():
+                    rates[label].append(steady_rate(tree, args.items))
+                    print(f"  {label}: {rates[label][-1]:,.0f} msgs/s", flush=True)
+            for name, pick in (("best", max), ("median", statistics.median)):
+                base, new = pick(rates["base"]), pick(rates["new"])
+                print(f"{name} of {args.repeat}: base {base:,.0f}, new {new:,.0f} msgs/s; "
+                      f"new/base {new / base:.3f}")
+        finally:
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                    str(tree)], check=False)
+
+
+if __name__ == "__main__":
+    main()
