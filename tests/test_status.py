@@ -119,12 +119,14 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
         load = threading.Thread(target=lambda: counts.extend(pipelined_load(port, 40, 5)))
         load.start()
         peaks = {"front->slow": 0, "acceptor->front": 0}
+        queued = {"front->slow": 0, "acceptor->front": 0}  # snapshots with > 20 on the edge
         top = ""
         while load.is_alive():
             snap = get_json(f"{url}/api/status")
             for edge in snap["edges"]:
                 key = f"{edge['from']}->{edge['to']}"
                 peaks[key] = max(peaks.get(key, 0), edge["depth"])
+                queued[key] = queued.get(key, 0) + (edge["depth"] > 20)
             if snap["bottleneck"] == "slow" and not top:
                 top = subprocess.run([sys.executable, "-m", "seda.cli", "top", "--once",
                                       "--url", url], capture_output=True, text=True,
@@ -132,9 +134,11 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
             time.sleep(0.1)
         load.join()
         assert counts == [5] * 40  # every request answered
-        # 200 requests at 20 ms each through one slow worker: the queue is in front of it
-        assert peaks["front->slow"] >= 100, peaks
-        assert peaks["acceptor->front"] <= 30, peaks
+        # 200 requests at 20 ms each through one slow worker: the queue stays in front of it
+        # for the ~4 s the load lasts; upstream, a burst may sit in front's inbox for a moment
+        # (or wait for front's first credit) but does not stay
+        assert peaks["front->slow"] >= 100, (peaks, queued)
+        assert queued["front->slow"] >= 10 and queued["acceptor->front"] <= 2, (peaks, queued)
         assert "slow ◀ bottleneck" in top, top
         assert "front → slow" in top, top
 
