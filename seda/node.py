@@ -185,7 +185,9 @@ class Node:
         if kind == RESULT:  # only origins (source, acceptor) receive results
             items = unpack(body, self.limit)
             ids = [int(item[0]) for item in items]
-            self.send(sender, ACK, pack([ids, ids]))  # received and done at once
+            received, done = self._acks.setdefault(sender, ([], []))
+            received.extend(ids)  # received and done at once, sent with the next flush
+            done.extend(ids)
             self.on_results(items)
         else:
             self.counters["malformed"] += 1
@@ -280,9 +282,10 @@ class Node:
         self.send(SUPERVISOR, STATUS, pack(msg))
 
     def _flush_acks(self) -> None:
-        for sender, (received, done) in self._acks.items():
-            self.send(sender, ACK, pack([received, done]))
-        self._acks.clear()
+        """Send the receipts; one that cannot go now (the peer is not connected) is kept for
+        the next flush -- a lost receipt would leave its message pending at the sender."""
+        self._acks = {sender: acks for sender, acks in self._acks.items()
+                      if not self.send(sender, ACK, pack(list(acks)))}
 
     def flush(self) -> None:
         self._flush_acks()

@@ -438,8 +438,11 @@ class Supervisor:
                 self.finish_deadline = now + max(self.spec.settings.drain_timeout, 1.0)
                 self.broadcast({"op": "finish"})
             elif self.phase == "draining" and now > self.finish_deadline:
-                return Outcome(self._interrupted_code(), "drain timeout: stopped with work "
-                                                         "still in flight")
+                held = ", ".join(f"{n}: {m.get('pending')}" for n, m in self.stats.items()
+                                 if m.get("pending"))
+                return Outcome(self._interrupted_code(), f"drain timeout: stopped with work "
+                                                         f"still in flight "
+                                                         f"({held or 'in transit'})")
         if self.phase == "finishing":
             workers = {w.name for w in self.plan.workers()}
             if workers <= self.finished and not self.flush_sent:
