@@ -185,9 +185,8 @@ class Node:
         if kind == RESULT:  # only origins (source, acceptor) receive results
             items = unpack(body, self.limit)
             ids = [int(item[0]) for item in items]
-            received, done = self._acks.setdefault(sender, ([], []))
-            received.extend(ids)  # received and done at once, sent with the next flush
-            done.extend(ids)
+            self.ack_received(sender, ids)  # received and done at once, sent with the
+            self._acks[sender][1].extend(ids)  # next flush
             self.on_results(items)
         else:
             self.counters["malformed"] += 1

@@ -58,12 +58,11 @@ class Status:
         self.plan, self.started = plan, started
         self.spec = plan.graph_spec()
         self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
-        self.last: tuple[float, dict[str, float]] | None = None  # (time, totals) of last update
         self.peaks: dict[str, int] = {}
         self.history: dict[str, deque[tuple[float, int]]] = {
             s: deque(maxlen=HISTORY) for s in self.spec.stages}
         self.snapshot: dict[str, Any] = {}
-        self.past: deque[dict[str, Any]] = deque(maxlen=RECENT)  # totals of recent updates
+        self.past: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT)  # (time, totals)
         self.queues = self._queues()  # every edge that is a queue, shown even when empty
 
     def _queues(self) -> list[tuple[str, str]]:
@@ -83,8 +82,8 @@ class Status:
         """`reports`: each live process's last stats; `totals`: stage.figure summed over live
         and retired incarnations; `restarts`: per process; `alive`: process -> pid (0 when
         down). Returns (and keeps) the new snapshot."""
-        dt = now - self.last[0] if self.last else 0.0
-        before = self.last[1] if self.last else {}
+        dt = now - self.past[-1][0] if self.past else 0.0
+        before = self.past[-1][1] if self.past else {}
         stages: dict[str, dict[str, Any]] = {}
         edges = dict.fromkeys(self.queues, 0)
         pending = dict.fromkeys(self.spec.stages, 0)
@@ -112,7 +111,7 @@ class Status:
             rate = done / dt if dt > 0 else 0.0
             self.history[stage].append((round(rate, 1), pending[stage]))
             times = totals.get(f"{stage}.times", {})
-            recent = _minus(times, self.past[0].get(f"{stage}.times", {})) if self.past \
+            recent = _minus(times, self.past[0][1].get(f"{stage}.times", {})) if self.past \
                 else times
             stages[stage] = {
                 **{f: int(v) if f != "busy" else round(v, 3) for f, v in figures.items()},
@@ -144,8 +143,7 @@ class Status:
             "dead_letters": sum(int(r.get("dead_letters", 0)) for r in reports.values()),
             "bottleneck": bottleneck(stages),
         }
-        self.last = (now, dict(totals))
-        self.past.append(totals)
+        self.past.append((now, totals))
         self.snapshot = snapshot
         return snapshot
 
