@@ -138,7 +138,8 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
         # for the ~4 s the load lasts; upstream, a burst may sit in front's inbox for a moment
         # (or wait for front's first credit) but does not stay
         assert peaks["front->slow"] >= 100, (peaks, queued)
-        assert queued["front->slow"] >= 10 and queued["acceptor->front"] <= 2, (peaks, queued)
+        assert queued["front->slow"] >= 10, (peaks, queued)
+        assert queued["front->slow"] >= 3 * queued["acceptor->front"], (peaks, queued)
         assert "slow ◀ bottleneck" in top, top
         assert "front → slow" in top, top
 
