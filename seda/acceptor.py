@@ -31,6 +31,7 @@ from seda.flow import DeadLetter
 from seda.listener import tune
 from seda.node import Node
 from seda.plan import Plan
+from seda.status import FRONT_FIGURES
 
 
 @dataclass(slots=True)
@@ -138,8 +139,7 @@ class Acceptor(Node):
         self.next_id = random.getrandbits(40) << 20
         self.accepting = True
         self.pump_due = False
-        for key in ("accepted", "refused", "requests", "responses", "rejected", "timeouts",
-                    "late", "protocol_errors", "idle_closed"):
+        for key in FRONT_FIGURES:
             self.counters[key] = 0
 
     def targets(self) -> set[str]:
@@ -212,13 +212,15 @@ class Acceptor(Node):
         loop ends), or answer 503 at once when the entry queue is full."""
         self.counters["requests"] += len(requests)
         timeout = self.limits.request_timeout
-        deadline, expires = time.time() + timeout, time.monotonic() + timeout
+        born = time.time_ns()
+        deadline, expires = born / 1e9 + timeout, time.monotonic() + timeout
         queue, order, slots = self.entry_queue, conn.order, self.slots
         for request in requests:
             slot = Slot(conn, request)
             order.append(slot)
             if len(queue) >= self.queue_bound or not self.accepting:
                 self.counters["rejected"] += 1
+                self.count_dropped(self.entry, "rejected")
                 slot.out = conn.codec.error_reply(ProtocolError("overloaded, try again", 503))
                 slot.done = True
                 self.loop.call_soon(conn.write_ready)
@@ -227,7 +229,7 @@ class Acceptor(Node):
             msg_id = self.next_id
             slots[msg_id] = slot
             self.deadlines.append((expires, msg_id))
-            queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id]))
+            queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id, born]))
         if self.core is not None:
             self.run_inline(self.core)
         else:
@@ -239,10 +241,16 @@ class Acceptor(Node):
         self.entry_queue.clear()
         group = core.process(self.entry, envs)
         self.on_results([[env[ID], env[PAYLOAD], env[REQUEST]] for env in group.results])
-        for env, error, tb in group.failed:
-            self.dead_letter([DeadLetter(self.entry, env, error, tb)])
-            slot = self.slots.pop(env[ID], None)
+        self.dead_letter([DeadLetter(self.entry, env, error, tb)
+                          for env, error, tb in group.failed])
+
+    def on_lost(self, items: list[list[Any]]) -> None:
+        """Requests dead-lettered somewhere in the graph: 500 now, not 504 at the deadline
+        (the error itself stays in the dead-letter file, not in front of the client)."""
+        for request_id, _error in items:
+            slot = self.slots.pop(request_id, None)
             if slot is not None:
+                self.counters["failed"] += 1
                 slot.out = slot.conn.codec.error_reply(ProtocolError("the handler failed", 500))
                 slot.done = True
                 slot.conn.write_ready()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from seda.graph import Checked, check_file
 from seda.plan import MP_DEFAULT_PROCESSES, SUPERVISOR, Plan, make_plan
 from seda.render import FORMATS
 from seda.spec import MODELS, GraphSpec, parse_listen
+from seda.status import status_access
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -127,14 +129,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError([Problem(f"--listen: {exc}", "<command line>")]) from None
         if spec.acceptor is None:
             raise SpecError([Problem("--listen: this graph has no acceptor", args.file)])
+    token = args.status_token or os.environ.get("SEDA_STATUS_TOKEN", "")
     if not args.no_status:
-        try:
-            parse_listen(args.status)
-        except ValueError as exc:
-            raise SpecError([Problem(f"--status: {exc}", "<command line>")]) from None
+        why = status_access(args.status, token)
+        if why is not None:
+            raise SpecError([Problem(f"--status {args.status}: {why}", "<command line>")])
     options = RunOptions(listen=args.listen, model=args.model, workers=dict(args.workers or []),
                          processes=args.processes, file=args.file,
-                         status=None if args.no_status else args.status,
+                         status=None if args.no_status else args.status, status_token=token,
                          output=str(Path(args.output).resolve()) if args.output else "",
                          progress=not args.no_progress and sys.stderr.isatty(),
                          base_dir=str(Path.cwd()),
@@ -190,9 +192,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     from seda.top import find_url, top
 
-    url = args.url or find_url(args.target)
+    url, saved = (args.url, "") if args.url else find_url(args.target)
+    token = args.token or os.environ.get("SEDA_STATUS_TOKEN", "") or saved
     try:
-        return top(url.rstrip("/"), args.once, args.interval)
+        return top(url.rstrip("/"), args.once, args.interval, workers=args.workers,
+                   token=token)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -240,8 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="listen here instead of the graph's acceptor.listen (port 0: any)")
     p.add_argument("--status", metavar="HOST:PORT", default="127.0.0.1:0",
-                   help="serve the dashboard, /api/status and /metrics here (loopback "
-                        "only; default 127.0.0.1:0, a free port, printed at start)")
+                   help="serve the dashboard, /api/status and /metrics here (default "
+                        "127.0.0.1:0, a free port, printed at start; beyond loopback it "
+                        "needs --status-token)")
+    p.add_argument("--status-token", metavar="TOKEN", default="",
+                   help="require this token (at least 16 characters) on every status "
+                        "request: 'Authorization: Bearer TOKEN' or ?token=TOKEN; default "
+                        "$SEDA_STATUS_TOKEN")
     p.add_argument("--no-status", action="store_true", help="no status endpoint")
     p.set_defaults(func=cmd_run)
 
@@ -253,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the graph's name or run directory (default: the only one running)")
     p.add_argument("--url", help="the status URL printed by seda run")
     p.add_argument("--once", action="store_true", help="print one view and exit")
+    p.add_argument("--workers", action="store_true", help="also a row per worker process")
+    p.add_argument("--token", default="", help="the status token, if the run has one "
+                   "(default $SEDA_STATUS_TOKEN, or the run directory's status.token)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between updates (default 1)")
     p.set_defaults(func=cmd_top)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from seda.envelope import DEADLINE, ID, ORIGIN, PAYLOAD, REQUEST, Envelope, child_id, packable
+from seda.envelope import BORN, DEADLINE, ID, ORIGIN, PAYLOAD, REQUEST, Envelope, child_id, packable
 from seda.flow import SeenIds
 from seda.spec import GraphSpec
 
@@ -67,13 +67,19 @@ class StageStats:
     duplicates: int = 0
     expired: int = 0
     busy: float = 0.0
-    times: list[int] = field(default_factory=lambda: [0] * 256)  # time_bucket -> count
+    times: list[int] = field(default_factory=lambda: [0] * 256)  # service: time_bucket -> n
+    waits: list[int] = field(default_factory=lambda: [0] * 256)  # queue wait: the same
 
     def figures(self) -> dict[str, Any]:
-        """What a process reports: the counters, and the histogram's non-empty buckets."""
-        out: dict[str, Any] = {f: getattr(self, f) for f in self.__slots__ if f != "times"}
-        out["times"] = {k: n for k, n in enumerate(self.times) if n}
+        """What a process reports: the counters, and the histograms' non-empty buckets."""
+        out: dict[str, Any] = {f: getattr(self, f) for f in self.__slots__
+                               if f not in _HISTOGRAMS}
+        for f in _HISTOGRAMS:
+            out[f] = {k: n for k, n in enumerate(getattr(self, f)) if n}
         return out
+
+
+_HISTOGRAMS = ("times", "waits")
 
 
 class Context:
@@ -84,7 +90,7 @@ class Context:
     def __init__(self, core: StageCore, stage: str, options: dict[str, Any]) -> None:
         self._core, self.stage, self.options = core, stage, options
         self.worker = core.worker
-        self._env: Envelope = [0, "", 1, 0.0, None]
+        self._env: Envelope = [0, "", 1, 0.0, None, 0, 0]
         self._group = Group([])
         self._n = 0
 
@@ -187,6 +193,7 @@ class StageCore:
         runner = self.runners[stage]
         self._running = ""
         if runner.batch is not None:
+            batch = self._unexpired(stage, batch, group.dropped)
             self._run_batch(stage, runner, batch, group)
         else:
             self._run_each(stage, runner, batch, group)
@@ -200,11 +207,22 @@ class StageCore:
         replies = runner.returns == "reply"  # a request always gets an answer here
         emits, results, inputs, pending = group.emits, group.results, group.inputs, \
             self._pending
-        times, clock = self.stats[stage].times, time.perf_counter_ns
+        stats = self.stats[stage]
+        times, waits, clock = stats.times, stats.waits, time.perf_counter_ns
         ctx._group = group
         done = 0
         last = clock()  # one clock read per message: the time since the previous one ended
+        wall = int(self.clock() * 1e9) - last  # + a perf_counter_ns reading = wall clock
         for env in batch:
+            due = env[DEADLINE]  # a message past its deadline is dropped, unrun
+            if due and due * 1e9 < last + wall:
+                stats.expired += 1
+                group.dropped.append(env)
+                continue
+            ns = last + wall - env[BORN]  # queue wait: from the message's birth to now
+            if ns > 0:
+                b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
+                waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             marks = len(emits), len(results)
             ctx._env, ctx._n = env, 0
             self._running = stage
@@ -224,26 +242,32 @@ class StageCore:
                 del emits[marks[0]:], results[marks[1]:]
                 group.failed.append((env, *self._failure(stage, exc)))
                 last = clock()
-        self.stats[stage].completed += done
+        stats.completed += done
 
     def _fresh(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
                ) -> list[Envelope]:
-        """Drop expired messages, and duplicates at sinks (a re-run upstream re-sends)."""
-        is_sink = stage in self.sinks
-        if not is_sink and not any(env[DEADLINE] for env in batch):
+        """Drop duplicates at sinks (a re-run upstream re-sends)."""
+        if stage not in self.sinks:
             return batch
-        now = self.clock()
         stats = self.stats[stage]
         keep = []
         for env in batch:
-            if env[DEADLINE] and env[DEADLINE] < now:
-                stats.expired += 1
-                dropped.append(env)
-            elif is_sink and not self.seen.first_time(env[ID]):
+            if self.seen.first_time(env[ID]):
+                keep.append(env)
+            else:
                 stats.duplicates += 1
                 dropped.append(env)
-            else:
-                keep.append(env)
+        return keep
+
+    def _unexpired(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
+                   ) -> list[Envelope]:
+        """Drop messages past their deadline (a batch handler runs the rest at once; one
+        message at a time, each is checked as its turn comes)."""
+        now = self.clock()
+        keep = [env for env in batch if not env[DEADLINE] or env[DEADLINE] >= now]
+        if len(keep) < len(batch):
+            self.stats[stage].expired += len(batch) - len(keep)
+            dropped.extend(env for env in batch if env[DEADLINE] and env[DEADLINE] < now)
         return keep
 
     def _run_batch(self, stage: str, runner: _Runner, batch: list[Envelope],
@@ -255,6 +279,10 @@ class StageCore:
         self._running = stage
         try:
             assert runner.batch is not None
+            waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
+            for env in batch:
+                if now > env[BORN]:
+                    waits[time_bucket(now - env[BORN])] += 1
             start = time.perf_counter_ns()
             values = runner.batch([env[PAYLOAD] for env in batch], ctx)
             key = time_bucket((time.perf_counter_ns() - start) // len(batch))  # the mean
@@ -301,7 +329,7 @@ class StageCore:
     def _emit(self, ctx: Context, stage: str, payload: Any) -> None:
         env = ctx._env
         child = [child_id(env[ID], ctx._n), env[ORIGIN], 1, env[DEADLINE], payload,
-                 env[REQUEST]]
+                 env[REQUEST], time.time_ns()]
         ctx._n += 1
         self.stats[ctx.stage].emitted += 1
         if stage in self.runners:
@@ -323,7 +351,7 @@ class StageCore:
         result_id = child_id(env[ID], ctx._n)
         ctx._n += 1
         self.stats[ctx.stage].results += 1
-        ctx._group.results.append([result_id, env[ORIGIN], 1, 0.0, payload, env[REQUEST]])
+        ctx._group.results.append([result_id, env[ORIGIN], 1, 0.0, payload, env[REQUEST], 0])
 
     def _drain_local(self, group: Group) -> None:
         """Run what fused stages emitted to each other, first in first out."""

@@ -1,9 +1,11 @@
 """Envelopes and wire frames between seda processes: msgpack only, size-limited, no IO here.
 
 An envelope is a plain list on the hot path (cheap to build, pack and index):
-    [id, origin, attempt, deadline, payload, request]
+    [id, origin, attempt, deadline, payload, request, born]
 `request` is the id the origin gave the work this message descends from (the acceptor's
-request, the source's item): replies find their client by it.
+request, the source's item): replies find their client by it. `born` is when the message was
+made (wall clock, ns; one clock for every process of the machine): the stage that runs it
+counts the time since as the message's queue wait.
 Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)].
 """
 
@@ -15,7 +17,8 @@ import msgpack
 
 from seda.errors import ProtocolError
 
-ID, ORIGIN, ATTEMPT, DEADLINE, PAYLOAD, REQUEST = range(6)
+ID, ORIGIN, ATTEMPT, DEADLINE, PAYLOAD, REQUEST, BORN, FINAL = range(8)  # FINAL: a sink's
+# finish() value names its stage there (only on the way to the origin)
 Envelope = list[Any]
 
 # frame kinds
@@ -25,6 +28,7 @@ FAIL = b"F"      # body: [[id, error, traceback], ...]        worker -> sender (
 CREDIT = b"C"    # body: window (int, absolute)               worker -> sender
 HELLO = b"H"     # body: nil                                  sender -> worker
 RESULT = b"R"    # body: [[id, payload, request(, stage)]]   any -> origin (reply / result)
+LOST = b"L"      # body: [[request, error], ...]              any -> origin (dead-lettered)
 CONTROL = b"X"   # body: {"op": ...}                          supervisor -> process
 STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
 
@@ -60,10 +64,10 @@ def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope]]:
             or not isinstance(obj[1], list)):
         raise ProtocolError("malformed DATA frame: expected [stage, [envelope, ...]]")
     for env in obj[1]:
-        if (not isinstance(env, list) or len(env) != 6 or not isinstance(env[ID], int)
-                or not isinstance(env[ATTEMPT], int)):
+        if (not isinstance(env, list) or len(env) != 7 or not isinstance(env[ID], int)
+                or not isinstance(env[ATTEMPT], int) or not isinstance(env[BORN], int)):
             raise ProtocolError("malformed envelope: expected [id, origin, attempt, deadline, "
-                                "payload, request]")
+                                "payload, request, born]")
     return obj[0], obj[1]
 
 

@@ -40,7 +40,7 @@ from seda.plan import Plan
 
 # figures a connection process reports when it ends: one write, under PIPE_BUF, so atomic
 REPORT = struct.Struct("<5Q")
-REPORTED = ("requests", "responses", "protocol_errors", "handler_errors", "dead_letters")
+REPORTED = ("requests", "responses", "protocol_errors", "failed", "dead_letters")  # failed: 500s
 CAPACITY_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -102,15 +102,17 @@ class Connection:
             return False
         master, codec = self.master, self.codec
         self.figures["requests"] += len(requests)
-        deadline = time.time() + self.limits.request_timeout
-        envs = [[i, master.name, 1, deadline, request, i] for i, request in enumerate(requests)]
+        born = time.time_ns()
+        deadline = born / 1e9 + self.limits.request_timeout
+        envs = [[i, master.name, 1, deadline, request, i, born]
+                for i, request in enumerate(requests)]
         group = master.core.process(master.entry, envs)
         replies: dict[int, tuple[bytes, bool]] = {}
         for env in group.results:
             replies.setdefault(env[REQUEST], encode_reply(codec, env[PAYLOAD],
                                                           requests[env[REQUEST]]))
         for env, error, tb in group.failed:
-            self.figures["handler_errors"] += 1
+            self.figures["failed"] += 1
             self.figures["dead_letters"] += 1
             master.dead_letter([DeadLetter(master.entry, env, error, tb)])
             replies[env[REQUEST]] = codec.error_reply(ProtocolError("the handler failed", 500)), \

@@ -29,9 +29,13 @@ from seda.envelope import (
     CREDIT,
     DATA,
     FAIL,
+    FINAL,
     HELLO,
     ID,
+    LOST,
+    ORIGIN,
     PAYLOAD,
+    REQUEST,
     RESULT,
     STATUS,
     Envelope,
@@ -72,6 +76,7 @@ class Node:
         self.limit = self.spec.settings.max_message_bytes + 4096
         self.running = True
         self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0}
+        self.dropped: dict[str, dict[str, int]] = {}  # stage -> reason -> count (sent here)
         self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
         # results go to the origin; a front door is its own (symped has several)
         self.origin = name if self.me.role in FRONT_ROLES else plan.origin()
@@ -188,12 +193,18 @@ class Node:
             self.ack_received(sender, ids)  # received and done at once, sent with the
             self._acks[sender][1].extend(ids)  # next flush
             self.on_results(items)
+        elif kind == LOST:
+            self.on_lost(unpack(body, self.limit))
         else:
             self.counters["malformed"] += 1
 
     def on_results(self, items: list[list[Any]]) -> None:
         """Results [id, payload, request(, stage)] for an origin; others never get them."""
         self.counters["malformed"] += len(items)
+
+    def on_lost(self, items: list[list[Any]]) -> None:
+        """[request, error] for work of this origin that was dead-lettered somewhere (an
+        acceptor answers its client; the dead-letter file already has the rest)."""
 
     def on_control(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -272,7 +283,12 @@ class Node:
             waiting.update(held)
             if held and dispatcher.available() == 0:
                 blocked.extend(held)
-        self.status({"op": "stats", "pending": self.pending(), **self.counters, **self.stats(),
+        figures = self.stats()
+        if self.dropped:  # counted here against the stage they were meant for
+            stages = figures.setdefault("stages", {})
+            for stage, reasons in self.dropped.items():
+                stages[stage] = {**stages.get(stage, {}), **reasons}
+        self.status({"op": "stats", "pending": self.pending(), **self.counters, **figures,
                      "links": links, "suspects": suspects, "waiting": waiting,
                      "blocked": blocked})
 
@@ -296,7 +312,8 @@ class Node:
                 self._send_data(dispatcher, worker, batch)
         for origin, batch in self.results.dispatch().items():
             # [id, payload, request] (+ [stage] for a sink's finish value)
-            body = pack([[env[ID], *env[PAYLOAD:]] for _, env, _ in batch])
+            body = pack([[env[ID], env[PAYLOAD], env[REQUEST], *env[FINAL:]]
+                         for _, env, _ in batch])
             if not self.send(origin, RESULT, body):  # retried by _timers, not in a spin
                 self.results.unreachable(origin, batch)
 
@@ -315,7 +332,22 @@ class Node:
     def dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters:
             self.counters["dead_letters"] += len(letters)
+            lost: dict[str, list[list[Any]]] = {}
+            for letter in letters:
+                self.count_dropped(letter.stage, "dead_letters")
+                lost.setdefault(letter.env[ORIGIN], []).append(
+                    [letter.env[REQUEST], letter.error])
+            if self.spec.acceptor is not None:  # a service: its client is answered now
+                for origin, items in lost.items():
+                    if origin == self.name:
+                        self.on_lost(items)
+                    else:  # best effort: if this frame is lost, the request's deadline holds
+                        self.send(origin, LOST, pack(items))
             deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
+
+    def count_dropped(self, stage: str, reason: str, n: int = 1) -> None:
+        reasons = self.dropped.setdefault(stage, {})
+        reasons[reason] = reasons.get(reason, 0) + n
 
     def pending(self) -> int:
         """Messages this process is still responsible for (zero everywhere = finished)."""

@@ -135,7 +135,7 @@ class Source(Node):
         for k, entry in enumerate(self.entries):
             msg_id = self.read if k == 0 else child_id(self.read, k)
             self.dispatchers[self.plan.stage_pool[entry]].submit(
-                entry, [msg_id, self.name, 1, 0.0, item, self.read])
+                entry, [msg_id, self.name, 1, 0.0, item, self.read, time.time_ns()])
 
     def on_results(self, items: list[list[Any]]) -> None:
         for msg_id, payload, _request, *final in items:

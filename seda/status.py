@@ -5,8 +5,11 @@ Pure: reports in, a JSON-able snapshot out (the clock is passed in). Columns fol
 `nodetool tpstats`: per stage Active (workers busy, averaged over the last interval), Pending
 (messages in front of the stage not yet run: held by their senders for lack of credit, plus
 received by a worker and waiting in its inbox), Completed, Blocked (senders holding work for
-the stage with no credit left), Dropped (expired or duplicate), Errors (handler exceptions).
-Messages in transit between two processes are in neither place and are not counted.
+the stage with no credit left), Dropped (by reason: past their deadline, refused at the
+acceptor by admission control, dead-lettered after their last attempt, duplicates at a sink),
+Errors (handler exceptions). Messages in transit between two processes are in neither place
+and are not counted. Queue wait is the time from a message's birth (emitted upstream, or
+accepted) to the start of its handler: time held by the sender, in transit and in the inbox.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from seda.plan import Plan
 
 HISTORY = 60  # samples kept per stage (about 30 s at two reports a second)
 STAGE_FIGURES = ("received", "completed", "errors", "emitted", "results", "duplicates",
-                 "expired", "busy")
+                 "expired", "dead_letters", "rejected", "busy")
+# why messages for a stage were dropped: reason -> the figure that counts it
+DROP_REASONS = {"deadline": "expired", "admission": "rejected", "dead_letter": "dead_letters",
+                "duplicate": "duplicates"}
 FRONT_FIGURES = ("accepted", "refused", "requests", "responses", "rejected", "timeouts",
-                 "late", "protocol_errors", "idle_closed")
+                 "failed", "late", "protocol_errors", "idle_closed")
 
 
 RECENT = 10  # updates (about 5 s) over which service-time percentiles are taken
@@ -64,6 +70,7 @@ class Status:
         self.snapshot: dict[str, Any] = {}
         self.past: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT)  # (time, totals)
         self.queues = self._queues()  # every edge that is a queue, shown even when empty
+        self.seen: dict[str, tuple[int, float]] = {}  # worker -> (pid, busy) at the last update
 
     def _queues(self) -> list[tuple[str, str]]:
         """(from, stage) for every queue of the plan: front door or source to the entry
@@ -110,19 +117,21 @@ class Status:
             self.peaks[stage] = max(self.peaks.get(stage, 0), pending[stage])
             rate = done / dt if dt > 0 else 0.0
             self.history[stage].append((round(rate, 1), pending[stage]))
-            times = totals.get(f"{stage}.times", {})
-            recent = _minus(times, self.past[0][1].get(f"{stage}.times", {})) if self.past \
-                else times
+            times, recent = self._histogram(f"{stage}.times", totals)
+            waits, recent_waits = self._histogram(f"{stage}.waits", totals)
+            dropped = {reason: int(figures[f]) for reason, f in DROP_REASONS.items()}
             stages[stage] = {
                 **{f: int(v) if f != "busy" else round(v, 3) for f, v in figures.items()},
                 "service_ms": percentiles(recent), "service_ms_all": percentiles(times),
+                "wait_ms": percentiles(recent_waits), "wait_ms_all": percentiles(waits),
                 "times": {str(k): v for k, v in sorted(times.items())},
+                "waits": {str(k): v for k, v in sorted(waits.items())},
                 "workers": workers, "pool": self.plan.stage_pool.get(stage, ""),
                 "active": round(busy / dt, 2) if dt > 0 else 0.0,
                 "utilisation": round(busy / (dt * workers), 3) if dt > 0 and workers else 0.0,
                 "pending": pending[stage], "peak_pending": self.peaks[stage],
                 "blocked": blocked[stage],
-                "dropped": int(figures["expired"] + figures["duplicates"]),
+                "dropped": sum(dropped.values()), "dropped_by": dropped,
                 "throughput": round(rate, 1),
                 "history": list(self.history[stage]), "to": list(spec.to)}
         front = {f: 0 for f in (*FRONT_FIGURES, "connections", "in_flight")}
@@ -139,6 +148,7 @@ class Status:
             "processes": {name: {"pid": alive.get(name, 0), "restarts": restarts.get(name, 0),
                                  "role": proc.role}
                           for name, proc in self.plan.procs.items()},
+            "workers": self._worker_rows(reports, restarts, alive, dt),
             "restarts": sum(restarts.values()),
             "dead_letters": sum(int(r.get("dead_letters", 0)) for r in reports.values()),
             "bottleneck": bottleneck(stages),
@@ -146,6 +156,33 @@ class Status:
         self.past.append((now, totals))
         self.snapshot = snapshot
         return snapshot
+
+    def _histogram(self, key: str, totals: dict[str, Any]
+                   ) -> tuple[dict[int, int], dict[int, int]]:
+        """A merged histogram since the start, and its part from the last RECENT updates."""
+        whole = totals.get(key, {})
+        return whole, _minus(whole, self.past[0][1].get(key, {})) if self.past else whole
+
+    def _worker_rows(self, reports: dict[str, dict[str, Any]], restarts: dict[str, int],
+                     alive: dict[str, int], dt: float) -> list[dict[str, Any]]:
+        """One row per worker process: what its current incarnation did, and how busy it was
+        since the last update (its pool is fair when the rows look alike)."""
+        rows = []
+        for pool, names in sorted(self.plan.pool_procs.items()):
+            for name in names:
+                figures = reports.get(name, {}).get("stages", {}).values()
+                pid, busy = alive.get(name, 0), sum(f.get("busy", 0.0) for f in figures)
+                last_pid, last_busy = self.seen.get(name, (0, 0.0))
+                share = (busy - last_busy) / dt if dt > 0 and pid == last_pid else 0.0
+                self.seen[name] = (pid, busy)
+                rows.append({"name": name, "pool": pool, "pid": pid,
+                             "restarts": restarts.get(name, 0),
+                             "received": sum(f.get("received", 0) for f in figures),
+                             "completed": sum(f.get("completed", 0) for f in figures),
+                             "errors": sum(f.get("errors", 0) for f in figures),
+                             "queued": int(reports.get(name, {}).get("queued", 0)),
+                             "utilisation": round(min(max(share, 0.0), 1.0), 3)})
+        return rows
 
     def _role_of(self, process: str) -> str:
         """What an edge starts from: a worker's pool, or the source / acceptor."""
@@ -189,9 +226,7 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
     stages = snapshot.get("stages", {})
     counters = {"received": "messages received by the stage",
                 "completed": "messages the stage has finished (seda_stage_processed_total)",
-                "errors": "handler exceptions", "emitted": "messages the stage sent on",
-                "expired": "messages dropped past their deadline",
-                "duplicates": "duplicate messages dropped"}
+                "errors": "handler exceptions", "emitted": "messages the stage sent on"}
     for figure, text in counters.items():
         name = "processed" if figure == "completed" else figure
         family = CounterMetricFamily(f"seda_stage_{name}", text, labels=["graph", "stage"])
@@ -203,19 +238,21 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
     for stage, figures in stages.items():
         busy.add_metric([graph, stage], figures["busy"])
     yield busy
-    service = HistogramMetricFamily("seda_stage_service_seconds", "handler time per message",
-                                    labels=["graph", "stage"])
+    dropped = CounterMetricFamily("seda_stage_dropped", "messages for the stage dropped, by "
+                                  "reason", labels=["graph", "stage", "reason"])
     for stage, figures in stages.items():
-        hist = sorted((int(k), v) for k, v in figures.get("times", {}).items())
-        buckets, seen, total = [], 0, 0.0
-        for key, count in hist:
-            seen += count
-            upper = (bucket_upper(key) + 1) / 1e9
-            total += count * upper
-            buckets.append((repr(upper), seen))
-        buckets.append(("+Inf", seen))
-        service.add_metric([graph, stage], buckets, sum_value=total)
-    yield service
+        for reason, count in figures.get("dropped_by", {}).items():
+            dropped.add_metric([graph, stage, reason], count)
+    yield dropped
+    for figure, name, text in (("times", "service", "handler time per message"),
+                               ("waits", "queue_wait", "time from a message's birth to the "
+                                "start of its handler")):
+        histogram = HistogramMetricFamily(f"seda_stage_{name}_seconds", text,
+                                          labels=["graph", "stage"])
+        for stage, figures in stages.items():
+            buckets, total = _buckets(figures.get(figure, {}))
+            histogram.add_metric([graph, stage], buckets, sum_value=total)
+        yield histogram
     gauges = {"queue_depth": ("pending", "messages queued in front of the stage"),
               "queue_depth_peak": ("peak_pending", "largest queue depth seen"),
               "workers": ("workers", "worker processes of the stage's pool"),
@@ -226,6 +263,15 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
         for stage, figures in stages.items():
             gauge.add_metric([graph, stage], figures[figure])
         yield gauge
+    per_worker: list[GaugeMetricFamily | CounterMetricFamily] = [
+        GaugeMetricFamily("seda_worker_utilisation", "share of the time the worker spent in "
+                          "handlers", labels=["graph", "pool", "worker"]),
+        CounterMetricFamily("seda_worker_processed", "messages finished by the worker (since "
+                            "it last started)", labels=["graph", "pool", "worker"])]
+    for row in snapshot.get("workers", []):
+        per_worker[0].add_metric([graph, row["pool"], row["name"]], row["utilisation"])
+        per_worker[1].add_metric([graph, row["pool"], row["name"]], row["completed"])
+    yield from per_worker
     edge = GaugeMetricFamily("seda_edge_queue_depth", "messages on an edge (queued + in flight)",
                              labels=["graph", "from", "to"])
     for item in snapshot.get("edges", []):
@@ -249,27 +295,64 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
                                   "file", labels=["graph"]), snapshot.get("dead_letters", 0))
 
 
+def _buckets(hist: dict[str, int]) -> tuple[list[tuple[str, float]], float]:
+    """A time_bucket histogram as cumulative Prometheus buckets (seconds) and an approximate
+    sum (each count at its bucket's upper edge)."""
+    buckets: list[tuple[str, float]] = []
+    seen, total = 0, 0.0
+    for key, count in sorted((int(k), v) for k, v in hist.items()):
+        seen += count
+        upper = (bucket_upper(key) + 1) / 1e9
+        total += count * upper
+        buckets.append((repr(upper), seen))
+    buckets.append(("+Inf", seen))
+    return buckets, total
+
+
+TOKEN_MIN = 16  # characters: a status token shorter than this is refused
+
+
+def status_access(listen: str, token: str) -> str | None:
+    """Why the status endpoint may not be served at `listen` with `token` (None: it may).
+    Loopback needs nothing; any other address needs a token, which every request then
+    carries (`Authorization: Bearer TOKEN`, or `?token=TOKEN` for a browser)."""
+    import ipaddress
+
+    from seda.spec import parse_listen
+
+    try:
+        host, _port = parse_listen(listen)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if token and len(token) < TOKEN_MIN:
+        return f"the status token is too short ({len(token)} characters; at least {TOKEN_MIN})"
+    if not loopback and not token:
+        return (f"{host} is not a loopback address: the status endpoint shows the graph's "
+                f"figures to anyone who can reach it, so it needs --status-token "
+                f"(or SEDA_STATUS_TOKEN) there")
+    return None
+
+
 class StatusServer:
     """`GET /api/status` (JSON) and `GET /metrics` (Prometheus text) on a loopback port, served
     from a thread of the supervisor; it only reads the latest snapshot (replaced whole)."""
 
-    def __init__(self, status: Status, listen: str) -> None:
-        import ipaddress
+    def __init__(self, status: Status, listen: str, token: str = "") -> None:
         import threading
         from http.server import ThreadingHTTPServer
 
         from seda.errors import RunError
         from seda.spec import parse_listen
 
+        why = status_access(listen, token)
+        if why is not None:
+            raise RunError(f"--status {listen}: {why}")
         host, port = parse_listen(listen)
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise RunError(f"--status {listen}: the status endpoint binds a loopback address "
-                           f"only (it has no authentication yet)")
-        handler = _handler(status)
+        handler = _handler(status, token)
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -286,10 +369,12 @@ class StatusServer:
         self.httpd.server_close()
 
 
-def _handler(status: Status) -> Any:
+def _handler(status: Status, token: str) -> Any:
+    import hmac
     import json
     from http.server import BaseHTTPRequestHandler
     from importlib import resources
+    from urllib.parse import parse_qs
 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from prometheus_client.registry import Collector, CollectorRegistry
@@ -305,9 +390,23 @@ def _handler(status: Status) -> Any:
     dashboard = (resources.files("seda") / "web" / "dashboard.html").read_bytes()
     drawing = to_svg(status.spec).encode()  # the same layout as `seda graph -f svg`
 
+    def allowed(request: BaseHTTPRequestHandler, query: str) -> bool:
+        if not token:
+            return True
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not given:
+            given = parse_qs(query).get("token", [""])[0]
+        return hmac.compare_digest(given.encode(), token.encode())
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = self.path.partition("?")[0]
+            path, _, query = self.path.partition("?")
+            if not allowed(self, query):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Bearer realm="seda"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path == "/api/status":
                 body, kind = json.dumps(status.snapshot).encode(), "application/json"
             elif path == "/metrics":

@@ -56,6 +56,7 @@ class RunOptions:
     processes: int | None = None  # symped: event loops; mp: cap on connection processes
     file: str = "<graph>"  # the graph file, named in errors
     status: str | None = "127.0.0.1:0"  # where /api/status and /metrics are served (None: off)
+    status_token: str = ""  # required by the status endpoint when set (and beyond loopback)
 
 
 @dataclass
@@ -246,8 +247,14 @@ class Supervisor:
     def _serve_status(self) -> None:
         if not self.options.status:
             return
-        self.status_server = StatusServer(self.status, self.options.status)
-        (Path(self.run_dir) / "status.url").write_text(self.status_server.url + "\n")
+        self.status_server = StatusServer(self.status, self.options.status,
+                                          self.options.status_token)
+        run = Path(self.run_dir)
+        if self.options.status_token:  # for `seda top NAME`; the run directory is 0700
+            fd = os.open(run / "status.token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.options.status_token + "\n")
+        (run / "status.url").write_text(self.status_server.url + "\n")
         print(f"seda: status on {self.status_server.url} (dashboard; /api/status, /metrics; "
               f"seda top {self.spec.name})", file=sys.stderr, flush=True)
 
@@ -486,7 +493,7 @@ class Supervisor:
         doors = [self.stats.get(n, {}) for n in self.plan.front_doors()]
         figures = ", ".join(f"{sum(d.get(k, 0) for d in doors)} {k.replace('_', ' ')}"
                             for k in ("requests", "responses", "rejected", "timeouts",
-                                      "protocol_errors"))
+                                      "failed", "protocol_errors"))
         return (f"service '{self.spec.name}' stopped after draining: {figures}, "
                 f"{self.restart_count} restarts")
 

@@ -24,10 +24,10 @@ from seda.errors import RunError
 BARS = "▁▂▃▄▅▆▇█"
 
 
-def find_url(target: str | None) -> str:
-    """The status URL of a running graph: `target` is a graph name or a run directory."""
+def find_run(target: str | None) -> Path:
+    """The run directory of a running graph: `target` is a graph name or a run directory."""
     if target and Path(target, "status.url").is_file():
-        return Path(target, "status.url").read_text().strip()
+        return Path(target)
     pattern = f"seda-{target}-*" if target else "seda-*"
     found = sorted(Path(tempfile.gettempdir()).glob(f"{pattern}/status.url"),
                    key=lambda p: p.stat().st_mtime)
@@ -38,14 +38,29 @@ def find_url(target: str | None) -> str:
     if len(found) > 1:
         runs = ", ".join(str(p.parent) for p in found)
         raise RunError(f"several running graphs match: {runs}; name one run directory")
-    return found[0].read_text().strip()
+    return found[0].parent
 
 
-def fetch(url: str) -> dict[str, Any]:
+def find_url(target: str | None) -> tuple[str, str]:
+    """(status URL, status token or "") of a running graph; the token file, when the run
+    has one, is readable by its owner only."""
+    run = find_run(target)
+    token = run / "status.token"
+    return ((run / "status.url").read_text().strip(),
+            token.read_text().strip() if token.is_file() else "")
+
+
+def fetch(url: str, token: str = "") -> dict[str, Any]:
+    request = urllib.request.Request(f"{url}/api/status")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url}/api/status", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             data: dict[str, Any] = json.load(response)
             return data
+    except urllib.error.HTTPError as exc:
+        hint = " (give --token)" if exc.code == 401 else ""
+        raise RunError(f"cannot read {url}/api/status: {exc}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise RunError(f"cannot read {url}/api/status: {exc}") from None
 
@@ -58,12 +73,13 @@ def sparkline(values: list[float]) -> str:
                    for v in values)
 
 
-def _service(ms: dict[str, float]) -> str:
-    """Recent service time (handler time per message), median and 99th percentile."""
+def _p50_p99(ms: dict[str, float]) -> str:
+    """Recent percentiles (service time or queue wait): median and 99th, in ms."""
     return f"{ms['p50']:.3g}/{ms['p99']:.3g}" if ms else "-"
 
 
-def render(snap: dict[str, Any], before: dict[str, Any] | None = None) -> Group:
+def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
+           workers: bool = False) -> Group:
     """The view of one snapshot (`before`, the previous one, gives the acceptor's rates)."""
     if "stages" not in snap:
         return Group(Text("waiting for the graph's first figures (it has just started)"))
@@ -77,11 +93,12 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None) -> Group:
                     / (snap["time"] - before["time"]))
         header.append(f"\nacceptor: {front['connections']} connections · {rate:,.0f} replies/s"
                       f" · {front['requests']} requests · {front['rejected']} rejected (503) · "
-                      f"{front['timeouts']} timeouts (504) · {front['protocol_errors']} "
-                      f"protocol errors")
+                      f"{front['timeouts']} timeouts (504) · {front.get('failed', 0)} failed "
+                      f"(500) · {front['protocol_errors']} protocol errors")
     table = Table(expand=False)
     for column in ("Stage", "Workers", "Active", "Pending", "Peak", "Completed", "Blocked",
-                   "Dropped", "Errors", "Done/s", "p50/p99 ms", "Throughput history"):
+                   "Dropped", "Errors", "Done/s", "Service ms", "Wait ms",
+                   "Throughput history"):
         table.add_column(column, justify="left" if column[0] in "ST" else "right")
     worst = snap.get("bottleneck")
     for name, st in snap["stages"].items():
@@ -91,29 +108,41 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None) -> Group:
         table.add_row(label, str(st["workers"]), f"{st['active']:.1f}", str(st["pending"]),
                       str(st["peak_pending"]), f"{st['completed']:,}", str(st["blocked"]),
                       str(st["dropped"]), str(st["errors"]), f"{st['throughput']:,.0f}",
-                      _service(st.get("service_ms", {})), sparkline(rates), style=style)
+                      _p50_p99(st.get("service_ms", {})), _p50_p99(st.get("wait_ms", {})),
+                      sparkline(rates), style=style)
     edges = Text("queues: " + ("  ".join(f"{e['from']} → {e['to']} {e['depth']} "
                                          f"(peak {e['peak']})" for e in snap["edges"])
-                               or "none yet"))
-    return Group(header, table, edges)
+                               or "none yet") + "   (ms: p50/p99 of the last 5 s)")
+    if not workers:
+        return Group(header, table, edges)
+    rows = Table(expand=False, title="workers")
+    for column in ("Worker", "Pid", "Restarts", "Busy", "Queued", "Received", "Completed",
+                   "Errors"):
+        rows.add_column(column, justify="left" if column == "Worker" else "right")
+    for row in snap.get("workers", []):
+        rows.add_row(row["name"], str(row["pid"] or "down"), str(row["restarts"]),
+                     f"{row['utilisation']:.0%}", str(row["queued"]), f"{row['received']:,}",
+                     f"{row['completed']:,}", str(row["errors"]))
+    return Group(header, table, edges, rows)
 
 
-def top(url: str, once: bool, interval: float, console: Console | None = None) -> int:
+def top(url: str, once: bool, interval: float, console: Console | None = None,
+        workers: bool = False, token: str = "") -> int:
     console = console or Console()
-    snap = fetch(url)
+    snap = fetch(url, token)
     if once:
-        console.print(render(snap))
+        console.print(render(snap, workers=workers))
         return 0
     from rich.live import Live
 
     before: dict[str, Any] | None = None
-    with Live(render(snap), console=console, refresh_per_second=4) as live:
+    with Live(render(snap, workers=workers), console=console, refresh_per_second=4) as live:
         while True:
             time.sleep(interval)
             try:
-                before, snap = snap, fetch(url)
+                before, snap = snap, fetch(url, token)
             except RunError:
                 live.stop()
                 console.print("seda top: the graph has stopped")
                 return 0
-            live.update(render(snap, before))
+            live.update(render(snap, before, workers))

@@ -82,7 +82,7 @@ class Worker(Node):
         if msg.get("op") == "finish":
             seed = zlib.crc32(self.name.encode())
             for i, (stage, value) in enumerate(self.core.finish()):
-                final = [child_id(seed, i), self.origin, 1, 0.0, value, 0, stage]
+                final = [child_id(seed, i), self.origin, 1, 0.0, value, 0, 0, stage]
                 self.results.submit(RESULTS, final)
             self.finishing = True
         else:

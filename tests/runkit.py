@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,19 @@ class SedaRun:
             return int(match.group(1)) if match else 0
 
         return int(wait_for(find, timeout, "the listening line"))
+
+    def status_url(self, timeout: float = 30) -> str:
+        """The status endpoint from the 'status on' line."""
+        match = wait_for(lambda: re.search(r"status on (http://\S+)", self.err_file.read_text()),
+                         timeout, "the status line")
+        return str(match.group(1))
+
+    def status(self, timeout: float = 30) -> dict[str, Any]:
+        """The live snapshot from /api/status."""
+        with urllib.request.urlopen(f"{self.status_url(timeout)}/api/status",
+                                    timeout=5) as response:
+            data: dict[str, Any] = json.load(response)
+            return data
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

@@ -91,7 +91,8 @@ class Slow:
 
 
 def web(request: dict[str, Any], ctx: Any) -> Any:
-    """HTTP test stage: /slow sleeps, /echo returns the body, /sleep?s=N sleeps N seconds."""
+    """HTTP test stage: /slow sleeps, /echo returns the body, /sleep?s=N sleeps N seconds,
+    /boom raises."""
     path = request["path"]
     if path == "/slow":
         time.sleep(float(ctx.options.get("slow", 0.3)))
@@ -104,6 +105,8 @@ def web(request: dict[str, Any], ctx: Any) -> Any:
                 "headers": {"x-length": str(len(request["body"]))}}
     if path == "/pid":
         return str(os.getpid())
+    if path == "/boom":
+        raise ValueError("boom")
     return f"{request['method']} {path}"
 
 

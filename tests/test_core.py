@@ -20,7 +20,7 @@ def core(spec: GraphSpec, stages: list[str], handlers: dict[str, Any],
 
 
 def env(i: int, payload: Any, deadline: float = 0.0) -> list[Any]:
-    return [i, "source", 1, deadline, payload, i]
+    return [i, "source", 1, deadline, payload, i, 1]
 
 
 def chain() -> GraphSpec:
@@ -134,6 +134,16 @@ def test_expired_messages_are_dropped_and_counted() -> None:
     assert c.stats["a"].expired == 1
 
 
+def test_a_message_that_expires_while_others_run_is_dropped_at_its_turn() -> None:
+    import time as _time
+
+    c = StageCore(chain(), ["a"], 0, lambda ref: lambda x, ctx: _time.sleep(0.05) or x)
+    soon = _time.time() + 0.02  # passes while the first message runs
+    group = c.process("a", [env(1, 1), env(2, 2, deadline=soon), env(3, 3)])
+    assert [e[ID] for e in group.inputs] == [1, 3] and [e[ID] for e in group.dropped] == [2]
+    assert c.stats["a"].expired == 1 and c.stats["a"].completed == 2
+
+
 def test_several_routes_need_explicit_emit() -> None:
     spec = (Graph("f").source("m:src", to=["a"]).stage("a", "m:a", to=["b", "c"])
             .stage("b", "m:b", sink=True).stage("c", "m:c", sink=True)).build()
@@ -145,9 +155,9 @@ def test_several_routes_need_explicit_emit() -> None:
 def test_service_reply_keeps_the_request_id() -> None:
     spec = Graph("s").acceptor("a").stage("a", "m:a").build()
     c = core(spec, ["a"], {"m:a": lambda req, ctx: {"status": 200}})
-    group = c.process("a", [[76, "acceptor.0", 1, 0.0, {"path": "/"}, 77]])
+    group = c.process("a", [[76, "acceptor.0", 1, 0.0, {"path": "/"}, 77, 1]])
     [result] = group.results
-    assert result[1:] == ["acceptor.0", 1, 0.0, {"status": 200}, 77]
+    assert result[1:] == ["acceptor.0", 1, 0.0, {"status": 200}, 77, 0]
 
 
 def test_finish_collects_sink_values() -> None:
@@ -180,7 +190,7 @@ def test_oversized_frames_are_refused() -> None:
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="over the 100-byte limit"):
-        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200, 1]]]), 100)
+        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200, 1, 1]]]), 100)
 
 
 
@@ -188,8 +198,26 @@ def test_oversized_frames_are_refused() -> None:
 def test_a_terminal_service_stage_that_returns_none_still_answers() -> None:
     spec = Graph("s").acceptor("a").stage("a", "m:a", to=["b"]).stage("b", "m:b").build()
     handlers = {"m:a": lambda req, ctx: req, "m:b": lambda req, ctx: None}
-    group = core(spec, ["a", "b"], handlers).process("a", [[1, "acceptor.0", 1, 0.0, "x", 1]])
+    group = core(spec, ["a", "b"], handlers).process("a", [[1, "acceptor.0", 1, 0.0, "x", 1, 1]])
     assert [r[PAYLOAD] for r in group.results] == [None]
     replied = {"m:a": lambda req, ctx: req, "m:b": lambda req, ctx: ctx.reply("once")}
-    group = core(spec, ["a", "b"], replied).process("a", [[1, "acceptor.0", 1, 0.0, "x", 1]])
+    group = core(spec, ["a", "b"], replied).process("a", [[1, "acceptor.0", 1, 0.0, "x", 1, 1]])
     assert [r[PAYLOAD] for r in group.results] == ["once"]
+
+
+def test_queue_wait_counts_from_birth_to_the_start_of_the_handler() -> None:
+    """A message born 50 ms ago waited 50 ms; in a batch, each also waits for those run
+    before it (20 ms each here)."""
+    import time as _time
+
+    from seda.core import bucket_upper
+    from seda.status import percentiles
+
+    c = StageCore(chain(), ["a"], 0, lambda ref: lambda m, ctx: _time.sleep(0.02))
+    born = _time.time_ns() - 50_000_000
+    c.process("a", [[i, "source", 1, 0.0, "x", i, born] for i in range(3)])
+    waits = {k: n for k, n in enumerate(c.stats["a"].waits) if n}
+    assert sum(waits.values()) == 3
+    ms = sorted(bucket_upper(k) / 1e6 for k, n in waits.items() for _ in range(n))
+    assert 50 <= ms[0] <= 70 and 90 <= ms[2] <= 130, ms
+    assert percentiles(waits)["p50"] >= 70

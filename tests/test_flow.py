@@ -15,7 +15,7 @@ class Clock:
 
 
 def env(i: int) -> list[object]:
-    return [i, "source", 1, 0.0, f"item {i}", i]
+    return [i, "source", 1, 0.0, f"item {i}", i, 1]
 
 
 def make(workers: int = 2, attempts: int = 3) -> tuple[Dispatcher, Clock]:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -154,6 +155,52 @@ def test_no_reply_in_time_is_504_and_a_full_queue_is_503(tmp_path: Path) -> None
             s.close()
         assert b"HTTP/1.1 504 Gateway Timeout" in answers
         assert b"HTTP/1.1 503 Service Unavailable" in answers
+        # the live figures agree: each 503 is a drop by admission at the entry stage, each
+        # 504 a timeout at the acceptor
+        rejected = answers.count(b"HTTP/1.1 503 Service Unavailable")
+        timeouts = answers.count(b"HTTP/1.1 504 Gateway Timeout")
+
+        def settled() -> dict[str, Any] | None:
+            snap = run.status()
+            stage = snap["stages"]["web"]
+            done = stage["completed"] + stage["dropped_by"]["deadline"]
+            return snap if done == 6 - rejected else None
+
+        snap = wait_for(settled, 10, "every admitted request run or dropped")
+        dropped = snap["stages"]["web"]["dropped_by"]
+        assert dropped["admission"] == rejected and snap["front"]["rejected"] == rejected
+        assert snap["front"]["timeouts"] == timeouts
+        stop(run)
+
+
+def test_a_request_past_its_deadline_is_dropped_unrun(tmp_path: Path) -> None:
+    """B waits behind A's 1 s in the worker; its 0.5 s deadline passes, so it is answered
+    504 and dropped when its turn comes, not run: C, sent after, is served at ~1 s, not 2."""
+    run, port = serve(tmp_path, web(workers=1, timeout=0.5))
+    with run:
+        warm = wait_for(lambda: raw(port, b"GET /w HTTP/1.1\r\nConnection: close\r\n\r\n"),
+                        10, "the worker up")  # else A and B may reach it together
+        assert warm.startswith(b"HTTP/1.1 200"), warm
+        a = socket.create_connection(("127.0.0.1", port))
+        a.sendall(b"GET /sleep?s=1 HTTP/1.1\r\n\r\n")
+        time.sleep(0.2)
+        b = socket.create_connection(("127.0.0.1", port))
+        b.sendall(b"GET /sleep?s=1 HTTP/1.1\r\n\r\n")
+        for s in (a, b):
+            s.settimeout(5)
+            assert s.recv(4096).startswith(b"HTTP/1.1 504"), "a 504 at the deadline"
+            s.close()
+        started = time.monotonic()
+        c = raw(port, b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert c.startswith(b"HTTP/1.1 200") and c.endswith(b"GET /c"), c
+        assert time.monotonic() - started < 0.9, "C waited for B's second of sleep"
+
+        def counted() -> dict[str, Any] | None:
+            stage = run.status()["stages"]["web"]
+            return stage if stage["completed"] == 3 else None
+
+        stage = wait_for(counted, 5, "the warm-up, A and C completed")
+        assert stage["dropped_by"]["deadline"] == 1 and stage["expired"] == 1, stage
         stop(run)
 
 

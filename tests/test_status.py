@@ -4,11 +4,14 @@ running graph whose slow stage is known."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -21,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from seda.loader import load_text
 from seda.plan import make_plan
 from seda.status import Status
-from tests.runkit import SedaRun, wait_for
+from tests.runkit import TESTS, SedaRun, wait_for
 
 DEPTH = """
 name: depth
@@ -59,6 +62,36 @@ def test_snapshot_adds_up_reports() -> None:
     assert quiet["stages"]["slow"]["pending"] == 0 and quiet["bottleneck"] is None
     assert quiet["stages"]["slow"]["peak_pending"] == 9  # peaks are kept
     assert [h[1] for h in quiet["stages"]["slow"]["history"]] == [9, 9, 0]
+
+
+def test_snapshot_counts_drops_by_reason_and_rows_per_worker() -> None:
+    spec, _ = load_text(DEPTH.replace("prefetch: 2,", "prefetch: 2, workers: 2,"))
+    plan = make_plan(spec, "/run/x")
+    status = Status(plan, started=0.0)
+    alive = {n: 10 + i for i, n in enumerate(plan.procs)}
+
+    def report(busy: float, completed: int) -> dict[str, Any]:
+        return {"stages": {"slow": {"busy": busy, "completed": completed}}, "queued": 3}
+
+    totals = {"slow.expired": 2, "slow.dead_letters": 1, "front.rejected": 4,
+              "slow.duplicates": 0}
+    status.update(1.0, {"slow.0": report(0.1, 5), "slow.1": report(0.0, 0)}, totals, {},
+                  alive)
+    snap = status.update(1.5, {"slow.0": report(0.5, 9), "slow.1": report(0.1, 1)}, totals,
+                         {"slow.1": 1}, alive)
+    assert snap["stages"]["slow"]["dropped_by"] == {
+        "deadline": 2, "admission": 0, "dead_letter": 1, "duplicate": 0}
+    assert snap["stages"]["slow"]["dropped"] == 3
+    assert snap["stages"]["front"]["dropped_by"]["admission"] == 4
+    rows = {r["name"]: r for r in snap["workers"]}
+    assert set(rows) == {"front.0", "slow.0", "slow.1"}
+    assert rows["slow.0"]["utilisation"] == 0.8 and rows["slow.0"]["completed"] == 9
+    assert rows["slow.1"]["utilisation"] == 0.2 and rows["slow.1"]["restarts"] == 1
+    assert rows["slow.0"]["queued"] == 3 and rows["front.0"]["completed"] == 0
+    # a restarted worker's counters begin again: no share is made up from the old pid's
+    alive["slow.0"] = 99
+    snap = status.update(2.0, {"slow.0": report(0.05, 1)}, totals, {}, alive)
+    assert {r["name"]: r["utilisation"] for r in snap["workers"]}["slow.0"] == 0.0
 
 
 def test_service_time_buckets_and_percentiles() -> None:
@@ -115,6 +148,7 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
         url = wait_for(lambda: re.search(r"status on (http://\S+)", run.err_file.read_text()),
                        10, "the status line").group(1)
         wait_for(lambda: get_json(f"{url}/api/status").get("stages"), 10, "a first snapshot")
+        assert pipelined_load(port, 1, 1) == [1]  # the graph is up: no wait for first credit
         counts: list[int] = []
         load = threading.Thread(target=lambda: counts.extend(pipelined_load(port, 40, 5)))
         load.start()
@@ -146,22 +180,34 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
         def drained() -> dict[str, Any] | None:
             snap = get_json(f"{url}/api/status")
             quiet = all(s["pending"] == 0 for s in snap["stages"].values())
-            counted = (snap["stages"]["slow"]["completed"] == 200
-                       and snap["front"]["responses"] == 200)  # reports lag up to 0.5 s
+            counted = (snap["stages"]["slow"]["completed"] == 201
+                       and snap["front"]["responses"] == 201)  # reports lag up to 0.5 s
             return snap if quiet and counted else None
 
         snap = wait_for(drained, 10, "the queues to drain")
-        assert snap["stages"]["front"]["completed"] == 200
+        assert snap["stages"]["front"]["completed"] == 201
         service = snap["stages"]["slow"]["service_ms_all"]  # the handler sleeps 20 ms
         assert 20 <= service["p50"] <= 30 and service["p50"] <= service["p99"] <= 60, service
         assert snap["stages"]["slow"]["peak_pending"] >= 100
+        # queue wait: behind a 20 ms stage that had ~100 queued, most waited ~100 x 20 ms;
+        # front's messages are run as they come
+        waits = {s: snap["stages"][s]["wait_ms_all"] for s in ("front", "slow")}
+        assert waits["slow"]["p50"] >= 500 and waits["slow"]["p90"] >= 1000, waits
+        assert waits["front"]["p50"] < waits["slow"]["p50"] / 10, waits
+        rows = [r for r in snap["workers"] if r["pool"] == "slow"]
+        assert [(r["name"], r["completed"]) for r in rows] == [("slow.0", 201)], rows
+        assert snap["stages"]["slow"]["dropped_by"] == {
+            "deadline": 0, "admission": 0, "dead_letter": 0, "duplicate": 0}
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
             text = response.read().decode()
-        samples = {(s.name, s.labels.get("stage", s.labels.get("to", ""))): s.value
+        samples = {(s.name, s.labels.get("stage", s.labels.get("to", s.labels.get("worker",
+                                                                                  "")))): s.value
                    for family in text_string_to_metric_families(text)
                    for s in family.samples}
-        assert samples[("seda_stage_processed_total", "slow")] == 200
-        assert samples[("seda_stage_service_seconds_count", "slow")] == 200
+        assert samples[("seda_stage_processed_total", "slow")] == 201
+        assert samples[("seda_stage_service_seconds_count", "slow")] == 201
+        assert samples[("seda_stage_queue_wait_seconds_count", "slow")] == 201
+        assert samples[("seda_worker_processed_total", "slow.0")] == 201
         assert samples[("seda_stage_queue_depth", "slow")] == 0
         assert samples[("seda_stage_queue_depth_peak", "slow")] >= 100
         assert samples[("seda_stage_workers", "slow")] == 1
@@ -227,3 +273,75 @@ def test_top_renders_a_snapshot_or_says_it_waits() -> None:
     text = console.export_text()
     assert "slow ◀ bottleneck" in text and "front → slow 4 (peak 4)" in text
     assert sparkline([0, 1, 2, 4]) == "▁▃▅█" and sparkline([0, 0]) == "▁▁"
+
+
+def test_top_shows_queue_wait_and_a_row_per_worker() -> None:
+    from rich.console import Console
+
+    from seda.core import bucket_upper
+    from seda.top import render
+
+    spec, _ = load_text(DEPTH)
+    status = Status(make_plan(spec, "/run/x"), started=0.0)
+    snap = status.update(1.0, {"slow.0": {"stages": {"slow": {"completed": 7}}, "queued": 2}},
+                         {"slow.completed": 7, "slow.waits": {80: 7}}, {"slow.0": 3},
+                         {"slow.0": 4242, "front.0": 4241})
+    console = Console(record=True, width=200)
+    console.print(render(snap, workers=True))
+    text = console.export_text()
+    ms = f"{bucket_upper(80) / 1e6:.3g}"  # all seven waits fell in bucket 80
+    assert "Wait ms" in text and f"{ms}/{ms}" in text, text
+    row = next(line for line in text.splitlines() if "slow.0" in line)
+    assert [c.strip() for c in row.split("│")[1:6]] == ["slow.0", "4242", "3", "0%", "2"], row
+
+
+def test_status_token_guards_every_page_and_seda_top_finds_it(tmp_path: Path) -> None:
+    import secrets
+    import urllib.error
+
+    name = f"tok{secrets.token_hex(4)}"  # a name no other run has, for `seda top NAME`
+    token = secrets.token_urlsafe(24)
+    graph = DEPTH.replace("name: depth", f"name: {name}")
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0", "--status-token", token) as run:
+        url = run.status_url()
+        for page in ("/", "/api/status", "/metrics", "/graph.svg"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{url}{page}", timeout=5)
+            assert refused.value.code == 401, page
+            assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+            wrong = urllib.request.Request(f"{url}{page}",
+                                           headers={"Authorization": "Bearer " + "x" * 32})
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(wrong, timeout=5)
+            bearer = urllib.request.Request(f"{url}{page}",
+                                            headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(bearer, timeout=5) as ok:
+                assert ok.status == 200
+            with urllib.request.urlopen(f"{url}{page}?token={token}", timeout=5) as ok:
+                assert ok.status == 200  # how a browser opens the dashboard
+        saved = next(Path(tempfile.gettempdir()).glob(f"seda-{name}-*/status.token"))
+        assert saved.stat().st_mode & 0o777 == 0o600 and saved.read_text().strip() == token
+        top = [sys.executable, "-m", "seda.cli", "top", "--once"]
+        env = {"COLUMNS": "160", "PATH": ""}
+        by_name = subprocess.run([*top, name], capture_output=True, text=True, timeout=30,
+                                 env=env)
+        assert by_name.returncode == 0 and f"graph {name}" in by_name.stdout, by_name.stderr
+        no_token = subprocess.run([*top, "--url", url], capture_output=True, text=True,
+                                  timeout=30, env=env)
+        assert no_token.returncode != 0 and "401" in no_token.stderr
+        assert "give --token" in no_token.stderr
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0, run.stderr
+
+
+def test_status_beyond_loopback_needs_a_token_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text(DEPTH)
+    for args, why in ((["--status", "0.0.0.0:0"], "needs --status-token"),
+                      (["--status", "127.0.0.1:0", "--status-token", "short"], "too short")):
+        done = subprocess.run([sys.executable, "-m", "seda.cli", "run", str(tmp_path / "g.yaml"),
+                               *args], capture_output=True, text=True, timeout=30,
+                              env={**{k: v for k, v in os.environ.items()
+                                      if k != "SEDA_STATUS_TOKEN"}, "PYTHONPATH": str(TESTS)})
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()  # one line, and no process was started
+        assert line.startswith("<command line>: --status ") and why in line, line
