@@ -25,7 +25,7 @@ from setproctitle import setproctitle
 
 from seda.codec import Codec, encode_reply, make_codec
 from seda.core import StageCore
-from seda.envelope import ID, PAYLOAD, REQUEST
+from seda.envelope import ID, PAYLOAD, REQUEST, SAMPLE
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter
 from seda.listener import tune
@@ -212,8 +212,8 @@ class Acceptor(Node):
         loop ends), or answer 503 at once when the entry queue is full."""
         self.counters["requests"] += len(requests)
         timeout = self.limits.request_timeout
-        born = time.time_ns()
-        deadline, expires = born / 1e9 + timeout, time.monotonic() + timeout
+        now = time.time()
+        deadline, expires = now + timeout, time.monotonic() + timeout
         queue, order, slots = self.entry_queue, conn.order, self.slots
         for request in requests:
             slot = Slot(conn, request)
@@ -229,6 +229,7 @@ class Acceptor(Node):
             msg_id = self.next_id
             slots[msg_id] = slot
             self.deadlines.append((expires, msg_id))
+            born = 0 if msg_id & SAMPLE else int(now * 1e9)  # a sample's queue wait is timed
             queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id, born]))
         if self.core is not None:
             self.run_inline(self.core)

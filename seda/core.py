@@ -20,7 +20,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from seda.envelope import BORN, DEADLINE, ID, ORIGIN, PAYLOAD, REQUEST, Envelope, child_id, packable
+from seda.envelope import (
+    BORN,
+    DEADLINE,
+    ID,
+    ORIGIN,
+    PAYLOAD,
+    REQUEST,
+    SAMPLE,
+    Envelope,
+    child_id,
+    packable,
+)
 from seda.flow import SeenIds
 from seda.spec import GraphSpec
 
@@ -219,10 +230,12 @@ class StageCore:
                 stats.expired += 1
                 group.dropped.append(env)
                 continue
-            ns = last + wall - env[BORN]  # queue wait: from the message's birth to now
-            if ns > 0:
-                b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
-                waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
+            born = env[BORN]  # set on a sample of messages: their queue wait is timed
+            if born:
+                ns = last + wall - born
+                if ns > 0:
+                    b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
+                    waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             marks = len(emits), len(results)
             ctx._env, ctx._n = env, 0
             self._running = stage
@@ -281,7 +294,7 @@ class StageCore:
             assert runner.batch is not None
             waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
             for env in batch:
-                if now > env[BORN]:
+                if env[BORN] and now > env[BORN]:
                     waits[time_bucket(now - env[BORN])] += 1
             start = time.perf_counter_ns()
             values = runner.batch([env[PAYLOAD] for env in batch], ctx)
@@ -328,8 +341,9 @@ class StageCore:
 
     def _emit(self, ctx: Context, stage: str, payload: Any) -> None:
         env = ctx._env
-        child = [child_id(env[ID], ctx._n), env[ORIGIN], 1, env[DEADLINE], payload,
-                 env[REQUEST], time.time_ns()]
+        cid = child_id(env[ID], ctx._n)
+        child = [cid, env[ORIGIN], 1, env[DEADLINE], payload, env[REQUEST],
+                 0 if cid & SAMPLE else time.time_ns()]
         ctx._n += 1
         self.stats[ctx.stage].emitted += 1
         if stage in self.runners:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from seda.envelope import child_id
+from seda.envelope import SAMPLE, child_id
 from seda.flow import SeenIds
 from seda.node import Node
 from seda.plan import Plan
@@ -135,7 +135,8 @@ class Source(Node):
         for k, entry in enumerate(self.entries):
             msg_id = self.read if k == 0 else child_id(self.read, k)
             self.dispatchers[self.plan.stage_pool[entry]].submit(
-                entry, [msg_id, self.name, 1, 0.0, item, self.read, time.time_ns()])
+                entry, [msg_id, self.name, 1, 0.0, item, self.read,
+                        0 if msg_id & SAMPLE else time.time_ns()])
 
     def on_results(self, items: list[list[Any]]) -> None:
         for msg_id, payload, _request, *final in items:

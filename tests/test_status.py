@@ -206,7 +206,8 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
                    for s in family.samples}
         assert samples[("seda_stage_processed_total", "slow")] == 201
         assert samples[("seda_stage_service_seconds_count", "slow")] == 201
-        assert samples[("seda_stage_queue_wait_seconds_count", "slow")] == 201
+        # queue wait is timed on a sample: the messages whose (hash-like) id is 0 mod 8
+        assert 8 <= samples[("seda_stage_queue_wait_seconds_count", "slow")] <= 50
         assert samples[("seda_worker_processed_total", "slow.0")] == 201
         assert samples[("seda_stage_queue_depth", "slow")] == 0
         assert samples[("seda_stage_queue_depth_peak", "slow")] >= 100
