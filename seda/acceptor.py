@@ -221,9 +221,7 @@ class Acceptor(Node):
             if len(queue) >= self.queue_bound or not self.accepting:
                 self.counters["rejected"] += 1
                 self.count_dropped(self.entry, "rejected")
-                slot.out = conn.codec.error_reply(ProtocolError("overloaded, try again", 503))
-                slot.done = True
-                self.loop.call_soon(conn.write_ready)
+                self.answer_error(slot, ProtocolError("overloaded, try again", 503), soon=True)
                 continue
             self.next_id += 1
             msg_id = self.next_id
@@ -252,9 +250,7 @@ class Acceptor(Node):
             slot = self.slots.pop(request_id, None)
             if slot is not None:
                 self.counters["failed"] += 1
-                slot.out = slot.conn.codec.error_reply(ProtocolError("the handler failed", 500))
-                slot.done = True
-                slot.conn.write_ready()
+                self.answer_error(slot, ProtocolError("the handler failed", 500))
 
     def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
@@ -271,15 +267,24 @@ class Acceptor(Node):
         self.counters["responses"] += 1
         conn.write_ready()
 
+    def answer_error(self, slot: Slot, exc: ProtocolError, soon: bool = False) -> None:
+        """Answer a request with the server's error (500, 503, 504): the connection stays
+        open unless the request asked to close it."""
+        slot.out = slot.conn.codec.error_reply(exc)
+        slot.close = isinstance(slot.request, dict) and slot.request.get("keep_alive") is False
+        slot.done = True
+        if soon:
+            self.loop.call_soon(slot.conn.write_ready)
+        else:
+            slot.conn.write_ready()
+
     def expire(self, now: float) -> None:
         while self.deadlines and self.deadlines[0][0] <= now:
             _, msg_id = self.deadlines.popleft()
             slot = self.slots.pop(msg_id, None)
             if slot is not None:
                 self.counters["timeouts"] += 1
-                slot.out = slot.conn.codec.error_reply(ProtocolError("no reply in time", 504))
-                slot.done = True
-                slot.conn.write_ready()
+                self.answer_error(slot, ProtocolError("no reply in time", 504))
 
     def sweep(self, now: float) -> None:
         """Close connections that sit idle, or dribble a request too slowly (slowloris)."""

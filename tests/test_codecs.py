@@ -82,6 +82,7 @@ def test_http_error_replies() -> None:
     busy = codec.error_reply(ProtocolError("overloaded, try again", 503))
     assert busy.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"retry-after: 1\r\n" in busy and b"connection: close" not in busy
+    assert b"connection: close" not in codec.error_reply(ProtocolError("failed", 500))
     bad = codec.error_reply(ProtocolError("malformed request", 400))
     assert b"connection: close\r\n" in bad
     assert bad.endswith(b"400 Bad Request: malformed request\n")

@@ -173,6 +173,34 @@ def test_no_reply_in_time_is_504_and_a_full_queue_is_503(tmp_path: Path) -> None
         stop(run)
 
 
+def test_a_request_whose_handler_always_fails_is_answered_500_at_once(tmp_path: Path) -> None:
+    """After its last attempt the request is dead-lettered, and its client hears so then,
+    not at its 10 s deadline; the worker keeps serving."""
+    import json
+
+    run, port = serve(tmp_path, web(workers=2))
+    with run:
+        started = time.monotonic()
+        answer = raw(port, b"GET /boom HTTP/1.1\r\nConnection: close\r\n\r\n", wait=15)
+        assert answer.startswith(b"HTTP/1.1 500"), answer
+        assert b"boom" not in answer  # the error stays in the dead-letter file
+        assert time.monotonic() - started < 5
+        assert raw(port, b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n").endswith(b"GET /ok")
+        [letter] = [json.loads(line) for line in
+                    (tmp_path / "dead-letter.jsonl").read_text().splitlines()]
+        assert letter["error"] == "web: ValueError: boom" and letter["attempts"] == 3
+
+        def counted() -> dict[str, Any] | None:
+            snap = run.status()
+            return snap if snap["front"]["failed"] == 1 else None
+
+        snap = wait_for(counted, 5, "the 500 counted")
+        assert snap["stages"]["web"]["dropped_by"]["dead_letter"] == 1
+        assert snap["stages"]["web"]["errors"] == 3 and snap["dead_letters"] == 1
+        stop(run)
+    assert "0 timeouts, 1 failed" in run.stderr
+
+
 def test_a_request_past_its_deadline_is_dropped_unrun(tmp_path: Path) -> None:
     """B waits behind A's 1 s in the worker; its 0.5 s deadline passes, so it is answered
     504 and dropped when its turn comes, not run: C, sent after, is served at ~1 s, not 2."""

@@ -121,8 +121,10 @@ class HttpCodec:
         status = exc.status_hint
         body = f"{status} {_REASONS.get(status, 'Error')}: {exc}\n".encode()
         extra = {"retry-after": "1"} if status == 503 else {}
+        # a fault of the request's bytes ends the connection; the server's own (500, 503,
+        # 504) leave it usable
         return head(status, {"content-type": "text/plain; charset=utf-8", **extra}, len(body),
-                    close=status not in (503, 504)) + body
+                    close=status < 500) + body
 
 
 def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
