@@ -76,6 +76,7 @@ class Connection(asyncio.Protocol):
             requests = self.codec.feed(data)
         except ProtocolError as exc:  # answer what came before the fault, then the error
             self.acceptor.counters["protocol_errors"] += 1
+            self.acceptor.count_status(str(exc.status_hint))
             self.acceptor.submit_all(self, exc.requests)
             self.answer_now(self.codec.error_reply(exc), close=True)
             if self.transport is not None:
@@ -139,6 +140,7 @@ class Acceptor(Node):
         self.next_id = random.getrandbits(40) << 20
         self.accepting = True
         self.pump_due = False
+        self.statuses: dict[str, int] = {}  # answers by status code (HTTP) or "reply"
         for key in FRONT_FIGURES:
             self.counters[key] = 0
 
@@ -265,12 +267,18 @@ class Acceptor(Node):
         slot.out, slot.close = encode_reply(conn.codec, payload, slot.request)
         slot.done = True
         self.counters["responses"] += 1
+        # HTTP: the status our own head() wrote; other protocols have no status codes
+        self.count_status(slot.out[9:12].decode() if self.protocol == "http" else "reply")
         conn.write_ready()
+
+    def count_status(self, status: str) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
 
     def answer_error(self, slot: Slot, exc: ProtocolError, soon: bool = False) -> None:
         """Answer a request with the server's error (500, 503, 504): the connection stays
         open unless the request asked to close it."""
         slot.out = slot.conn.codec.error_reply(exc)
+        self.count_status(str(exc.status_hint))
         slot.close = isinstance(slot.request, dict) and slot.request.get("keep_alive") is False
         slot.done = True
         if soon:
@@ -293,6 +301,7 @@ class Acceptor(Node):
                 continue
             if conn.codec.partial() and now - conn.partial_since > self.limits.header_timeout:
                 self.counters["idle_closed"] += 1
+                self.count_status("408")
                 conn.answer_now(conn.codec.error_reply(
                     ProtocolError("request not received in time", 408)), close=True)
             elif now - conn.last_activity > self.limits.idle_timeout:
@@ -314,7 +323,8 @@ class Acceptor(Node):
             super().close()
 
     def stats(self) -> dict[str, Any]:
-        figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.slots)}
+        figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.slots),
+                                   "statuses": dict(self.statuses)}
         if self.core is not None:
             figures["stages"] = {s: st.figures()
                                  for s, st in self.core.stats.items()}

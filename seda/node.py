@@ -77,7 +77,11 @@ class Node:
         self.running = True
         self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0}
         self.dropped: dict[str, dict[str, int]] = {}  # stage -> reason -> count (sent here)
+        self.sent_to: dict[str, int] = {}  # stage -> messages sent to it (re-sends included)
         self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
+        # what an edge from this process starts from in the views: its pool, or its role
+        self.edge_from = self.pool_of.get(name) or ("source" if self.me.role == "source"
+                                                    else "acceptor")
         # results go to the origin; a front door is its own (symped has several)
         self.origin = name if self.me.role in FRONT_ROLES else plan.origin()
         self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts)
@@ -284,10 +288,11 @@ class Node:
             if held and dispatcher.available() == 0:
                 blocked.extend(held)
         figures = self.stats()
-        if self.dropped:  # counted here against the stage they were meant for
-            stages = figures.setdefault("stages", {})
-            for stage, reasons in self.dropped.items():
-                stages[stage] = {**stages.get(stage, {}), **reasons}
+        stages = figures.setdefault("stages", {})
+        for stage, reasons in self.dropped.items():  # counted against the stage they were for
+            stages[stage] = {**stages.get(stage, {}), **reasons}
+        for stage, count in self.sent_to.items():  # merged per edge by the supervisor
+            stages.setdefault(stage, {})["sent_in"] = {self.edge_from: count}
         self.status({"op": "stats", "pending": self.pending(), **self.counters, **figures,
                      "links": links, "suspects": suspects, "waiting": waiting,
                      "blocked": blocked})
@@ -325,9 +330,11 @@ class Node:
             by_stage.setdefault(stage, []).append(env)
         for stage, envs in by_stage.items():
             for start in range(0, len(envs), FRAME_MAX):
-                if not self.send(worker, DATA, pack([stage, envs[start:start + FRAME_MAX]])):
+                frame = envs[start:start + FRAME_MAX]
+                if not self.send(worker, DATA, pack([stage, frame])):
                     dispatcher.unreachable(worker, batch)
                     return
+                self.sent_to[stage] = self.sent_to.get(stage, 0) + len(frame)
 
     def dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters:

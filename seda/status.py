@@ -134,15 +134,20 @@ class Status:
                 "dropped": sum(dropped.values()), "dropped_by": dropped,
                 "throughput": round(rate, 1),
                 "history": list(self.history[stage]), "to": list(spec.to)}
-        front = {f: 0 for f in (*FRONT_FIGURES, "connections", "in_flight")}
+        front: dict[str, Any] = {f: 0 for f in (*FRONT_FIGURES, "connections", "in_flight")}
+        statuses: dict[str, int] = {}
         for name in self.plan.front_doors():
-            for figure in front:
+            for figure in (*FRONT_FIGURES, "connections", "in_flight"):
                 front[figure] += int(reports.get(name, {}).get(figure, 0) or 0)
+            for status, count in reports.get(name, {}).get("statuses", {}).items():
+                statuses[status] = statuses.get(status, 0) + int(count)
+        front["statuses"] = dict(sorted(statuses.items()))
         snapshot = {
             "graph": self.plan.graph, "model": self.plan.model, "time": round(now, 3),
             "uptime": round(now - self.started, 1), "stages": stages,
             "edges": [{"from": src, "to": dst, "depth": depth,
-                       "peak": self._edge_peak(src, dst, depth)}
+                       "peak": self._edge_peak(src, dst, depth),
+                       "sent": int(totals.get(f"{dst}.sent_in", {}).get(src, 0))}
                       for (src, dst), depth in sorted(edges.items())],
             "front": front if self.spec.acceptor is not None else None,
             "processes": {name: {"pid": alive.get(name, 0), "restarts": restarts.get(name, 0),
@@ -274,9 +279,13 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
     yield from per_worker
     edge = GaugeMetricFamily("seda_edge_queue_depth", "messages on an edge (queued + in flight)",
                              labels=["graph", "from", "to"])
+    sent = CounterMetricFamily("seda_edge_sent", "messages sent on an edge (re-sends "
+                               "included)", labels=["graph", "from", "to"])
     for item in snapshot.get("edges", []):
         edge.add_metric([graph, item["from"], item["to"]], item["depth"])
+        sent.add_metric([graph, item["from"], item["to"]], item.get("sent", 0))
     yield edge
+    yield sent
     def one(family: Any, value: float) -> Any:
         family.add_metric([graph], value)
         return family
@@ -285,10 +294,15 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
     if front:
         yield one(GaugeMetricFamily("seda_acceptor_connections", "open client connections",
                                     labels=["graph"]), front["connections"])
-        for figure in ("requests", "responses", "rejected", "timeouts", "protocol_errors",
-                       "refused"):
+        for figure in ("requests", "responses", "rejected", "timeouts", "failed",
+                       "protocol_errors", "refused"):
             yield one(CounterMetricFamily(f"seda_acceptor_{figure}", f"acceptor: {figure}",
                                           labels=["graph"]), front[figure])
+        answers = CounterMetricFamily("seda_acceptor_answers", "answers by status code (HTTP; "
+                                      "'reply' in other protocols)", labels=["graph", "status"])
+        for status, count in front.get("statuses", {}).items():
+            answers.add_metric([graph, status], count)
+        yield answers
     yield one(CounterMetricFamily("seda_restarts", "child process restarts",
                                   labels=["graph"]), snapshot.get("restarts", 0))
     yield one(CounterMetricFamily("seda_dead_letters", "messages written to the dead-letter "

@@ -170,6 +170,7 @@ def test_no_reply_in_time_is_504_and_a_full_queue_is_503(tmp_path: Path) -> None
         dropped = snap["stages"]["web"]["dropped_by"]
         assert dropped["admission"] == rejected and snap["front"]["rejected"] == rejected
         assert snap["front"]["timeouts"] == timeouts
+        assert snap["front"]["statuses"] == {"503": rejected, "504": timeouts}
         stop(run)
 
 

@@ -48,13 +48,16 @@ def test_snapshot_adds_up_reports() -> None:
     alive = {n: 1 for n in plan.procs}
     status.update(101.0, reports, {"slow.completed": 10, "slow.busy": 0.5}, {}, alive)
     snap = status.update(101.5, reports, {"slow.completed": 20, "slow.busy": 0.9,
-                                          "front.completed": 30}, {"slow.0": 2}, alive)
+                                          "front.completed": 30, "slow.sent_in": {"front": 29},
+                                          "front.sent_in": {"acceptor": 33}},
+                         {"slow.0": 2}, alive)
     slow = snap["stages"]["slow"]
     assert slow["pending"] == 9 and slow["blocked"] == 1 and slow["completed"] == 20
     assert slow["throughput"] == 20.0 and slow["active"] == 0.8 and slow["utilisation"] == 0.8
     assert snap["stages"]["front"]["pending"] == 3
-    assert snap["edges"] == [{"from": "acceptor", "to": "front", "depth": 3, "peak": 3},
-                             {"from": "front", "to": "slow", "depth": 9, "peak": 9}]
+    assert snap["edges"] == [
+        {"from": "acceptor", "to": "front", "depth": 3, "peak": 3, "sent": 33},
+        {"from": "front", "to": "slow", "depth": 9, "peak": 9, "sent": 29}]
     assert snap["bottleneck"] == "slow"
     assert snap["front"]["connections"] == 5 and snap["front"]["responses"] == 30
     assert snap["restarts"] == 2 and snap["dead_letters"] == 1
@@ -186,6 +189,9 @@ def test_depth_builds_on_the_slow_edge_and_drains(tmp_path: Path) -> None:
 
         snap = wait_for(drained, 10, "the queues to drain")
         assert snap["stages"]["front"]["completed"] == 201
+        assert {(e["from"], e["to"]): e["sent"] for e in snap["edges"]} == {
+            ("acceptor", "front"): 201, ("front", "slow"): 201}
+        assert snap["front"]["statuses"] == {"200": 201}
         service = snap["stages"]["slow"]["service_ms_all"]  # the handler sleeps 20 ms
         assert 20 <= service["p50"] <= 30 and service["p50"] <= service["p99"] <= 60, service
         assert snap["stages"]["slow"]["peak_pending"] >= 100
