@@ -167,6 +167,7 @@ class Supervisor:
         self.progress = Progress(enabled=options.progress)
         self.status = Status(self.plan, time.monotonic())
         self.status_server: StatusServer | None = None
+        self.listening = ""  # the 'listening on' line, until it is said
         self.next_status = 0.0
         self.dead_before = len(deadletter.read(self.plan.dead_letter))
         self.intake_open: set[str] = set()  # front doors yet to be told to stop intake
@@ -241,8 +242,10 @@ class Supervisor:
         for name in doors[1:]:
             self.listeners[name] = bind(acc, address(first), reuseport=True)
         shared = f", {len(doors)} listeners" if many else ""
-        print(f"seda: listening on {url(first, acc.protocol)} (graph {self.spec.name}, "
-              f"model {self.plan.model}{shared})", file=sys.stderr, flush=True)
+        # said once every process is up (see _tick): the port is held from now on, but a
+        # request sent before then waits for the workers to start (up to a second or two)
+        self.listening = (f"seda: listening on {url(first, acc.protocol)} (graph "
+                          f"{self.spec.name}, model {self.plan.model}{shared})")
 
     def _serve_status(self) -> None:
         if not self.options.status:
@@ -424,6 +427,9 @@ class Supervisor:
                              errors=int(errors), dead=dead, restarts=self.restart_count)
 
     def _tick(self, now: float) -> Outcome | None:
+        if self.listening and all(c.ready for c in self.children.values()):
+            print(self.listening, file=sys.stderr, flush=True)
+            self.listening = ""
         if self.status_server is not None and now >= self.next_status:
             self.next_status = now + STATUS_EVERY
             self._update_status(now)

@@ -1,0 +1,197 @@
+"""SEDA's controllers, pure: state + samples (+ an injected clock) -> decisions.
+
+No IO and no processes here: the acceptor drives the admission controller, and tests drive
+every controller with synthetic traces. Each rule and its constants are in docs/overload.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank), 0.0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass
+class Decision:
+    """One adjustment of a controller, for the log and the views."""
+
+    at: float
+    what: str  # "cut" | "raise" | "open"
+    p90: float  # seconds, of the window that led to it
+    rate: float | None  # req/s after it (None: no limit)
+
+    def describe(self, target: float) -> str:
+        limit = "no limit" if self.rate is None else f"{self.rate:,.1f} req/s"
+        return (f"admission: p90 {self.p90 * 1000:.0f} ms against a {target * 1000:.0f} ms "
+                f"target -> {self.what} to {limit}")
+
+
+@dataclass
+class AdmissionController:
+    """Admit requests at a rate that keeps the 90th-percentile response time under `target`
+    (after Welsh and Culler's adaptive overload control in SEDA; the rule is AIMD with a fast
+    return to the last known capacity, as TCP's slow start returns to its threshold).
+
+    Response times of admitted requests are collected into a window -- only requests
+    admitted since the last change of rate, so a cut is judged by what it caused, not by the
+    backlog before it. Every `samples` responses, or every `period` seconds with at least
+    one, the window's p90 is compared with the target:
+
+    - above `cut_above` x target, the server is saturated and the responses per second of
+      the window estimate its capacity (an estimate that falls by at most a tenth a window:
+      see `_next_rate`): the rate becomes that capacity times `headroom` x target / p90,
+      bounded to [`deepest_cut`, `headroom`] x capacity, so the backlog drains (the further
+      over the target, the deeper the cut);
+    - below `raise_below` x target, and if the window answered about as many requests as
+      it admitted (else a backlog is building that the p90 will show only later), the
+      rate grows: by a quarter (plus `increase` req/s)
+      while under `headroom` x the last capacity measured, then by `increase_share` of
+      itself (plus `increase`) -- probing slowly past what is known to work. With no
+      `max_rate`, a rate past twice the best throughput seen opens the door again;
+    - in between, it holds (hysteresis).
+
+    There is no rate at first (the door is open) unless `max_rate` is set, which is also a
+    ceiling. A token bucket (`burst` seconds' worth of tokens) spends the rate. Rejected
+    requests are never timed: the p90 is that of the answers clients get.
+    """
+
+    target: float  # seconds
+    min_rate: float = 1.0
+    max_rate: float | None = None
+    increase: float = 0.5
+    increase_share: float = 0.02
+    headroom: float = 0.9
+    deepest_cut: float = 0.25
+    capacity_decay: float = 0.9
+    cut_above: float = 1.0
+    raise_below: float = 0.9
+    samples: int = 100
+    period: float = 1.0
+    burst: float = 0.1
+    rate: float | None = None  # req/s; None: admit everything
+    capacity: float = 0.0  # responses/s measured in the last saturated window
+    best: float = 0.0  # the most responses/s any window measured
+    window: list[float] = field(default_factory=list)
+    window_start: float | None = None
+    changed: float = float("-inf")  # when the rate last changed
+    tokens: float = 0.0
+    refilled: float = 0.0
+    admitted: int = 0  # in the current window
+
+    def __post_init__(self) -> None:
+        if self.rate is None and self.max_rate is not None:
+            self.rate = self.max_rate  # a ceiling from the start
+
+    def admit(self, now: float) -> bool:
+        """May a request that arrives now go in? (Spends a token when it may.)"""
+        if self.rate is None:
+            self.admitted += 1
+            return True
+        capacity = max(1.0, self.rate * self.burst)
+        self.tokens = min(capacity, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.admitted += 1
+            return True
+        return False
+
+    def retry_after(self) -> int:
+        """Whole seconds a rejected client should wait (HTTP Retry-After)."""
+        if self.rate is None or self.rate >= 1.0:
+            return 1
+        return max(1, math.ceil(1.0 / self.rate))
+
+    def observe(self, latency: float, now: float) -> Decision | None:
+        """An admitted request was answered after `latency` s; maybe adjust the rate."""
+        if self.window_start is None:
+            self.window_start = now
+        if now - latency >= self.changed:  # admitted under the current rate
+            self.window.append(latency)
+        if len(self.window) < self.samples and now - self.window_start < self.period:
+            return None
+        return self.tick(now)
+
+    def tick(self, now: float) -> Decision | None:
+        """Judge the window if it is full or its period is over (call this now and then too:
+        a stalled server must be cut even when few responses come back)."""
+        if self.window_start is None:
+            self.window_start = now
+            return None
+        elapsed = now - self.window_start
+        if len(self.window) < self.samples and elapsed < self.period:
+            return None
+        if not self.window or elapsed <= 0:
+            self.window, self.window_start, self.admitted = [], now, 0  # a new period
+            return None
+        p90, served = quantile(self.window, 0.9), len(self.window) / elapsed
+        growing = self.admitted > 1.05 * len(self.window) + 1  # more in than out: a backlog
+        self.best = max(self.best, served)
+        self.window, self.window_start, self.admitted = [], now, 0
+        rate = self._next_rate(p90, served, growing)
+        if rate == self.rate:
+            return None
+        what = "open" if rate is None else (
+            "cut" if self.rate is None or rate < self.rate else "raise")
+        self.rate, self.changed = rate, now
+        self.tokens, self.refilled = min(self.tokens, 1.0), now
+        return Decision(now, what, p90, rate)
+
+    def _next_rate(self, p90: float, served: float, growing: bool) -> float | None:
+        """The rate after a window with this p90 and throughput (None: no limit); `growing`:
+        more was admitted than answered, so a backlog is building even if the p90 does not
+        show it yet (it lags)."""
+        if p90 > self.cut_above * self.target:
+            # saturated: what was served is the capacity now -- unless a backlog from before
+            # kept the p90 up while little was admitted: the estimate then decays, by a
+            # tenth a window, so it follows a server that really slowed down
+            self.capacity = max(served, self.capacity * self.capacity_decay)
+            share = min(self.headroom, max(self.deepest_cut,
+                                           self.headroom * self.target / p90))
+            rate = max(self.min_rate, self.capacity * share)
+            return rate if self.max_rate is None else min(rate, self.max_rate)
+        if p90 >= self.raise_below * self.target or self.rate is None or growing:
+            return self.rate  # hold
+        if self.rate < self.headroom * self.capacity:  # back quickly to what worked
+            rate = min(self.headroom * self.capacity, self.rate * 1.25 + self.increase)
+        else:  # past it, probe slowly
+            rate = self.rate * (1 + self.increase_share) + self.increase
+        if self.max_rate is not None:
+            return min(rate, self.max_rate)
+        return None if rate >= 2 * self.best else rate
+
+
+def simulate(ctl: AdmissionController | None, capacity: int, offered: int, seconds: int,
+             settle: float) -> tuple[float, float]:
+    """A FIFO server doing `capacity` req/s (1 ms per step), offered `offered` req/s evenly,
+    admission by `ctl` (None: everything admitted). Returns (goodput in req/s, p90 response
+    time in s) over the time after `settle`. Deterministic: for tests and docs."""
+    from collections import deque
+
+    queue: deque[float] = deque()
+    done: list[float] = []
+    credit = 0.0
+    for step in range(seconds * 1000):
+        now = step / 1000
+        for k in range(offered // 1000):
+            t = now + k / offered
+            if ctl is None or ctl.admit(t):
+                queue.append(t)
+        credit += capacity / 1000
+        while credit >= 1 and queue:
+            credit -= 1
+            latency = now + 0.001 - queue.popleft()  # a step of service
+            if now >= settle:
+                done.append(latency)
+            if ctl is not None:
+                ctl.observe(latency, now + 0.001)
+        if ctl is not None:
+            ctl.tick(now)
+    return len(done) / (seconds - settle), quantile(done, 0.9)

@@ -1,0 +1,114 @@
+"""The controllers, pure: synthetic traces and an injected clock, no processes."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+
+from seda.control import AdmissionController, quantile, simulate
+
+approx = partial(pytest.approx, rel=0.02)
+
+
+def feed(ctl: AdmissionController, latency: float, n: int, start: float, gap: float) -> float:
+    """`n` admitted requests answered after `latency`, one every `gap` s; returns the time."""
+    now = start
+    for _ in range(n):
+        ctl.admit(now)
+        ctl.observe(latency, now)
+        now += gap
+    return now
+
+
+def test_quantile_is_nearest_rank() -> None:
+    assert quantile([], 0.9) == 0.0
+    assert quantile([5.0], 0.9) == 5.0
+    assert quantile([float(i) for i in range(1, 101)], 0.9) == 90.0
+    assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0
+
+
+def test_under_target_the_door_stays_open() -> None:
+    ctl = AdmissionController(target=0.1)
+    feed(ctl, 0.05, 1000, 0.0, 0.001)
+    assert ctl.rate is None and all(ctl.admit(10.0 + i * 1e-6) for i in range(1000))
+
+
+def test_over_target_it_cuts_below_the_measured_capacity_and_spends_it_in_tokens() -> None:
+    ctl = AdmissionController(target=0.1)
+    now = feed(ctl, 0.05, 100, 0.0, 0.001)  # a calm window: door open
+    now = feed(ctl, 0.3, 101, now, 0.001)  # p90 300 ms: 3x the target, so 0.9/3 of capacity
+    assert ctl.capacity == approx(1000.0) and ctl.rate == approx(300.0)
+    admitted = sum(ctl.admit(now + i / 4000) for i in range(4000))  # 4,000 offered in 1 s
+    assert 300 <= admitted <= 300 + 30 + 1  # the rate, plus at most the 0.1 s burst
+    ctl = AdmissionController(target=0.1)
+    feed(ctl, 5.0, 101, 0.0, 0.001)  # far over: the deepest cut is a quarter of capacity
+    assert ctl.rate == approx(250.0)
+
+
+def test_only_requests_admitted_since_the_last_change_are_judged() -> None:
+    ctl = AdmissionController(target=0.1)
+    now = feed(ctl, 0.3, 101, 0.0, 0.001)  # cut at t = 0.1
+    cut = ctl.rate
+    now = feed(ctl, 0.3, 300, now, 0.001)  # answers to requests admitted before the cut
+    assert ctl.rate == cut  # the backlog of the old rate does not cut again
+
+
+def test_hysteresis_fast_return_then_slow_probing() -> None:
+    ctl = AdmissionController(target=0.1, max_rate=2000.0)
+    assert ctl.rate == 2000.0  # a ceiling from the start
+    now = feed(ctl, 0.15, 100, 0.0, 0.001)  # ~1,000/s served, p90 1.5x: cut to 0.6x
+    assert ctl.rate == approx(600.0)
+    # each next window starts after a pause, so its requests were admitted under the rate
+    now = feed(ctl, 0.095, 100, now + 0.2, 0.001)  # inside the band: no change
+    assert ctl.rate == approx(600.0)
+    now = feed(ctl, 0.05, 100, now + 0.2, 0.001)  # under 0.9x: back up by a quarter ...
+    assert ctl.rate == approx(600.0 * 1.25 + 0.5)
+    now = feed(ctl, 0.05, 100, now + 0.2, 0.001)  # ... but not past 0.9x the capacity seen
+    assert ctl.rate == approx(0.9 * ctl.capacity)
+    before = ctl.rate
+    feed(ctl, 0.05, 100, now + 0.2, 0.001)  # then +2% and +0.5 req/s a window
+    assert ctl.rate == approx(before * 1.02 + 0.5)
+
+
+def test_rate_stays_within_its_bounds_and_opens_again() -> None:
+    ctl = AdmissionController(target=0.1, min_rate=50.0)
+    now = feed(ctl, 1.0, 101, 0.0, 0.01)  # 100/s served, far over: a quarter
+    now = feed(ctl, 1.0, 101, now, 0.01)
+    assert ctl.rate == 50.0  # not under the floor
+    steps = 0
+    while ctl.rate is not None:  # good windows raise it until it passes 2x the best
+        now = feed(ctl, 0.01, 101, now, 0.01)
+        steps += 1
+        assert steps < 200
+    assert ctl.admit(now)
+    capped = AdmissionController(target=0.1, max_rate=300.0)
+    for _ in range(500):
+        now = feed(capped, 0.01, 100, now, 0.001)
+    assert capped.rate == 300.0  # never above the ceiling, never opened
+
+
+def test_a_stalled_window_is_judged_by_the_clock() -> None:
+    ctl = AdmissionController(target=0.1)
+    ctl.admit(0.0)
+    ctl.observe(2.0, 0.0)  # one slow answer, then nothing comes back
+    assert ctl.tick(0.5) is None  # the period is not over
+    decision = ctl.tick(1.2)
+    assert decision is not None and decision.what == "cut" and ctl.rate == 1.0  # the floor
+    assert "p90 2000 ms against a 100 ms target -> cut to 1.0 req/s" in decision.describe(0.1)
+    assert ctl.retry_after() == 1
+    assert ctl.tick(3.0) is None  # an empty window only restarts the period
+
+
+@pytest.mark.parametrize("overload", [2, 4])
+def test_on_a_simulated_server_over_capacity_p90_holds_the_target(overload: int) -> None:
+    """A FIFO server doing 1,000 req/s offered 2x and 4x that for 60 s. Without control its
+    queue (and latency) grows all the time; with it, after 20 s, goodput stays near
+    capacity and the p90 of admitted requests under the target."""
+    target, capacity = 0.1, 1000
+    goodput, p90 = simulate(AdmissionController(target=target), capacity,
+                            overload * capacity, 60, settle=20)
+    assert goodput >= 0.9 * capacity, goodput
+    assert p90 <= target, p90
+    _, p90_open = simulate(None, capacity, overload * capacity, 60, settle=20)
+    assert p90_open > 10 * target  # the queue grew without bound
