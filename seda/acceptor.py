@@ -14,6 +14,7 @@ import asyncio
 import os
 import random
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import zmq
 from setproctitle import setproctitle
 
 from seda.codec import Codec, encode_reply, make_codec
+from seda.control import AdmissionController, Decision
 from seda.core import StageCore
 from seda.envelope import ID, PAYLOAD, REQUEST, SAMPLE
 from seda.errors import ProtocolError
@@ -43,6 +45,7 @@ class Slot:
     out: bytes = b""
     close: bool = False
     done: bool = False
+    start: float = 0.0  # monotonic, when the request was read
 
 
 class Connection(asyncio.Protocol):
@@ -141,6 +144,11 @@ class Acceptor(Node):
         self.accepting = True
         self.pump_due = False
         self.statuses: dict[str, int] = {}  # answers by status code (HTTP) or "reply"
+        rule = acc.admission
+        self.admission = AdmissionController(
+            rule.target, min_rate=rule.min_rate, max_rate=rule.max_rate) \
+            if rule is not None and rule.enabled else None
+        self.last_decision = ""
         for key in FRONT_FIGURES:
             self.counters[key] = 0
 
@@ -176,6 +184,8 @@ class Acceptor(Node):
             self.pump()
             now = time.monotonic()
             self.expire(now)
+            if self.admission is not None:
+                self.decided(self.admission.tick(now))
             if now >= next_sweep:
                 next_sweep = now + 0.25
                 self.sweep(now)
@@ -214,16 +224,20 @@ class Acceptor(Node):
         loop ends), or answer 503 at once when the entry queue is full."""
         self.counters["requests"] += len(requests)
         timeout = self.limits.request_timeout
-        now = time.time()
-        deadline, expires = now + timeout, time.monotonic() + timeout
-        queue, order, slots = self.entry_queue, conn.order, self.slots
+        now, mono = time.time(), time.monotonic()
+        deadline, expires = now + timeout, mono + timeout
+        queue, order, slots, admission = self.entry_queue, conn.order, self.slots, \
+            self.admission
         for request in requests:
-            slot = Slot(conn, request)
+            slot = Slot(conn, request, start=mono)
             order.append(slot)
-            if len(queue) >= self.queue_bound or not self.accepting:
+            if len(queue) >= self.queue_bound or not self.accepting or (
+                    admission is not None and not admission.admit(mono)):
                 self.counters["rejected"] += 1
                 self.count_dropped(self.entry, "rejected")
-                self.answer_error(slot, ProtocolError("overloaded, try again", 503), soon=True)
+                wait = admission.retry_after() if admission is not None else 1
+                self.answer_error(slot, ProtocolError("overloaded, try again", 503, wait),
+                                  soon=True)
                 continue
             self.next_id += 1
             msg_id = self.next_id
@@ -253,6 +267,7 @@ class Acceptor(Node):
             if slot is not None:
                 self.counters["failed"] += 1
                 self.answer_error(slot, ProtocolError("the handler failed", 500))
+                self.answered(slot)
 
     def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
@@ -267,6 +282,7 @@ class Acceptor(Node):
         slot.out, slot.close = encode_reply(conn.codec, payload, slot.request)
         slot.done = True
         self.counters["responses"] += 1
+        self.answered(slot)
         # HTTP: the status our own head() wrote; other protocols have no status codes
         self.count_status(slot.out[9:12].decode() if self.protocol == "http" else "reply")
         conn.write_ready()
@@ -293,6 +309,22 @@ class Acceptor(Node):
             if slot is not None:
                 self.counters["timeouts"] += 1
                 self.answer_error(slot, ProtocolError("no reply in time", 504))
+                self.answered(slot)
+
+    def answered(self, slot: Slot, now: float | None = None) -> None:
+        """An admitted request has its answer: its response time goes to admission."""
+        if self.admission is not None:
+            now = time.monotonic() if now is None else now
+            self.decided(self.admission.observe(now - slot.start, now))
+
+    def decided(self, decision: Decision | None) -> None:
+        """Log the admission controller's cuts and openings (raises are many and small:
+        they show in the views)."""
+        if decision is None or self.admission is None:
+            return
+        self.last_decision = decision.describe(self.admission.target)
+        if decision.what != "raise":
+            print(f"seda: {self.name}: {self.last_decision}", file=sys.stderr, flush=True)
 
     def sweep(self, now: float) -> None:
         """Close connections that sit idle, or dribble a request too slowly (slowloris)."""
@@ -325,6 +357,10 @@ class Acceptor(Node):
     def stats(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.slots),
                                    "statuses": dict(self.statuses)}
+        if self.admission is not None:
+            figures["admission"] = {"rate": self.admission.rate,
+                                    "target": self.admission.target,
+                                    "last": self.last_decision}
         if self.core is not None:
             figures["stages"] = {s: st.figures()
                                  for s, st in self.core.stats.items()}

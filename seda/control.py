@@ -18,6 +18,10 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+EARLY_EVERY = 20  # responses between looks at a window that is not yet full
+EARLY_FACTOR = 2.0  # a window whose p90 is already this far over the target is judged now
+
+
 @dataclass
 class Decision:
     """One adjustment of a controller, for the log and the views."""
@@ -51,9 +55,9 @@ class AdmissionController:
       over the target, the deeper the cut);
     - below `raise_below` x target, and if the window answered about as many requests as
       it admitted (else a backlog is building that the p90 will show only later), the
-      rate grows: by a quarter (plus `increase` req/s)
-      while under `headroom` x the last capacity measured, then by `increase_share` of
-      itself (plus `increase`) -- probing slowly past what is known to work. With no
+      rate grows: straight back to `headroom` x the last capacity measured (the backlog a
+      cut drains is gone once the p90 is low), then by `increase_share` of itself (plus
+      `increase` req/s) per second -- probing slowly past what is known to work. With no
       `max_rate`, a rate past twice the best throughput seen opens the door again;
     - in between, it holds (hysteresis).
 
@@ -66,7 +70,7 @@ class AdmissionController:
     min_rate: float = 1.0
     max_rate: float | None = None
     increase: float = 0.5
-    increase_share: float = 0.02
+    increase_share: float = 0.2
     headroom: float = 0.9
     deepest_cut: float = 0.25
     capacity_decay: float = 0.9
@@ -84,6 +88,7 @@ class AdmissionController:
     tokens: float = 0.0
     refilled: float = 0.0
     admitted: int = 0  # in the current window
+    answered: int = 0  # in the current window, whenever admitted
 
     def __post_init__(self) -> None:
         if self.rate is None and self.max_rate is not None:
@@ -113,29 +118,33 @@ class AdmissionController:
         """An admitted request was answered after `latency` s; maybe adjust the rate."""
         if self.window_start is None:
             self.window_start = now
+        self.answered += 1
         if now - latency >= self.changed:  # admitted under the current rate
             self.window.append(latency)
-        if len(self.window) < self.samples and now - self.window_start < self.period:
-            return None
-        return self.tick(now)
+            if len(self.window) % EARLY_EVERY == 0:
+                return self.tick(now)
+        return self.tick(now) if now - self.window_start >= self.period else None
 
     def tick(self, now: float) -> Decision | None:
-        """Judge the window if it is full or its period is over (call this now and then too:
-        a stalled server must be cut even when few responses come back)."""
+        """Judge the window when it is full, or its period is over, or it already shows the
+        target badly missed (a quick cut keeps the backlog small). Call this now and then
+        too: a stalled server must be cut even when few responses come back."""
         if self.window_start is None:
             self.window_start = now
             return None
         elapsed = now - self.window_start
-        if len(self.window) < self.samples and elapsed < self.period:
+        if len(self.window) < self.samples and elapsed < self.period and not (
+                len(self.window) >= EARLY_EVERY
+                and quantile(self.window, 0.9) > EARLY_FACTOR * self.target):
             return None
         if not self.window or elapsed <= 0:
-            self.window, self.window_start, self.admitted = [], now, 0  # a new period
+            self.window, self.window_start, self.admitted, self.answered = [], now, 0, 0
             return None
-        p90, served = quantile(self.window, 0.9), len(self.window) / elapsed
-        growing = self.admitted > 1.05 * len(self.window) + 1  # more in than out: a backlog
+        p90, served = quantile(self.window, 0.9), self.answered / elapsed
+        flow = self.admitted - self.answered  # > 0: a backlog builds; < 0: it drains
         self.best = max(self.best, served)
-        self.window, self.window_start, self.admitted = [], now, 0
-        rate = self._next_rate(p90, served, growing)
+        self.window, self.window_start, self.admitted, self.answered = [], now, 0, 0
+        rate = self._next_rate(p90, served, flow, elapsed)
         if rate == self.rate:
             return None
         what = "open" if rate is None else (
@@ -144,11 +153,16 @@ class AdmissionController:
         self.tokens, self.refilled = min(self.tokens, 1.0), now
         return Decision(now, what, p90, rate)
 
-    def _next_rate(self, p90: float, served: float, growing: bool) -> float | None:
-        """The rate after a window with this p90 and throughput (None: no limit); `growing`:
-        more was admitted than answered, so a backlog is building even if the p90 does not
-        show it yet (it lags)."""
+    def _next_rate(self, p90: float, served: float, flow: int, elapsed: float
+                   ) -> float | None:
+        """The rate after a window with this p90 and throughput (None: no limit). `flow`,
+        admitted minus answered in the window: more in than out means a backlog is building
+        even if the p90 does not show it yet (it lags); more out than in, that a backlog
+        is draining -- the p90 of the requests queued behind it says nothing new."""
+        tolerance = 0.05 * (self.admitted + self.answered) / 2 + 1
         if p90 > self.cut_above * self.target:
+            if flow < -tolerance and self.rate is not None:
+                return self.rate  # draining since the last cut: let it
             # saturated: what was served is the capacity now -- unless a backlog from before
             # kept the p90 up while little was admitted: the estimate then decays, by a
             # tenth a window, so it follows a server that really slowed down
@@ -157,12 +171,12 @@ class AdmissionController:
                                            self.headroom * self.target / p90))
             rate = max(self.min_rate, self.capacity * share)
             return rate if self.max_rate is None else min(rate, self.max_rate)
-        if p90 >= self.raise_below * self.target or self.rate is None or growing:
+        if p90 >= self.raise_below * self.target or self.rate is None or flow > tolerance:
             return self.rate  # hold
-        if self.rate < self.headroom * self.capacity:  # back quickly to what worked
-            rate = min(self.headroom * self.capacity, self.rate * 1.25 + self.increase)
-        else:  # past it, probe slowly
-            rate = self.rate * (1 + self.increase_share) + self.increase
+        if self.rate < self.headroom * self.capacity:  # the backlog is gone: straight back
+            rate = self.headroom * self.capacity  # to what is known to work
+        else:  # past it, probe slowly: per second of window, +increase_share and +increase
+            rate = self.rate + (self.rate * self.increase_share + self.increase) * elapsed
         if self.max_rate is not None:
             return min(rate, self.max_rate)
         return None if rate >= 2 * self.best else rate

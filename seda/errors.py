@@ -44,9 +44,10 @@ class SpecError(SedaError):
 class ProtocolError(SedaError):
     """A peer sent bytes that break the protocol; `status_hint` is the answer to give."""
 
-    def __init__(self, message: str, status_hint: int = 400) -> None:
+    def __init__(self, message: str, status_hint: int = 400, retry_after: int = 1) -> None:
         super().__init__(message)
         self.status_hint = status_hint
+        self.retry_after = retry_after  # seconds, for a 503
         self.requests: list[Any] = []  # complete requests that came before the fault
 
 

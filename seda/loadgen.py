@@ -40,20 +40,26 @@ class LoadResult:
     requests: int = 0
     duration: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, counted requests
+    ok_latencies: list[float] = field(default_factory=list)  # seconds, the 2xx ones
+    statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     non_2xx: int = 0
     cpu_user: float = 0.0  # the generator's own CPU seconds
     cpu_system: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
+        lat, ok = sorted(self.latencies), sorted(self.ok_latencies)
 
-        def pct(q: float) -> float:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else 0.0
+        def pct(q: float, values: list[float] = lat) -> float:
+            return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 3) \
+                if values else 0.0
 
         return {"requests": self.requests, "duration": round(self.duration, 3),
                 "rps": round(self.requests / self.duration, 1) if self.duration else 0.0,
                 "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+                "goodput": round(len(ok) / self.duration, 1) if self.duration else 0.0,
+                "ok_p50_ms": pct(0.5, ok), "ok_p90_ms": pct(0.9, ok), "ok_p99_ms": pct(0.99, ok),
+                "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
                 "max_ms": round(lat[-1] * 1000, 3) if lat else 0.0,
                 "errors": sum(self.errors.values()), "error_kinds": dict(self.errors),
                 "non_2xx": self.non_2xx, "loadgen_cpu": round(self.cpu_user + self.cpu_system,
@@ -153,8 +159,11 @@ class Generator:
         if started >= self.begin and now <= self.end:
             self.result.requests += 1
             self.result.latencies.append(now - started)
+            self.result.statuses[status] += 1
             if status >= 400:
                 self.result.non_2xx += 1
+            elif status >= 200:
+                self.result.ok_latencies.append(now - started)
         if not self.rate and now < self.end:
             conn.send(now)
 

@@ -58,6 +58,16 @@ class Limits(_Spec):
     request_timeout: float = Field(30.0, gt=0)
 
 
+class AdmissionSpec(_Spec):
+    """Admission by response time at the acceptor (docs/overload.md): admit at a rate that
+    keeps the p90 response time of admitted requests under `target` seconds."""
+
+    enabled: bool = True
+    target: float = Field(gt=0, le=3600)
+    min_rate: float = Field(1.0, gt=0)
+    max_rate: float | None = Field(None, gt=0)
+
+
 class AcceptorSpec(_Spec):
     """The SPED front door: where it listens, which protocol it speaks, where requests go."""
 
@@ -71,6 +81,7 @@ class AcceptorSpec(_Spec):
     linger: int | None = Field(None, ge=0, le=3600)
     congestion: str | None = None
     limits: Limits = Limits()
+    admission: AdmissionSpec | None = None
 
     @field_validator("listen")
     @classmethod

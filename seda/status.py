@@ -142,6 +142,10 @@ class Status:
             for status, count in reports.get(name, {}).get("statuses", {}).items():
                 statuses[status] = statuses.get(status, 0) + int(count)
         front["statuses"] = dict(sorted(statuses.items()))
+        # admission by response time, per front door: rate (None: open), target, last change
+        front["admission"] = {name: reports[name]["admission"]
+                              for name in self.plan.front_doors()
+                              if reports.get(name, {}).get("admission")} or None
         snapshot = {
             "graph": self.plan.graph, "model": self.plan.model, "time": round(now, 3),
             "uptime": round(now - self.started, 1), "stages": stages,
@@ -298,6 +302,13 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
                        "protocol_errors", "refused"):
             yield one(CounterMetricFamily(f"seda_acceptor_{figure}", f"acceptor: {figure}",
                                           labels=["graph"]), front[figure])
+        admitting = GaugeMetricFamily("seda_acceptor_admission_rate", "requests/s the "
+                                      "admission controller lets in (+Inf: all)",
+                                      labels=["graph", "door"])
+        for door, figures in (front.get("admission") or {}).items():
+            rate = figures.get("rate")
+            admitting.add_metric([graph, door], float("inf") if rate is None else rate)
+        yield admitting
         answers = CounterMetricFamily("seda_acceptor_answers", "answers by status code (HTTP; "
                                       "'reply' in other protocols)", labels=["graph", "status"])
         for status, count in front.get("statuses", {}).items():

@@ -95,6 +95,11 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
                       f" · {front['requests']} requests · {front['rejected']} rejected (503) · "
                       f"{front['timeouts']} timeouts (504) · {front.get('failed', 0)} failed "
                       f"(500) · {front['protocol_errors']} protocol errors")
+        for door, adm in (front.get("admission") or {}).items():
+            limit = "open" if adm["rate"] is None else f"{adm['rate']:,.0f} req/s"
+            header.append(f"\nadmission ({door}): {limit} for a p90 under "
+                          f"{adm['target'] * 1000:.0f} ms" +
+                          (f" · last: {adm['last']}" if adm.get("last") else ""))
     table = Table(expand=False)
     for column in ("Stage", "Workers", "Active", "Pending", "Peak", "Completed", "Blocked",
                    "Dropped", "Errors", "Done/s", "Service ms", "Wait ms",

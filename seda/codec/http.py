@@ -120,7 +120,7 @@ class HttpCodec:
     def error_reply(self, exc: ProtocolError) -> bytes:
         status = exc.status_hint
         body = f"{status} {_REASONS.get(status, 'Error')}: {exc}\n".encode()
-        extra = {"retry-after": "1"} if status == 503 else {}
+        extra = {"retry-after": str(exc.retry_after)} if status == 503 else {}
         # a fault of the request's bytes ends the connection; the server's own (500, 503,
         # 504) leave it usable
         return head(status, {"content-type": "text/plain; charset=utf-8", **extra}, len(body),
