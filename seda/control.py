@@ -209,3 +209,53 @@ def simulate(ctl: AdmissionController | None, capacity: int, offered: int, secon
         if ctl is not None:
             ctl.tick(now)
     return len(done) / (seconds - settle), quantile(done, 0.9)
+
+
+@dataclass
+class PoolController:
+    """Keeps a stage's pool between `min` and `max` workers (after Sandstorm's thread pool
+    controller: a queue threshold, a sampling period, an idle timeout).
+
+    Fed with the stage's figures at every status update (twice a second): add a worker once
+    the messages pending in front of the stage have stayed above `queue` for `after` seconds;
+    retire one once, for `idle` seconds, nothing was pending and the pool's busy time would
+    fit in one worker fewer at half load (busy workers x 2 <= live - 1). After a change, the
+    next waits `after` seconds (the new worker needs time to take work, the queue time to
+    drain): hysteresis, so it does not flap.
+    """
+
+    min: int
+    max: int
+    queue: int
+    after: float = 1.0
+    idle: float = 5.0
+    over_since: float | None = None
+    calm_since: float | None = None
+    changed: float = float("-inf")
+
+    def observe(self, now: float, pending: int, busy: float, live: int) -> int:
+        """`pending`: messages in front of the stage; `busy`: workers busy on average since
+        the last update (Active); `live`: workers running. Returns +1 (add one), -1 (retire
+        one) or 0."""
+        self.over_since = (self.over_since if self.over_since is not None else now) \
+            if pending > self.queue else None
+        quiet = pending == 0 and busy * 2 <= live - 1
+        self.calm_since = (self.calm_since if self.calm_since is not None else now) \
+            if quiet else None
+        if now - self.changed < self.after:
+            return 0
+        if live < self.min:
+            return self._change(now, +1)
+        if live > self.max:
+            return self._change(now, -1)
+        if self.over_since is not None and now - self.over_since >= self.after \
+                and live < self.max:
+            return self._change(now, +1)
+        if self.calm_since is not None and now - self.calm_since >= self.idle \
+                and live > self.min:
+            return self._change(now, -1)
+        return 0
+
+    def _change(self, now: float, step: int) -> int:
+        self.changed, self.over_since, self.calm_since = now, None, None
+        return step

@@ -121,13 +121,13 @@ def get_json(url: str) -> dict[str, Any]:
         return data
 
 
-def pipelined_load(port: int, connections: int, each: int) -> list[int]:
+def pipelined_load(port: int, connections: int, each: int, path: bytes = b"/x") -> list[int]:
     """`connections` clients each pipelining `each` GETs; returns the replies each read."""
     counts = [0] * connections
 
     def client(i: int) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n" * each)
+            s.sendall((b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n") * each)
             data = b""
             while data.count(b"HTTP/1.1 200") < each:
                 chunk = s.recv(65536)
