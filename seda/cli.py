@@ -80,10 +80,12 @@ def describe_plan(plan: Plan) -> str:
     """A deployment plan as text: one row per process (what `seda plan` prints)."""
     spec = plan.graph_spec()
     rows = [("PROCESS", "ROLE", "STAGES", "SENDS TO")]
+    parked = plan.parked()  # slots the pool controller (or seda scale) starts when needed
     for name, proc in plan.procs.items():
         stages = ", ".join(proc.stages) or "-"
         peers = ", ".join(p for p in proc.peers if p != SUPERVISOR) or "-"
-        rows.append((name, proc.role, stages, peers))
+        role = f"{proc.role} (on demand)" if name in parked else proc.role
+        rows.append((name, role, stages, peers))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"graph '{plan.graph}', model {plan.model}: {len(plan.procs)} process(es) "
              f"besides the supervisor"]
@@ -189,6 +191,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from seda.top import find_url, post_scale
+
+    items = list(args.items)
+    target = items.pop(0) if items and "=" not in items[0] and len(items) > 1 else None
+    asked: list[tuple[str, int]] = []
+    for item in items:
+        stage, sep, count = item.partition("=")
+        if not sep or not stage or not count.isdigit():
+            print(f"seda scale: expected STAGE=N (a stage and a worker count), got '{item}'",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        asked.append((stage, int(count)))
+    url, saved = (args.url, "") if args.url else find_url(target)
+    token = args.token or os.environ.get("SEDA_STATUS_TOKEN", "") or saved
+    for stage, count in asked:
+        try:
+            done = post_scale(url.rstrip("/"), token, stage, count)
+        except ValueError as exc:
+            print(f"seda scale: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{done['stage']}: {done['from']} -> {done['to']} workers")
+    return EXIT_OK
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     from seda.top import find_url, top
 
@@ -268,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between updates (default 1)")
     p.set_defaults(func=cmd_top)
+
+    p = commands.add_parser("scale", help="resize a running stage's pool (STAGE=N)",
+                            description="Change how many worker processes a running stage "
+                                        "has, between 1 and its scale.max (model seda). A pool "
+                                        "controller, if the stage has one, goes on from there.")
+    p.add_argument("items", nargs="+", metavar="[NAME|RUN_DIR] STAGE=N",
+                   help="the running graph (by name or run directory; default: the only "
+                        "one), then one or more STAGE=N")
+    p.add_argument("--url", help="the status URL printed by seda run")
+    p.add_argument("--token", default="", help="the status token, if the run has one")
+    p.set_defaults(func=cmd_scale)
 
     p = commands.add_parser("bench", help="compare server models on one graph (a report)",
                             description="Run an HTTP graph under each model in turn, drive it "

@@ -62,6 +62,12 @@ class Plan:
     search_path: list[str] = field(default_factory=list)  # where handlers are imported from
     output: str = ""  # pipeline results file ("" = the supervisor's stdout)
     processes: int = 0  # symped: event loops; mp: most connection processes alive at once
+    initial: dict[str, int] = field(default_factory=dict)  # pool -> workers started at first
+    # (the pool has more slots, up to its scale.max: the pool controller starts the rest)
+
+    def parked(self) -> set[str]:
+        """Worker slots not started at first (the pool controller may start them)."""
+        return {n for pool, count in self.initial.items() for n in self.pool_procs[pool][count:]}
 
     def workers(self) -> list[ProcPlan]:
         return [p for p in self.procs.values() if p.role == "worker"]
@@ -115,6 +121,12 @@ def _pool_size(spec: GraphSpec, pool: str, stages: list[str], workers: Mapping[s
     return max(spec.stages[s].workers for s in stages)
 
 
+def _scale_max(spec: GraphSpec, stages: list[str]) -> int:
+    """The most workers a pool may grow to (its stages' scale.max), 0 without scale."""
+    return max((spec.stages[s].scale.max for s in stages  # type: ignore[union-attr]
+                if spec.stages[s].scale is not None), default=0)
+
+
 def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
               workers: Mapping[str, int] | None = None, base_dir: str = ".",
               processes: int | None = None, file: str = "<graph>") -> Plan:
@@ -144,8 +156,10 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
             raise _override_error(key, count, known)
     stage_pool = {s: pool for pool, stages in pools.items() for s in stages}
     run = Path(run_dir)
-    pool_procs = {pool: [f"{pool}.{i}" for i in range(_pool_size(spec, pool, stages, workers))]
-                  for pool, stages in pools.items()}
+    initial = {pool: _pool_size(spec, pool, stages, workers) for pool, stages in pools.items()}
+    slots = {pool: max(initial[pool], _scale_max(spec, stages) if model == "seda" else 0)
+             for pool, stages in pools.items()}
+    pool_procs = {pool: [f"{pool}.{i}" for i in range(slots[pool])] for pool in pools}
     origin = SOURCE if spec.source is not None else f"{ACCEPTOR}.0"
     procs: dict[str, ProcPlan] = {}
     for pool, stages in pools.items():
@@ -163,7 +177,8 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
     procs[origin] = ProcPlan(origin, role, f"ipc://{run / origin}", peers=everyone)
     dead_letter = str(Path(base_dir) / spec.settings.dead_letter)
     return Plan(spec.name, model, str(run), procs, stage_pool, pool_procs,
-                spec.model_dump(mode="json"), dead_letter)
+                spec.model_dump(mode="json"), dead_letter,
+                initial={p: n for p, n in initial.items() if n < slots[p]})
 
 
 def _front_plan(spec: GraphSpec, run_dir: str, base_dir: str, model: str,

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Model = Literal["seda", "amped", "sped", "symped", "mp"]
 Protocol = Literal["http", "line", "length", "resp"]
@@ -109,6 +109,24 @@ class SourceSpec(_Spec):
         return _check_handler(value)
 
 
+class ScaleSpec(_Spec):
+    """The pool controller of a stage (docs/overload.md): between `min` and `max` workers;
+    one more once over `queue` messages wait for `after` s, one fewer once idle `idle` s."""
+
+    enabled: bool = True
+    min: int = Field(1, ge=1, le=256)
+    max: int = Field(ge=1, le=256)
+    queue: int | None = Field(None, ge=0)  # default: 2 x prefetch
+    after: float = Field(1.0, gt=0)
+    idle: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScaleSpec:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class StageSpec(_Spec):
     """One stage: a handler run by a pool of worker processes, and where its output goes."""
 
@@ -120,6 +138,7 @@ class StageSpec(_Spec):
     sink: bool = False
     pool: str | None = None
     max_attempts: int | None = Field(None, ge=1, le=100)
+    scale: ScaleSpec | None = None
     options: dict[str, Any] = {}
 
     @field_validator("handler")

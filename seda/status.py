@@ -15,7 +15,7 @@ accepted) to the start of its handler: time held by the sender, in transit and i
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from seda.core import bucket_upper
@@ -113,7 +113,7 @@ class Status:
             figures = {f: totals.get(f"{stage}.{f}", 0) for f in STAGE_FIGURES}
             done = figures["completed"] - before.get(f"{stage}.completed", 0)
             busy = figures["busy"] - before.get(f"{stage}.busy", 0)
-            workers = self._workers(stage)
+            workers = self._workers(stage, alive)
             self.peaks[stage] = max(self.peaks.get(stage, 0), pending[stage])
             rate = done / dt if dt > 0 else 0.0
             self.history[stage].append((round(rate, 1), pending[stage]))
@@ -199,9 +199,12 @@ class Status:
             return self.pool_of[process]
         return "source" if process == "source" else "acceptor"
 
-    def _workers(self, stage: str) -> int:
+    def _workers(self, stage: str, alive: dict[str, int]) -> int:
+        """Worker processes of the stage's pool running now (a pool may have slots parked
+        by its controller)."""
         pool = self.plan.stage_pool.get(stage)
-        return len(self.plan.pool_procs.get(pool, [])) if pool else 0
+        return sum(1 for n in self.plan.pool_procs.get(pool, []) if alive.get(n)) if pool \
+            else 0
 
     def _edge_peak(self, src: str, dst: str, depth: int) -> int:
         key = f"{src}->{dst}"
@@ -366,7 +369,8 @@ class StatusServer:
     """`GET /api/status` (JSON) and `GET /metrics` (Prometheus text) on a loopback port, served
     from a thread of the supervisor; it only reads the latest snapshot (replaced whole)."""
 
-    def __init__(self, status: Status, listen: str, token: str = "") -> None:
+    def __init__(self, status: Status, listen: str, token: str = "",
+                 scale: Callable[[str, int], dict[str, Any]] | None = None) -> None:
         import threading
         from http.server import ThreadingHTTPServer
 
@@ -377,7 +381,7 @@ class StatusServer:
         if why is not None:
             raise RunError(f"--status {listen}: {why}")
         host, port = parse_listen(listen)
-        handler = _handler(status, token)
+        handler = _handler(status, token, scale)
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -394,7 +398,8 @@ class StatusServer:
         self.httpd.server_close()
 
 
-def _handler(status: Status, token: str) -> Any:
+def _handler(status: Status, token: str,
+             scale: Callable[[str, int], dict[str, Any]] | None) -> Any:
     import hmac
     import json
     from http.server import BaseHTTPRequestHandler
@@ -424,13 +429,47 @@ def _handler(status: Status, token: str) -> Any:
         return hmac.compare_digest(given.encode(), token.encode())
 
     class Handler(BaseHTTPRequestHandler):
+        def refuse(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="seda"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def answer(self, code: int, body: bytes, kind: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            """`POST /api/scale` {"stage": S, "workers": N}: what `seda scale` sends."""
+            path, _, query = self.path.partition("?")
+            if not allowed(self, query):
+                self.refuse()
+                return
+            if path != "/api/scale" or scale is None:
+                self.send_error(404, "POST /api/scale only")
+                return
+            try:
+                length = min(int(self.headers.get("Content-Length", "0")), 4096)
+                asked = json.loads(self.rfile.read(length) or b"{}")
+                stage, workers = asked["stage"], asked["workers"]
+                if not isinstance(stage, str) or type(workers) is not int:
+                    raise ValueError("expected {\"stage\": name, \"workers\": count}")
+                done = scale(stage, workers)
+            except (ValueError, KeyError, TypeError) as exc:
+                message = str(exc) if isinstance(exc, ValueError) else \
+                    "expected {\"stage\": name, \"workers\": count}"
+                self.answer(400, json.dumps({"error": message}).encode(), "application/json")
+                return
+            self.answer(200, json.dumps(done).encode(), "application/json")
+
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
             if not allowed(self, query):
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Bearer realm="seda"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.refuse()
                 return
             if path == "/api/status":
                 body, kind = json.dumps(status.snapshot).encode(), "application/json"
@@ -443,12 +482,7 @@ def _handler(status: Status, token: str) -> Any:
             else:
                 self.send_error(404, "try /, /api/status or /metrics")
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(200, body, kind)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # no access log on the supervisor's stderr

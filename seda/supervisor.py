@@ -35,6 +35,7 @@ from seda.errors import ProtocolError
 from seda.listener import address, bind, raise_fd_limit, url
 from seda.plan import SUPERVISOR, make_plan, supervisor_endpoint
 from seda.progress import Progress
+from seda.scaling import Scaler
 from seda.spec import GraphSpec
 from seda.status import Status, StatusServer
 
@@ -166,9 +167,11 @@ class Supervisor:
         self.started = time.monotonic()
         self.progress = Progress(enabled=options.progress)
         self.status = Status(self.plan, time.monotonic())
+        self.scaler = Scaler(self.plan, spec)
         self.status_server: StatusServer | None = None
         self.listening = ""  # the 'listening on' line, until it is said
         self.next_status = 0.0
+        self.retiring_sent: dict[str, bool] = {}  # worker -> its retire order got through
         self.dead_before = len(deadletter.read(self.plan.dead_letter))
         self.intake_open: set[str] = set()  # front doors yet to be told to stop intake
         self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
@@ -229,7 +232,12 @@ class Supervisor:
                 fds = (self.listeners[name].fileno(),)
                 argv.append(str(fds[0]))
             child = self.children[name] = Child(name, argv, pass_fds=fds)
-            child.start()
+            if name not in self.scaler.parked:  # a parked slot starts when its pool grows
+                child.start()
+
+    def _active(self) -> dict[str, Child]:
+        """The children meant to run now (not the parked worker slots)."""
+        return {n: c for n, c in self.children.items() if n not in self.scaler.parked}
 
     def _listen(self) -> None:
         acc = self.spec.acceptor
@@ -251,7 +259,7 @@ class Supervisor:
         if not self.options.status:
             return
         self.status_server = StatusServer(self.status, self.options.status,
-                                          self.options.status_token)
+                                          self.options.status_token, self.scaler.request)
         run = Path(self.run_dir)
         if self.options.status_token:  # for `seda top NAME`; the run directory is 0700
             fd = os.open(run / "status.token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -263,8 +271,19 @@ class Supervisor:
 
     def _update_status(self, now: float) -> None:
         alive = {n: c.pid for n, c in self.children.items() if c.alive()}
-        self.status.update(now, dict(self.stats), self.totals(),
-                           {n: c.restarts for n, c in self.children.items()}, alive)
+        snapshot = self.status.update(now, dict(self.stats), self.totals(),
+                                      {n: c.restarts for n, c in self.children.items()}, alive)
+        if self.phase != "running":
+            return  # no scaling while draining or finishing
+        actions, log = self.scaler.decide(snapshot, now)
+        snapshot["scaling"] = list(self.scaler.history)
+        for line in log:
+            print(line, file=sys.stderr, flush=True)
+        for what, name in actions:
+            if what == "start":
+                self.children[name].start()
+            else:
+                self.retiring_sent[name] = False
 
     def _stop_all(self) -> None:
         """Stop every child (CONTROL stop, SIGKILL after STOP_GRACE); idempotent."""
@@ -373,6 +392,10 @@ class Supervisor:
         self.wave = 0  # the new incarnation never saw the current probe: start another
         if self.phase == "done":
             return
+        if self.scaler.exited(child.name):  # retired by the pool controller: parked
+            self.retiring_sent.pop(child.name, None)
+            child.popen = None
+            return
         what = f"{self.plan.procs[child.name].title.removeprefix('seda: ')} {describe_exit(code)}"
         if self.plan.procs[child.name].role == "source":
             self.failure = f"{what}; a finite source cannot be resumed, so the run stops"
@@ -399,8 +422,9 @@ class Supervisor:
 
     def _restart_due(self) -> None:
         now = time.monotonic()
-        for child in self.children.values():
-            if child.popen is None and child.restart_at <= now:
+        for name, child in self.children.items():
+            if child.popen is None and child.restart_at <= now and \
+                    name not in self.scaler.parked:
                 child.start()
 
     def _retire(self, name: str) -> None:
@@ -427,12 +451,16 @@ class Supervisor:
                              errors=int(errors), dead=dead, restarts=self.restart_count)
 
     def _tick(self, now: float) -> Outcome | None:
-        if self.listening and all(c.ready for c in self.children.values()):
+        if self.listening and all(c.ready for c in self._active().values()):
             print(self.listening, file=sys.stderr, flush=True)
             self.listening = ""
-        if self.status_server is not None and now >= self.next_status:
+        if (self.status_server is not None or self.scaler.controllers) and \
+                now >= self.next_status:
             self.next_status = now + STATUS_EVERY
             self._update_status(now)
+        for name, sent in list(self.retiring_sent.items()):  # repeated until delivered
+            if not sent:
+                self.retiring_sent[name] = self.send(name, {"op": "retire"})
         if self.progress.enabled:
             self._show_progress()
         if self.stop_signal and self.phase == "running":
@@ -457,7 +485,7 @@ class Supervisor:
                                                          f"still in flight "
                                                          f"({held or 'in transit'})")
         if self.phase == "finishing":
-            workers = {w.name for w in self.plan.workers()}
+            workers = {w.name for w in self.plan.workers()} - self.scaler.parked
             if workers <= self.finished and not self.flush_sent:
                 self.flush_sent = self.send(self.plan.origin(), {"op": "flush"})
             if self.flushed:
@@ -473,7 +501,7 @@ class Supervisor:
     def _quiet(self) -> bool:
         """Run probe waves; True once two complete waves in a row show nothing in flight."""
         alive = {n for n, c in self.children.items() if c.alive() and c.ready}
-        if len(alive) < len(self.children):
+        if not set(self._active()) <= alive:
             return False
         if self.wave and alive <= set(self.wave_replies):
             self.waves.append(dict(self.wave_replies))

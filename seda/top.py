@@ -65,6 +65,26 @@ def fetch(url: str, token: str = "") -> dict[str, Any]:
         raise RunError(f"cannot read {url}/api/status: {exc}") from None
 
 
+def post_scale(url: str, token: str, stage: str, workers: int) -> dict[str, Any]:
+    """Ask a running graph to resize a stage's pool; ValueError carries its refusal."""
+    body = json.dumps({"stage": stage, "workers": workers}).encode()
+    request = urllib.request.Request(f"{url}/api/scale", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            data: dict[str, Any] = json.load(response)
+            return data
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400:
+            raise ValueError(json.load(exc).get("error", "refused")) from None
+        hint = " (give --token)" if exc.code == 401 else ""
+        raise RunError(f"cannot scale through {url}: {exc}{hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise RunError(f"cannot reach {url}: {exc}") from None
+
+
 def sparkline(values: list[float]) -> str:
     top = max(values, default=0)
     if top <= 0:
@@ -100,6 +120,8 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
             header.append(f"\nadmission ({door}): {limit} for a p90 under "
                           f"{adm['target'] * 1000:.0f} ms" +
                           (f" · last: {adm['last']}" if adm.get("last") else ""))
+    if snap.get("scaling"):
+        header.append(f"\nlast pool change: {snap['scaling'][-1]}")
     table = Table(expand=False)
     for column in ("Stage", "Workers", "Active", "Pending", "Peak", "Completed", "Blocked",
                    "Dropped", "Errors", "Done/s", "Service ms", "Wait ms",

@@ -60,6 +60,7 @@ class _Checker:
             self.cycles()
             self.dead_ends()
         self.pools()
+        self.scaling()
         self.bounds()
         return sorted(self.problems, key=lambda p: (p.severity != "error", p.line or 0, p.path))
 
@@ -168,6 +169,24 @@ class _Checker:
                 shown = ", ".join(f"{n}={c}" for n, c in counts.items())
                 self.error(path, f"stages in pool '{pool}' ask for different worker counts "
                                  f"({shown}); fused stages share one pool of processes")
+
+    def scaling(self) -> None:
+        shared = {s.pool for s in self.spec.stages.values() if s.pool is not None}
+        for name, stage in self.spec.stages.items():
+            scale = stage.scale
+            if scale is None:
+                continue
+            path: FieldPath = ("stages", name, "scale")
+            if stage.pool is not None and stage.pool in shared and sum(
+                    1 for s in self.spec.stages.values() if s.pool == stage.pool) > 1:
+                self.error(path, f"a stage fused into pool '{stage.pool}' with others cannot "
+                                 f"be scaled on its own")
+            elif stage.sink and self.spec.source is not None:
+                self.error(path, "a pipeline's sink keeps what finish() returns in each "
+                                 "worker: its workers cannot be retired, so it cannot scale")
+            elif not scale.min <= stage.workers <= scale.max:
+                self.error(("stages", name, "workers"), f"{stage.workers} workers is outside "
+                           f"scale's bounds [{scale.min}, {scale.max}]")
 
     def bounds(self) -> None:
         for name, stage in self.spec.stages.items():

@@ -21,6 +21,7 @@ from seda.plan import Plan
 
 STEP_SLICE = 0.002  # s of handler work per loop turn
 BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
+RETIRE_QUIET = 0.2  # s with nothing held and nothing arriving before a retiring worker exits
 
 
 class Worker(Node):
@@ -31,6 +32,9 @@ class Worker(Node):
         self.window = max(self.spec.stages[s].prefetch for s in self.me.stages)
         self.work: deque[tuple[str, str, list[Envelope]]] = deque()
         self.finishing = self.finished = False
+        self.senders: set[str] = set()  # who asked for credit (HELLO)
+        self.retiring = False
+        self.quiet_since: float | None = None
         self.core.setup()
 
     def targets(self) -> set[str]:
@@ -46,7 +50,9 @@ class Worker(Node):
             self.ack_received(sender, [env[ID] for env in envs])
             self.work.append((sender, stage, envs))
         elif kind == HELLO:
-            self.send(sender, CREDIT, pack([self.window, os.getpid()]))
+            self.senders.add(sender)
+            window = 0 if self.retiring else self.window
+            self.send(sender, CREDIT, pack([window, os.getpid()]))
         else:
             super().on_other(sender, kind, body)
 
@@ -65,6 +71,22 @@ class Worker(Node):
         if self.finishing and not self.finished and self.pending() == 0:
             self.finished = True
             self.report()  # final figures, so the run's summary is exact
+        if self.retiring:
+            self._retire_when_done()
+
+    def _retire_when_done(self) -> None:
+        """Exit once nothing is held and nothing came for a moment (a frame sent before our
+        zero credit reached its sender may still be on its way; one that comes after we are
+        gone is sent again by its sender when the supervisor reports us down)."""
+        if self.work or self.pending():
+            self.quiet_since = None
+            return
+        now = time.monotonic()
+        if self.quiet_since is None:
+            self.quiet_since = now
+        elif now - self.quiet_since >= RETIRE_QUIET:
+            self.report()  # final figures: the supervisor keeps them in its totals
+            self.stop()
 
     def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
         group = self.core.process(stage, envs)
@@ -79,7 +101,11 @@ class Worker(Node):
                 self.ack_done(done_sender, msg_id)
 
     def on_control(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "finish":
+        if msg.get("op") == "retire":  # the pool shrinks: no new work, finish, exit
+            self.retiring = True
+            for sender in self.senders:
+                self.send(sender, CREDIT, pack([0, os.getpid()]))
+        elif msg.get("op") == "finish":
             seed = zlib.crc32(self.name.encode())
             for i, (stage, value) in enumerate(self.core.finish()):
                 final = [child_id(seed, i), self.origin, 1, 0.0, value, 0, 0, stage]

@@ -112,3 +112,23 @@ def test_model_misuse_is_a_clear_error(root: Path, model: str, kwargs: dict[str,
         make_plan(spec, "/r", model=model, file=graph, **kwargs)
     except SpecError as exc:
         assert str(exc.problems[0]).startswith(graph) or "command line" in str(exc)
+
+
+def test_a_scaled_pool_has_slots_up_to_its_max_and_starts_its_workers_count() -> None:
+    from seda.loader import load_text
+
+    spec, _ = load_text("""
+name: s
+acceptor: {entry: web}
+stages:
+  web: {handler: "m:web", workers: 2, to: [tail], scale: {min: 1, max: 4}}
+  tail: {handler: "m:tail"}
+""")
+    plan = make_plan(spec, "/run/s")
+    assert plan.pool_procs["web"] == ["web.0", "web.1", "web.2", "web.3"]
+    assert plan.initial == {"web": 2} and plan.parked() == {"web.2", "web.3"}
+    assert "web.3" in plan.procs["acceptor.0"].peers  # senders know every slot from the start
+    assert Plan.from_json(plan.to_json()).parked() == {"web.2", "web.3"}
+    assert make_plan(spec, "/run/s", workers={"web": 4}).parked() == set()
+    amped = make_plan(spec, "/run/s", model="amped")  # one fused pool: nothing to scale
+    assert amped.parked() == set() and len(amped.workers()) == 2

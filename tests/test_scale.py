@@ -1,0 +1,92 @@
+"""The pool controller and `seda scale` on a running service: real processes, real sockets."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from tests.runkit import SedaRun, wait_for
+from tests.test_status import pipelined_load
+
+SCALED = """
+name: {name}
+acceptor:
+  listen: 127.0.0.1:8080
+  entry: web
+  limits: {{request_timeout: 60}}
+stages:
+  web:
+    handler: stagekit:web
+    workers: 1
+    prefetch: 2
+    scale: {{min: 1, max: 3, queue: 4, after: 0.5, idle: 2, enabled: {auto}}}
+"""
+
+
+def live_workers(run: SedaRun) -> int:
+    snap = run.status()
+    return int(snap["stages"]["web"]["workers"])
+
+
+def test_a_worker_is_added_under_sustained_backlog_and_retired_when_idle(
+        tmp_path: Path) -> None:
+    run = SedaRun(tmp_path, SCALED.format(name="autoscale", auto="true"),
+                  "--listen", "127.0.0.1:0")
+    port = run.port()
+    with run:
+        assert live_workers(run) == 1
+        assert len(run.workers("seda: worker web#")) == 1  # the others are not started
+        counts: list[int] = []
+        load = threading.Thread(target=lambda: counts.extend(
+            pipelined_load(port, 30, 6, path=b"/sleep?s=0.05")))
+        load.start()  # 180 x 50 ms: 9 s for one worker
+        wait_for(lambda: live_workers(run) == 3, 20, "the pool to grow to its max")
+        assert len(run.workers("seda: worker web#")) == 3
+        load.join(60)
+        assert counts == [6] * 30  # every request answered, none lost to a scaling step
+        wait_for(lambda: live_workers(run) == 1, 20, "idle workers to be retired")
+        wait_for(lambda: len(run.workers("seda: worker web#")) == 1, 10, "their exit")
+        snap = run.status()
+        assert snap["stages"]["web"]["completed"] == 180  # retired workers' figures stay
+        assert any("web 2 -> 1 workers (idle" in line for line in snap["scaling"])
+        assert snap["restarts"] == 0  # a retirement is not a crash
+        rows = {r["name"]: r for r in snap["workers"]}
+        assert rows["web.0"]["pid"] and not rows["web.1"]["pid"] and not rows["web.2"]["pid"]
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0, run.stderr
+    log = run.stderr
+    assert "seda: scale: web 1 -> 2 workers (queue over 4 for 0.5 s)" in log, log
+    assert "seda: scale: web 2 -> 3 workers" in log and "web 3 -> 2 workers (idle" in log
+    assert "web 2 -> 1 workers (idle" in log and "restarting" not in log
+
+
+def test_seda_scale_changes_a_running_pool(tmp_path: Path) -> None:
+    name = f"manual{abs(hash(tmp_path)) % 10_000}"
+    run = SedaRun(tmp_path, SCALED.format(name=name, auto="false"), "--listen", "127.0.0.1:0")
+    run.port()
+    with run:
+        url = run.status_url()
+
+        def scale(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "seda.cli", "scale", *args],
+                                  capture_output=True, text=True, timeout=30)
+
+        done = scale("--url", url, "web=3")
+        assert done.returncode == 0, done.stderr
+        assert "web: 1 -> 3 workers" in done.stdout
+        wait_for(lambda: len(run.workers("seda: worker web#")) == 3, 20, "three workers")
+        wait_for(lambda: live_workers(run) == 3, 10, "the snapshot to show them")
+        done = scale(name, "web=1")  # by the graph's name, as seda top finds it
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: len(run.workers("seda: worker web#")) == 1, 20, "back to one")
+        for bad, why in ((["--url", url, "web=4"], "between 1 and 3"),
+                         (["--url", url, "nope=2"], "no stage 'nope'"),
+                         (["--url", url, "web"], "STAGE=N")):
+            done = scale(*bad)
+            assert done.returncode == 2 and why in done.stderr, (bad, done.stderr)
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0, run.stderr
+    assert "seda: scale: web 1 -> 3 workers (seda scale)" in run.stderr
