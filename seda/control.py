@@ -211,15 +211,20 @@ def simulate(ctl: AdmissionController | None, capacity: int, offered: int, secon
     return len(done) / (seconds - settle), quantile(done, 0.9)
 
 
+SATURATED = 0.9  # busy share of a pool that counts as saturated
+
+
 @dataclass
 class PoolController:
     """Keeps a stage's pool between `min` and `max` workers (after Sandstorm's thread pool
     controller: a queue threshold, a sampling period, an idle timeout).
 
     Fed with the stage's figures at every status update (twice a second): add a worker once
-    the messages pending in front of the stage have stayed above `queue` for `after` seconds;
+    the messages pending in front of the stage have stayed above `queue` -- or the workers
+    have stayed saturated (busy >= 0.9 x live) with anything pending -- for `after` seconds;
     retire one once, for `idle` seconds, nothing was pending and the pool's busy time would
-    fit in one worker fewer at half load (busy workers x 2 <= live - 1). After a change, the
+    keep one worker fewer at most `busy_share` busy (busy <= busy_share x (live - 1)). After
+    a change, the
     next waits `after` seconds (the new worker needs time to take work, the queue time to
     drain): hysteresis, so it does not flap.
     """
@@ -229,6 +234,7 @@ class PoolController:
     queue: int
     after: float = 1.0
     idle: float = 5.0
+    busy_share: float = 0.7
     over_since: float | None = None
     calm_since: float | None = None
     changed: float = float("-inf")
@@ -237,9 +243,12 @@ class PoolController:
         """`pending`: messages in front of the stage; `busy`: workers busy on average since
         the last update (Active); `live`: workers running. Returns +1 (add one), -1 (retire
         one) or 0."""
+        # credit pushes a backlog upstream, so the queue in front of a stage is capped by
+        # its senders' windows: a pool that is saturated with work waiting is also over
+        over = pending > self.queue or (pending > 0 and busy >= SATURATED * live)
         self.over_since = (self.over_since if self.over_since is not None else now) \
-            if pending > self.queue else None
-        quiet = pending == 0 and busy * 2 <= live - 1
+            if over else None
+        quiet = pending == 0 and busy <= self.busy_share * (live - 1)
         self.calm_since = (self.calm_since if self.calm_since is not None else now) \
             if quiet else None
         if now - self.changed < self.after:

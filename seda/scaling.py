@@ -76,7 +76,7 @@ class Scaler:
             live = len(self.live(pool))
             step = ctl.observe(now, int(figures["pending"]), float(figures["active"]), live)
             if step > 0:
-                why = f"queue over {ctl.queue} for {ctl.after:g} s"
+                why = f"queue over {ctl.queue}, or saturated, for {ctl.after:g} s"
             elif step < 0:
                 why = f"idle for {ctl.idle:g} s"
             else:

@@ -131,11 +131,14 @@ def test_pool_controller_adds_under_sustained_backlog_and_retires_when_idle() ->
 
     run(0.5, 50, 1.0)  # a moment over the threshold is not enough
     assert live == 1
-    run(2.0, 5, 1.0)  # under it: nothing
+    run(2.0, 5, 0.5)  # under it, and the worker half busy: nothing
     assert live == 1 and steps == []
     run(10.0, 50, 1.0)  # sustained: one at a time, a second apart, up to the max
     assert live == 3 and [s for _, s in steps] == [1, 1]
     assert steps[1][0] - steps[0][0] >= 1.0
+    saturated = PoolController(min=1, max=3, queue=10, after=1.0)
+    # a short queue (credit keeps the backlog upstream) but the one worker always busy
+    assert [saturated.observe(i / 2, 5, 0.95, 1) for i in range(3)] == [0, 0, 1]
     run(3.0, 0, 0.2)  # calm, but not for long enough
     assert live == 3
     run(20.0, 0, 0.2)  # idle: retired one by one, each after 5 s, down to the min
@@ -150,6 +153,6 @@ def test_pool_controller_holds_when_the_load_needs_the_workers() -> None:
     pool = PoolController(min=1, max=4, queue=10)
     # 3 workers, nothing queued, but 1.5 busy on average: two workers would be 75% busy
     assert all(pool.observe(t / 2, 0, 1.5, 3) == 0 for t in range(60))
-    assert pool.observe(31.0, 0, 0.9, 3) == 0  # fits in two at half load: the clock starts
+    assert pool.observe(31.0, 0, 0.9, 3) == 0  # two would be 45% busy: the clock starts
     assert pool.observe(36.0, 0, 0.9, 3) == -1
     assert PoolController(min=2, max=4, queue=10).observe(0.0, 0, 0.0, 1) == 1  # below min

@@ -58,7 +58,7 @@ def test_a_worker_is_added_under_sustained_backlog_and_retired_when_idle(
         run.signal(signal.SIGTERM)
         assert run.wait(30) == 0, run.stderr
     log = run.stderr
-    assert "seda: scale: web 1 -> 2 workers (queue over 4 for 0.5 s)" in log, log
+    assert "seda: scale: web 1 -> 2 workers (queue over 4, or saturated, for 0.5 s)" in log, log
     assert "seda: scale: web 2 -> 3 workers" in log and "web 3 -> 2 workers (idle" in log
     assert "web 2 -> 1 workers (idle" in log and "restarting" not in log
 
