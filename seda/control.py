@@ -221,7 +221,7 @@ class PoolController:
 
     Fed with the stage's figures at every status update (twice a second): add a worker once
     the messages pending in front of the stage have stayed above `queue` -- or the workers
-    have stayed saturated (busy >= 0.9 x live) with anything pending -- for `after` seconds;
+    have stayed saturated (busy >= 0.9 x live) -- for `after` seconds;
     retire one once, for `idle` seconds, nothing was pending and the pool's busy time would
     keep one worker fewer at most `busy_share` busy (busy <= busy_share x (live - 1)). After
     a change, the
@@ -243,9 +243,10 @@ class PoolController:
         """`pending`: messages in front of the stage; `busy`: workers busy on average since
         the last update (Active); `live`: workers running. Returns +1 (add one), -1 (retire
         one) or 0."""
-        # credit pushes a backlog upstream, so the queue in front of a stage is capped by
-        # its senders' windows: a pool that is saturated with work waiting is also over
-        over = pending > self.queue or (pending > 0 and busy >= SATURATED * live)
+        # credit pushes a backlog upstream (into the acceptor, or a source that does not
+        # read ahead), so the queue in front of a stage is capped by its senders' windows
+        # and may stay short while the stage is the bottleneck: a saturated pool is over too
+        over = pending > self.queue or busy >= SATURATED * live
         self.over_since = (self.over_since if self.over_since is not None else now) \
             if over else None
         quiet = pending == 0 and busy <= self.busy_share * (live - 1)

@@ -37,6 +37,7 @@ class Source(Node):
         self.make_items = resolve(self.spec.source.handler)
         self.finals: dict[str, list[Any]] = {}
         self.flushed = self.started = False
+        self.parked = plan.parked()  # slots a pool controller may start later
         self.first_item_at = 0.0
         self.inbound: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=READ_AHEAD // CHUNK)
         self.items: deque[Any] = deque()
@@ -60,9 +61,9 @@ class Source(Node):
         further ahead would only hold items in memory). Nothing is read until every entry
         worker has granted credit once, so the first items are not all given to whichever
         worker happened to start first."""
-        if not self.started:
+        if not self.started:  # (a parked worker slot of a scaled stage is not waited for)
             self.started = all(lk.pid for d in self.dispatchers.values()
-                               for lk in d.links.values())
+                               for lk in d.links.values() if lk.name not in self.parked)
             if not self.started:
                 return 0
         credit = min(sum(lk.available() for lk in d.links.values())

@@ -119,3 +119,9 @@ def slow_ok(path: str, ctx: Any) -> str:
     """Sleep `options.slow` seconds (default 0.02), then answer 'ok'."""
     time.sleep(float(ctx.options.get("slow", 0.02)))
     return "ok"
+
+
+def slow_double(x: int, ctx: Any) -> int:
+    """Double, after 10 ms (a stage slow enough to need more workers)."""
+    time.sleep(0.01)
+    return x * 2

@@ -137,8 +137,8 @@ def test_pool_controller_adds_under_sustained_backlog_and_retires_when_idle() ->
     assert live == 3 and [s for _, s in steps] == [1, 1]
     assert steps[1][0] - steps[0][0] >= 1.0
     saturated = PoolController(min=1, max=3, queue=10, after=1.0)
-    # a short queue (credit keeps the backlog upstream) but the one worker always busy
-    assert [saturated.observe(i / 2, 5, 0.95, 1) for i in range(3)] == [0, 0, 1]
+    # no queue (credit keeps the backlog upstream) but the one worker always busy
+    assert [saturated.observe(i / 2, 0, 0.95, 1) for i in range(3)] == [0, 0, 1]
     run(3.0, 0, 0.2)  # calm, but not for long enough
     assert live == 3
     run(20.0, 0, 0.2)  # idle: retired one by one, each after 5 s, down to the min

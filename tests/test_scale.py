@@ -90,3 +90,30 @@ def test_seda_scale_changes_a_running_pool(tmp_path: Path) -> None:
         run.signal(signal.SIGTERM)
         assert run.wait(30) == 0, run.stderr
     assert "seda: scale: web 1 -> 3 workers (seda scale)" in run.stderr
+
+
+def test_a_pipeline_with_a_scaled_stage_runs_to_the_end(tmp_path: Path) -> None:
+    """The source waits for the entry workers that are up, not for parked slots; the
+    scaled stage grows under the load and every item is counted once."""
+    graph = """
+name: scaledpipe
+source:
+  handler: stagekit:numbers
+  to: [slow]
+  options: {n: 300}
+stages:
+  slow:
+    handler: stagekit:slow_double
+    workers: 1
+    prefetch: 4
+    to: [total]
+    scale: {min: 1, max: 3, after: 0.5, idle: 30}
+  total:
+    handler: stagekit:Collect
+    sink: true
+"""
+    with SedaRun(tmp_path, graph) as run:
+        assert run.wait(60) == 0, run.stderr
+    [total] = run.results()
+    assert total == {"count": 300, "sum": 2 * sum(range(300))}
+    assert "seda: scale: slow 1 -> 2 workers" in run.stderr, run.stderr
