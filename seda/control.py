@@ -269,3 +269,59 @@ class PoolController:
     def _change(self, now: float, step: int) -> int:
         self.changed, self.over_since, self.calm_since = now, None, None
         return step
+
+
+@dataclass
+class BatchController:
+    """Adapts a worker's credit window -- how many messages its senders may hand it at once,
+    which is how big its batches get (after Sandstorm's batching controller).
+
+    Every `period` seconds the worker's throughput (messages completed per second) is
+    compared with the best seen since the last reset: while it stays >= `keep` x the best,
+    the window shrinks by `factor` (smaller batches: lower latency, better load balance);
+    below that it grows by `factor` (bigger batches: less overhead per message). A sudden
+    change of throughput (more than `jump` x up or down from one period to the next) is a
+    new load: the best is forgotten and the window goes back to `max`, to be shrunk again.
+    An idle period (nothing completed) changes nothing.
+    """
+
+    min: int = 1
+    max: int = 64
+    period: float = 0.25
+    factor: float = 1.2
+    keep: float = 0.9
+    jump: float = 3.0
+    window: float = 0.0  # 0: starts at max
+    best: float = 0.0
+    last_rate: float = 0.0
+    started: float | None = None
+    done_at_start: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.window:
+            self.window = float(self.max)
+
+    def observe(self, now: float, completed: int) -> int | None:
+        """`completed`: the worker's running total. The new window when it changes."""
+        if self.started is None:
+            self.started, self.done_at_start = now, completed
+            return None
+        elapsed = now - self.started
+        if elapsed < self.period:
+            return None
+        rate = (completed - self.done_at_start) / elapsed
+        self.started, self.done_at_start = now, completed
+        if rate == 0:
+            return None  # idle: nothing to learn, the window stays
+        before = round(self.window)
+        if self.last_rate and rate > 0 and (rate > self.jump * self.last_rate
+                                            or rate * self.jump < self.last_rate):
+            self.best, self.window = rate, float(self.max)  # a new load: start over
+        elif rate >= self.keep * self.best:
+            self.best = max(self.best, rate)
+            self.window = max(float(self.min), self.window / self.factor)
+        else:
+            self.window = min(float(self.max), self.window * self.factor)
+        self.last_rate = rate
+        now_window = round(self.window)
+        return now_window if now_window != before else None

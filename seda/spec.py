@@ -127,6 +127,22 @@ class ScaleSpec(_Spec):
         return self
 
 
+class BatchingSpec(_Spec):
+    """The batching controller of a stage (docs/overload.md): adapts each worker's credit
+    window -- its batch size -- between `min` and `max`, starting from `prefetch`."""
+
+    enabled: bool = True
+    min: int = Field(1, ge=1, le=10_000)
+    max: int = Field(64, ge=1, le=10_000)
+    period: float = Field(0.25, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> BatchingSpec:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class StageSpec(_Spec):
     """One stage: a handler run by a pool of worker processes, and where its output goes."""
 
@@ -139,6 +155,7 @@ class StageSpec(_Spec):
     pool: str | None = None
     max_attempts: int | None = Field(None, ge=1, le=100)
     scale: ScaleSpec | None = None
+    batching: BatchingSpec | None = None
     options: dict[str, Any] = {}
 
     @field_validator("handler")

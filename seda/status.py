@@ -190,6 +190,7 @@ class Status:
                              "completed": sum(f.get("completed", 0) for f in figures),
                              "errors": sum(f.get("errors", 0) for f in figures),
                              "queued": int(reports.get(name, {}).get("queued", 0)),
+                             "window": int(reports.get(name, {}).get("window", 0)),
                              "utilisation": round(min(max(share, 0.0), 1.0), 3)})
         return rows
 

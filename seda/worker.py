@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from seda.control import BatchController
 from seda.core import StageCore
 from seda.envelope import CREDIT, DATA, HELLO, ID, Envelope, child_id, pack, unpack_data
 from seda.node import RESULTS, Node
@@ -30,6 +31,14 @@ class Worker(Node):
         super().__init__(plan, name, parent)
         self.core = StageCore(self.spec, self.me.stages, self.me.index, resolve)
         self.window = max(self.spec.stages[s].prefetch for s in self.me.stages)
+        rules = [r for s in self.me.stages if (r := self.spec.stages[s].batching) is not None
+                 and r.enabled]
+        self.batching = BatchController(
+            min(r.min for r in rules), max(r.max for r in rules), min(r.period for r in rules),
+            window=float(min(max(self.window, min(r.min for r in rules)),
+                             max(r.max for r in rules)))) if rules else None
+        if self.batching is not None:
+            self.window = round(self.batching.window)
         self.work: deque[tuple[str, str, list[Envelope]]] = deque()
         self.finishing = self.finished = False
         self.senders: set[str] = set()  # who asked for credit (HELLO)
@@ -73,6 +82,13 @@ class Worker(Node):
             self.report()  # final figures, so the run's summary is exact
         if self.retiring:
             self._retire_when_done()
+        elif self.batching is not None:
+            done = sum(st.completed for st in self.core.stats.values())
+            window = self.batching.observe(time.monotonic(), done)
+            if window is not None:  # a new window for every sender (absolute, not a delta)
+                self.window = window
+                for sender in self.senders:
+                    self.send(sender, CREDIT, pack([window, os.getpid()]))
 
     def _retire_when_done(self) -> None:
         """Exit once nothing is held and nothing came for a moment (a frame sent before our
@@ -122,7 +138,7 @@ class Worker(Node):
             senders = inbox.setdefault(stage, {})
             senders[sender] = senders.get(sender, 0) + len(envs)
         return {"stages": stages, "queued": sum(len(w[2]) for w in self.work),
-                "finished": self.finished, "inbox": inbox}
+                "finished": self.finished, "inbox": inbox, "window": self.window}
 
     def close(self) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,44 @@ def test_pool_controller_holds_when_the_load_needs_the_workers() -> None:
     assert pool.observe(31.0, 0, 0.9, 3) == 0  # two would be 45% busy: the clock starts
     assert pool.observe(36.0, 0, 0.9, 3) == -1
     assert PoolController(min=2, max=4, queue=10).observe(0.0, 0, 0.0, 1) == 1  # below min
+
+
+def test_batch_controller_shrinks_while_throughput_holds_and_grows_when_it_falls() -> None:
+    from seda.control import BatchController
+
+    ctl = BatchController(min=1, max=64, period=0.25)
+    done, t, windows = 0, 0.0, []
+
+    def run(periods: int, rate_of: Any) -> None:
+        nonlocal done, t
+        for _ in range(periods):
+            ctl.observe(t, done)
+            done += int(rate_of(ctl.window) * 0.25)
+            t += 0.25
+            windows.append(round(ctl.window))
+
+    # throughput does not depend on the window (a light load): shrink to the minimum
+    run(40, lambda w: 1000)
+    assert windows[-1] == 1 and windows[0] == 64
+    # now small batches cost throughput (fast handler, overhead per batch): it grows back
+    # until throughput is within 0.9 of the best, and settles there
+    windows.clear()
+    run(60, lambda w: 2000 * min(1.0, w / 16))
+    settled = windows[-20:]
+    assert min(settled) >= 8 and max(settled) <= 64, settled
+    assert max(settled) / min(settled) <= 1.5, settled  # no wild swings once settled
+
+
+def test_batch_controller_starts_over_on_a_sudden_change_of_load() -> None:
+    from seda.control import BatchController
+
+    ctl = BatchController(min=1, max=32, period=1.0)
+    done = 0
+    for second in range(20):  # steady 100/s: shrinks to 1
+        ctl.observe(float(second), done)
+        done += 100
+    assert round(ctl.window) == 1
+    ctl.observe(20.0, done)
+    done += 1000  # ten times the load
+    assert ctl.observe(21.0, done) == 32  # back to the maximum at once
+    assert ctl.observe(22.0, done) is None and ctl.observe(23.0, done) is None  # idle: held

@@ -117,3 +117,42 @@ stages:
     [total] = run.results()
     assert total == {"count": 300, "sum": 2 * sum(range(300))}
     assert "seda: scale: slow 1 -> 2 workers" in run.stderr, run.stderr
+
+
+BATCHED = """
+name: batched
+acceptor: {listen: "127.0.0.1:8080", entry: web}
+stages:
+  web:
+    handler: stagekit:web
+    workers: 2
+    prefetch: 16
+    batching: {min: 1, max: 32, period: 0.25}
+"""
+
+
+def test_the_batching_controller_shrinks_the_window_under_a_light_load(
+        tmp_path: Path) -> None:
+    """One request at a time: throughput does not need big batches, so each worker's credit
+    window shrinks from its prefetch (16) towards 1; a burst is still all answered."""
+    import socket
+    import time
+
+    run = SedaRun(tmp_path, BATCHED, "--listen", "127.0.0.1:0")
+    port = run.port()
+    with run:
+        def windows() -> list[int]:
+            return [r["window"] for r in run.status()["workers"]]
+
+        wait_for(lambda: windows() == [16, 16], 10, "the first reports")  # idle: it stays
+        deadline = time.monotonic() + 20
+        while max(windows()) > 4 and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+                s.recv(4096)
+            time.sleep(0.02)
+        assert max(windows()) <= 4, windows()
+        assert pipelined_load(port, 20, 20) == [20] * 20  # and bursts are still served
+        assert all(1 <= w <= 32 for w in windows()), windows()
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0, run.stderr
