@@ -122,6 +122,6 @@ def slow_ok(path: str, ctx: Any) -> str:
 
 
 def slow_double(x: int, ctx: Any) -> int:
-    """Double, after 10 ms (a stage slow enough to need more workers)."""
-    time.sleep(0.01)
+    """Double, after 20 ms (a stage slow enough to need more workers)."""
+    time.sleep(0.02)
     return x * 2

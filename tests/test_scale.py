@@ -100,12 +100,12 @@ name: scaledpipe
 source:
   handler: stagekit:numbers
   to: [slow]
-  options: {n: 300}
+  options: {n: 300}    # 300 x 20 ms: 6 s for one worker
 stages:
   slow:
     handler: stagekit:slow_double
     workers: 1
-    prefetch: 4
+    prefetch: 16
     to: [total]
     scale: {min: 1, max: 3, after: 0.5, idle: 30}
   total:
