@@ -212,6 +212,8 @@ def simulate(ctl: AdmissionController | None, capacity: int, offered: int, secon
 
 
 SATURATED = 0.9  # busy share of a pool that counts as saturated
+SMOOTHING = 0.3  # weight of the newest period in the batching controller's throughput
+JUMP_COUNT = 20  # completions a period needs before a change of load can be called
 
 
 @dataclass
@@ -276,12 +278,12 @@ class BatchController:
     """Adapts a worker's credit window -- how many messages its senders may hand it at once,
     which is how big its batches get (after Sandstorm's batching controller).
 
-    Every `period` seconds the worker's throughput (messages completed per second) is
-    compared with the best seen since the last reset: while it stays >= `keep` x the best,
+    Every `period` seconds the worker's throughput (messages completed per second, smoothed
+    over periods) is compared with the best seen since the last reset: while it stays >= `keep` x the best,
     the window shrinks by `factor` (smaller batches: lower latency, better load balance);
     below that it grows by `factor` (bigger batches: less overhead per message). A sudden
-    change of throughput (more than `jump` x up or down from one period to the next) is a
-    new load: the best is forgotten and the window goes back to `max`, to be shrunk again.
+    change of throughput (more than `jump` x up or down from one period to the next, both
+    periods with at least 20 completions) is a new load: the best is forgotten and the window goes back to `max`, to be shrunk again.
     An idle period (nothing completed) changes nothing.
     """
 
@@ -293,7 +295,9 @@ class BatchController:
     jump: float = 3.0
     window: float = 0.0  # 0: starts at max
     best: float = 0.0
-    last_rate: float = 0.0
+    last_rate: float = 0.0  # smoothed
+    last_raw: float = 0.0
+    counted: int = 0  # completions in the last period
     started: float | None = None
     done_at_start: int = 0
 
@@ -309,19 +313,25 @@ class BatchController:
         elapsed = now - self.started
         if elapsed < self.period:
             return None
-        rate = (completed - self.done_at_start) / elapsed
+        count = completed - self.done_at_start
+        rate = count / elapsed
         self.started, self.done_at_start = now, completed
-        if rate == 0:
+        if count == 0:
             return None  # idle: nothing to learn, the window stays
         before = round(self.window)
-        if self.last_rate and rate > 0 and (rate > self.jump * self.last_rate
-                                            or rate * self.jump < self.last_rate):
-            self.best, self.window = rate, float(self.max)  # a new load: start over
-        elif rate >= self.keep * self.best:
-            self.best = max(self.best, rate)
+        # a few completions a period are noise: smooth the rate, and only call a change of
+        # load from periods that counted enough
+        smooth = rate if not self.last_rate else SMOOTHING * rate + \
+            (1 - SMOOTHING) * self.last_rate
+        jumped = count >= JUMP_COUNT and self.counted >= JUMP_COUNT and (
+            rate > self.jump * self.last_raw or rate * self.jump < self.last_raw)
+        if jumped:
+            self.best, self.window, smooth = rate, float(self.max), rate  # a new load
+        elif smooth >= self.keep * self.best:
+            self.best = max(self.best, smooth)
             self.window = max(float(self.min), self.window / self.factor)
         else:
             self.window = min(float(self.max), self.window * self.factor)
-        self.last_rate = rate
+        self.last_rate, self.last_raw, self.counted = smooth, rate, count
         now_window = round(self.window)
         return now_window if now_window != before else None
