@@ -46,6 +46,7 @@ class Slot:
     close: bool = False
     done: bool = False
     start: float = 0.0  # monotonic, when the request was read
+    timed: bool = False  # admitted: its response time goes to the admission controller
 
 
 class Connection(asyncio.Protocol):
@@ -103,9 +104,12 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
+        admission = self.acceptor.admission
         while self.order and self.order[0].done:
             slot = self.order.popleft()
             transport.write(slot.out)
+            if slot.timed and admission is not None:  # written: its response time is known
+                self.acceptor.answered(slot)
             if slot.close:
                 self.closed = True
                 transport.close()
@@ -241,6 +245,7 @@ class Acceptor(Node):
                 continue
             self.next_id += 1
             msg_id = self.next_id
+            slot.timed = admission is not None
             slots[msg_id] = slot
             self.deadlines.append((expires, msg_id))
             born = 0 if msg_id & SAMPLE else int(now * 1e9)  # a sample's queue wait is timed
@@ -267,7 +272,6 @@ class Acceptor(Node):
             if slot is not None:
                 self.counters["failed"] += 1
                 self.answer_error(slot, ProtocolError("the handler failed", 500))
-                self.answered(slot)
 
     def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
@@ -282,7 +286,6 @@ class Acceptor(Node):
         slot.out, slot.close = encode_reply(conn.codec, payload, slot.request)
         slot.done = True
         self.counters["responses"] += 1
-        self.answered(slot)
         # HTTP: the status our own head() wrote; other protocols have no status codes
         self.count_status(slot.out[9:12].decode() if self.protocol == "http" else "reply")
         conn.write_ready()
@@ -309,10 +312,10 @@ class Acceptor(Node):
             if slot is not None:
                 self.counters["timeouts"] += 1
                 self.answer_error(slot, ProtocolError("no reply in time", 504))
-                self.answered(slot)
 
     def answered(self, slot: Slot, now: float | None = None) -> None:
-        """An admitted request has its answer: its response time goes to admission."""
+        """An admitted request's answer was written (after those before it on its
+        connection: HTTP answers in order): its response time goes to admission."""
         if self.admission is not None:
             now = time.monotonic() if now is None else now
             self.decided(self.admission.observe(now - slot.start, now))

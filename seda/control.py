@@ -279,12 +279,13 @@ class BatchController:
     which is how big its batches get (after Sandstorm's batching controller).
 
     Every `period` seconds the worker's throughput (messages completed per second, smoothed
-    over periods) is compared with the best seen since the last reset: while it stays >= `keep` x the best,
-    the window shrinks by `factor` (smaller batches: lower latency, better load balance);
-    below that it grows by `factor` (bigger batches: less overhead per message). A sudden
-    change of throughput (more than `jump` x up or down from one period to the next, both
-    periods with at least 20 completions) is a new load: the best is forgotten and the window goes back to `max`, to be shrunk again.
-    An idle period (nothing completed) changes nothing.
+    over periods) is compared with the best seen since the last reset: while it stays >=
+    `keep` x the best, the window shrinks by `factor` (smaller batches: lower latency, better
+    load balance); below that it grows by `factor` (bigger batches: less overhead per
+    message). A sudden change of throughput (more than `jump` x up or down from one period
+    to the next, both periods with at least 20 completions) is a new load: the best is
+    forgotten and the window goes back to `max`, to be shrunk again. An idle period
+    (nothing completed) changes nothing.
     """
 
     min: int = 1
