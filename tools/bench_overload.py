@@ -112,7 +112,8 @@ def render(rows: list[dict[str, Any]], capacity: float, args: argparse.Namespace
     body = "\n".join(line(r, capacity) for r in rows)
     command = " ".join(["python", "tools/bench_overload.py", *sys.argv[1:]])
     return (f"# Overload: admission control on and off\n\n`{command}` "
-            f"({took / 60:.0f} min)\n\nGraph `{Path(args.graph).name}`, path `{args.path}`, "
+            f"(about {max(1, round(took / 60))} minutes)\n\nGraph "
+            f"`{Path(args.graph).name}`, path `{args.path}`, "
             f"p90 target {args.target * 1000:.0f} ms. Peak: {capacity:,.0f} 2xx/s (closed "
             f"loop, 32 connections, p90 {peak['ok_p90_ms']:.0f} ms). Open loop on "
             f"{args.connections} connections, {args.duration:g} s measured after 3 s at the "
