@@ -50,39 +50,35 @@ def find_url(target: str | None) -> tuple[str, str]:
             token.read_text().strip() if token.is_file() else "")
 
 
-def fetch(url: str, token: str = "") -> dict[str, Any]:
-    request = urllib.request.Request(f"{url}/api/status")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            data: dict[str, Any] = json.load(response)
-            return data
-    except urllib.error.HTTPError as exc:
-        hint = " (give --token)" if exc.code == 401 else ""
-        raise RunError(f"cannot read {url}/api/status: {exc}{hint}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise RunError(f"cannot read {url}/api/status: {exc}") from None
-
-
-def post_scale(url: str, token: str, stage: str, workers: int) -> dict[str, Any]:
-    """Ask a running graph to resize a stage's pool; ValueError carries its refusal."""
-    body = json.dumps({"stage": stage, "workers": workers}).encode()
-    request = urllib.request.Request(f"{url}/api/scale", data=body, method="POST",
+def _call(url: str, path: str, token: str, body: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    """GET (or POST `body` as JSON to) the status endpoint; a 400's error is a ValueError,
+    anything else that fails a RunError."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data,
                                      headers={"Content-Type": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            data: dict[str, Any] = json.load(response)
-            return data
+            answer: dict[str, Any] = json.load(response)
+            return answer
     except urllib.error.HTTPError as exc:
         if exc.code == 400:
             raise ValueError(json.load(exc).get("error", "refused")) from None
         hint = " (give --token)" if exc.code == 401 else ""
-        raise RunError(f"cannot scale through {url}: {exc}{hint}") from None
+        raise RunError(f"cannot use {url}{path}: {exc}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise RunError(f"cannot reach {url}: {exc}") from None
+        raise RunError(f"cannot reach {url}{path}: {exc}") from None
+
+
+def fetch(url: str, token: str = "") -> dict[str, Any]:
+    return _call(url, "/api/status", token)
+
+
+def post_scale(url: str, token: str, stage: str, workers: int) -> dict[str, Any]:
+    """Ask a running graph to resize a stage's pool; ValueError carries its refusal."""
+    return _call(url, "/api/scale", token, {"stage": stage, "workers": workers})
 
 
 def sparkline(values: list[float]) -> str:
