@@ -313,11 +313,11 @@ class Acceptor(Node):
                 self.counters["timeouts"] += 1
                 self.answer_error(slot, ProtocolError("no reply in time", 504))
 
-    def answered(self, slot: Slot, now: float | None = None) -> None:
+    def answered(self, slot: Slot) -> None:
         """An admitted request's answer was written (after those before it on its
         connection: HTTP answers in order): its response time goes to admission."""
         if self.admission is not None:
-            now = time.monotonic() if now is None else now
+            now = time.monotonic()
             self.decided(self.admission.observe(now - slot.start, now))
 
     def decided(self, decision: Decision | None) -> None:

@@ -191,8 +191,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _status_options(p: argparse.ArgumentParser) -> None:
+    """How `seda top` and `seda scale` reach a running graph besides its name."""
+    p.add_argument("--url", help="the status URL printed by seda run")
+    p.add_argument("--token", default="", help="the status token, if the run has one "
+                   "(default $SEDA_STATUS_TOKEN, or the run directory's status.token)")
+
+
+def _status_target(args: argparse.Namespace, target: str | None) -> tuple[str, str]:
+    """(status URL, token) of the running graph the command names."""
+    from seda.top import find_url
+
+    url, saved = (args.url, "") if args.url else find_url(target)
+    return url, args.token or os.environ.get("SEDA_STATUS_TOKEN", "") or saved
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
-    from seda.top import find_url, post_scale
+    from seda.top import post_scale
 
     items = list(args.items)
     target = items.pop(0) if items and "=" not in items[0] and len(items) > 1 else None
@@ -204,8 +219,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         asked.append((stage, int(count)))
-    url, saved = (args.url, "") if args.url else find_url(target)
-    token = args.token or os.environ.get("SEDA_STATUS_TOKEN", "") or saved
+    url, token = _status_target(args, target)
     for stage, count in asked:
         try:
             done = post_scale(url.rstrip("/"), token, stage, count)
@@ -217,10 +231,9 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from seda.top import find_url, top
+    from seda.top import top
 
-    url, saved = (args.url, "") if args.url else find_url(args.target)
-    token = args.token or os.environ.get("SEDA_STATUS_TOKEN", "") or saved
+    url, token = _status_target(args, args.target)
     try:
         return top(url.rstrip("/"), args.once, args.interval, workers=args.workers,
                    token=token)
@@ -287,11 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "Dropped, Errors and throughput; queue depth per edge.")
     p.add_argument("target", nargs="?", metavar="NAME|RUN_DIR",
                    help="the graph's name or run directory (default: the only one running)")
-    p.add_argument("--url", help="the status URL printed by seda run")
+    _status_options(p)
     p.add_argument("--once", action="store_true", help="print one view and exit")
     p.add_argument("--workers", action="store_true", help="also a row per worker process")
-    p.add_argument("--token", default="", help="the status token, if the run has one "
-                   "(default $SEDA_STATUS_TOKEN, or the run directory's status.token)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between updates (default 1)")
     p.set_defaults(func=cmd_top)
@@ -303,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="+", metavar="[NAME|RUN_DIR] STAGE=N",
                    help="the running graph (by name or run directory; default: the only "
                         "one), then one or more STAGE=N")
-    p.add_argument("--url", help="the status URL printed by seda run")
-    p.add_argument("--token", default="", help="the status token, if the run has one")
+    _status_options(p)
     p.set_defaults(func=cmd_scale)
 
     p = commands.add_parser("bench", help="compare server models on one graph (a report)",

@@ -109,7 +109,20 @@ class SourceSpec(_Spec):
         return _check_handler(value)
 
 
-class ScaleSpec(_Spec):
+class _Bounded(_Spec):
+    """A controller section with a `min` and a `max` (each subclass sets their ranges)."""
+
+    min: int
+    max: int
+
+    @model_validator(mode="after")
+    def _bounds(self) -> _Bounded:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class ScaleSpec(_Bounded):
     """The pool controller of a stage (docs/overload.md): between `min` and `max` workers;
     one more once over `queue` messages wait for `after` s, one fewer once idle `idle` s."""
 
@@ -120,14 +133,8 @@ class ScaleSpec(_Spec):
     after: float = Field(1.0, gt=0)
     idle: float = Field(5.0, gt=0)
 
-    @model_validator(mode="after")
-    def _bounds(self) -> ScaleSpec:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) is above max ({self.max})")
-        return self
 
-
-class BatchingSpec(_Spec):
+class BatchingSpec(_Bounded):
     """The batching controller of a stage (docs/overload.md): adapts each worker's credit
     window -- its batch size -- between `min` and `max`, starting from `prefetch`."""
 
@@ -135,12 +142,6 @@ class BatchingSpec(_Spec):
     min: int = Field(1, ge=1, le=10_000)
     max: int = Field(64, ge=1, le=10_000)
     period: float = Field(0.25, gt=0)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> BatchingSpec:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) is above max ({self.max})")
-        return self
 
 
 class StageSpec(_Spec):
