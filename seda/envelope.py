@@ -12,6 +12,7 @@ Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)].
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -59,18 +60,75 @@ def unpack(body: bytes, limit: int) -> Any:
         raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _rows(obj: Any, check: Callable[[Any], bool], what: str) -> list[Any]:
+    if not isinstance(obj, list) or not all(isinstance(r, list) and check(r) for r in obj):
+        raise ProtocolError(f"malformed {what} frame")
+    return obj
+
+
+def _envelope(env: Any) -> bool:
+    return (isinstance(env, list) and len(env) == 7 and _is_int(env[ID])
+            and isinstance(env[ORIGIN], str) and _is_int(env[ATTEMPT])
+            and isinstance(env[DEADLINE], (int, float)) and _is_int(env[REQUEST])
+            and _is_int(env[BORN]))
+
+
 def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope]]:
     """Decode a DATA body into (stage, envelopes), checking its shape."""
     obj = unpack(body, limit)
     if (not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[0], str)
-            or not isinstance(obj[1], list)):
-        raise ProtocolError("malformed DATA frame: expected [stage, [envelope, ...]]")
-    for env in obj[1]:
-        if (not isinstance(env, list) or len(env) != 7 or not isinstance(env[ID], int)
-                or not isinstance(env[ATTEMPT], int) or not isinstance(env[BORN], int)):
-            raise ProtocolError("malformed envelope: expected [id, origin, attempt, deadline, "
-                                "payload, request, born]")
+            or not isinstance(obj[1], list) or not all(_envelope(e) for e in obj[1])):
+        raise ProtocolError("malformed DATA frame: expected [stage, [[id, origin, attempt, "
+                            "deadline, payload, request, born], ...]]")
     return obj[0], obj[1]
+
+
+def unpack_ack(body: bytes, limit: int) -> tuple[list[int], list[int]]:
+    """[[received ids], [done ids]]"""
+    obj = unpack(body, limit)
+    if not (isinstance(obj, list) and len(obj) == 2
+            and all(isinstance(ids, list) and all(map(_is_int, ids)) for ids in obj)):
+        raise ProtocolError("malformed ACK frame")
+    return obj[0], obj[1]
+
+
+def unpack_credit(body: bytes, limit: int) -> tuple[int, int]:
+    """[window, pid]"""
+    obj = unpack(body, limit)
+    if not (isinstance(obj, list) and len(obj) == 2 and all(map(_is_int, obj))
+            and obj[0] >= 0):
+        raise ProtocolError("malformed CREDIT frame")
+    return obj[0], obj[1]
+
+
+def unpack_fail(body: bytes, limit: int) -> list[list[Any]]:
+    """[[id, error, traceback], ...]"""
+    return _rows(unpack(body, limit), lambda r: len(r) == 3 and _is_int(r[0])
+                 and isinstance(r[1], str) and isinstance(r[2], str), "FAIL")
+
+
+def unpack_results(body: bytes, limit: int) -> list[list[Any]]:
+    """[[id, payload, request(, stage)], ...]"""
+    return _rows(unpack(body, limit), lambda r: len(r) in (3, 4) and _is_int(r[0])
+                 and _is_int(r[2]) and (len(r) == 3 or isinstance(r[3], str)), "RESULT")
+
+
+def unpack_lost(body: bytes, limit: int) -> list[list[Any]]:
+    """[[request, error], ...]"""
+    return _rows(unpack(body, limit), lambda r: len(r) == 2 and _is_int(r[0])
+                 and isinstance(r[1], str), "LOST")
+
+
+def unpack_control(body: bytes, limit: int) -> dict[str, Any]:
+    """{"op": name, ...}"""
+    obj = unpack(body, limit)
+    if not (isinstance(obj, dict) and isinstance(obj.get("op"), str)):
+        raise ProtocolError("malformed CONTROL frame")
+    return obj
 
 
 def packable(payload: Any) -> str | None:

@@ -40,7 +40,12 @@ from seda.envelope import (
     STATUS,
     Envelope,
     pack,
-    unpack,
+    unpack_ack,
+    unpack_control,
+    unpack_credit,
+    unpack_fail,
+    unpack_lost,
+    unpack_results,
 )
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter, Dispatcher, Pending, Tracker
@@ -153,35 +158,39 @@ class Node:
     def _read_inbox(self, most: int = 256) -> None:
         for _ in range(most):
             try:
-                sender_b, kind, body = self.inbox.recv_multipart(zmq.NOBLOCK)
+                frames = self.inbox.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            except ValueError:  # not three frames
-                self.counters["malformed"] += 1
-                continue
-            try:
-                self.on_frame(sender_b.decode(), kind, body)
-            except (ProtocolError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-                self.counters["malformed"] += 1
+            self.take(frames)
+
+    def take(self, frames: list[bytes]) -> None:
+        """Act on one inbox message [sender, kind, body]; a malformed one (wrong frame count,
+        a body that does not decode to its kind's shape, a sender this process does not
+        know) is counted and dropped."""
+        try:
+            sender_b, kind, body = frames
+            self.on_frame(sender_b.decode(), kind, body)
+        except (ValueError, ProtocolError, KeyError):  # UnicodeDecodeError is a ValueError
+            self.counters["malformed"] += 1
 
     def on_frame(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == ACK:
-            received, done = unpack(body, self.limit)
+            received, done = unpack_ack(body, self.limit)
             self.on_received(received)
             self._dispatcher_of(sender).done(sender, done)
         elif kind == CREDIT:
-            window, pid = unpack(body, self.limit)
-            self.dead_letter(self._dispatcher_of(sender).grant(sender, int(window), int(pid)))
+            window, pid = unpack_credit(body, self.limit)
+            self.dead_letter(self._dispatcher_of(sender).grant(sender, window, pid))
         elif kind == FAIL:
             dispatcher = self._dispatcher_of(sender)
             letters = []
-            for msg_id, error, tb in unpack(body, self.limit):
+            for msg_id, error, tb in unpack_fail(body, self.limit):
                 letter = dispatcher.failed(sender, msg_id, error, tb)
                 if letter is not None:
                     letters.append(letter)
             self.dead_letter(letters)
-        elif kind == CONTROL:
-            self.on_control(unpack(body, self.limit))
+        elif kind == CONTROL and sender == SUPERVISOR:
+            self.on_control(unpack_control(body, self.limit))
         else:
             self.on_other(sender, kind, body)
 
@@ -192,13 +201,13 @@ class Node:
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == RESULT:  # only origins (source, acceptor) receive results
-            items = unpack(body, self.limit)
-            ids = [int(item[0]) for item in items]
+            items = unpack_results(body, self.limit)
+            ids = [item[0] for item in items]
             self.ack_received(sender, ids)  # received and done at once, sent with the
             self._acks[sender][1].extend(ids)  # next flush
             self.on_results(items)
         elif kind == LOST:
-            self.on_lost(unpack(body, self.limit))
+            self.on_lost(unpack_lost(body, self.limit))
         else:
             self.counters["malformed"] += 1
 

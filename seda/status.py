@@ -155,11 +155,14 @@ class Status:
                       for (src, dst), depth in sorted(edges.items())],
             "front": front if self.spec.acceptor is not None else None,
             "processes": {name: {"pid": alive.get(name, 0), "restarts": restarts.get(name, 0),
-                                 "role": proc.role}
+                                 "role": proc.role,
+                                 "malformed": int(reports.get(name, {}).get("malformed", 0))}
                           for name, proc in self.plan.procs.items()},
             "workers": self._worker_rows(reports, restarts, alive, dt),
             "restarts": sum(restarts.values()),
             "dead_letters": sum(int(r.get("dead_letters", 0)) for r in reports.values()),
+            # frames dropped as malformed on internal sockets (by live incarnations)
+            "malformed": sum(int(r.get("malformed", 0)) for r in reports.values()),
             "bottleneck": bottleneck(stages),
         }
         self.past.append((now, totals))
@@ -322,6 +325,9 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
                                   labels=["graph"]), snapshot.get("restarts", 0))
     yield one(CounterMetricFamily("seda_dead_letters", "messages written to the dead-letter "
                                   "file", labels=["graph"]), snapshot.get("dead_letters", 0))
+    yield one(CounterMetricFamily("seda_malformed_frames", "frames dropped as malformed on "
+                                  "seda's internal sockets", labels=["graph"]),
+              snapshot.get("malformed", 0))
 
 
 def _buckets(hist: dict[str, int]) -> tuple[list[tuple[str, float]], float]:

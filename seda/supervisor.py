@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 import zmq
 from setproctitle import setproctitle
 
-from seda import deadletter
+from seda import deadletter, rundir
 from seda.envelope import CONTROL, STATUS, pack, unpack
 from seda.errors import ProtocolError
 from seda.listener import address, bind, raise_fd_limit, url
@@ -40,6 +39,7 @@ from seda.spec import GraphSpec
 from seda.status import Status, StatusServer
 
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
+STABLE_AFTER = 1.0  # an incarnation that lived this long ends a run of crashes (backoff resets)
 STOP_GRACE = 2.0
 STATUS_EVERY = 0.5  # s between snapshots (children report every 0.5 s)
 WAVE_PATIENCE = 0.5  # s before a probe wave that has not completed is sent again
@@ -72,6 +72,7 @@ class Child:
     failures: int = 0  # consecutive crashes, for the backoff
     restarts: int = 0
     restart_at: float = 0.0
+    started: float = 0.0  # monotonic time of the current incarnation's start
     pass_fds: tuple[int, ...] = ()
 
     def start(self) -> None:
@@ -87,6 +88,7 @@ class Child:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.pidfd = os.pidfd_open(self.popen.pid)
         self.ready = False
+        self.started = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -137,8 +139,7 @@ class Outcome:
 class Supervisor:
     def __init__(self, spec: GraphSpec, options: RunOptions) -> None:
         self.spec, self.options = spec, options
-        self.run_dir = tempfile.mkdtemp(prefix=f"seda-{spec.name}-")
-        os.chmod(self.run_dir, 0o700)
+        self.run_dir = rundir.create(spec.name)
         try:
             self.plan = make_plan(spec, self.run_dir, model=options.model,
                                   workers=options.workers, base_dir=options.base_dir,
@@ -414,6 +415,8 @@ class Supervisor:
         if self.phase == "draining" and child.name in self.plan.front_doors():
             self.intake_open.add(child.name)  # its new incarnation must not take work either
         print(f"seda: {what}; restarting", file=sys.stderr)
+        if now - child.started >= STABLE_AFTER:  # killed while doing well: not a crash loop
+            child.failures = 0
         backoff = min(MAX_BACKOFF, FIRST_BACKOFF * (2 ** child.failures))
         child.failures += 1
         child.restarts += 1

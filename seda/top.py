@@ -19,6 +19,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from seda import rundir
 from seda.errors import RunError
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -29,8 +30,8 @@ def find_run(target: str | None) -> Path:
     if target and Path(target, "status.url").is_file():
         return Path(target)
     pattern = f"seda-{target}-*" if target else "seda-*"
-    found = sorted(Path(tempfile.gettempdir()).glob(f"{pattern}/status.url"),
-                   key=lambda p: p.stat().st_mtime)
+    found = sorted((p for p in Path(tempfile.gettempdir()).glob(f"{pattern}/status.url")
+                    if rundir.is_live(p.parent)), key=lambda p: p.stat().st_mtime)
     if not found:
         what = f"named '{target}'" if target else "at all"
         raise RunError(f"no running graph {what} (looked for {tempfile.gettempdir()}/"

@@ -20,6 +20,22 @@ from typing import Any
 import psutil
 
 TESTS = Path(__file__).resolve().parent
+GUARDS = TESTS / "guards"  # sitecustomize.py: the no-pickle guard
+
+
+def run_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `seda run` in a test: the test handlers (stagekit) importable, and
+    the no-pickle guard loaded by every process, logging to tmp/pickle.log (see
+    pickle_uses)."""
+    path = [str(GUARDS), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path),
+            "SEDA_PICKLE_LOG": str(tmp / "pickle.log"), **extra}
+
+
+def pickle_uses(tmp: Path) -> str:
+    """What the no-pickle guard saw in the processes of runs with run_env(tmp)."""
+    log = tmp / "pickle.log"
+    return log.read_text() if log.exists() else ""
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -42,8 +58,7 @@ class SedaRun:
         self.graph = tmp / "graph.yaml"
         self.graph.write_text(graph)
         self.output = tmp / "out.jsonl"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS),
-                                                           os.environ.get("PYTHONPATH", "")])}
+        env = run_env(tmp)
         self.err_file = tmp / "stderr.txt"
         with open(self.err_file, "w") as err:
             self.proc = subprocess.Popen(
@@ -107,11 +122,33 @@ class SedaRun:
         return str(match.group(1))
 
     def status(self, timeout: float = 30) -> dict[str, Any]:
-        """The live snapshot from /api/status."""
-        with urllib.request.urlopen(f"{self.status_url(timeout)}/api/status",
-                                    timeout=5) as response:
-            data: dict[str, Any] = json.load(response)
-            return data
+        """The live snapshot from /api/status (waiting for the first one)."""
+        url = f"{self.status_url(timeout)}/api/status"
+
+        def fetch() -> dict[str, Any]:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                data: dict[str, Any] = json.load(response)
+            return data if data.get("stages") else {}
+
+        return dict(wait_for(fetch, timeout, "a status snapshot"))
+
+    def run_dirs(self) -> list[Path]:
+        """Run directories (live or left over) of runs of this test's graph file: their plans
+        put the dead-letter file next to it."""
+        found = []
+        for plan in Path(tempfile.gettempdir()).glob("seda-*/plan.json"):
+            try:
+                letters = Path(json.loads(plan.read_text())["dead_letter"])
+            except (OSError, ValueError, KeyError):
+                continue  # one being written or removed
+            if letters.parent == self.tmp:
+                found.append(plan.parent)
+        return found
+
+    def run_dir(self, timeout: float = 30) -> Path:
+        """The run directory of this (live) run."""
+        [path] = wait_for(self.run_dirs, timeout, "the run directory")
+        return Path(path)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -149,12 +186,10 @@ class SedaRun:
             raise AssertionError(f"leaked processes: {self.leftovers()}") from None
         finally:
             self.remove_run_dirs()
+        used = pickle_uses(self.tmp)
+        assert not used, f"pickle was used (the wire format is msgpack only):\n{used}"
 
     def remove_run_dirs(self) -> None:
         """A supervisor killed with SIGKILL cannot remove its run directory: do it for it."""
-        for plan in Path(tempfile.gettempdir()).glob("seda-*/plan.json"):
-            try:
-                if str(self.tmp) in plan.read_text():
-                    shutil.rmtree(plan.parent, ignore_errors=True)
-            except OSError:
-                pass
+        for path in self.run_dirs():
+            shutil.rmtree(path, ignore_errors=True)

@@ -6,12 +6,15 @@ import json
 import os
 import signal
 import stat
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
+import zmq
 
+from seda import envelope as e
 from tests.runkit import SedaRun, wait_for
 
 CHAIN = """
@@ -123,27 +126,68 @@ def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
     assert total["sum"] == 2 * sum(range(total["count"]))
 
 
-def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
-    with SedaRun(tmp_path, FOREVER) as run:
+def test_children_die_with_a_killed_supervisor_and_a_new_run_starts_cleanly(
+        tmp_path: Path) -> None:
+    with SedaRun(tmp_path, FOREVER, "--status", "127.0.0.1:0") as run:
         kids = wait_for(lambda: len(run.tree()) == 4 and run.tree(), 30, "4 children")
+        stale = run.run_dir()
         os.kill(run.pid, signal.SIGKILL)
         run.proc.wait()
         started = time.monotonic()
         wait_for(lambda: not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE
                                  for k in kids), 2.5, "children to exit")
         assert time.monotonic() - started < 2.5
+        assert (stale / "status.url").exists()  # nobody was left to remove it
+        top = [sys.executable, "-m", "seda.cli", "top", "endless", "--once"]
+        gone = subprocess.run(top, capture_output=True, text=True, timeout=60)
+        assert gone.returncode != 0 and "no running graph named 'endless'" in gone.stderr
+        (tmp_path / "again").mkdir()
+        with SedaRun(tmp_path / "again", FOREVER, "--status", "127.0.0.1:0") as again:
+            again.status()  # up and serving
+            assert not stale.exists()  # the new run removed the dead run's directory
+            found = subprocess.run(top, capture_output=True, text=True, timeout=60)
+            assert found.returncode == 0, found.stderr
+            assert "double" in found.stdout
 
 
 def test_run_directory_is_private_and_removed(tmp_path: Path) -> None:
     with SedaRun(tmp_path, FOREVER) as run:
-        def mine() -> list[Path]:
-            plans = Path(tempfile.gettempdir()).glob("seda-endless-*/plan.json")
-            return [p.parent for p in plans if str(tmp_path) in p.read_text()]
-
-        [run_dir] = wait_for(mine, 30, "the run directory")
+        run_dir = run.run_dir()
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
         assert run_dir.name.startswith("seda-endless-")
         wait_for(lambda: (run_dir / "double.0").exists(), 10, "the ipc endpoint")
         run.signal(signal.SIGINT)
         assert run.wait(timeout=30) == 128 + signal.SIGINT
         assert not run_dir.exists()
+
+
+def test_malformed_frames_in_a_stage_mailbox_are_counted_and_dropped(tmp_path: Path) -> None:
+    n = 3000
+    with SedaRun(tmp_path, chain(n=n, gap=0.001), "--status", "127.0.0.1:0") as run:
+        run_dir = run.run_dir()
+        wait_for(lambda: run.status()["stages"]["double"]["completed"] > 100, 30, "work")
+        context = zmq.Context()
+        intruder = context.socket(zmq.DEALER)  # in the run directory: same user (see docs)
+        intruder.setsockopt(zmq.ROUTING_ID, b"intruder")
+        intruder.setsockopt(zmq.LINGER, 2000)
+        intruder.connect(f"ipc://{run_dir}/double.0")
+        bad: list[list[bytes]] = [
+            [e.DATA],                                         # too few frames
+            [e.DATA, b"\xc1\xc1"],                            # not msgpack
+            [e.DATA, e.pack(["double", [[1, 2, 3]]])],        # not an envelope
+            [e.DATA, e.pack(["nowhere", []])],                # a stage it does not run
+            [e.ACK, e.pack([[1], [2]])],                      # receipts from a stranger
+            [e.CONTROL, e.pack({"op": "stop"})],              # orders from a stranger
+            [b"Q", b""],                                      # no such kind
+            [e.DATA, b"\x00" * 64, b"extra"],                 # too many frames
+        ]
+        for frames in bad:
+            intruder.send_multipart(frames)
+        intruder.close()
+        context.term()
+        wait_for(lambda: run.status()["processes"]["double.0"]["malformed"] == len(bad), 10,
+                 "the bad frames to be counted")
+        assert run.wait() == 0, run.stderr
+        assert "restarting" not in run.stderr  # the stage kept going
+    [total] = run.results()
+    assert total == {"count": n, "sum": 2 * sum(range(n))}

@@ -1,0 +1,56 @@
+"""Run directories: one private folder per `seda run`, and how to tell a live one from the
+leftover of a supervisor that was SIGKILLed (which cannot remove its own).
+
+A run directory is `<tmp>/seda-<graph>-<random>`, mode 0700, holding the plan, the ipc
+endpoints and the status files. Its `owner` file says which supervisor made it: pid and the
+process's start time, so a recycled pid is not taken for the old supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import psutil
+
+OWNER = "owner"
+
+
+def _start_time(pid: int) -> float:
+    return psutil.Process(pid).create_time()
+
+
+def create(name: str) -> str:
+    """A fresh private run directory for graph `name`, after removing the leftovers of dead
+    runs of the same graph owned by this user."""
+    sweep(name)
+    path = tempfile.mkdtemp(prefix=f"seda-{name}-")
+    os.chmod(path, 0o700)
+    pid = os.getpid()
+    Path(path, OWNER).write_text(f"{pid} {_start_time(pid)!r}\n")
+    return path
+
+
+def is_live(path: Path) -> bool:
+    """Whether the supervisor that made `path` is still running (False when unknown)."""
+    try:
+        pid_text, started = Path(path, OWNER).read_text().split()
+        return _start_time(int(pid_text)) == float(started)
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
+def sweep(name: str) -> list[Path]:
+    """Remove this user's run directories of graph `name` whose supervisor is gone."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"seda-{name}-*"):
+        try:
+            mine = path.is_dir() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and (path / OWNER).is_file() and not is_live(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
