@@ -56,7 +56,8 @@ class Connection(asyncio.Protocol):
         self.order: deque[Slot] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.paused = False
+        self.paused = False  # not reading: see _flow
+        self.write_blocked = False  # the transport holds more unsent replies than it likes
         self.last_activity = self.partial_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,9 +91,27 @@ class Connection(asyncio.Protocol):
             self.partial_since = now
         if requests:
             self.acceptor.submit_all(self, requests)
-        if len(self.order) >= self.acceptor.limits.max_inflight and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read from the client only while it has room: fewer than max_inflight requests
+        unanswered, and its answers not piling up unsent (a client that sends and does not
+        read would otherwise fill our memory with its replies)."""
+        reading = not self.write_blocked and len(self.order) < self.acceptor.limits.max_inflight
+        if reading == self.paused and self.transport is not None and not self.closed:
+            self.paused = not reading
+            if reading:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def pause_writing(self) -> None:  # asyncio: the write buffer passed its high-water mark
+        self.write_blocked = True
+        self._flow()
+
+    def resume_writing(self) -> None:  # ... and drained below its low-water mark
+        self.write_blocked = False
+        self._flow()
 
     def answer_now(self, data: bytes, close: bool) -> None:
         slot = Slot(self, None, data, close, True)
@@ -114,9 +133,7 @@ class Connection(asyncio.Protocol):
                 self.closed = True
                 transport.close()
                 return
-        if self.paused and len(self.order) < self.acceptor.limits.max_inflight:
-            self.paused = False
-            transport.resume_reading()
+        self._flow()
 
 
 class Acceptor(Node):

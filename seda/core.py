@@ -166,6 +166,8 @@ class StageCore:
                                    Context(self, s, dict(spec.stages[s].options)),
                                    return_route(spec, s)) for s in self.local}
         self.sinks = {s for s in self.local if spec.stages[s].sink}
+        # sinks that build a value in memory for finish(): that state dies with the process
+        self.keeps = sorted(s for s in self.sinks if hasattr(self.runners[s].obj, "finish"))
         self.seen = SeenIds(dedup_window)
         self._pending: deque[tuple[str, Envelope]] = deque()
         self._running = ""

@@ -73,6 +73,8 @@ class Child:
     restarts: int = 0
     restart_at: float = 0.0
     started: float = 0.0  # monotonic time of the current incarnation's start
+    down_at: float = 0.0  # when it was found dead, until its next incarnation is ready
+    outages: deque[float] = field(default_factory=lambda: deque(maxlen=50))  # seconds
     pass_fds: tuple[int, ...] = ()
 
     def start(self) -> None:
@@ -176,6 +178,7 @@ class Supervisor:
         self.dead_before = len(deadletter.read(self.plan.dead_letter))
         self.intake_open: set[str] = set()  # front doors yet to be told to stop intake
         self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
+        self.lost_state: list[str] = []  # sink state that died with a worker (see _lost_state)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> Outcome:
@@ -274,6 +277,8 @@ class Supervisor:
         alive = {n: c.pid for n, c in self.children.items() if c.alive()}
         snapshot = self.status.update(now, dict(self.stats), self.totals(),
                                       {n: c.restarts for n, c in self.children.items()}, alive)
+        for name, child in self.children.items():  # from found dead to restarted and ready
+            snapshot["processes"][name]["outages"] = list(child.outages)
         if self.phase != "running":
             return  # no scaling while draining or finishing
         actions, log = self.scaler.decide(snapshot, now)
@@ -361,6 +366,9 @@ class Supervisor:
         child = self.children.get(name)
         if child is None:
             return
+        if not child.ready and child.down_at:  # back after a crash: how long it was out
+            child.outages.append(round(time.monotonic() - child.down_at, 3))
+            child.down_at = 0.0
         child.ready = True  # any word from it will do; "ready" itself may be lost at start
         if op == "stats":
             self.stats[name] = msg
@@ -386,6 +394,7 @@ class Supervisor:
     def _on_exit(self, child: Child) -> None:
         pid = child.pid
         code = child.reap()
+        lost = self._lost_state(child.name)
         self._retire(child.name)
         self.broadcast({"op": "peer_down", "name": child.name, "pid": pid})
         self.wave_replies.clear()
@@ -397,7 +406,8 @@ class Supervisor:
             self.retiring_sent.pop(child.name, None)
             child.popen = None
             return
-        what = f"{self.plan.procs[child.name].title.removeprefix('seda: ')} {describe_exit(code)}"
+        title = self.plan.procs[child.name].title.removeprefix("seda: ")
+        what = f"{title} {describe_exit(code)}"
         if self.plan.procs[child.name].role == "source":
             self.failure = f"{what}; a finite source cannot be resumed, so the run stops"
             return
@@ -415,12 +425,17 @@ class Supervisor:
         if self.phase == "draining" and child.name in self.plan.front_doors():
             self.intake_open.add(child.name)  # its new incarnation must not take work either
         print(f"seda: {what}; restarting", file=sys.stderr)
+        if lost:
+            self.lost_state.append(f"{title} died holding {lost}")
+            print(f"seda: {lost} was lost with it: the pipeline's result will be incomplete",
+                  file=sys.stderr)
         if now - child.started >= STABLE_AFTER:  # killed while doing well: not a crash loop
             child.failures = 0
         backoff = min(MAX_BACKOFF, FIRST_BACKOFF * (2 ** child.failures))
         child.failures += 1
         child.restarts += 1
         child.restart_at = now + backoff
+        child.down_at = now
         child.popen = None
 
     def _restart_due(self) -> None:
@@ -429,6 +444,17 @@ class Supervisor:
             if child.popen is None and child.restart_at <= now and \
                     name not in self.scaler.parked:
                 child.start()
+
+    def _lost_state(self, name: str) -> str:
+        """What a dying worker took with it that no re-run brings back: the in-memory state
+        of a sink with finish() (its inputs were acknowledged as they were counted). Empty
+        when none, or when its finish() value is already out."""
+        last = self.stats.get(name, {})
+        if self.spec.is_service or not last.get("keeps") or name in self.finished:
+            return ""
+        counted = sum(last["stages"].get(s, {}).get("completed", 0) for s in last["keeps"])
+        stages = ", ".join(f"'{s}'" for s in last["keeps"])
+        return f"the finish() state of {stages} ({counted} items as of its last report)"
 
     def _retire(self, name: str) -> None:
         """Keep the counters of a dead incarnation, so totals survive restarts."""
@@ -493,7 +519,8 @@ class Supervisor:
                 self.flush_sent = self.send(self.plan.origin(), {"op": "flush"})
             if self.flushed:
                 self.phase = "done"
-                return Outcome(self._interrupted_code(), self._summary())
+                code = self._interrupted_code() or (1 if self.lost_state else 0)
+                return Outcome(code, self._summary())
             if now > self.finish_deadline:
                 return Outcome(1, "sinks did not finish in time")
         return None
@@ -551,4 +578,6 @@ class Supervisor:
                 f"({read / elapsed:.0f}/s; start-up {startup:.2f} s); {errors} handler errors, "
                 f"{dead} dead-lettered"
                 f"{' -> ' + self.plan.dead_letter if dead else ''}, {dups} duplicates "
-                f"dropped, {self.restart_count} restarts")
+                f"dropped, {self.restart_count} restarts"
+                + (f"; RESULT INCOMPLETE: {'; '.join(self.lost_state)}" if self.lost_state
+                   else ""))

@@ -138,7 +138,8 @@ class Worker(Node):
             senders = inbox.setdefault(stage, {})
             senders[sender] = senders.get(sender, 0) + len(envs)
         return {"stages": stages, "queued": sum(len(w[2]) for w in self.work),
-                "finished": self.finished, "inbox": inbox, "window": self.window}
+                "finished": self.finished, "inbox": inbox, "window": self.window,
+                "keeps": self.core.keeps}
 
     def close(self) -> None:
         try:

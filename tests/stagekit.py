@@ -125,3 +125,14 @@ def slow_double(x: int, ctx: Any) -> int:
     """Double, after 20 ms (a stage slow enough to need more workers)."""
     time.sleep(0.02)
     return x * 2
+
+
+def query(request: dict[str, Any], ctx: Any) -> str:
+    """HTTP front stage: pass the query string on (the next stage answers with it)."""
+    return str(request["query"])
+
+
+def slow_echo(text: str, ctx: Any) -> str:
+    """Sleep `options.slow` seconds, then answer with what came in."""
+    time.sleep(float(ctx.options.get("slow", 0.0)))
+    return text

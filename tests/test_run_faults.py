@@ -191,3 +191,19 @@ def test_malformed_frames_in_a_stage_mailbox_are_counted_and_dropped(tmp_path: P
         assert "restarting" not in run.stderr  # the stage kept going
     [total] = run.results()
     assert total == {"count": n, "sum": 2 * sum(range(n))}
+
+
+def test_a_killed_sink_that_keeps_state_makes_the_result_incomplete_and_says_so(
+        tmp_path: Path) -> None:
+    """Collect counts in memory for finish(): its inputs were acknowledged as they were
+    counted, so no re-run brings them back. The run must not pass off a short count."""
+    with SedaRun(tmp_path, chain(n=3000, gap=0.001)) as run:
+        victim = wait_for(lambda: run.workers("seda: worker collect#0"), 30, "the sink")[0]
+        wait_for(lambda: run.status()["stages"]["collect"]["completed"] > 200, 30, "counts")
+        victim.send_signal(signal.SIGKILL)
+        assert run.wait() == 1, run.stderr
+    assert "'collect' (" in run.stderr and "result will be incomplete" in run.stderr
+    assert "RESULT INCOMPLETE: worker collect#0 died holding the finish() state of " \
+           "'collect'" in run.stderr
+    [total] = run.results()
+    assert total["count"] < 3000  # what the restarted sink counted: written, and flagged
