@@ -36,6 +36,7 @@ class Link:
     up: bool = False
     pid: int = 0  # incarnation that granted the window
     isolated: bool = False  # holds one suspect and nothing else
+    down_at: float = 0.0  # when it was last reported down (a restart is expected)
     pending: dict[int, Pending] = field(default_factory=dict)  # insertion order = age order
 
     def available(self) -> int:
@@ -60,6 +61,8 @@ class Dispatcher:
 
     STALL_FLOOR = 0.05  # s: never call a worker stalled sooner than this
     STALL_FACTOR = 8.0  # x the pool's smoothed round trip
+    SPARE_WAIT = 3.0  # s: how long suspects wait for a dead worker's restart rather than
+    # take a pool's last free worker
 
     def __init__(self, pool: str, workers: list[str], max_attempts: Callable[[str], int],
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -83,14 +86,16 @@ class Dispatcher:
     def down(self, worker: str, pid: int = 0) -> list[DeadLetter]:
         """The worker died. What it held goes out again as *suspects*, one at a time, each
         alone on a worker; only a message that was alone on a worker when it died is charged
-        an attempt. So a poison message is caught without charging its innocent neighbours.
-        A report about an older incarnation than the one we know is ignored."""
+        an attempt. So a poison message is caught without charging its innocent neighbours,
+        and (see dispatch) without taking every worker of its pool down with it. A report
+        about an older incarnation than the one we know is ignored."""
         link = self.links[worker]
         if pid and link.pid and pid != link.pid:
             return []
         back = list(link.pending.values())
         alone = link.isolated and len(back) == 1
         link.up, link.window, link.isolated = False, 0, False
+        link.down_at = self.clock()
         link.pending.clear()
         dead = []
         for stage, env, _ in reversed(back):
@@ -177,11 +182,18 @@ class Dispatcher:
         healthy = [lk for lk in self.links.values() if lk.up and not self.stalled(lk, now)]
         pool = healthy or [lk for lk in self.links.values() if lk.up]
         ready = [lk for lk in pool if lk.available() > 0 and not lk.isolated]
-        for link in [lk for lk in ready if not lk.pending]:
-            if not self.suspects:
-                break
-            link.isolated = True
-            self._assign(link, self.suspects, 1, now, out)
+        if self.suspects:
+            # a suspect may be a poison that kills whoever runs it: it never takes a pool's
+            # last free worker while another is expected back, so the pool keeps serving
+            free = sum(lk.up and not lk.isolated for lk in self.links.values())
+            back_soon = any(not lk.up and lk.pid and now - lk.down_at < self.SPARE_WAIT
+                            for lk in self.links.values())
+            for link in [lk for lk in ready if not lk.pending]:
+                if not self.suspects or (free <= 1 and back_soon):
+                    break
+                link.isolated = True
+                free -= 1
+                self._assign(link, self.suspects, 1, now, out)
         ready = [lk for lk in ready if not lk.isolated]
         while self.queue and ready:
             # least loaded first; among equals, the one whose oldest message is youngest;

@@ -3,6 +3,7 @@ a guarantee that nothing it started outlives the test."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -193,3 +195,34 @@ class SedaRun:
         """A supervisor killed with SIGKILL cannot remove its run directory: do it for it."""
         for path in self.run_dirs():
             shutil.rmtree(path, ignore_errors=True)
+
+
+class SteadyClient(threading.Thread):
+    """A normal client beside a fault: keep-alive GETs of `path` one after another (10 ms
+    apart) until `stop` is set, each expected to be 200 with `expect`; records latencies and
+    anything else as failures."""
+
+    def __init__(self, port: int, path: str = "/steady", expect: bytes = b"GET /steady"
+                 ) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path, self.expect = port, path, expect
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                conn.request("GET", self.path)
+                answer = conn.getresponse()
+                body = answer.read()
+                if answer.status != 200 or body != self.expect:
+                    self.failures.append(f"{answer.status} {body!r}")
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+            self.latencies.append(time.monotonic() - started)
+            time.sleep(0.01)
+        conn.close()

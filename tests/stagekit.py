@@ -92,7 +92,7 @@ class Slow:
 
 def web(request: dict[str, Any], ctx: Any) -> Any:
     """HTTP test stage: /slow sleeps, /echo returns the body, /sleep?s=N sleeps N seconds,
-    /boom raises."""
+    /boom raises, /crash kills its worker."""
     path = request["path"]
     if path == "/slow":
         time.sleep(float(ctx.options.get("slow", 0.3)))
@@ -107,6 +107,8 @@ def web(request: dict[str, Any], ctx: Any) -> Any:
         return str(os.getpid())
     if path == "/boom":
         raise ValueError("boom")
+    if path == "/crash":  # a poison request: it kills the worker that runs it
+        os._exit(17)
     return f"{request['method']} {path}"
 
 

@@ -5,14 +5,16 @@ finite pipeline loses nothing."""
 from __future__ import annotations
 
 import http.client
+import json
 import random
 import signal
 import threading
 import time
 from pathlib import Path
 
-from tests.runkit import SedaRun, wait_for
+from tests.runkit import SedaRun, SteadyClient, wait_for
 from tests.test_run_faults import chain
+from tests.test_run_service import web
 
 SERVICE = """
 name: chaos
@@ -123,3 +125,34 @@ def test_a_pipeline_loses_nothing_with_a_worker_killed_every_second(tmp_path: Pa
     summary = run.stderr.strip().splitlines()[-1]
     assert f"pipeline 'chain' finished: {n} items" in summary and "duplicates dropped" in summary
     print(f"\n{summary}")
+
+
+def test_a_poison_request_is_dead_lettered_and_blocks_nobody(tmp_path: Path) -> None:
+    """A request that kills every worker that runs it: after max_attempts (3) deaths alone
+    it is dead-lettered and its client gets 500, while another client is served all along
+    (the suspect never takes the pool's last free worker)."""
+    with SedaRun(tmp_path, web(workers=2), "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        steady = SteadyClient(port)
+        steady.start()
+        wait_for(lambda: len(steady.latencies) > 5, 10, "the steady client")
+        before = len(steady.latencies)
+        poisoned = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        poisoned.request("GET", "/crash")
+        answer = poisoned.getresponse()
+        assert answer.status == 500, answer.read()
+        served_meanwhile = len(steady.latencies) - before
+        steady.stop.set()
+        steady.join(timeout=15)
+        assert steady.failures == [], steady.failures[:5]
+        assert served_meanwhile >= 3, served_meanwhile  # nobody waited behind the poison
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0, run.stderr
+    # the first death is not charged (a crashed worker may have held innocent neighbours);
+    # then it runs alone, and each of its max_attempts deaths is charged
+    assert run.stderr.count("exited with code 17; restarting") == 1 + 3
+    [letter] = [json.loads(line) for line in (tmp_path / "dead-letter.jsonl").read_text()
+                .splitlines()]
+    assert (letter["stage"], letter["attempts"]) == ("web", 3)
+    assert "died while running it (alone) 3 times" in letter["error"]
+    assert "'path': '/crash'" in letter["payload"]["repr"]  # bytes inside: kept as repr

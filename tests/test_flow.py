@@ -84,7 +84,7 @@ def test_when_every_worker_is_stalled_work_still_flows() -> None:
 
 
 def test_down_worker_messages_go_out_again_one_at_a_time_uncharged() -> None:
-    d, _ = make()
+    d, clock = make()
     d.grant("p.0", 4, pid=10)
     for i in range(3):
         d.submit("s", env(i))
@@ -94,6 +94,9 @@ def test_down_worker_messages_go_out_again_one_at_a_time_uncharged() -> None:
     assert all(e[ATTEMPT] == 1 for _, e in d.suspects), "held is not the same as guilty"
     d.grant("p.1", 4, pid=11)
     d.submit("s", env(3))
+    assert sent_ids(d.dispatch()) == {"p.1": [3]}  # p.1 is the last free worker: kept free
+    d.done("p.1", [3])
+    clock.now += d.SPARE_WAIT  # p.0 is not coming back: the suspects take p.1 after all
     assert sent_ids(d.dispatch()) == {"p.1": [0]}  # a suspect travels alone
     assert d.dispatch() == {}
     d.done("p.1", [0])
@@ -116,6 +119,29 @@ def test_a_suspect_that_kills_its_worker_alone_is_charged_then_dead_lettered() -
     assert "died while running it (alone) 2 times" in letter.error
     assert [e[ID] for _, e in d.suspects] == [8]
     assert [e[ATTEMPT] for _, e in d.suspects] == [1]
+
+
+def test_a_poison_never_takes_the_whole_pool_down() -> None:
+    """Two workers and a message that kills whoever runs it: it waits for its last victim's
+    restart instead of killing the other worker, which serves the rest all along."""
+    d, clock = make(attempts=3)
+    d.grant("p.0", 4, pid=10)
+    d.grant("p.1", 4, pid=11)
+    d.submit("s", env(0))
+    assert sent_ids(d.dispatch()) == {"p.0": [0]}
+    assert d.down("p.0", pid=10) == []  # it was not alone there: not charged yet
+    letters = []
+    for pid in (20, 21, 22):
+        clock.now += 0.5
+        d.submit("s", env(pid))  # normal work meanwhile goes to p.1; the suspect waits
+        assert sent_ids(d.dispatch()) == {"p.1": [pid]}
+        d.done("p.1", [pid])
+        d.grant("p.0", 4, pid=pid)  # p.0 is back: the suspect goes there, alone
+        assert sent_ids(d.dispatch()) == {"p.0": [0]}
+        letters = d.down("p.0", pid=pid)
+    [letter] = letters
+    assert "died while running it (alone) 3 times" in letter.error
+    assert d.links["p.1"].up and not d.links["p.1"].pending
 
 
 def test_handler_failure_retries_then_dead_letters() -> None:

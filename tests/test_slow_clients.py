@@ -9,11 +9,10 @@ import resource
 import selectors
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
-from tests.runkit import SedaRun
+from tests.runkit import SedaRun, SteadyClient
 from tests.test_run_service import WEB
 
 SLOW = 1000
@@ -25,40 +24,12 @@ def graph(conns: int) -> str:
         "header_timeout: 0.5", f"header_timeout: {HEADER_TIMEOUT}")
 
 
-class Steady(threading.Thread):
-    """A normal client: keep-alive GETs one after another until told to stop."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.stop = threading.Event()
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                conn.request("GET", "/steady")
-                answer = conn.getresponse()
-                body = answer.read()
-                if answer.status != 200 or body != b"GET /steady":
-                    self.failures.append(f"{answer.status} {body!r}")
-            except (OSError, http.client.HTTPException) as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-                conn.close()
-            self.latencies.append(time.monotonic() - started)
-            time.sleep(0.01)
-        conn.close()
-
-
 def test_a_thousand_slowloris_clients_do_not_starve_the_others(tmp_path: Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * SLOW)), hard))
     with SedaRun(tmp_path, graph(conns=SLOW + 100), "--listen", "127.0.0.1:0") as run:
         port = run.port()
-        steady = Steady(port)
+        steady = SteadyClient(port)
         steady.start()
         selector = selectors.DefaultSelector()
         opened: dict[socket.socket, float] = {}
