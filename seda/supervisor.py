@@ -278,7 +278,7 @@ class Supervisor:
         snapshot = self.status.update(now, dict(self.stats), self.totals(),
                                       {n: c.restarts for n, c in self.children.items()}, alive)
         for name, child in self.children.items():  # from found dead to restarted and ready
-            snapshot["processes"][name]["outages"] = list(child.outages)
+            snapshot["processes"][name].update(outages=list(child.outages), ready=child.ready)
         if self.phase != "running":
             return  # no scaling while draining or finishing
         actions, log = self.scaler.decide(snapshot, now)
@@ -435,7 +435,7 @@ class Supervisor:
         child.failures += 1
         child.restarts += 1
         child.restart_at = now + backoff
-        child.down_at = now
+        child.down_at = child.down_at or now  # killed again before it was ready: one outage
         child.popen = None
 
     def _restart_due(self) -> None:
