@@ -214,6 +214,7 @@ def simulate(ctl: AdmissionController | None, capacity: int, offered: int, secon
 SATURATED = 0.9  # busy share of a pool that counts as saturated
 SMOOTHING = 0.3  # weight of the newest period in the batching controller's throughput
 JUMP_COUNT = 20  # completions a period needs before a change of load can be called
+DEMAND_LIMITED = 0.5  # a worker busier than this share of a period may need bigger batches
 
 
 @dataclass
@@ -285,7 +286,10 @@ class BatchController:
     message). A sudden change of throughput (more than `jump` x up or down from one period
     to the next, both periods with at least 20 completions) is a new load: the best is
     forgotten and the window goes back to `max`, to be shrunk again. An idle period
-    (nothing completed) changes nothing.
+    (nothing completed) changes nothing. A worker that was busy less than half the period
+    (given `busy`) is limited by demand, not by its batches: a lower throughput there means
+    less work came, so the window shrinks instead of growing (a deviation from Sandstorm,
+    whose stages were always saturated in its measurements).
     """
 
     min: int = 1
@@ -301,22 +305,25 @@ class BatchController:
     counted: int = 0  # completions in the last period
     started: float | None = None
     done_at_start: int = 0
+    busy_at_start: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.window:
             self.window = float(self.max)
 
-    def observe(self, now: float, completed: int) -> int | None:
-        """`completed`: the worker's running total. The new window when it changes."""
+    def observe(self, now: float, completed: int, busy: float | None = None) -> int | None:
+        """`completed`: the worker's running total; `busy`: its running total of seconds in
+        handlers, if known. The new window when it changes."""
         if self.started is None:
-            self.started, self.done_at_start = now, completed
+            self.started, self.done_at_start, self.busy_at_start = now, completed, busy or 0.0
             return None
         elapsed = now - self.started
         if elapsed < self.period:
             return None
         count = completed - self.done_at_start
         rate = count / elapsed
-        self.started, self.done_at_start = now, completed
+        idle = busy is not None and busy - self.busy_at_start < DEMAND_LIMITED * elapsed
+        self.started, self.done_at_start, self.busy_at_start = now, completed, busy or 0.0
         if count == 0:
             return None  # idle: nothing to learn, the window stays
         before = round(self.window)
@@ -328,7 +335,7 @@ class BatchController:
             rate > self.jump * self.last_raw or rate * self.jump < self.last_raw)
         if jumped:
             self.best, self.window, smooth = rate, float(self.max), rate  # a new load
-        elif smooth >= self.keep * self.best:
+        elif smooth >= self.keep * self.best or idle:
             self.best = max(self.best, smooth)
             self.window = max(float(self.min), self.window / self.factor)
         else:

@@ -14,6 +14,7 @@ results reach the source, and everything stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 from setproctitle import setproctitle
 
@@ -35,6 +37,7 @@ from seda.listener import address, bind, raise_fd_limit, url
 from seda.plan import SUPERVISOR, make_plan, supervisor_endpoint
 from seda.progress import Progress
 from seda.scaling import Scaler
+from seda.spawn import ForkServer, become_subreaper
 from seda.spec import GraphSpec
 from seda.status import Status, StatusServer
 
@@ -72,12 +75,21 @@ class Child:
     failures: int = 0  # consecutive crashes, for the backoff
     restarts: int = 0
     restart_at: float = 0.0
+    forks: ForkServer | None = None  # workers are forked from it when it runs
     started: float = 0.0  # monotonic time of the current incarnation's start
     down_at: float = 0.0  # when it was found dead, until its next incarnation is ready
     outages: deque[float] = field(default_factory=lambda: deque(maxlen=50))  # seconds
     pass_fds: tuple[int, ...] = ()
 
     def start(self) -> None:
+        self.popen = self.forks.start(*self.argv[3:6]) if self.forks is not None else None
+        if self.popen is None:
+            self._start_fresh()
+        self.pidfd = os.pidfd_open(self.popen.pid)
+        self.ready = False
+        self.started = time.monotonic()
+
+    def _start_fresh(self) -> None:
         import subprocess
 
         # the child starts with stop signals blocked and ignores them before unblocking
@@ -88,9 +100,6 @@ class Child:
                                           pass_fds=self.pass_fds)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        self.pidfd = os.pidfd_open(self.popen.pid)
-        self.ready = False
-        self.started = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -108,6 +117,15 @@ class Child:
     def signal(self, signum: int) -> None:
         if self.alive():
             self.popen.send_signal(signum)
+
+
+def _held_by(report: dict[str, Any]) -> str:
+    """Where a process's unfinished messages are: ' (at W: n, ...; k suspects)'."""
+    at = [f"{w}: {link[2]}{'' if link[0] else ' (down)'}"
+          for w, link in report.get("links", {}).items() if link[2]]
+    if report.get("suspects"):
+        at.append(f"{report['suspects']} suspects")
+    return f" (at {', '.join(at)})" if at else ""
 
 
 def add_figures(out: dict[str, Any], report: dict[str, Any]) -> None:
@@ -179,11 +197,17 @@ class Supervisor:
         self.intake_open: set[str] = set()  # front doors yet to be told to stop intake
         self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
         self.lost_state: list[str] = []  # sink state that died with a worker (see _lost_state)
+        self.forks: ForkServer | None = None
+        self.next_reap = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> Outcome:
         setproctitle(f"seda: supervisor {self.spec.name}")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # before any thread or socket exists here: the fork server is a fresh interpreter,
+        # but the supervisor must be a subreaper before the first worker is adopted
+        self.forks = ForkServer(os.getpid()) if self.plan.workers() and \
+            not os.environ.get("SEDA_PROFILE") and become_subreaper() else None
         self.zmq = zmq.Context()
         try:
             self._open_sockets()
@@ -206,6 +230,8 @@ class Supervisor:
             for sock in self.listeners.values():
                 sock.close()
             self.progress.close()
+            if self.forks is not None:
+                self.forks.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -219,11 +245,13 @@ class Supervisor:
         self.plan_file = str(plan_file)
         self.inbox = self.zmq.socket(zmq.ROUTER)
         self.inbox.setsockopt(zmq.ROUTING_ID, SUPERVISOR.encode())  # children address it so
+        self.inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)  # see seda.node
         self.inbox.setsockopt(zmq.RCVHWM, 0)
         self.inbox.bind(supervisor_endpoint(self.run_dir))
         self.outbox = self.zmq.socket(zmq.ROUTER)
         self.outbox.setsockopt(zmq.ROUTING_ID, SUPERVISOR.encode())
         self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.outbox.setsockopt(zmq.ROUTER_HANDOVER, 1)  # see seda.node
         self.outbox.setsockopt(zmq.SNDHWM, 0)
         for proc in self.plan.procs.values():
             self.outbox.connect(proc.endpoint)
@@ -235,7 +263,8 @@ class Supervisor:
             if name in self.listeners:
                 fds = (self.listeners[name].fileno(),)
                 argv.append(str(fds[0]))
-            child = self.children[name] = Child(name, argv, pass_fds=fds)
+            forks = self.forks if self.plan.procs[name].role == "worker" else None
+            child = self.children[name] = Child(name, argv, pass_fds=fds, forks=forks)
             if name not in self.scaler.parked:  # a parked slot starts when its pool grows
                 child.start()
 
@@ -310,6 +339,21 @@ class Supervisor:
                 os.close(child.pidfd)
                 child.pidfd = -1
 
+    def _reap_orphans(self) -> None:
+        """A subreaper adopts the orphans of its whole tree (the processes a killed worker's
+        handler started, mp's connection processes when their master dies): reap the ones
+        that have exited, so none stays a zombie."""
+        if self.forks is None:
+            return
+        known = {c.pid for c in self.children.values()} | {self.forks.pid}
+        try:
+            adopted = [p.pid for p in psutil.Process().children() if p.pid not in known]
+        except psutil.Error:
+            return
+        for pid in adopted:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
     def send(self, name: str, msg: dict[str, Any]) -> bool:
         try:
             self.outbox.send_multipart([name.encode(), CONTROL, pack(msg)], zmq.NOBLOCK)
@@ -341,6 +385,9 @@ class Supervisor:
             if self.failure is not None:
                 return Outcome(1, self.failure)
             now = time.monotonic()
+            if now >= self.next_reap:
+                self.next_reap = now + 1.0
+                self._reap_orphans()
             if now >= next_tick:
                 next_tick = now + 0.05
                 outcome = self._tick(now)
@@ -508,8 +555,8 @@ class Supervisor:
                 self.finish_deadline = now + max(self.spec.settings.drain_timeout, 1.0)
                 self.broadcast({"op": "finish"})
             elif self.phase == "draining" and now > self.finish_deadline:
-                held = ", ".join(f"{n}: {m.get('pending')}" for n, m in self.stats.items()
-                                 if m.get("pending"))
+                held = ", ".join(f"{n}: {m.get('pending')}{_held_by(m)}"
+                                 for n, m in self.stats.items() if m.get("pending"))
                 return Outcome(self._interrupted_code(), f"drain timeout: stopped with work "
                                                          f"still in flight "
                                                          f"({held or 'in transit'})")

@@ -83,8 +83,9 @@ class Worker(Node):
         if self.retiring:
             self._retire_when_done()
         elif self.batching is not None:
-            done = sum(st.completed for st in self.core.stats.values())
-            window = self.batching.observe(time.monotonic(), done)
+            stats = self.core.stats.values()
+            window = self.batching.observe(time.monotonic(), sum(st.completed for st in stats),
+                                           sum(st.busy for st in stats))
             if window is not None:  # a new window for every sender (absolute, not a delta)
                 self.window = window
                 for sender in self.senders:

@@ -185,6 +185,25 @@ def test_batch_controller_shrinks_while_throughput_holds_and_grows_when_it_falls
     assert max(settled) / min(settled) <= 1.5, settled  # no wild swings once settled
 
 
+def test_batch_controller_does_not_grow_a_worker_that_waits_for_work() -> None:
+    """Less work came (the rate halves) while the worker was busy a fifth of the time: big
+    batches cannot help, so the window goes on shrinking; the same trace without the busy
+    figure grows it (throughput fell below 0.9 of the best)."""
+    from seda.control import BatchController
+
+    def final(with_busy: bool) -> int:
+        ctl = BatchController(min=1, max=64, period=1.0)
+        done, busy = 0, 0.0
+        for second in range(30):
+            ctl.observe(float(second), done, busy if with_busy else None)
+            done += 100 if second < 10 else 50  # demand halves after 10 s
+            busy += 0.2
+        return round(ctl.window)
+
+    assert final(with_busy=True) == 1
+    assert final(with_busy=False) > 8
+
+
 def test_batch_controller_starts_over_on_a_sudden_change_of_load() -> None:
     from seda.control import BatchController
 

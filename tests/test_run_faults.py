@@ -129,7 +129,9 @@ def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
 def test_children_die_with_a_killed_supervisor_and_a_new_run_starts_cleanly(
         tmp_path: Path) -> None:
     with SedaRun(tmp_path, FOREVER, "--status", "127.0.0.1:0") as run:
-        kids = wait_for(lambda: len(run.tree()) == 4 and run.tree(), 30, "4 children")
+        kids = wait_for(lambda: len(run.workers("seda: worker")) == 3 and run.tree(), 30,
+                        "3 workers")
+        assert len(kids) == 5  # and the source, and the fork server
         stale = run.run_dir()
         os.kill(run.pid, signal.SIGKILL)
         run.proc.wait()

@@ -255,7 +255,21 @@ def test_acceptor_restart_keeps_the_port(tmp_path: Path) -> None:
     with run:
         assert raw(port, b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n").endswith(b"GET /a")
         [acceptor] = run.workers("seda: acceptor")
+        held = socket.create_connection(("127.0.0.1", port))  # a keep-alive client
+        held.sendall(b"GET /k HTTP/1.1\r\n\r\n")
+        held.settimeout(5)
+        assert held.recv(4096).endswith(b"GET /k")
         acceptor.send_signal(signal.SIGKILL)
+        # a client that connects while no acceptor runs waits in the port's backlog (the
+        # supervisor holds the socket) and is served by the next acceptor: never refused
+        assert raw(port, b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n",
+                   wait=10).endswith(b"GET /c")
+        try:
+            gone = held.recv(4096)
+        except ConnectionResetError:
+            gone = b""
+        assert gone == b""  # the old connection died with its acceptor ...
+        held.close()
         wait_for(lambda: "acceptor killed by SIGKILL; restarting" in run.err_file.read_text(),
                  10, "the restart")
 
@@ -266,7 +280,7 @@ def test_acceptor_restart_keeps_the_port(tmp_path: Path) -> None:
             except ConnectionError:
                 return False
 
-        wait_for(answered, 15, "the new acceptor on the same port")
+        wait_for(answered, 15, "the new acceptor on the same port")  # ... and it reconnects
         stop(run)
 
 
