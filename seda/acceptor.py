@@ -11,9 +11,11 @@ reply is dropped and counted), header and idle timeouts (close), request size (4
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import socket
+import stat
 import sys
 import time
 from collections import deque
@@ -25,6 +27,7 @@ import zmq
 from setproctitle import setproctitle
 
 from seda.codec import Codec, encode_reply, make_codec
+from seda.codec.http import HttpCodec
 from seda.control import AdmissionController, Decision
 from seda.core import StageCore
 from seda.envelope import ID, PAYLOAD, REQUEST, SAMPLE
@@ -47,6 +50,52 @@ class Slot:
     done: bool = False
     start: float = 0.0  # monotonic, when the request was read
     timed: bool = False  # admitted: its response time goes to the admission controller
+    file: tuple[int, int] | None = None  # (fd, size): a file that follows `out` (sendfile)
+
+
+class FileSend:
+    """A file reply streamed with sendfile(2), from the page cache straight to the socket (no
+    copy through Python). The event loop's transport owns the socket and uvloop has no
+    loop.sendfile, so this writes through a duplicate of the socket's descriptor, which the
+    loop can watch for writability; it starts once the transport has flushed what was
+    written before (the head, earlier replies), so bytes never overtake each other."""
+
+    def __init__(self, conn: Connection, slot: Slot, sock: Any) -> None:
+        assert slot.file is not None
+        self.conn, self.slot, self.loop = conn, slot, conn.acceptor.loop
+        self.fd, self.size = slot.file
+        self.offset = 0
+        self.sock = os.dup(sock.fileno())
+        self.loop.add_writer(self.sock, self.pump)
+
+    def pump(self) -> None:
+        transport = self.conn.transport
+        if self.conn.closed or transport is None:
+            self.end()
+            return
+        if transport.get_write_buffer_size():
+            return  # the transport first sends what it holds
+        while self.offset < self.size:
+            try:
+                sent = os.sendfile(self.sock, self.fd, self.offset, self.size - self.offset)
+            except BlockingIOError:
+                return  # called again when the socket can take more
+            except OSError:
+                sent = 0
+            if sent == 0:  # the client went away, or the file shrank under us
+                self.end()
+                transport.abort()
+                return
+            self.offset += sent
+        self.end()
+        self.conn.file_sent(self.slot)
+
+    def end(self) -> None:
+        if self.sock >= 0:
+            self.loop.remove_writer(self.sock)
+            os.close(self.sock)
+            os.close(self.fd)
+            self.sock = -1
 
 
 class Connection(asyncio.Protocol):
@@ -57,6 +106,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.paused = False  # not reading: see _flow
+        self.sending: FileSend | None = None  # a file reply on its way (others wait)
         self.write_blocked = False  # the transport holds more unsent replies than it likes
         self.last_activity = self.partial_since = time.monotonic()
 
@@ -71,6 +121,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.sending is not None:
+            self.sending.end()
         self.acceptor.conns.discard(self)
 
     def data_received(self, data: bytes) -> None:
@@ -123,17 +175,30 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
-        admission = self.acceptor.admission
-        while self.order and self.order[0].done:
+        while self.order and self.order[0].done and self.sending is None:
             slot = self.order.popleft()
             transport.write(slot.out)
-            if slot.timed and admission is not None:  # written: its response time is known
-                self.acceptor.answered(slot)
-            if slot.close:
-                self.closed = True
-                transport.close()
+            if slot.file is not None:  # the replies after it wait for the file
+                self.sending = FileSend(self, slot, transport.get_extra_info("socket"))
+                return
+            if self.sent(slot):
                 return
         self._flow()
+
+    def sent(self, slot: Slot) -> bool:
+        """A reply is out: its response time is known; close if it asked. True if closed."""
+        if slot.timed and self.acceptor.admission is not None:
+            self.acceptor.answered(slot)
+        if slot.close and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+            return True
+        return False
+
+    def file_sent(self, slot: Slot) -> None:
+        self.sending = None
+        if not self.sent(slot):
+            self.write_ready()
 
 
 class Acceptor(Node):
@@ -300,12 +365,38 @@ class Acceptor(Node):
 
     def complete(self, slot: Slot, payload: Any) -> None:
         conn = slot.conn
-        slot.out, slot.close = encode_reply(conn.codec, payload, slot.request)
+        if isinstance(conn.codec, HttpCodec) and isinstance(payload, dict) and "file" in payload:
+            self.open_file(slot, conn.codec, payload)
+        else:
+            slot.out, slot.close = encode_reply(conn.codec, payload, slot.request)
         slot.done = True
         self.counters["responses"] += 1
         # HTTP: the status our own head() wrote; other protocols have no status codes
         self.count_status(slot.out[9:12].decode() if self.protocol == "http" else "reply")
         conn.write_ready()
+
+    def open_file(self, slot: Slot, codec: HttpCodec, reply: dict[str, Any]) -> None:
+        """`{"file": path}`: the head now, the file by sendfile once the head is out. A file
+        that cannot be served is answered 404 / 403 / 500 (the connection stays usable)."""
+        try:
+            fd = os.open(str(reply["file"]), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            status = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EACCES: 403}.get(
+                exc.errno or 0, 500)
+            slot.out, slot.close = codec.encode(
+                {"status": status, "body": f"{status} {exc.strerror}\n"}, slot.request)
+            return
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            slot.out, slot.close = codec.encode(
+                {"status": 403, "body": "403 not a regular file\n"}, slot.request)
+            return
+        slot.out, slot.close, follows = codec.file_head(reply, slot.request, info.st_size)
+        if follows and info.st_size:
+            slot.file = (fd, info.st_size)
+        else:
+            os.close(fd)
 
     def count_status(self, status: str) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + 1

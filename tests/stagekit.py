@@ -92,7 +92,7 @@ class Slow:
 
 def web(request: dict[str, Any], ctx: Any) -> Any:
     """HTTP test stage: /slow sleeps, /echo returns the body, /sleep?s=N sleeps N seconds,
-    /boom raises, /crash kills its worker."""
+    /boom raises, /crash kills its worker, /file?PATH answers with that file."""
     path = request["path"]
     if path == "/slow":
         time.sleep(float(ctx.options.get("slow", 0.3)))
@@ -109,6 +109,8 @@ def web(request: dict[str, Any], ctx: Any) -> Any:
         raise ValueError("boom")
     if path == "/crash":  # a poison request: it kills the worker that runs it
         os._exit(17)
+    if path == "/file":  # the file named by the query, streamed by the acceptor
+        return {"file": request["query"], "headers": {"content-type": "application/x-test"}}
     return f"{request['method']} {path}"
 
 

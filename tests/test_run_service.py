@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import signal
 import socket
@@ -445,3 +446,42 @@ def test_admission_by_response_time_sheds_load_with_503_and_retry_after(
         assert snap["stages"]["web"]["dropped_by"]["admission"] == snap["front"]["rejected"]
         stop(run)
     assert "admission: p90" in run.stderr and "-> cut to" in run.stderr
+
+
+def test_a_reply_that_names_a_file_is_streamed_with_sendfile(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(48 << 20))
+    small = tmp_path / "small.txt"
+    small.write_text("small file\n")
+    run, port = serve(tmp_path, web())
+    with run:
+        [acceptor] = run.workers("seda: acceptor")
+        before = acceptor.memory_info().rss
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", f"/file?{big}")
+        answer = conn.getresponse()
+        assert (answer.status, answer.getheader("content-type")) == (200, "application/x-test")
+        assert answer.getheader("content-length") == str(48 << 20)
+        assert answer.read() == big.read_bytes()
+        grown = acceptor.memory_info().rss - before
+        assert grown < 16 << 20, grown  # the file did not pass through the acceptor's memory
+        conn.request("HEAD", f"/file?{big}")
+        answer = conn.getresponse()
+        assert answer.getheader("content-length") == str(48 << 20) and answer.read() == b""
+        for missing, status in ((tmp_path / "nope", 404), (tmp_path, 403)):
+            conn.request("GET", f"/file?{missing}")
+            answer = conn.getresponse()
+            assert answer.status == status, answer.read()
+            answer.read()
+        conn.request("GET", "/after")  # the same keep-alive connection still serves
+        assert conn.getresponse().read() == b"GET /after"
+        conn.close()
+        # pipelined: the file's reply and the next one come back in request order
+        both = raw(port, f"GET /file?{small} HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+        assert both.count(b"HTTP/1.1 200 OK") == 2
+        assert both.index(b"small file\n") < both.index(b"GET /next"), both
+        done = subprocess.run(["curl", "-s", "-o", str(tmp_path / "got.bin"),
+                               f"http://127.0.0.1:{port}/file?{big}"], timeout=60)
+        assert done.returncode == 0 and (tmp_path / "got.bin").read_bytes() == big.read_bytes()
+        stop(run)

@@ -117,6 +117,16 @@ class HttpCodec:
         return head(status, headers, len(body), close) + (
             b"" if request.get("method") == "HEAD" else body), close
 
+    def file_head(self, reply: dict[str, Any], request: Any, size: int
+                  ) -> tuple[bytes, bool, bool]:
+        """The head of a `{"file": path}` reply whose file has `size` bytes: (head, close,
+        whether the file follows -- not for HEAD)."""
+        headers = {str(k).lower(): str(v) for k, v in (reply.get("headers") or {}).items()}
+        headers.setdefault("content-type", "application/octet-stream")
+        status = int(reply.get("status", 200))
+        close = not request.get("keep_alive", True)
+        return head(status, headers, size, close), close, request.get("method") != "HEAD"
+
     def error_reply(self, exc: ProtocolError) -> bytes:
         status = exc.status_hint
         body = f"{status} {_REASONS.get(status, 'Error')}: {exc}\n".encode()
