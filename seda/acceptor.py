@@ -55,47 +55,58 @@ class Slot:
 
 class FileSend:
     """A file reply streamed with sendfile(2), from the page cache straight to the socket (no
-    copy through Python). The event loop's transport owns the socket and uvloop has no
-    loop.sendfile, so this writes through a duplicate of the socket's descriptor, which the
-    loop can watch for writability; it starts once the transport has flushed what was
-    written before (the head, earlier replies), so bytes never overtake each other."""
+    copy through Python). Tried at once (usually it all goes in one call); what the socket
+    cannot take yet is sent when it is writable again. The event loop's transport owns the
+    socket and uvloop has no loop.sendfile, so the wait is on a duplicate of the socket's
+    descriptor, which the loop may watch; sending starts only once the transport has
+    flushed what was written before (the head, earlier replies): bytes never overtake."""
 
     def __init__(self, conn: Connection, slot: Slot, sock: Any) -> None:
         assert slot.file is not None
         self.conn, self.slot, self.loop = conn, slot, conn.acceptor.loop
         self.fd, self.size = slot.file
         self.offset = 0
-        self.sock = os.dup(sock.fileno())
-        self.loop.add_writer(self.sock, self.pump)
+        self.sock = sock.fileno()
+        self.watch = -1
+        self.done = self._send()
+        if not self.done:
+            self.watch = os.dup(self.sock)
+            self.loop.add_writer(self.watch, self._writable)
 
-    def pump(self) -> None:
+    def _send(self) -> bool:
+        """Send what the socket takes; True once the file is out (or the connection is
+        over), False to wait for writability."""
         transport = self.conn.transport
         if self.conn.closed or transport is None:
-            self.end()
-            return
+            return self.end()
         if transport.get_write_buffer_size():
-            return  # the transport first sends what it holds
+            return False  # the transport first sends what it holds
         while self.offset < self.size:
             try:
                 sent = os.sendfile(self.sock, self.fd, self.offset, self.size - self.offset)
             except BlockingIOError:
-                return  # called again when the socket can take more
+                return False
             except OSError:
                 sent = 0
             if sent == 0:  # the client went away, or the file shrank under us
-                self.end()
+                self.conn.closed = True
                 transport.abort()
-                return
+                return self.end()
             self.offset += sent
-        self.end()
-        self.conn.file_sent(self.slot)
+        return self.end()
 
-    def end(self) -> None:
-        if self.sock >= 0:
-            self.loop.remove_writer(self.sock)
-            os.close(self.sock)
+    def _writable(self) -> None:
+        if self._send() and not self.conn.closed:
+            self.conn.file_sent(self.slot)
+
+    def end(self) -> bool:
+        if self.fd >= 0:
+            if self.watch >= 0:
+                self.loop.remove_writer(self.watch)
+                os.close(self.watch)
             os.close(self.fd)
-            self.sock = -1
+            self.fd = self.watch = -1
+        return True
 
 
 class Connection(asyncio.Protocol):
@@ -178,9 +189,13 @@ class Connection(asyncio.Protocol):
         while self.order and self.order[0].done and self.sending is None:
             slot = self.order.popleft()
             transport.write(slot.out)
-            if slot.file is not None:  # the replies after it wait for the file
-                self.sending = FileSend(self, slot, transport.get_extra_info("socket"))
-                return
+            if slot.file is not None:
+                send = FileSend(self, slot, transport.get_extra_info("socket"))
+                if not send.done:  # the replies after it wait for the file
+                    self.sending = send
+                    return
+                if self.closed:
+                    return
             if self.sent(slot):
                 return
         self._flow()

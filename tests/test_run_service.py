@@ -485,3 +485,25 @@ def test_a_reply_that_names_a_file_is_streamed_with_sendfile(tmp_path: Path) -> 
                                f"http://127.0.0.1:{port}/file?{big}"], timeout=60)
         assert done.returncode == 0 and (tmp_path / "got.bin").read_bytes() == big.read_bytes()
         stop(run)
+
+
+def test_the_static_files_stage_serves_under_its_root_only(tmp_path: Path, root: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<h1>hi</h1>\n")
+    (tmp_path / "secret.txt").write_text("not for you\n")
+    graph = (root / "graphs" / "static.yaml").read_text().replace(
+        "root: .", f"root: {tmp_path / 'site'}")
+    run, port = serve(tmp_path, graph)
+    with run:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for path, status, body in (("/", 200, b"<h1>hi</h1>\n"),
+                                   ("/index.html", 200, b"<h1>hi</h1>\n"),
+                                   ("/../secret.txt", 403, b"403 outside the root\n"),
+                                   ("/%2e%2e/secret.txt", 403, b"403 outside the root\n"),
+                                   ("/missing", 404, b"404 No such file or directory\n")):
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            assert (answer.status, answer.read()) == (status, body), path
+        conn.request("GET", "/")
+        assert conn.getresponse().getheader("content-type") == "text/html"
+        stop(run)

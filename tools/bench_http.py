@@ -104,9 +104,10 @@ def ms(text: str) -> float:
         not text.endswith("ms") else value
 
 
-def wrk(port: int, connections: int, duration: int) -> tuple[float, float, float]:
+def wrk(port: int, connections: int, duration: int, path: str = "/"
+        ) -> tuple[float, float, float]:
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
                          timeout=duration + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
