@@ -12,7 +12,6 @@ Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)].
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -60,28 +59,44 @@ def unpack(body: bytes, limit: int) -> Any:
         raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+# Shape checks run on every frame: plain loops with `type(x) is int` (which also keeps bools
+# out) measured cheaper than per-column set(map(type, ...)) or a predicate per row; they
+# cost ~0.1 us a message over the previous partial check.
+def _ints(values: Any) -> bool:
+    return type(values) is list and set(map(type, values)) <= {int}
 
 
-def _rows(obj: Any, check: Callable[[Any], bool], what: str) -> list[Any]:
-    if not isinstance(obj, list) or not all(isinstance(r, list) and check(r) for r in obj):
-        raise ProtocolError(f"malformed {what} frame")
-    return obj
+def _envelopes(envs: Any) -> bool:
+    if type(envs) is not list:
+        return False
+    for env in envs:
+        if type(env) is not list or len(env) != 7:
+            return False
+        msg_id, origin, attempt, deadline, _, request, born = env
+        if (type(msg_id) is not int or type(origin) is not str or type(attempt) is not int
+                or type(request) is not int or type(born) is not int
+                or (type(deadline) is not float and type(deadline) is not int)):
+            return False
+    return True
 
 
-def _envelope(env: Any) -> bool:
-    return (isinstance(env, list) and len(env) == 7 and _is_int(env[ID])
-            and isinstance(env[ORIGIN], str) and _is_int(env[ATTEMPT])
-            and isinstance(env[DEADLINE], (int, float)) and _is_int(env[REQUEST])
-            and _is_int(env[BORN]))
+def _rows(obj: Any, types: tuple[type, ...], what: str) -> list[Any]:
+    """A list of rows whose columns have `types` (for the rare frames: FAIL, LOST)."""
+    if type(obj) is list:
+        for row in obj:
+            if (type(row) is not list or len(row) != len(types)
+                    or any(type(v) is not t for v, t in zip(row, types, strict=True))):
+                break
+        else:
+            return obj
+    raise ProtocolError(f"malformed {what} frame")
 
 
 def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope]]:
     """Decode a DATA body into (stage, envelopes), checking its shape."""
     obj = unpack(body, limit)
-    if (not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[0], str)
-            or not isinstance(obj[1], list) or not all(_envelope(e) for e in obj[1])):
+    if (type(obj) is not list or len(obj) != 2 or type(obj[0]) is not str
+            or not _envelopes(obj[1])):
         raise ProtocolError("malformed DATA frame: expected [stage, [[id, origin, attempt, "
                             "deadline, payload, request, born], ...]]")
     return obj[0], obj[1]
@@ -90,8 +105,7 @@ def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope]]:
 def unpack_ack(body: bytes, limit: int) -> tuple[list[int], list[int]]:
     """[[received ids], [done ids]]"""
     obj = unpack(body, limit)
-    if not (isinstance(obj, list) and len(obj) == 2
-            and all(isinstance(ids, list) and all(map(_is_int, ids)) for ids in obj)):
+    if not (type(obj) is list and len(obj) == 2 and _ints(obj[0]) and _ints(obj[1])):
         raise ProtocolError("malformed ACK frame")
     return obj[0], obj[1]
 
@@ -99,34 +113,38 @@ def unpack_ack(body: bytes, limit: int) -> tuple[list[int], list[int]]:
 def unpack_credit(body: bytes, limit: int) -> tuple[int, int]:
     """[window, pid]"""
     obj = unpack(body, limit)
-    if not (isinstance(obj, list) and len(obj) == 2 and all(map(_is_int, obj))
-            and obj[0] >= 0):
+    if not (_ints(obj) and len(obj) == 2 and obj[0] >= 0):
         raise ProtocolError("malformed CREDIT frame")
     return obj[0], obj[1]
 
 
 def unpack_fail(body: bytes, limit: int) -> list[list[Any]]:
     """[[id, error, traceback], ...]"""
-    return _rows(unpack(body, limit), lambda r: len(r) == 3 and _is_int(r[0])
-                 and isinstance(r[1], str) and isinstance(r[2], str), "FAIL")
+    return _rows(unpack(body, limit), (int, str, str), "FAIL")
 
 
 def unpack_results(body: bytes, limit: int) -> list[list[Any]]:
     """[[id, payload, request(, stage)], ...]"""
-    return _rows(unpack(body, limit), lambda r: len(r) in (3, 4) and _is_int(r[0])
-                 and _is_int(r[2]) and (len(r) == 3 or isinstance(r[3], str)), "RESULT")
+    obj = unpack(body, limit)  # every reply passes here: an explicit loop, not _rows
+    if type(obj) is list:
+        for row in obj:
+            if (type(row) is not list or not 3 <= len(row) <= 4 or type(row[0]) is not int
+                    or type(row[2]) is not int or (len(row) == 4 and type(row[3]) is not str)):
+                break
+        else:
+            return obj
+    raise ProtocolError("malformed RESULT frame")
 
 
 def unpack_lost(body: bytes, limit: int) -> list[list[Any]]:
     """[[request, error], ...]"""
-    return _rows(unpack(body, limit), lambda r: len(r) == 2 and _is_int(r[0])
-                 and isinstance(r[1], str), "LOST")
+    return _rows(unpack(body, limit), (int, str), "LOST")
 
 
 def unpack_control(body: bytes, limit: int) -> dict[str, Any]:
     """{"op": name, ...}"""
     obj = unpack(body, limit)
-    if not (isinstance(obj, dict) and isinstance(obj.get("op"), str)):
+    if not (type(obj) is dict and type(obj.get("op")) is str):
         raise ProtocolError("malformed CONTROL frame")
     return obj
 

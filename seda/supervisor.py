@@ -204,8 +204,8 @@ class Supervisor:
     def run(self) -> Outcome:
         setproctitle(f"seda: supervisor {self.spec.name}")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        # before any thread or socket exists here: the fork server is a fresh interpreter,
-        # but the supervisor must be a subreaper before the first worker is adopted
+        # workers are forked from a warm fork server and adopted by us (seda.spawn): we must
+        # be a subreaper before the first one is started
         self.forks = ForkServer(os.getpid()) if self.plan.workers() and \
             not os.environ.get("SEDA_PROFILE") and become_subreaper() else None
         self.zmq = zmq.Context()
