@@ -14,6 +14,7 @@ import asyncio
 import errno
 import os
 import random
+import resource
 import socket
 import stat
 import sys
@@ -53,6 +54,9 @@ class Slot:
     file: tuple[int, int] | None = None  # (fd, size): a file that follows `out` (sendfile)
 
 
+FD_RESERVE = 64  # descriptors kept free for the acceptor's own use (see connection_cap)
+
+
 class FileSend:
     """A file reply streamed with sendfile(2), from the page cache straight to the socket (no
     copy through Python). Tried at once (usually it all goes in one call); what the socket
@@ -70,7 +74,14 @@ class FileSend:
         self.watch = -1
         self.done = self._send()
         if not self.done:
-            self.watch = os.dup(self.sock)
+            try:
+                self.watch = os.dup(self.sock)
+            except OSError:  # out of descriptors: this client cannot be served now
+                self.conn.closed = True
+                if conn.transport is not None:
+                    conn.transport.abort()
+                self.done = self.end()
+                return
             self.loop.add_writer(self.watch, self._writable)
 
     def _send(self) -> bool:
@@ -252,6 +263,7 @@ class Acceptor(Node):
         self.last_decision = ""
         for key in FRONT_FIGURES:
             self.counters[key] = 0
+        self.max_connections = self.connection_cap()
 
     def targets(self) -> set[str]:
         acc = self.spec.acceptor
@@ -312,8 +324,24 @@ class Acceptor(Node):
             self.loop.call_soon(self.pump)
 
     # ------------------------------------------------------------------ connections
+    def connection_cap(self) -> int:
+        """`max_connections`, or fewer when the descriptor limit cannot hold that many plus
+        the acceptor's own descriptors (its sockets to the graph, the event loop's) with a
+        margin: a process out of descriptors is aborted by libzmq the next time one of its
+        sockets accepts a connection, so clients must never take the last ones."""
+        wanted = self.limits.max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return wanted
+        cap = max(0, min(wanted, soft - len(os.listdir("/proc/self/fd")) - FD_RESERVE))
+        if cap < wanted:
+            print(f"seda: {self.name}: the descriptor limit (RLIMIT_NOFILE {soft}) holds "
+                  f"{cap} client connections, fewer than max_connections ({wanted}); raise "
+                  f"the hard limit (ulimit -Hn) to allow more", file=sys.stderr, flush=True)
+        return cap
+
     def admit(self, conn: Connection) -> bool:
-        if not self.accepting or len(self.conns) >= self.limits.max_connections:
+        if not self.accepting or len(self.conns) >= self.max_connections:
             self.counters["refused"] += 1
             return False
         self.counters["accepted"] += 1

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -55,7 +56,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 class SedaRun:
     """One `seda run` in a temporary folder. Use as a context manager."""
 
-    def __init__(self, tmp: Path, graph: str, *args: str) -> None:
+    def __init__(self, tmp: Path, graph: str, *args: str, nofile: int = 0) -> None:
         self.tmp = tmp
         self.graph = tmp / "graph.yaml"
         self.graph.write_text(graph)
@@ -67,7 +68,9 @@ class SedaRun:
                 [sys.executable, "-m", "seda.cli", "run", str(self.graph), "--no-progress",
                  "-o", str(self.output), *args],
                 cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
-                start_new_session=True)  # its own process group: see signal_group
+                start_new_session=True,  # its own process group: see signal_group
+                preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+                if nofile else None)  # `nofile`: the run's descriptor limit (soft and hard)
         self.pid = self.proc.pid
         self.seen: dict[int, psutil.Process] = {}
         self.stderr = ""

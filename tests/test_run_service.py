@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -507,3 +508,46 @@ def test_the_static_files_stage_serves_under_its_root_only(tmp_path: Path, root:
         conn.request("GET", "/")
         assert conn.getresponse().getheader("content-type") == "text/html"
         stop(run)
+
+
+def test_a_low_descriptor_limit_caps_connections_instead_of_failing(tmp_path: Path) -> None:
+    """Run under a hard limit of 300 descriptors with max_connections 10,000: the acceptor
+    says how many connections the limit holds and refuses the rest (accept and close), so
+    it never runs out of descriptors itself (libzmq would abort it); once clients leave,
+    new ones are served, and it was never restarted."""
+    run = SedaRun(tmp_path, web(conns=10_000), "--listen", "127.0.0.1:0", nofile=300)
+    port = run.port()
+    with run:
+        match = wait_for(lambda: re.search(r"holds (\d+) client connections, fewer than "
+                                           r"max_connections \(10000\)",
+                                           run.err_file.read_text()), 10, "the warning")
+        cap = int(match.group(1))
+        assert 100 < cap < 300, cap
+        clients = []
+        for _ in range(cap + 50):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /x HTTP/1.1\r\n\r\n")
+            clients.append(s)
+
+        def seen() -> bool:  # the acceptor has taken or refused every one of them
+            front = run.status()["front"]
+            return bool(front["connections"] + front["refused"] >= cap + 50)
+
+        wait_for(seen, 10, "every connection accepted or refused")
+        assert run.status()["front"]["connections"] == cap
+        answered = refused = 0
+        for s in clients:
+            s.settimeout(10)
+            try:
+                data = s.recv(4096)
+            except ConnectionResetError:
+                data = b""
+            answered += data.endswith(b"GET /x")
+            refused += data == b""
+            s.close()
+        assert answered >= cap - 5 and refused >= 45 and answered + refused == cap + 50, \
+            (answered, refused)
+        got = raw(port, b"GET /after HTTP/1.1\r\nConnection: close\r\n\r\n", wait=10)
+        assert got.endswith(b"GET /after"), got
+        stop(run)
+    assert "restarting" not in run.stderr, run.stderr
