@@ -12,18 +12,21 @@ child -- and only then gives the supervisor W's pid (before that, the supervisor
 would fail: a race that once made it take a live worker for dead). W waits until it has been
 adopted, then runs `seda.child.main` as a fresh interpreter would.
 
-Only workers come from the fork server (the acceptor and mp's master need a listening socket
-passed at start; the source is started once). Handler modules are imported by each worker,
+Workers and acceptors come from the fork server; the server inherits the listening sockets
+so a forked acceptor has its own at the same descriptor number, and every other forked child
+closes them (only the acceptor holds a client-facing socket). mp's master and the source are
+fresh interpreters. Handler modules are imported by each worker,
 never by the server, so no user code runs before a fork. If the server is gone, children are
 started as fresh interpreters: slower, same behaviour.
 
-Wire (pipes, one line each): request `plan_path name parent_pid\\n`, answer `pid\\n`.
+Wire (pipes, one line each): request a JSON list of seda.child's arguments, answer `pid`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import select
 import subprocess
@@ -81,13 +84,15 @@ class Forked:
 class ForkServer:
     """The supervisor's handle on its fork server."""
 
-    def __init__(self, parent: int) -> None:
+    def __init__(self, parent: int, listeners: tuple[int, ...] = ()) -> None:
+        """`listeners`: the listening sockets' descriptors, inherited by the server so that
+        an acceptor forked from it gets its own (and every other child closes them)."""
         self.requests_r, self.requests_w = os.pipe()
         self.answers_r, self.answers_w = os.pipe()
         self.proc: Any = subprocess.Popen(
             [sys.executable, "-m", "seda.spawn", str(parent), str(self.requests_r),
-             str(self.answers_w)], stdin=subprocess.DEVNULL,
-            pass_fds=(self.requests_r, self.answers_w))
+             str(self.answers_w), json.dumps(list(listeners))], stdin=subprocess.DEVNULL,
+            pass_fds=(self.requests_r, self.answers_w, *listeners))
         os.close(self.requests_r)
         os.close(self.answers_w)
         self.buffer = b""
@@ -99,12 +104,13 @@ class ForkServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, plan_path: str, name: str, parent: str) -> Forked | None:
-        """Fork a child from the server; None if the server cannot (then start it fresh)."""
+    def start(self, *args: str) -> Forked | None:
+        """Fork a child from the server (`args`: seda.child's arguments); None if the
+        server cannot (then start it fresh)."""
         if not self.alive():
             return None
         try:
-            os.write(self.requests_w, f"{plan_path} {name} {parent}\n".encode())
+            os.write(self.requests_w, json.dumps(args).encode() + b"\n")
             deadline = time.monotonic() + ANSWER_WAIT
             while b"\n" not in self.buffer:
                 left = deadline - time.monotonic()
@@ -151,15 +157,18 @@ def _run_adopted(parent: int, first: int, argv: list[str]) -> None:
         os._exit(code)
 
 
-def _serve(parent: int, requests: int, answers: int) -> None:
+def _serve(parent: int, requests: int, answers: int, listeners: list[int]) -> None:
     from setproctitle import setproctitle
 
-    import seda.worker  # noqa: F401  the import this server exists to do once
+    import seda.acceptor  # the imports this server exists to do once
+    import seda.worker  # noqa: F401
 
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401  (the acceptor's event loop, when installed)
     setproctitle("seda: fork server")
     stream = os.fdopen(requests, "rb")
     for line in stream:
-        plan_path, name, supervisor = line.decode().split()
+        args = [str(a) for a in json.loads(line)]  # plan, name, supervisor pid(, fd)
         read_pid, write_pid = os.pipe()
         first = os.fork()
         if first == 0:
@@ -169,9 +178,10 @@ def _serve(parent: int, requests: int, answers: int) -> None:
                 os.write(write_pid, f"{worker}\n".encode())
                 os._exit(0)
             stream.close()
-            for fd in (answers, read_pid, write_pid):
+            mine = {int(a) for a in args[3:]}  # an acceptor keeps its listening socket
+            for fd in (answers, read_pid, write_pid, *(set(listeners) - mine)):
                 os.close(fd)
-            _run_adopted(parent, me, ["seda.child", plan_path, name, supervisor])
+            _run_adopted(parent, me, ["seda.child", *args])
         os.close(write_pid)
         with os.fdopen(read_pid, "rb") as said:
             worker_pid = said.read().strip()
@@ -187,7 +197,7 @@ def main(argv: list[str]) -> int:
     parent = int(argv[1])
     die_with_parent(parent)
     with contextlib.suppress(KeyboardInterrupt):
-        _serve(parent, int(argv[2]), int(argv[3]))
+        _serve(parent, int(argv[2]), int(argv[3]), json.loads(argv[4]))
     return 0
 
 

@@ -82,7 +82,7 @@ class Child:
     pass_fds: tuple[int, ...] = ()
 
     def start(self) -> None:
-        self.popen = self.forks.start(*self.argv[3:6]) if self.forks is not None else None
+        self.popen = self.forks.start(*self.argv[3:]) if self.forks is not None else None
         if self.popen is None:
             self._start_fresh()
         self.pidfd = os.pidfd_open(self.popen.pid)
@@ -204,14 +204,17 @@ class Supervisor:
     def run(self) -> Outcome:
         setproctitle(f"seda: supervisor {self.spec.name}")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        # workers are forked from a warm fork server and adopted by us (seda.spawn): we must
-        # be a subreaper before the first one is started
-        self.forks = ForkServer(os.getpid()) if self.plan.workers() and \
-            not os.environ.get("SEDA_PROFILE") and become_subreaper() else None
         self.zmq = zmq.Context()
         try:
             self._open_sockets()
             self._listen()
+            # workers -- and, where there are workers, acceptors -- are forked from a warm
+            # fork server and adopted by us (seda.spawn): we must be a subreaper before the
+            # first one starts. Without worker pools (sped, symped, mp) it would sit idle.
+            if self.plan.workers() and not os.environ.get("SEDA_PROFILE") and \
+                    become_subreaper():
+                self.forks = ForkServer(os.getpid(), tuple(
+                    s.fileno() for s in self.listeners.values()))
             self._serve_status()
             self._start_all()
             outcome = self._loop()
@@ -263,7 +266,8 @@ class Supervisor:
             if name in self.listeners:
                 fds = (self.listeners[name].fileno(),)
                 argv.append(str(fds[0]))
-            forks = self.forks if self.plan.procs[name].role == "worker" else None
+            forks = self.forks if self.plan.procs[name].role in ("worker", "acceptor") \
+                else None
             child = self.children[name] = Child(name, argv, pass_fds=fds, forks=forks)
             if name not in self.scaler.parked:  # a parked slot starts when its pool grows
                 child.start()
