@@ -1,21 +1,22 @@
 """Starting children: a fresh interpreter (subprocess), or a fork of a warm *fork server*.
 
 A fresh interpreter spends ~0.4 s importing seda (pydantic most of it) before it can work;
-that is most of the time a restarted worker is out. So the supervisor starts one fork server
-(`python -m seda.spawn`) before anything else: a single-threaded process with no sockets that
-imports the worker's modules once and then, on request, forks a worker from itself. The
-worker must be the supervisor's own child (pidfd, exit status, no orphans), so the fork is
-doubled: the server forks A, A forks the worker W and exits, and W -- orphaned -- is adopted by
-the supervisor, which made itself a *child subreaper* (Linux `PR_SET_CHILD_SUBREAPER`). A
-tells the server W's pid and exits; the server reaps A -- from then on W is the supervisor's
-child -- and only then gives the supervisor W's pid (before that, the supervisor's waitpid
-would fail: a race that once made it take a live worker for dead). W waits until it has been
-adopted, then runs `seda.child.main` as a fresh interpreter would.
+that was most of the time a restarted worker was out. So, where a graph has worker pools, the
+supervisor starts one fork server (`python -m seda.spawn`) before its first child: a
+single-threaded process that imports the worker's and the acceptor's modules once and then,
+on request, forks a child from itself. The child must be the supervisor's own (pidfd, exit
+status, no orphans), so the fork is doubled: the server forks A, A forks the child W and
+exits, and W -- orphaned -- is adopted by the supervisor, which made itself a *child
+subreaper* (Linux `PR_SET_CHILD_SUBREAPER`). A tells the server W's pid and exits; the server
+reaps A -- from then on W is the supervisor's child -- and only then gives the supervisor W's
+pid (before that, the supervisor's waitpid would fail: a race that once made it take a live
+worker for dead). W waits until it has been adopted, then runs `seda.child.main` as a fresh
+interpreter would.
 
-Workers and acceptors come from the fork server; the server inherits the listening sockets
-so a forked acceptor has its own at the same descriptor number, and every other forked child
-closes them (only the acceptor holds a client-facing socket). mp's master and the source are
-fresh interpreters. Handler modules are imported by each worker,
+Workers and acceptors come from the fork server. The server inherits the listening sockets
+(and never uses them) so that a forked acceptor has its own at the same descriptor number;
+every other forked child closes them (only the acceptor holds a client-facing socket). mp's
+master and the source are fresh interpreters. Handler modules are imported by each child,
 never by the server, so no user code runs before a fork. If the server is gone, children are
 started as fresh interpreters: slower, same behaviour.
 
