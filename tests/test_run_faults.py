@@ -209,3 +209,22 @@ def test_a_killed_sink_that_keeps_state_makes_the_result_incomplete_and_says_so(
            "'collect'" in run.stderr
     [total] = run.results()
     assert total["count"] < 3000  # what the restarted sink counted: written, and flagged
+
+
+def test_without_its_fork_server_a_run_restarts_workers_fresh(tmp_path: Path) -> None:
+    """The fork server is an optimisation: killed, the run goes on, and a worker that dies
+    afterwards is started as a fresh interpreter (slower, same behaviour)."""
+    n = 3000
+    with SedaRun(tmp_path, chain(n=n, gap=0.001)) as run:
+        wait_for(lambda: len(run.workers("seda: worker")) == 3, 30, "the workers")
+        # (a child forked a moment ago still bears its server's title: wait for one)
+        [server] = wait_for(lambda: len(s := run.workers("seda: fork server")) == 1 and s, 10,
+                            "the fork server")
+        [victim] = run.workers("seda: worker double#0")
+        server.send_signal(signal.SIGKILL)
+        wait_for(lambda: not run.workers("seda: fork server"), 5, "the server to be gone")
+        victim.send_signal(signal.SIGKILL)
+        assert run.wait() == 0, run.stderr
+        assert "worker double#0 killed by SIGKILL; restarting" in run.stderr
+    [total] = run.results()
+    assert total == {"count": n, "sum": 2 * sum(range(n))}
