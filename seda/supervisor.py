@@ -199,6 +199,7 @@ class Supervisor:
         self.lost_state: list[str] = []  # sink state that died with a worker (see _lost_state)
         self.forks: ForkServer | None = None
         self.next_reap = 0.0
+        self.undelivered: dict[str, list[dict[str, Any]]] = {}  # child -> see broadcast
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> Outcome:
@@ -365,10 +366,28 @@ class Supervisor:
         except zmq.ZMQError:
             return False
 
-    def broadcast(self, msg: dict[str, Any]) -> None:
+    def broadcast(self, msg: dict[str, Any], reliable: bool = False) -> None:
+        """Send `msg` to every live child. A `reliable` one that cannot go now (the child's
+        socket is not connected yet: a child started a moment ago, or our connection to a
+        fresh child still on its way) is kept and sent again, in order, until it is
+        delivered or the child exits. A lost `peer_down` left a sender holding a dead
+        worker's messages forever -- seen once workers restarted in 0.1 s."""
         for name, child in self.children.items():
-            if child.alive():
-                self.send(name, msg)
+            if not child.alive():
+                continue
+            queued = self.undelivered.get(name)
+            if queued and reliable:
+                queued.append(msg)
+            elif not self.send(name, msg) and reliable:
+                self.undelivered[name] = [msg]
+
+    def _redeliver(self) -> None:
+        for name in list(self.undelivered):
+            queued = self.undelivered[name]
+            while queued and self.send(name, queued[0]):
+                queued.pop(0)
+            if not queued:
+                del self.undelivered[name]
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> Outcome:
@@ -386,6 +405,8 @@ class Supervisor:
                 if child.pidfd >= 0 and child.pidfd in events:
                     self._on_exit(child)
             self._restart_due()
+            if self.undelivered:
+                self._redeliver()
             if self.failure is not None:
                 return Outcome(1, self.failure)
             now = time.monotonic()
@@ -447,7 +468,8 @@ class Supervisor:
         code = child.reap()
         lost = self._lost_state(child.name)
         self._retire(child.name)
-        self.broadcast({"op": "peer_down", "name": child.name, "pid": pid})
+        self.undelivered.pop(child.name, None)  # its next incarnation starts afresh
+        self.broadcast({"op": "peer_down", "name": child.name, "pid": pid}, reliable=True)
         self.wave_replies.clear()
         self.waves.clear()
         self.wave = 0  # the new incarnation never saw the current probe: start another
@@ -557,7 +579,7 @@ class Supervisor:
             if self._quiet():
                 self.phase = "finishing"
                 self.finish_deadline = now + max(self.spec.settings.drain_timeout, 1.0)
-                self.broadcast({"op": "finish"})
+                self.broadcast({"op": "finish"}, reliable=True)
             elif self.phase == "draining" and now > self.finish_deadline:
                 held = ", ".join(f"{n}: {m.get('pending')}{_held_by(m)}"
                                  for n, m in self.stats.items() if m.get("pending"))
