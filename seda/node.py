@@ -321,9 +321,10 @@ class Node:
 
     def flush(self) -> None:
         self._flush_acks()
-        for sender, fails in self._fails.items():
-            self.send(sender, FAIL, pack(fails))
-        self._fails.clear()
+        # like receipts, a failure report that cannot go now is kept for the next flush:
+        # lost, it would leave its message pending at the sender for good
+        self._fails = {sender: fails for sender, fails in self._fails.items()
+                       if not self.send(sender, FAIL, pack(fails))}
         for dispatcher in self.dispatchers.values():
             for worker, batch in dispatcher.dispatch().items():
                 self._send_data(dispatcher, worker, batch)
