@@ -28,7 +28,7 @@ ACK = b"A"       # body: [[received ids], [done ids]]         worker -> sender
 FAIL = b"F"      # body: [[id, error, traceback], ...]        worker -> sender (handler raised)
 CREDIT = b"C"    # body: window (int, absolute)               worker -> sender
 HELLO = b"H"     # body: nil                                  sender -> worker
-RESULT = b"R"    # body: [[id, payload, request(, stage)]]   any -> origin (reply / result)
+RESULT = b"R"    # body: [kept rows, sent rows, done ids]     any -> origin (see unpack_results)
 LOST = b"L"      # body: [[request, error], ...]              any -> origin (dead-lettered)
 CONTROL = b"X"   # body: {"op": ...}                          supervisor -> process
 STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
@@ -123,16 +123,26 @@ def unpack_fail(body: bytes, limit: int) -> list[list[Any]]:
     return _rows(unpack(body, limit), (int, str, str), "FAIL")
 
 
-def unpack_results(body: bytes, limit: int) -> list[list[Any]]:
-    """[[id, payload, request(, stage)], ...]"""
-    obj = unpack(body, limit)  # every reply passes here: an explicit loop, not _rows
-    if type(obj) is list:
-        for row in obj:
-            if (type(row) is not list or not 3 <= len(row) <= 4 or type(row[0]) is not int
-                    or type(row[2]) is not int or (len(row) == 4 and type(row[3]) is not str)):
-                break
-        else:
-            return obj
+def _result_rows(rows: Any) -> bool:
+    if type(rows) is not list:
+        return False
+    for row in rows:
+        if (type(row) is not list or not 3 <= len(row) <= 4 or type(row[0]) is not int
+                or type(row[2]) is not int or (len(row) == 4 and type(row[3]) is not str)):
+            return False
+    return True
+
+
+def unpack_results(body: bytes, limit: int) -> tuple[list[list[Any]], list[list[Any]],
+                                                     list[int]]:
+    """[kept, sent, done]: rows [id, payload, request(, stage)] the sender keeps until the
+    origin acknowledges them; rows it does not keep; and ids of the origin's own inputs that
+    are DONE -- they made only the rows of this frame (or of earlier ones), so one frame
+    carries both and the origin never sees the DONE without the results."""
+    obj = unpack(body, limit)  # every reply passes here: explicit loops, not _rows
+    if (type(obj) is list and len(obj) == 3 and _result_rows(obj[0]) and _result_rows(obj[1])
+            and _ints(obj[2])):
+        return obj[0], obj[1], obj[2]
     raise ProtocolError("malformed RESULT frame")
 
 

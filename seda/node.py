@@ -99,6 +99,10 @@ class Node:
         self.tracker = Tracker()
         self._acks: dict[str, tuple[list[int], list[int]]] = {}
         self._fails: dict[str, list[list[Any]]] = {}
+        # inputs from the origin whose only outputs are results for it: their results go to
+        # it in one frame with their DONEs, and need no receipt (see flush, unpack_results)
+        self.replies: list[list[Any]] = []
+        self.after_results: list[int] = []
         self._next_hello = self._next_stats = self._next_parent = 0.0
         self.zmq = zmq.Context()
         self.inbox = self._socket()
@@ -204,11 +208,16 @@ class Node:
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == RESULT:  # only origins (source, acceptor) receive results
-            items = unpack_results(body, self.limit)
-            ids = [item[0] for item in items]
-            self.ack_received(sender, ids)  # received and done at once, sent with the
-            self._acks[sender][1].extend(ids)  # next flush
-            self.on_results(items)
+            kept, sent, done = unpack_results(body, self.limit)
+            if kept:
+                ids = [item[0] for item in kept]
+                self.ack_received(sender, ids)  # received and done at once, sent with the
+                self._acks[sender][1].extend(ids)  # next flush
+                self.on_results(kept)
+            if sent:
+                self.on_results(sent)
+            if done:
+                self._dispatcher_of(sender).done(sender, done)
         elif kind == LOST:
             self.on_lost(unpack_lost(body, self.limit))
         else:
@@ -320,20 +329,26 @@ class Node:
                       if not self.send(sender, ACK, pack(list(acks)))}
 
     def flush(self) -> None:
+        for dispatcher in self.dispatchers.values():
+            for worker, batch in dispatcher.dispatch().items():
+                self._send_data(dispatcher, worker, batch)
+        batches = self.results.dispatch()
+        if (self.replies or self.after_results) and self.origin not in batches:
+            batches[self.origin] = []
+        for origin, batch in batches.items():
+            # kept rows [id, payload, request] (+ [stage] for a sink's finish value), then
+            # the rows not kept and the DONEs that go with them (see unpack_results)
+            kept = [[env[ID], env[PAYLOAD], env[REQUEST], *env[FINAL:]] for _, env, _ in batch]
+            body = pack([kept, self.replies, self.after_results])
+            if self.send(origin, RESULT, body):
+                self.replies, self.after_results = [], []
+            else:  # retried by _timers, not in a spin
+                self.results.unreachable(origin, batch)
         self._flush_acks()
         # like receipts, a failure report that cannot go now is kept for the next flush:
         # lost, it would leave its message pending at the sender for good
         self._fails = {sender: fails for sender, fails in self._fails.items()
                        if not self.send(sender, FAIL, pack(fails))}
-        for dispatcher in self.dispatchers.values():
-            for worker, batch in dispatcher.dispatch().items():
-                self._send_data(dispatcher, worker, batch)
-        for origin, batch in self.results.dispatch().items():
-            # [id, payload, request] (+ [stage] for a sink's finish value)
-            body = pack([[env[ID], env[PAYLOAD], env[REQUEST], *env[FINAL:]]
-                         for _, env, _ in batch])
-            if not self.send(origin, RESULT, body):  # retried by _timers, not in a spin
-                self.results.unreachable(origin, batch)
 
     def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
         """One DATA frame per stage and per FRAME_MAX messages: several frames in flight
@@ -372,7 +387,8 @@ class Node:
     def pending(self) -> int:
         """Messages this process is still responsible for (zero everywhere = finished)."""
         queued = sum(d.backlog() + d.in_flight() for d in self.dispatchers.values())
-        return queued + self.results.backlog() + self.results.in_flight() + len(self.tracker)
+        return (queued + self.results.backlog() + self.results.in_flight() + len(self.tracker)
+                + len(self.after_results))
 
     def sent_total(self) -> int:
         return sum(d.sent for d in self.dispatchers.values()) + self.results.sent

@@ -16,7 +16,18 @@ from typing import Any
 
 from seda.control import BatchController
 from seda.core import StageCore
-from seda.envelope import CREDIT, DATA, HELLO, ID, Envelope, child_id, pack, unpack_data
+from seda.envelope import (
+    CREDIT,
+    DATA,
+    HELLO,
+    ID,
+    PAYLOAD,
+    REQUEST,
+    Envelope,
+    child_id,
+    pack,
+    unpack_data,
+)
 from seda.node import RESULTS, Node
 from seda.plan import Plan
 
@@ -56,7 +67,8 @@ class Worker(Node):
             if stage not in self.core.runners:
                 self.counters["malformed"] += 1
                 return
-            self.ack_received(sender, [env[ID] for env in envs])
+            if sender != self.origin:  # an origin tracks nothing: it needs no receipts
+                self.ack_received(sender, [env[ID] for env in envs])
             self.work.append((sender, stage, envs))
         elif kind == HELLO:
             self.senders.add(sender)
@@ -77,6 +89,8 @@ class Worker(Node):
         while self.has_work() and time.perf_counter() < until:
             sender, stage, envs = self.work.popleft()
             self._run(sender, stage, envs)
+            if self.work:  # send what this frame made while the next one runs
+                self.flush()
         if self.finishing and not self.finished and self.pending() == 0:
             self.finished = True
             self.report()  # final figures, so the run's summary is exact
@@ -112,6 +126,13 @@ class Worker(Node):
         done = self._acks.setdefault(sender, ([], []))[1]
         done.extend(env[ID] for env in group.dropped)
         if group.inputs:
+            if sender == self.origin and not group.emits:
+                # every output is a result for the sender itself: they go to it in one frame
+                # with the inputs' DONEs, so they need no receipt (see Node.flush)
+                self.replies.extend([env[ID], env[PAYLOAD], env[REQUEST]]
+                                    for env in group.results)
+                self.after_results.extend(env[ID] for env in group.inputs)
+                return
             outputs = self.submit_outputs(group.emits, group.results)
             inputs = [(sender, env[ID]) for env in group.inputs]
             for done_sender, msg_id in self.tracker.add(inputs, outputs):

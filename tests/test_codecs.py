@@ -71,10 +71,41 @@ def test_http_reply_shorthands() -> None:
     assert codec.encode({"a": 1}, get)[0].endswith(b'\r\n\r\n{"a": 1}')
 
 
+def test_http_remembered_heads_change_nothing() -> None:
+    """Heads of {status, headers, body} replies are made once per (status, headers, close):
+    the second encoding of each reply (from the cache) is the first's, byte for byte, and
+    values that merely compare equal (1 and True, 200 and 200.0) never share a head."""
+    get, head_ = {"method": "GET", "keep_alive": True}, {"method": "HEAD", "keep_alive": False}
+    replies: list[object] = [
+        {"status": 200, "headers": {"content-type": "text/plain"}, "body": "hello"},
+        {"status": 200, "headers": {"content-type": "text/plain"}, "body": b"other body"},
+        {"status": 404, "body": "gone"}, {"body": b""}, {"status": 201},
+        {"status": 200, "headers": {"x-flag": True}, "body": "t"},
+        {"status": 200, "headers": {"x-flag": 1}, "body": "t"},
+        {"status": 200, "headers": {"x-flag": "1"}, "body": "t"},
+        {"status": 200, "headers": {"X-Upper": "v", "Content-Length": "99"}, "body": "ab"},
+        {"status": 200, "headers": {"x-list": [1]}, "body": "unhashable"},
+        {"status": 200.0, "body": "float"}, {"status": 999, "body": "bad"},
+    ]
+    for request in (get, head_):
+        first = [http().encode(r, request) for r in replies]
+        again = [http().encode(r, request) for r in replies]
+        assert first == again
+    out = {r: http().encode({"status": 200, "headers": {"x-flag": v}, "body": "t"}, get)[0]
+           for r, v in (("true", True), ("one", 1), ("text", "1"))}
+    assert b"x-flag: True\r\n" in out["true"] and b"x-flag: 1\r\n" in out["one"]
+    assert b"x-flag: 1\r\n" in out["text"]
+    upper = http().encode(replies[8], get)[0]
+    assert b"x-upper: v\r\n" in upper and upper.endswith(b"content-length: 2\r\n\r\nab")
+    assert b"99" not in upper  # the stage's own content-length never reaches the client
+    assert http().encode(replies[4], head_)[0].endswith(b"content-length: 0\r\n\r\n")
+
+
 def test_http_head_and_connection_close() -> None:
     out, close = http().encode("body", {"method": "HEAD", "keep_alive": False})
     assert close
-    assert out.endswith(b"content-length: 4\r\nconnection: close\r\n\r\n")
+    assert out.endswith(b"\r\n\r\n") and b"\r\ncontent-length: 4\r\n" in out
+    assert b"\r\nconnection: close\r\n" in out
 
 
 def test_http_error_replies() -> None:

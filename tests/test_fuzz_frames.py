@@ -31,7 +31,7 @@ VALID: dict[bytes, Any] = {
     e.ACK: [[1, 2], [3]],
     e.CREDIT: [16, 1234],
     e.FAIL: [[5, "ValueError: x", "Traceback ..."]],
-    e.RESULT: [[1, {"a": 1}, 9], [2, 3, 9, "count"]],
+    e.RESULT: [[[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]],
     e.LOST: [[9, "dead-lettered"]],
     e.HELLO: None,
     e.CONTROL: {"op": "probe", "wave": 1},

@@ -21,6 +21,10 @@ from seda.errors import ProtocolError
 from seda.spec import Limits
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_PREFIXES: dict[tuple[Any, ...], bytes] = {}  # (status, headers, close) -> head prefix
+_PREFIXES_MAX = 512
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                     "OPTIONS")}
 
 
 class HttpCodec:
@@ -28,61 +32,68 @@ class HttpCodec:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self.max_header = limits.max_header_bytes
+        self.max_body = limits.max_request_bytes
         self.parser = httptools.HttpRequestParser(self)
         self.done: list[dict[str, Any]] = []
-        self._reset()
+        self.started = False
+        self.on_message_begin()
+        self.started = False
 
-    def _reset(self) -> None:
+    # ---------------------------------------------------------- httptools callbacks
+    # (called once per request or per header: kept flat, no helper calls)
+    def on_message_begin(self) -> None:
         self.url = b""
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.header_bytes = self.body_bytes = 0
-        self.started = False
         self.method = ""
-        self.keep_alive = True
-
-    # ---------------------------------------------------------- httptools callbacks
-    def on_message_begin(self) -> None:
-        self._reset()
-        self.started = True
+        self.keep_alive = self.started = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self._count_header(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header(len(name) + len(value) + 4)
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
-
-    def _count_header(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.limits.max_header_bytes:
+        self.header_bytes += len(url)
+        if self.header_bytes > self.max_header:
             raise ProtocolError("request headers too large", 431)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header:
+            raise ProtocolError("request headers too large", 431)
+        key = name.lower().decode("latin-1")
+        text = value.decode("latin-1")
+        headers = self.headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
     def on_headers_complete(self) -> None:
-        self.method = self.parser.get_method().decode()
+        raw = self.parser.get_method()
+        self.method = _METHODS.get(raw) or raw.decode()
         self.keep_alive = self.parser.should_keep_alive()
-        length = self.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.limits.max_request_bytes:
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
             raise ProtocolError("request body too large", 413)
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
-        if self.body_bytes > self.limits.max_request_bytes:
+        if self.body_bytes > self.max_body:
             raise ProtocolError("request body too large", 413)
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        try:
-            url = httptools.parse_url(self.url)
-        except httptools.HttpParserInvalidURLError:
-            raise ProtocolError("invalid request target", 400) from None
-        self.done.append({"method": self.method, "path": (url.path or b"/").decode("latin-1"),
-                          "query": (url.query or b"").decode("latin-1"),
-                          "headers": self.headers, "body": b"".join(self.body),
-                          "keep_alive": self.keep_alive})
+        url = self.url
+        if url[:1] == b"/":  # origin form, nearly every request: split it here
+            target, _, query = url.partition(b"#")[0].partition(b"?")
+        else:  # absolute form (a proxy request), or garbage
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise ProtocolError("invalid request target", 400) from None
+            target, query = parsed.path or b"/", parsed.query or b""
+        body = self.body
+        self.done.append({"method": self.method, "path": target.decode("latin-1"),
+                          "query": query.decode("latin-1"), "headers": self.headers,
+                          "body": (body[0] if len(body) == 1 else b"".join(body)) if body
+                          else b"", "keep_alive": self.keep_alive})
         self.started = False
 
     # ---------------------------------------------------------- codec interface
@@ -112,8 +123,34 @@ class HttpCodec:
         return self.started
 
     def encode(self, reply: Any, request: Any) -> tuple[bytes, bool]:
-        status, headers, body = reply_parts(reply)
         close = not request.get("keep_alive", True)
+        if type(reply) is dict and "json" not in reply and "file" not in reply:
+            # the common shape {"status", "headers", "body"}: its head, but for the length,
+            # is the same for every reply with the same status and headers: made once
+            raw = reply.get("body", b"")
+            body = raw.encode() if type(raw) is str else raw if type(raw) is bytes else None
+            headers = reply.get("headers")
+            try:
+                key = (reply.get("status", 200), tuple(headers.items()) if headers else (),
+                       close)
+                prefix = _PREFIXES.get(key) if body is not None else None
+            except TypeError:  # an unhashable header value: the long way
+                prefix = None
+            if prefix is None and body is not None and ("status" in reply or "body" in reply):
+                status, normal, _ = reply_parts({**reply, "body": b""})
+                prefix = _prefix(status, normal, close)
+                if status == key[0] and type(key[0]) is int and all(
+                        type(k) is str and type(v) is str for k, v in key[1]):
+                    # only plain ones are remembered (1 == True would share an entry), and
+                    # not a bad status (answered 500)
+                    if len(_PREFIXES) >= _PREFIXES_MAX:
+                        _PREFIXES.clear()
+                    _PREFIXES[key] = prefix
+            if prefix is not None and body is not None:
+                if request.get("method") == "HEAD":
+                    return prefix + b"content-length: %d\r\n\r\n" % len(body), close
+                return b"%scontent-length: %d\r\n\r\n%s" % (prefix, len(body), body), close
+        status, headers, body = reply_parts(reply)
         return head(status, headers, len(body), close) + (
             b"" if request.get("method") == "HEAD" else body), close
 
@@ -162,10 +199,15 @@ def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
 
 
 def head(status: int, headers: dict[str, str], length: int, close: bool) -> bytes:
+    return _prefix(status, headers, close) + b"content-length: %d\r\n\r\n" % length
+
+
+def _prefix(status: int, headers: dict[str, str], close: bool) -> bytes:
+    """A reply's head up to its content-length line (which the caller adds)."""
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
     lines += [f"{k}: {v}" for k, v in headers.items() if k not in ("content-length",
                                                                     "connection")]
-    lines.append(f"content-length: {length}")
     if close:
         lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    lines.append("")
+    return "\r\n".join(lines).encode("latin-1")
