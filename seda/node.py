@@ -326,7 +326,7 @@ class Node:
         """Send the receipts; one that cannot go now (the peer is not connected) is kept for
         the next flush -- a lost receipt would leave its message pending at the sender."""
         self._acks = {sender: acks for sender, acks in self._acks.items()
-                      if not self.send(sender, ACK, pack(list(acks)))}
+                      if (acks[0] or acks[1]) and not self.send(sender, ACK, pack(list(acks)))}
 
     def flush(self) -> None:
         for dispatcher in self.dispatchers.values():

@@ -123,8 +123,8 @@ class Worker(Node):
         group = self.core.process(stage, envs)
         for env, error, tb in group.failed:
             self.fail(sender, env[ID], error, tb)
-        done = self._acks.setdefault(sender, ([], []))[1]
-        done.extend(env[ID] for env in group.dropped)
+        if group.dropped:  # (an empty entry would send an empty ACK frame)
+            self._acks.setdefault(sender, ([], []))[1].extend(env[ID] for env in group.dropped)
         if group.inputs:
             if sender == self.origin and not group.emits:
                 # every output is a result for the sender itself: they go to it in one frame

@@ -99,7 +99,41 @@ def test_emit_to_a_stage_without_a_route_is_an_error() -> None:
 def test_unpackable_payload_is_an_error_at_the_emitting_stage() -> None:
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: {"x": object()}})
     [(_, error, _)] = c.process("a", [env(1, 3)]).failed
-    assert "msgpack cannot carry" in error
+    assert "msgpack cannot carry" in error and "to 'b'" in error
+
+
+def test_an_unpackable_payload_fails_only_its_own_input() -> None:
+    """The check runs once per batch; when the batch does not pack, only the inputs whose
+    outputs msgpack cannot carry fail (their outputs withdrawn), the rest go on intact."""
+    def a(x: int, ctx: Any) -> None:
+        ctx.emit("b", x)
+        ctx.emit("b", object() if x == 2 else x * 10)
+
+    c = core(chain(), ["a"], {"m:a": a})
+    group = c.process("a", [env(1, 1), env(2, 2), env(3, 3)])
+    assert [e[ID] for e in group.inputs] == [1, 3]
+    assert [e[PAYLOAD] for _, e in group.emits] == [1, 10, 3, 30]
+    assert group.starts == [(0, 0), (2, 0)]
+    assert [e[ID] for e, _, _ in group.failed] == [2]
+    assert (c.stats["a"].completed, c.stats["a"].errors) == (2, 1)
+    assert c.process("a", [env(4, 4)]).emits  # and the next batch is checked afresh
+
+    service = (Graph("s").acceptor(listen="127.0.0.1:0", protocol="line", entry="r")
+               .stage("r", "m:r")).build()
+    replies = core(service, ["r"], {"m:r": lambda x, ctx: {1, 2} if x == "bad" else x})
+    group = replies.process("r", [env(1, "ok"), env(2, "bad")])
+    assert [e[PAYLOAD] for e in group.results] == ["ok"]
+    assert "as a reply" in group.failed[0][1]
+
+
+def test_a_batch_handler_with_an_unpackable_output_fails_as_one() -> None:
+    class Batch:
+        def handle_batch(self, xs: list[Any], ctx: Any) -> list[Any]:
+            return [object() if x == 2 else x for x in xs]
+
+    c = core(chain(), ["a"], {"m:a": Batch})
+    group = c.process("a", [env(1, 1), env(2, 2)])
+    assert group.inputs == [] and group.emits == [] and len(group.failed) == 2
 
 
 def test_class_handler_lifecycle_and_batches() -> None:
