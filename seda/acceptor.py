@@ -29,7 +29,7 @@ from setproctitle import setproctitle
 
 from seda.codec import Codec, encode_reply, make_codec
 from seda.codec.http import HttpCodec
-from seda.control import AdmissionController, Decision
+from seda.control import AdmissionController, Classifier, Decision
 from seda.core import StageCore
 from seda.envelope import ID, PAYLOAD, REQUEST, SAMPLE
 from seda.errors import ProtocolError
@@ -264,6 +264,13 @@ class Acceptor(Node):
             rule.target, min_rate=rule.min_rate, max_rate=rule.max_rate) \
             if rule is not None and rule.enabled else None
         self.last_decision = ""
+        # request classes: who is turned away first under overload (None: one class)
+        self.classes = Classifier(acc.classes) if acc.classes else None
+        if self.classes is not None:
+            self.class_bounds = [self.classes.bound(i, self.queue_bound)
+                                 for i in range(len(self.classes.names))]
+            self.class_requests = [0] * len(self.classes.names)
+            self.class_rejected = [0] * len(self.classes.names)
         for key in FRONT_FIGURES:
             self.counters[key] = 0
         self.max_connections = self.connection_cap()
@@ -363,13 +370,20 @@ class Acceptor(Node):
         timeout = self.limits.request_timeout
         now, mono = time.time(), time.monotonic()
         deadline, expires = now + timeout, mono + timeout
-        queue, order, slots, admission = self.entry_queue, conn.order, self.slots, \
-            self.admission
+        queue, order, slots, admission, classes = self.entry_queue, conn.order, self.slots, \
+            self.admission, self.classes
+        bound, reserve, kind = self.queue_bound, 0.0, 0
         for request in requests:
             slot = Slot(conn, request, start=mono)
             order.append(slot)
-            if len(queue) >= self.queue_bound or not self.accepting or (
-                    admission is not None and not admission.admit(mono)):
+            if classes is not None:
+                kind = classes.classify(request)
+                bound, reserve = self.class_bounds[kind], classes.reserve[kind]
+                self.class_requests[kind] += 1
+            if len(queue) >= bound or not self.accepting or (
+                    admission is not None and not admission.admit(mono, reserve)):
+                if classes is not None:
+                    self.class_rejected[kind] += 1
                 self.counters["rejected"] += 1
                 self.count_dropped(self.entry, "rejected")
                 wait = admission.retry_after() if admission is not None else 1
@@ -527,6 +541,11 @@ class Acceptor(Node):
             figures["admission"] = {"rate": self.admission.rate,
                                     "target": self.admission.target,
                                     "last": self.last_decision}
+        if self.classes is not None:
+            figures["classes"] = {
+                name: {"priority": self.classes.priorities[i],
+                       "requests": self.class_requests[i], "rejected": self.class_rejected[i]}
+                for i, name in enumerate(self.classes.names)}
         if self.core is not None:
             figures["stages"] = {s: st.figures()
                                  for s, st in self.core.stats.items()}

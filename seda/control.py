@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from seda.spec import RequestClass
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -94,15 +98,17 @@ class AdmissionController:
         if self.rate is None and self.max_rate is not None:
             self.rate = self.max_rate  # a ceiling from the start
 
-    def admit(self, now: float) -> bool:
-        """May a request that arrives now go in? (Spends a token when it may.)"""
+    def admit(self, now: float, reserve: float = 0.0) -> bool:
+        """May a request that arrives now go in? (Spends a token when it may.) `reserve` is
+        the share of the bucket it must leave to more important requests (request classes:
+        a lower priority goes in only while the bucket is that much fuller)."""
         if self.rate is None:
             self.admitted += 1
             return True
         capacity = max(1.0, self.rate * self.burst)
         self.tokens = min(capacity, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
-        if self.tokens >= 1.0:
+        if self.tokens >= 1.0 + reserve * capacity:
             self.tokens -= 1.0
             self.admitted += 1
             return True
@@ -343,3 +349,53 @@ class BatchController:
         self.last_rate, self.last_raw, self.counted = smooth, rate, count
         now_window = round(self.window)
         return now_window if now_window != before else None
+
+
+class Classifier:
+    """Which request class a request is in: the first class whose `match` it meets, else the
+    catch-all (the last class, if it has no match; otherwise an implicit `default` class of
+    priority 0). Pure: a request payload in, a class index out.
+
+    With L priority levels (the largest priority + 1), a class of priority p may use
+    (L - p) / L of the entry queue's bound and must leave p / L of the admission token
+    bucket to more important classes: under overload the least important requests are
+    turned away first, and a class alone on the server can still use all of it (a bucket
+    fills up when nobody more important spends it; the queue bound does not move).
+    """
+
+    def __init__(self, classes: list[RequestClass]) -> None:
+        self.rules = [(c.match.path, c.match.method,
+                       tuple((k.lower(), v) for k, v in c.match.header.items()),
+                       c.match.command.upper() if c.match.command is not None else None)
+                      for c in classes if c.match is not None]
+        self.names = [c.name for c in classes]
+        self.priorities = [c.priority for c in classes]
+        if not classes or classes[-1].match is not None:
+            self.names.append("default")
+            self.priorities.append(0)
+        self.levels = max(self.priorities) + 1
+        self.reserve = [p / self.levels for p in self.priorities]
+
+    def bound(self, index: int, queue_bound: int) -> int:
+        """The entry queue length at which requests of class `index` get 503."""
+        return max(1, queue_bound * (self.levels - self.priorities[index]) // self.levels)
+
+    def classify(self, request: Any) -> int:
+        for i, (path, method, headers, command) in enumerate(self.rules):
+            if command is not None:
+                if not (type(request) is list and request and type(request[0]) is str
+                        and request[0].upper() == command):
+                    continue
+            elif type(request) is dict:
+                if path is not None and not request.get("path", "").startswith(path):
+                    continue
+                if method is not None and request.get("method") != method:
+                    continue
+                if headers:
+                    have = request.get("headers", {})
+                    if any(have.get(k) != v for k, v in headers):
+                        continue
+            else:
+                continue
+            return i
+        return len(self.rules)

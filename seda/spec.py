@@ -68,6 +68,31 @@ class AdmissionSpec(_Spec):
     max_rate: float | None = Field(None, gt=0)
 
 
+class ClassMatch(_Spec):
+    """What puts a request in a class: every field given must match."""
+
+    path: str | None = None  # HTTP: the path starts with this
+    method: str | None = None  # HTTP: the method, exactly (upper case)
+    header: dict[str, str] = {}  # HTTP: each header (name in any case) has exactly this value
+    command: str | None = None  # RESP: the command name (any case)
+
+
+class RequestClass(_Spec):
+    """A class of requests with a priority (0 is the most important): under overload the
+    acceptor turns lower priorities away first (docs/overload.md)."""
+
+    name: str
+    priority: int = Field(ge=0, le=9)
+    match: ClassMatch | None = None  # None: every request no class before it matched
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(f"expected a name of letters, digits, '_' or '-', got '{value}'")
+        return value
+
+
 class AcceptorSpec(_Spec):
     """The SPED front door: where it listens, which protocol it speaks, where requests go."""
 
@@ -82,6 +107,7 @@ class AcceptorSpec(_Spec):
     congestion: str | None = None
     limits: Limits = Limits()
     admission: AdmissionSpec | None = None
+    classes: list[RequestClass] = []
 
     @field_validator("listen")
     @classmethod

@@ -146,6 +146,15 @@ class Status:
         front["admission"] = {name: reports[name]["admission"]
                               for name in self.plan.front_doors()
                               if reports.get(name, {}).get("admission")} or None
+        # request classes, summed over front doors: priority, requests, rejected (503)
+        classes: dict[str, dict[str, int]] = {}
+        for name in self.plan.front_doors():
+            for cls, figures in (reports.get(name, {}).get("classes") or {}).items():
+                mine = classes.setdefault(cls, {"priority": int(figures["priority"]),
+                                                "requests": 0, "rejected": 0})
+                mine["requests"] += int(figures["requests"])
+                mine["rejected"] += int(figures["rejected"])
+        front["classes"] = classes or None
         snapshot = {
             "graph": self.plan.graph, "model": self.plan.model, "time": round(now, 3),
             "uptime": round(now - self.started, 1), "stages": stages,
@@ -316,6 +325,16 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
             rate = figures.get("rate")
             admitting.add_metric([graph, door], float("inf") if rate is None else rate)
         yield admitting
+        offered = CounterMetricFamily("seda_acceptor_class_requests", "requests by request "
+                                      "class", labels=["graph", "class", "priority"])
+        turned = CounterMetricFamily("seda_acceptor_class_rejected", "requests turned away "
+                                     "(503) by request class", labels=["graph", "class",
+                                                                       "priority"])
+        for cls, figures in (front.get("classes") or {}).items():
+            offered.add_metric([graph, cls, str(figures["priority"])], figures["requests"])
+            turned.add_metric([graph, cls, str(figures["priority"])], figures["rejected"])
+        yield offered
+        yield turned
         answers = CounterMetricFamily("seda_acceptor_answers", "answers by status code (HTTP; "
                                       "'reply' in other protocols)", labels=["graph", "status"])
         for status, count in front.get("statuses", {}).items():

@@ -117,6 +117,10 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
             header.append(f"\nadmission ({door}): {limit} for a p90 under "
                           f"{adm['target'] * 1000:.0f} ms" +
                           (f" · last: {adm['last']}" if adm.get("last") else ""))
+        if front.get("classes"):
+            header.append("\nclasses: " + " · ".join(
+                f"{cls} (priority {c['priority']}): {c['requests']} requests, "
+                f"{c['rejected']} rejected" for cls, c in front["classes"].items()))
     if snap.get("scaling"):
         header.append(f"\nlast pool change: {snap['scaling'][-1]}")
     table = Table(expand=False)

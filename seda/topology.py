@@ -62,6 +62,7 @@ class _Checker:
         self.pools()
         self.scaling()
         self.bounds()
+        self.classes()
         return sorted(self.problems, key=lambda p: (p.severity != "error", p.line or 0, p.path))
 
     def names(self) -> None:
@@ -80,6 +81,38 @@ class _Checker:
             self.error(("source",), "a graph has an 'acceptor' or a 'source', not both")
             return False
         return True
+
+    def classes(self) -> None:
+        """Request classes: unique names, a catch-all only last, matches the protocol has."""
+        acc = self.spec.acceptor
+        if acc is None:
+            return
+        names: set[str] = set()
+        for i, c in enumerate(acc.classes):
+            path: FieldPath = ("acceptor", "classes", i)
+            if c.name in names:
+                self.error((*path, "name"), f"a second class named '{c.name}'")
+            names.add(c.name)
+            if c.match is None:
+                if i != len(acc.classes) - 1:
+                    self.error(path, f"class '{c.name}' has no match, so it takes every "
+                                     f"request: the classes after it could never match (put "
+                                     f"it last)")
+                continue
+            if c.name == "default":
+                self.error((*path, "name"), "'default' names the class of requests no class "
+                                            "matches; a class with a match needs another name")
+            http = [f for f in ("path", "method", "header") if getattr(c.match, f)]
+            if http and acc.protocol != "http":
+                self.error((*path, "match", http[0]), f"match.{http[0]} is for protocol http, "
+                                                      f"not {acc.protocol}")
+            if c.match.command is not None and acc.protocol != "resp":
+                self.error((*path, "match", "command"), f"match.command is for protocol resp, "
+                                                        f"not {acc.protocol}")
+            if not http and c.match.command is None:
+                self.error((*path, "match"), "match names nothing to match (path, method, "
+                                             "header or command); leave match out for a "
+                                             "catch-all class")
 
     def unknown(self, path: FieldPath, target: str) -> None:
         hint = did_you_mean(target, self.spec.stages)

@@ -114,6 +114,12 @@ def web(request: dict[str, Any], ctx: Any) -> Any:
     return f"{request['method']} {path}"
 
 
+def busy(request: dict[str, Any], ctx: Any) -> str:
+    """HTTP test stage: sleeps `s` seconds (an option) on any path, then answers it."""
+    time.sleep(float(ctx.options.get("s", 0.01)))
+    return str(request["path"])
+
+
 def forward(request: dict[str, Any], ctx: Any) -> str:
     """HTTP front stage: pass the path on (the next stage answers)."""
     return str(request["path"])

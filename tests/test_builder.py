@@ -14,7 +14,10 @@ from stages import shop
 
 def shop_in_python() -> Graph:
     return (Graph("shop", description="parse -> catalog (fast) | checkout (slow, 50 ms)")
-            .acceptor(listen="127.0.0.1:8080", protocol="http", entry="parse")
+            .acceptor(listen="127.0.0.1:8080", protocol="http", entry="parse",
+                      classes=[{"name": "checkout", "priority": 0,
+                                "match": {"path": "/checkout"}},
+                               {"name": "browse", "priority": 1}])
             .stage("parse", handler=shop.parse, to=["catalog", "checkout"], pool="front")
             .stage("catalog", handler="stages.shop:catalog", pool="front")
             .stage("checkout", handler=shop.checkout, workers=4, prefetch=2,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from seda.control import AdmissionController, quantile, simulate
+from seda.control import AdmissionController, Classifier, quantile, simulate
+from seda.spec import RequestClass
 
 approx = partial(pytest.approx, rel=0.02)
 
@@ -217,3 +218,52 @@ def test_batch_controller_starts_over_on_a_sudden_change_of_load() -> None:
     done += 1000  # ten times the load
     assert ctl.observe(21.0, done) == 32  # back to the maximum at once
     assert ctl.observe(22.0, done) is None and ctl.observe(23.0, done) is None  # idle: held
+
+
+def _classes(*specs: dict[str, Any]) -> Classifier:
+    return Classifier([RequestClass.model_validate(s) for s in specs])
+
+
+def test_request_classes_first_match_wins_and_the_rest_is_the_catch_all() -> None:
+    c = _classes({"name": "checkout", "priority": 0, "match": {"path": "/checkout"}},
+                 {"name": "bots", "priority": 2, "match": {"header": {"User-Agent": "bot"}}},
+                 {"name": "posts", "priority": 1, "match": {"method": "POST"}},
+                 {"name": "rest", "priority": 1})
+    def req(path: str = "/", method: str = "GET", **headers: str) -> dict[str, Any]:
+        return {"path": path, "method": method, "headers": headers}
+    assert c.names == ["checkout", "bots", "posts", "rest"] and c.levels == 3
+    assert c.classify(req("/checkout/42", "POST", **{"user-agent": "bot"})) == 0
+    assert c.classify(req("/item", **{"user-agent": "bot"})) == 1
+    assert c.classify(req("/item", "POST")) == 2
+    assert c.classify(req("/item")) == 3 and c.classify(req("/check")) == 3
+    assert c.classify("not a dict") == 3  # a payload of another shape: the catch-all
+    # queue bounds and bucket reserves by priority: the most important class gets it all
+    assert [c.bound(i, 300) for i in range(4)] == [300, 100, 200, 200]
+    assert c.reserve == [0.0, 2 / 3, 1 / 3, 1 / 3]
+    # without a catch-all, unmatched requests are `default`, priority 0
+    d = _classes({"name": "low", "priority": 1, "match": {"path": "/report"}})
+    assert d.names == ["low", "default"] and d.classify({"path": "/x"}) == 1
+    assert d.bound(0, 1) == 1  # never a bound of 0
+    resp = _classes({"name": "reads", "priority": 0, "match": {"command": "get"}},
+                    {"name": "writes", "priority": 1})
+    assert resp.classify(["GET", "k"]) == 0 and resp.classify(["set", "k", "v"]) == 1
+    assert resp.classify([b"\xff"]) == 1
+
+
+def test_a_lower_priority_waits_for_a_fuller_bucket() -> None:
+    """Offered twice what the rate allows by two classes at once, the important one gets
+    nearly all it asks for and the other takes what is left; alone, the other gets it all."""
+    def run(classes: list[float], seconds: float = 2.0) -> list[int]:
+        ctl = AdmissionController(target=0.1, max_rate=100.0)
+        got = [0] * len(classes)
+        steps = int(400 * seconds)  # each class offers 200 req/s
+        for i in range(steps):
+            now = i / 400
+            for k, reserve in enumerate(classes):
+                got[k] += ctl.admit(now, reserve)
+        return got
+
+    high, low = run([0.0, 0.5])
+    assert high >= 0.9 * 200 and low <= 0.1 * 200, (high, low)
+    [alone] = run([0.5])
+    assert alone >= 0.9 * 200, alone

@@ -449,6 +449,53 @@ def test_admission_by_response_time_sheds_load_with_503_and_retry_after(
     assert "admission: p90" in run.stderr and "-> cut to" in run.stderr
 
 
+CLASSES = """
+name: classes
+acceptor:
+  listen: 127.0.0.1:8080
+  entry: web
+  classes:
+    - {name: gold, priority: 0, match: {path: /gold}}
+    - {name: rest, priority: 1}
+stages:
+  web: {handler: stagekit:busy, workers: 1, prefetch: 1, queue: 16, options: {s: 0.01}}
+"""
+
+
+def test_request_classes_turn_the_less_important_away_first(tmp_path: Path) -> None:
+    """One worker (~100 req/s) and an entry queue bound of 16, offered far more by 16 clients
+    asking for /gold and 16 asking for anything else, at once: `gold` (priority 0) may fill
+    the whole queue, the rest (priority 1) only half of it, so gold gets most answers and the
+    rest most 503s -- where one class would share the answers about evenly."""
+    import json
+    import sys
+    import urllib.request
+
+    run, port = serve(tmp_path, CLASSES)
+    with run:
+        gens = [subprocess.Popen([sys.executable, "-m", "seda.loadgen",
+                                  f"http://127.0.0.1:{port}{path}", "-c", "16", "-d", "4",
+                                  "-w", "0"], stdout=subprocess.PIPE, text=True)
+                for path in ("/gold", "/other")]
+        gold, other = (json.loads(g.communicate(timeout=60)[0]) for g in gens)
+        gold_ok, other_ok = gold["statuses"].get("200", 0), other["statuses"].get("200", 0)
+        assert gold_ok > 100 and gold_ok > 4 * other_ok, (gold["statuses"], other["statuses"])
+        assert other["statuses"].get("503", 0) > other_ok, other["statuses"]
+        snap = run.status()
+        classes = snap["front"]["classes"]
+        assert classes["gold"]["priority"] == 0 and classes["rest"]["priority"] == 1
+        assert classes["rest"]["rejected"] > classes["gold"]["rejected"], classes
+        assert classes["gold"]["requests"] + classes["rest"]["requests"] == \
+            snap["front"]["requests"]
+        assert classes["gold"]["rejected"] + classes["rest"]["rejected"] == \
+            snap["front"]["rejected"]
+        with urllib.request.urlopen(run.status_url() + "/metrics", timeout=10) as page:
+            metrics = page.read().decode()
+        assert 'seda_acceptor_class_rejected_total{class="rest",graph="classes",' \
+               'priority="1"}' in metrics
+        stop(run)
+
+
 def test_a_reply_that_names_a_file_is_streamed_with_sendfile(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(48 << 20))
