@@ -261,7 +261,10 @@ class Supervisor:
             self.outbox.connect(proc.endpoint)
 
     def _start_all(self) -> None:
-        for name in self.plan.procs:
+        # fresh interpreters (the source, mp's master) first: they import seda while the
+        # fork server, started just before, does the same, and the forks follow
+        forked = ("worker", "acceptor") if self.forks is not None else ()
+        for name in sorted(self.plan.procs, key=lambda n: self.plan.procs[n].role in forked):
             argv = [sys.executable, "-m", "seda.child", self.plan_file, name, str(os.getpid())]
             fds: tuple[int, ...] = ()
             if name in self.listeners:
