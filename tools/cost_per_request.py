@@ -1,0 +1,137 @@
+"""Where a request's CPU goes: per-process CPU time per request under wrk, seda and baseline.
+
+    python tools/cost_per_request.py [--graph graphs/hello.yaml] [--workers hello=1]
+                                     [--duration 5] [--connections 64]
+
+Runs, one after the other: the minimal uvloop + httptools server of tools/bench_http.py, then
+`seda run GRAPH` under each of `--models` (default: seda with `--workers hello=1`, and sped), each
+under `wrk -t1 -cN -dS`, and prints for every process (and wrk) its CPU share and its user
+and system microseconds per request (CPU time from /proc via psutil, sampled just before and
+just after wrk). A process at ~100% is the bottleneck; one well under 100% while the
+machine is not saturated points at latency (a round trip between processes that do not
+overlap) rather than CPU. The figures drift with the machine's load: compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_http import free_port, serve_baseline, wait_port  # noqa: E402
+
+Sample = dict[int, tuple[str, float, float]]
+
+
+def sample(procs: list[psutil.Process]) -> Sample:
+    out: Sample = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            title = " ".join(proc.cmdline())[:40]
+            out[proc.pid] = (title, times.user, times.system)
+        except psutil.Error:
+            pass
+    return out
+
+
+def measure(procs: list[psutil.Process], port: int, connections: int, duration: int
+            ) -> list[str]:
+    before, start = sample(procs), time.monotonic()
+    wrk = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+                            f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)
+    load = psutil.Process(wrk.pid)
+    last: tuple[float, float] = (0.0, 0.0)
+    while wrk.poll() is None:
+        try:
+            times = load.cpu_times()
+            last = (times.user, times.system)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    out = wrk.stdout.read() if wrk.stdout else ""
+    elapsed, after = time.monotonic() - start, sample(procs)
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not found:
+        return [f"  wrk gave no figure: {out.strip()[:200]}"]
+    rate = float(found.group(1))
+    requests = rate * duration
+    lines = [f"  {rate:,.0f} req/s"]
+    rows = [(after[pid][0], after[pid][1] - before[pid][1], after[pid][2] - before[pid][2])
+            for pid in after if pid in before]
+    rows.append(("wrk (load generator)", *last))
+    for title, user, system in rows:
+        if user + system < 0.01:
+            continue  # idle (fork server, supervisor)
+        lines.append(f"  {title:40s} cpu {100 * (user + system) / elapsed:5.1f}%  "
+                     f"{1e6 * (user + system) / requests:6.1f} us/req  (user "
+                     f"{1e6 * user / requests:5.1f}, sys {1e6 * system / requests:5.1f})")
+    return lines
+
+
+def run_baseline(connections: int, duration: int) -> list[str]:
+    port = free_port()
+    server = mp.Process(target=serve_baseline, args=(port,), daemon=True)
+    server.start()
+    try:
+        wait_port(port)
+        assert server.pid is not None
+        return measure([psutil.Process(server.pid)], port, connections, duration)
+    finally:
+        server.terminate()
+        server.join(10)
+
+
+def run_seda(graph: str, model: str, workers: str, connections: int, duration: int
+             ) -> list[str]:
+    port = free_port()
+    extra = ["--model", model] if model != "seda" else []
+    if workers and model in ("seda", "amped"):
+        extra += ["--workers", workers]
+    proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", graph, "--no-progress",
+                             "--listen", f"127.0.0.1:{port}", *extra], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        time.sleep(1.0)  # every worker grants credit
+        supervisor = psutil.Process(proc.pid)
+        return measure([supervisor, *supervisor.children(recursive=True)], port, connections,
+                       duration)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--graph", default="graphs/hello.yaml")
+    parser.add_argument("--models", default="seda,sped")
+    parser.add_argument("--workers", default="hello=1", help="seda run --workers (seda, amped)")
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    print(f"{psutil.cpu_count()} cores; wrk -t1 -c{args.connections} -d{args.duration}s")
+    print("baseline (uvloop + httptools, one process):")
+    print("\n".join(run_baseline(args.connections, args.duration)))
+    for model in args.models.split(","):
+        print(f"seda {args.graph} --model {model}:")
+        print("\n".join(run_seda(args.graph, model, args.workers, args.connections,
+                                 args.duration)))
+
+
+if __name__ == "__main__":
+    main()
