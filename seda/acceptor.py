@@ -243,7 +243,8 @@ class Acceptor(Node):
         self.entry = acc.entry
         pool = plan.stage_pool.get(self.entry, "")
         # requests waiting for credit at the entry stage (SPED runs them at once instead)
-        self.entry_queue = self.dispatchers[pool].queue if pool in self.dispatchers \
+        self.entry_dispatcher = self.dispatchers.get(pool)
+        self.entry_queue = self.entry_dispatcher.queue if self.entry_dispatcher is not None \
             else deque()
         stage = self.spec.stages[self.entry]
         workers = len(plan.pool_procs.get(pool, [])) or 1
@@ -271,6 +272,11 @@ class Acceptor(Node):
                                  for i in range(len(self.classes.names))]
             self.class_requests = [0] * len(self.classes.names)
             self.class_rejected = [0] * len(self.classes.names)
+        # admitted requests waiting for credit, one queue per priority (classes only)
+        self.by_priority: list[deque[tuple[str, list[Any]]]] = [
+            deque() for _ in range(self.classes.levels if self.classes else 0)]
+        self.held = 0  # requests in by_priority
+        self.unsent = 0  # requests queued since the last flush
         for key in FRONT_FIGURES:
             self.counters[key] = 0
         self.max_connections = self.connection_cap()
@@ -328,9 +334,15 @@ class Acceptor(Node):
         self.flush()
 
     def flush(self) -> None:
+        self.unsent = 0
+        if self.held:
+            self._by_priority()
         if self.core is not None and self.entry_queue:
             self.run_inline(self.core)  # SPED: what this turn read, as one batch
         super().flush()
+
+    def extra_waiting(self) -> dict[str, int]:
+        return {self.entry: self.held} if self.held else {}
 
     def soon(self) -> None:
         """Send queued requests once this turn of the event loop ends (a batch per turn)."""
@@ -376,11 +388,12 @@ class Acceptor(Node):
         for request in requests:
             slot = Slot(conn, request, start=mono)
             order.append(slot)
-            if classes is not None:
+            if classes is not None:  # it waits in its priority's queue (see _by_priority)
                 kind = classes.classify(request)
                 bound, reserve = self.class_bounds[kind], classes.reserve[kind]
                 self.class_requests[kind] += 1
-            if len(queue) >= bound or not self.accepting or (
+                queue = self.by_priority[classes.priorities[kind]]
+            if len(self.entry_queue) + self.held >= bound or not self.accepting or (
                     admission is not None and not admission.admit(mono, reserve)):
                 if classes is not None:
                     self.class_rejected[kind] += 1
@@ -397,10 +410,29 @@ class Acceptor(Node):
             self.deadlines.append((expires, msg_id))
             born = 0 if msg_id & SAMPLE else int(now * 1e9)  # a sample's queue wait is timed
             queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id, born]))
-        if len(queue) >= SEND_EARLY:
+            self.unsent += 1
+            if classes is not None:
+                self.held += 1
+        if self.unsent >= SEND_EARLY:
             self.flush()  # the worker starts on these while this turn reads the rest
         else:
             self.soon()
+
+    def _by_priority(self) -> None:
+        """Request classes: move waiting requests to the entry stage's queue, the most
+        important first, only as many as the entry workers have credit for -- the rest wait
+        where a more important request that comes later can still overtake them. (SPED: all
+        of them, most important first.)"""
+        queue = self.entry_queue
+        room = self.held if self.entry_dispatcher is None else \
+            self.entry_dispatcher.available() - len(queue)
+        for waiting in self.by_priority:
+            while waiting and room > 0:
+                queue.append(waiting.popleft())
+                self.held -= 1
+                room -= 1
+            if room <= 0:
+                return
 
     def run_inline(self, core: StageCore) -> None:
         """SPED: run the queued requests through the whole graph now, on this loop."""

@@ -261,6 +261,11 @@ class Node:
     def probe_extra(self) -> dict[str, Any]:
         return {}
 
+    def extra_waiting(self) -> dict[str, int]:
+        """stage -> messages this process holds for it outside its dispatchers (the
+        acceptor's request classes)."""
+        return {}
+
     def stats(self) -> dict[str, Any]:
         return {}
 
@@ -308,6 +313,8 @@ class Node:
             waiting.update(held)
             if held and dispatcher.available() == 0:
                 blocked.extend(held)
+        for stage, count in self.extra_waiting().items():
+            waiting[stage] = waiting.get(stage, 0) + count
         figures = self.stats()
         stages = figures.setdefault("stages", {})
         for stage, reasons in self.dropped.items():  # counted against the stage they were for

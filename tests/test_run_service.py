@@ -496,6 +496,30 @@ def test_request_classes_turn_the_less_important_away_first(tmp_path: Path) -> N
         stop(run)
 
 
+
+def test_request_classes_overtake_in_the_entry_queue(tmp_path: Path) -> None:
+    """With a queue bound no client reaches (nobody gets 503), classes still decide who
+    waits: requests wait in one queue per priority and go to the worker, as it grants
+    credit, most important first -- a FIFO queue would share the answers about evenly."""
+    import json
+    import sys
+
+    graph = CLASSES.replace("queue: 16", "queue: 400")
+    run, port = serve(tmp_path, graph)
+    with run:
+        gens = [subprocess.Popen([sys.executable, "-m", "seda.loadgen",
+                                  f"http://127.0.0.1:{port}{path}", "-c", "16", "-d", "4",
+                                  "-w", "0", "-t", "30"], stdout=subprocess.PIPE, text=True)
+                for path in ("/gold", "/other")]
+        gold, other = (json.loads(g.communicate(timeout=60)[0]) for g in gens)
+        gold_ok, other_ok = gold["statuses"].get("200", 0), other["statuses"].get("200", 0)
+        assert gold_ok > 100 and gold_ok > 5 * other_ok, (gold, other)
+        assert set(gold["statuses"]) | set(other["statuses"]) <= {"200"}, (gold, other)
+        snap = run.status()
+        assert snap["front"]["rejected"] == 0
+        stop(run)  # the starved requests are served once gold stops, and the drain ends
+
+
 def test_a_reply_that_names_a_file_is_streamed_with_sendfile(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(48 << 20))
