@@ -369,20 +369,25 @@ class Supervisor:
         except zmq.ZMQError:
             return False
 
-    def broadcast(self, msg: dict[str, Any], reliable: bool = False) -> None:
+    def broadcast(self, msg: dict[str, Any], reliable: bool = False) -> bool:
         """Send `msg` to every live child. A `reliable` one that cannot go now (the child's
         socket is not connected yet: a child started a moment ago, or our connection to a
         fresh child still on its way) is kept and sent again, in order, until it is
         delivered or the child exits. A lost `peer_down` left a sender holding a dead
-        worker's messages forever -- seen once workers restarted in 0.1 s."""
+        worker's messages forever -- seen once workers restarted in 0.1 s. False if a send
+        failed (an unreliable one is then lost)."""
+        went = True
         for name, child in self.children.items():
             if not child.alive():
                 continue
             queued = self.undelivered.get(name)
             if queued and reliable:
                 queued.append(msg)
-            elif not self.send(name, msg) and reliable:
-                self.undelivered[name] = [msg]
+            elif not self.send(name, msg):
+                went = False
+                if reliable:
+                    self.undelivered[name] = [msg]
+        return went
 
     def _redeliver(self) -> None:
         for name in list(self.undelivered):
@@ -620,7 +625,10 @@ class Supervisor:
         if self.wave == 0:
             self.wave = self.wave_seq = self.wave_seq + 1
             self.wave_started = now
-            self.broadcast({"op": "probe", "wave": self.wave})
+            if not self.broadcast({"op": "probe", "wave": self.wave}):
+                # a child was not reachable yet (it has just started): ask again at the next
+                # tick rather than after WAVE_PATIENCE -- a short pipeline ends 0.5 s sooner
+                self.wave_started = now - WAVE_PATIENCE
         if len(self.waves) < 2:
             return False
         first, second = self.waves
