@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from seda.loader import load_text
 from seda.plan import make_plan
-from seda.status import Status
+from seda.status import Status, metric_families
 from tests.runkit import TESTS, SedaRun, wait_for
 
 DEPTH = """
@@ -280,6 +280,31 @@ def test_top_renders_a_snapshot_or_says_it_waits() -> None:
     text = console.export_text()
     assert "slow ◀ bottleneck" in text and "front → slow 4 (peak 4)" in text
     assert sparkline([0, 1, 2, 4]) == "▁▃▅█" and sparkline([0, 0]) == "▁▁"
+
+
+
+def test_request_classes_add_up_over_front_doors_and_show_in_top() -> None:
+    from rich.console import Console
+
+    from seda.top import render
+
+    spec, _ = load_text(DEPTH)
+    status = Status(make_plan(spec, "/run/x", model="symped", processes=2), started=0.0)
+    doors = status.plan.front_doors()
+    assert len(doors) == 2
+    gold = {"priority": 0, "requests": 7, "rejected": 1}
+    rest = {"priority": 1, "requests": 9, "rejected": 5}
+    snap = status.update(1.0, {doors[0]: {"classes": {"gold": gold, "rest": rest}},
+                               doors[1]: {"classes": {"gold": gold, "rest": rest}}}, {}, {}, {})
+    assert snap["front"]["classes"] == {
+        "gold": {"priority": 0, "requests": 14, "rejected": 2},
+        "rest": {"priority": 1, "requests": 18, "rejected": 10}}
+    samples = {(s.name, s.labels.get("class")): s.value
+               for m in metric_families(snap) for s in m.samples}
+    assert samples[("seda_acceptor_class_rejected_total", "rest")] == 10
+    console = Console(record=True, width=200)
+    console.print(render(snap))
+    assert "rest (priority 1): 18 requests, 10 rejected" in console.export_text()
 
 
 def test_top_shows_queue_wait_and_a_row_per_worker() -> None:
