@@ -54,7 +54,7 @@ class Slot:
     file: tuple[int, int] | None = None  # (fd, size): a file that follows `out` (sendfile)
 
 
-SEND_EARLY = 16  # requests read in one turn of the loop that go to the entry stage at once
+SEND_EARLY = 16  # requests queued since the last send that go to the entry stage at once
 FD_RESERVE = 64  # descriptors kept free for the acceptor's own use (see connection_cap)
 
 
@@ -585,5 +585,3 @@ class Acceptor(Node):
 
     def pending(self) -> int:
         return super().pending() + len(self.slots)
-
-

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_http import free_port, serve_baseline, wait_port  # noqa: E402
+from bench_http import free_port, seda, serve_baseline, stop, wait_port  # noqa: E402
 
 Sample = dict[int, tuple[str, float, float]]
 
@@ -98,22 +97,13 @@ def run_seda(graph: str, model: str, workers: str, connections: int, duration: i
     extra = ["--model", model] if model != "seda" else []
     if workers and model in ("seda", "amped"):
         extra += ["--workers", workers]
-    proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", graph, "--no-progress",
-                             "--listen", f"127.0.0.1:{port}", *extra], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = seda(graph, port, *extra)  # started, listening, workers ready
     try:
-        wait_port(port)
-        time.sleep(1.0)  # every worker grants credit
         supervisor = psutil.Process(proc.pid)
         return measure([supervisor, *supervisor.children(recursive=True)], port, connections,
                        duration)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main() -> None:
