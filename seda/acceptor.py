@@ -257,8 +257,9 @@ class Acceptor(Node):
         self.next_id = random.getrandbits(40) << 20
         self.accepting = True
         self.pump_due = False
-        self.statuses: dict[str, int] = {}  # answers by status code (HTTP) or "reply"
-        self.codes: dict[bytes, int] = {}  # the same, for replies (counted as bytes: cheaper)
+        # answers by status code (HTTP) or b"reply", as bytes: a reply's code is a slice of
+        # the head our codec wrote, counted without decoding it
+        self.codes: dict[bytes, int] = {}
         self.http = self.protocol == "http"
         rule = acc.admission
         self.admission = AdmissionController(
@@ -497,7 +498,8 @@ class Acceptor(Node):
             os.close(fd)
 
     def count_status(self, status: str) -> None:
-        self.statuses[status] = self.statuses.get(status, 0) + 1
+        key = status.encode()
+        self.codes[key] = self.codes.get(key, 0) + 1
 
     def answer_error(self, slot: Slot, exc: ProtocolError, soon: bool = False) -> None:
         """Answer a request with the server's error (500, 503, 504): the connection stays
@@ -564,11 +566,8 @@ class Acceptor(Node):
             super().close()
 
     def stats(self) -> dict[str, Any]:
-        statuses = dict(self.statuses)
-        for code, n in self.codes.items():
-            statuses[code.decode()] = statuses.get(code.decode(), 0) + n
         figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.slots),
-                                   "statuses": statuses}
+                                   "statuses": {c.decode(): n for c, n in self.codes.items()}}
         if self.admission is not None:
             figures["admission"] = {"rate": self.admission.rate,
                                     "target": self.admission.target,

@@ -36,8 +36,7 @@ class HttpCodec:
         self.max_body = limits.max_request_bytes
         self.parser = httptools.HttpRequestParser(self)
         self.done: list[dict[str, Any]] = []
-        self.started = False
-        self.on_message_begin()
+        self.on_message_begin()  # the per-request fields, at their defaults
         self.started = False
 
     # ---------------------------------------------------------- httptools callbacks
@@ -124,35 +123,13 @@ class HttpCodec:
 
     def encode(self, reply: Any, request: Any) -> tuple[bytes, bool]:
         close = not request.get("keep_alive", True)
-        if type(reply) is dict and "json" not in reply and "file" not in reply:
-            # the common shape {"status", "headers", "body"}: its head, but for the length,
-            # is the same for every reply with the same status and headers: made once
-            raw = reply.get("body", b"")
-            body = raw.encode() if type(raw) is str else raw if type(raw) is bytes else None
-            headers = reply.get("headers")
-            try:
-                key = (reply.get("status", 200), tuple(headers.items()) if headers else (),
-                       close)
-                prefix = _PREFIXES.get(key) if body is not None else None
-            except TypeError:  # an unhashable header value: the long way
-                prefix = None
-            if prefix is None and body is not None and ("status" in reply or "body" in reply):
-                status, normal, _ = reply_parts({**reply, "body": b""})
-                prefix = _prefix(status, normal, close)
-                if status == key[0] and type(key[0]) is int and all(
-                        type(k) is str and type(v) is str for k, v in key[1]):
-                    # only plain ones are remembered (1 == True would share an entry), and
-                    # not a bad status (answered 500)
-                    if len(_PREFIXES) >= _PREFIXES_MAX:
-                        _PREFIXES.clear()
-                    _PREFIXES[key] = prefix
-            if prefix is not None and body is not None:
-                if request.get("method") == "HEAD":
-                    return prefix + b"content-length: %d\r\n\r\n" % len(body), close
-                return b"%scontent-length: %d\r\n\r\n%s" % (prefix, len(body), body), close
-        status, headers, body = reply_parts(reply)
-        return head(status, headers, len(body), close) + (
-            b"" if request.get("method") == "HEAD" else body), close
+        parts = _remembered(reply, close)
+        if parts is None:
+            status, headers, body = reply_parts(reply)
+            parts = _prefix(status, headers, close), body
+        prefix, body = parts
+        return b"%scontent-length: %d\r\n\r\n%s" % (
+            prefix, len(body), b"" if request.get("method") == "HEAD" else body), close
 
     def file_head(self, reply: dict[str, Any], request: Any, size: int
                   ) -> tuple[bytes, bool, bool]:
@@ -196,6 +173,36 @@ def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
             return 500, {"content-type": "text/plain"}, b"stage replied with a bad status\n"
         return status, headers, body
     return 200, {"content-type": "application/json"}, json.dumps(reply, default=str).encode()
+
+
+def _remembered(reply: Any, close: bool) -> tuple[bytes, bytes] | None:
+    """(head prefix, body) of a reply of the common shape {"status", "headers", "body"}
+    (str or bytes body): its head, but for the length, is the same for every reply with the
+    same status, headers and close, so it is made once. None: another shape, the long way."""
+    if type(reply) is not dict or "json" in reply or "file" in reply or not (
+            "status" in reply or "body" in reply):
+        return None
+    raw = reply.get("body", b"")
+    body = raw.encode() if type(raw) is str else raw if type(raw) is bytes else None
+    if body is None:
+        return None
+    headers = reply.get("headers")
+    key = (reply.get("status", 200), tuple(headers.items()) if headers else (), close)
+    try:
+        prefix = _PREFIXES.get(key)
+    except TypeError:  # an unhashable header value
+        return None
+    if prefix is None:
+        status, normal, _ = reply_parts({**reply, "body": b""})
+        prefix = _prefix(status, normal, close)
+        if status == key[0] and type(key[0]) is int and all(
+                type(k) is str and type(v) is str for k, v in key[1]):
+            # only plain ones are remembered (1 == True would share an entry), and not a
+            # bad status (answered 500)
+            if len(_PREFIXES) >= _PREFIXES_MAX:
+                _PREFIXES.clear()
+            _PREFIXES[key] = prefix
+    return prefix, body
 
 
 def head(status: int, headers: dict[str, str], length: int, close: bool) -> bytes:
