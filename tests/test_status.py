@@ -334,7 +334,9 @@ def test_status_token_guards_every_page_and_seda_top_finds_it(tmp_path: Path) ->
     name = f"tok{secrets.token_hex(4)}"  # a name no other run has, for `seda top NAME`
     token = secrets.token_urlsafe(24)
     graph = DEPTH.replace("name: depth", f"name: {name}")
-    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0", "--status-token", token) as run:
+    # `=`: a token_urlsafe token starts with '-' one time in 64, which argparse would take
+    # for an option (the run then exits 2 and never prints its status line)
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0", f"--status-token={token}") as run:
         url = run.status_url()
         for page in ("/", "/api/status", "/metrics", "/graph.svg"):
             with pytest.raises(urllib.error.HTTPError) as refused:
