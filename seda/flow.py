@@ -70,7 +70,10 @@ class Dispatcher:
         self.links = {w: Link(w) for w in workers}
         self.queue: deque[tuple[str, Envelope]] = deque()
         self.suspects: deque[tuple[str, Envelope]] = deque()  # held by a worker that died
-        self.rtt = 0.0
+        # smoothed round trip (send -> DONE). It starts where the stall limit is the floor,
+        # and every sample moves it a tenth of the way: the first answer of a cold worker
+        # (imports, caches) can be ten times the usual one and must not set it alone
+        self.rtt = self.STALL_FLOOR / self.STALL_FACTOR
         self.sent = 0
         self._turn = 0
 
@@ -130,7 +133,7 @@ class Dispatcher:
         if last is not None:  # one round-trip sample per acknowledgement frame
             link.isolated = False
             sample = self.clock() - last[2]
-            self.rtt = sample if self.rtt == 0.0 else 0.9 * self.rtt + 0.1 * sample
+            self.rtt = 0.9 * self.rtt + 0.1 * sample
         return released
 
     def failed(self, worker: str, msg_id: int, error: str, tb: str) -> DeadLetter | None:

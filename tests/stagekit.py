@@ -9,10 +9,15 @@ from typing import Any
 
 
 def numbers(options: dict[str, Any]) -> Iterator[int]:
-    """0..n-1; `pause_after`/`pause` sleep once after that item; `gap` sleeps between items."""
+    """0..n-1; `pause_after`/`pause` sleep once after that item (first waiting up to 30 s
+    for the file `after_file`, if given, to exist); `gap` sleeps between items."""
     for i in range(int(options.get("n", 100))):
         yield i
         if i == options.get("pause_after"):
+            if options.get("after_file"):
+                deadline = time.monotonic() + 30
+                while not os.path.exists(options["after_file"]) and time.monotonic() < deadline:
+                    time.sleep(0.005)
             time.sleep(float(options.get("pause", 0.0)))
         if options.get("gap"):
             time.sleep(float(options["gap"]))
@@ -31,9 +36,12 @@ def double(x: int, ctx: Any) -> int:
 
 
 def timed(x: int, ctx: Any) -> dict[str, Any]:
-    """Item `long` takes `seconds`; every item reports who ran it and when."""
+    """Item `long` takes `seconds` (and creates the file `mark`, if given, when it starts);
+    every item reports who ran it and when."""
     start = time.time()
     if x == ctx.options.get("long"):
+        if ctx.options.get("mark"):
+            open(ctx.options["mark"], "w").close()
         time.sleep(float(ctx.options.get("seconds", 2.0)))
     return {"x": x, "pid": os.getpid(), "start": start, "end": time.time()}
 

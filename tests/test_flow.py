@@ -73,6 +73,32 @@ def test_a_stalled_worker_gets_no_more_work_while_another_can_take_it() -> None:
     assert d.in_flight() == 1
 
 
+def test_one_slow_first_round_trip_does_not_hide_a_stalled_worker() -> None:
+    """The first answer of a cold worker can take far longer than the usual round trip
+    (imports, caches). It must not set the stall limit on its own: the long message on p.0
+    is 0.3 s old, and the short ones still go to p.1 only."""
+    d, clock = make()
+    d.grant("p.0", 8, pid=10)
+    d.grant("p.1", 8, pid=11)
+    d.submit("s", env(0))  # the long one
+    assert sent_ids(d.dispatch()) == {"p.0": [0]}
+    clock.now += 0.2
+    d.submit("s", env(1))
+    assert sent_ids(d.dispatch()) == {"p.1": [1]}
+    clock.now += 0.08  # a cold first answer: 80 ms
+    d.done("p.1", [1])
+    lag: list[int] = []  # p.1 answers each message two arrivals later: it holds two
+    for i in range(2, 40):
+        clock.now += 0.01
+        d.submit("s", env(i))
+        for worker, ids in sent_ids(d.dispatch()).items():
+            assert worker == "p.1", f"message {ids} queued behind the stalled worker"
+            lag += ids
+        if len(lag) > 2:
+            d.done("p.1", [lag.pop(0)])
+    assert d.in_flight() == 3
+
+
 def test_when_every_worker_is_stalled_work_still_flows() -> None:
     d, clock = make(workers=1)
     d.grant("p.0", 8, pid=10)

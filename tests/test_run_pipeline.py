@@ -58,14 +58,14 @@ name: loadaware
 source:
   handler: stagekit:numbers
   to: [work]
-  options: {n: 21, pause_after: 0, pause: 0.3, gap: 0.01}
+  options: {n: 21, pause_after: 0, pause: 0.3, gap: 0.01, after_file: "MARK"}
 stages:
   work:
     handler: stagekit:timed
     workers: 2
     prefetch: 8
     to: [out]
-    options: {long: 0, seconds: 2.0}
+    options: {long: 0, seconds: 2.0, mark: "MARK"}
   out:
     handler: stagekit:echo
     sink: true
@@ -73,9 +73,12 @@ stages:
 
 
 def test_busy_worker_does_not_collect_a_queue(tmp_path: Path) -> None:
-    """Two workers; item 0 takes 2 s; the 20 short items that follow all go to the other
-    worker and are done while the long one still runs."""
-    with SedaRun(tmp_path, LOAD_AWARE) as run:
+    """Two workers; item 0 takes 2 s; the 20 short items that follow (0.3 s after it started:
+    the source waits for the file its handler creates, so a slow start of the workers cannot
+    bunch them up with it) all go to the other worker and are done while the long one
+    still runs."""
+    graph = LOAD_AWARE.replace("MARK", str(tmp_path / "long-started"))
+    with SedaRun(tmp_path, graph) as run:
         assert run.wait() == 0, run.stderr
     results = {r["x"]: r for r in run.results()}
     assert sorted(results) == list(range(21)), run.stderr
