@@ -33,7 +33,7 @@ from seda.control import AdmissionController, Classifier, Decision
 from seda.core import StageCore
 from seda.envelope import ID, PAYLOAD, REQUEST, SAMPLE
 from seda.errors import ProtocolError
-from seda.flow import DeadLetter
+from seda.flow import DeadLetter, Dispatcher
 from seda.listener import tune
 from seda.node import Node
 from seda.plan import Plan
@@ -344,6 +344,9 @@ class Acceptor(Node):
 
     def extra_waiting(self) -> dict[str, int]:
         return {self.entry: self.held} if self.held else {}
+
+    def held_back(self, dispatcher: Dispatcher) -> int:
+        return self.held if dispatcher is self.entry_dispatcher else 0
 
     def soon(self) -> None:
         """Send queued requests once this turn of the event loop ends (a batch per turn)."""

@@ -221,6 +221,7 @@ SATURATED = 0.9  # busy share of a pool that counts as saturated
 SMOOTHING = 0.3  # weight of the newest period in the batching controller's throughput
 JUMP_COUNT = 20  # completions a period needs before a change of load can be called
 DEMAND_LIMITED = 0.5  # a worker busier than this share of a period may need bigger batches
+BUSY_FULL = 0.95  # a worker busy this share of a period has no time to spare
 
 
 @dataclass
@@ -283,25 +284,37 @@ class PoolController:
 @dataclass
 class BatchController:
     """Adapts a worker's credit window -- how many messages its senders may hand it at once,
-    which is how big its batches get (after Sandstorm's batching controller).
+    which is how big its batches get (after Sandstorm's batching controller, with one more
+    signal: whether the senders held work back).
 
-    Every `period` seconds the worker's throughput (messages completed per second, smoothed
-    over periods) is compared with the best seen since the last reset: while it stays >=
-    `keep` x the best, the window shrinks by `factor` (smaller batches: lower latency, better
-    load balance); below that it grows by `factor` (bigger batches: less overhead per
-    message). A sudden change of throughput (more than `jump` x up or down from one period
-    to the next, both periods with at least 20 completions) is a new load: the best is
-    forgotten and the window goes back to `max`, to be shrunk again. An idle period
-    (nothing completed) changes nothing. A worker that was busy less than half the period
-    (given `busy`) is limited by demand, not by its batches: a lower throughput there means
-    less work came, so the window shrinks instead of growing (a deviation from Sandstorm,
-    whose stages were always saturated in its measurements).
+    Every `period` seconds:
+    - a sudden change of throughput (more than `jump` x up or down from one period to the
+      next, both periods with at least 20 completions) is a new load: the best throughput
+      seen is forgotten and the window goes back to `max`;
+    - if a sender held work back for lack of credit (`held_back`: DATA frames that came while
+      their sender still had messages for this pool) while the worker had time to spare
+      (busy less than 95% of the period), the window is what keeps the work away: it grows
+      by `fast` (x2: the senders are waiting, so it gets there within a few periods);
+    - otherwise Sandstorm's rule: while the throughput (smoothed over periods) stays >=
+      `keep` x the best seen, the window shrinks by `factor` (smaller batches: less work
+      waits behind a slow message in one worker's inbox, where no other worker can take
+      it); below that, it grows by `factor` (bigger batches: less overhead per message).
+      A worker that was busy less than half the period is limited by demand: a lower
+      throughput there means less work came, so the window shrinks instead of growing;
+    - an idle period (nothing completed) changes nothing.
+
+    So a saturated worker's window settles at the smallest that keeps it busy, and a worker
+    that waits for work while its senders hold it back gets a bigger one at once.
+    (Sandstorm's rule alone shrank the window of workers that an acceptor could not feed
+    fast enough -- they were never saturated, so throughput "held" -- and every smaller
+    window cost the acceptor more frames per request: 0.60x the fixed window's throughput.)
     """
 
     min: int = 1
     max: int = 64
     period: float = 0.25
     factor: float = 1.2
+    fast: float = 2.0
     keep: float = 0.9
     jump: float = 3.0
     window: float = 0.0  # 0: starts at max
@@ -312,24 +325,30 @@ class BatchController:
     started: float | None = None
     done_at_start: int = 0
     busy_at_start: float = 0.0
+    held_at_start: int = 0
 
     def __post_init__(self) -> None:
         if not self.window:
             self.window = float(self.max)
 
-    def observe(self, now: float, completed: int, busy: float | None = None) -> int | None:
+    def observe(self, now: float, completed: int, busy: float | None = None,
+                held_back: int = 0) -> int | None:
         """`completed`: the worker's running total; `busy`: its running total of seconds in
-        handlers, if known. The new window when it changes."""
+        handlers, if known; `held_back`: running total of frames that came while their
+        sender held more for this pool. The new window when it changes."""
         if self.started is None:
-            self.started, self.done_at_start, self.busy_at_start = now, completed, busy or 0.0
+            self.started, self.done_at_start = now, completed
+            self.busy_at_start, self.held_at_start = busy or 0.0, held_back
             return None
         elapsed = now - self.started
         if elapsed < self.period:
             return None
         count = completed - self.done_at_start
         rate = count / elapsed
-        idle = busy is not None and busy - self.busy_at_start < DEMAND_LIMITED * elapsed
-        self.started, self.done_at_start, self.busy_at_start = now, completed, busy or 0.0
+        share = None if busy is None else (busy - self.busy_at_start) / elapsed
+        held = held_back > self.held_at_start
+        self.started, self.done_at_start = now, completed
+        self.busy_at_start, self.held_at_start = busy or 0.0, held_back
         if count == 0:
             return None  # idle: nothing to learn, the window stays
         before = round(self.window)
@@ -341,7 +360,10 @@ class BatchController:
             rate > self.jump * self.last_raw or rate * self.jump < self.last_raw)
         if jumped:
             self.best, self.window, smooth = rate, float(self.max), rate  # a new load
-        elif smooth >= self.keep * self.best or idle:
+        elif held and (share is None or share < BUSY_FULL):
+            self.best = max(self.best, smooth)
+            self.window = min(float(self.max), self.window * self.fast)
+        elif smooth >= self.keep * self.best or (share is not None and share < DEMAND_LIMITED):
             self.best = max(self.best, smooth)
             self.window = max(float(self.min), self.window / self.factor)
         else:

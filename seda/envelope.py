@@ -92,14 +92,16 @@ def _rows(obj: Any, types: tuple[type, ...], what: str) -> list[Any]:
     raise ProtocolError(f"malformed {what} frame")
 
 
-def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope]]:
-    """Decode a DATA body into (stage, envelopes), checking its shape."""
+def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope], int]:
+    """Decode a DATA body into (stage, envelopes, held back), checking its shape. `held
+    back`: messages the sender still held for the receiver's pool once this frame went, for
+    lack of credit (the batching controller's sign that the window keeps work away)."""
     obj = unpack(body, limit)
-    if (type(obj) is not list or len(obj) != 2 or type(obj[0]) is not str
-            or not _envelopes(obj[1])):
+    if (type(obj) is not list or len(obj) != 3 or type(obj[0]) is not str
+            or not _envelopes(obj[1]) or type(obj[2]) is not int or obj[2] < 0):
         raise ProtocolError("malformed DATA frame: expected [stage, [[id, origin, attempt, "
-                            "deadline, payload, request, born], ...]]")
-    return obj[0], obj[1]
+                            "deadline, payload, request, born], ...], held back]")
+    return obj[0], obj[1], obj[2]
 
 
 def unpack_ack(body: bytes, limit: int) -> tuple[list[int], list[int]]:

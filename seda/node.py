@@ -261,6 +261,10 @@ class Node:
     def probe_extra(self) -> dict[str, Any]:
         return {}
 
+    def held_back(self, dispatcher: Dispatcher) -> int:
+        """Messages for the dispatcher's pool that this process holds outside its queue."""
+        return 0
+
     def extra_waiting(self) -> dict[str, int]:
         """stage -> messages this process holds for it outside its dispatchers (the
         acceptor's request classes)."""
@@ -363,10 +367,11 @@ class Node:
         by_stage: dict[str, list[Envelope]] = {}
         for stage, env, _ in batch:
             by_stage.setdefault(stage, []).append(env)
+        held = dispatcher.backlog() + self.held_back(dispatcher)  # for the batching controller
         for stage, envs in by_stage.items():
             for start in range(0, len(envs), FRAME_MAX):
                 frame = envs[start:start + FRAME_MAX]
-                if not self.send(worker, DATA, pack([stage, frame])):
+                if not self.send(worker, DATA, pack([stage, frame, held])):
                     dispatcher.unreachable(worker, batch)
                     return
                 self.sent_to[stage] = self.sent_to.get(stage, 0) + len(frame)

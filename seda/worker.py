@@ -51,6 +51,7 @@ class Worker(Node):
         if self.batching is not None:
             self.window = round(self.batching.window)
         self.work: deque[tuple[str, str, list[Envelope]]] = deque()
+        self.frames_held_back = 0  # frames that came while their sender held more for us
         self.finishing = self.finished = False
         self.senders: set[str] = set()  # who asked for credit (HELLO)
         self.retiring = False
@@ -63,10 +64,12 @@ class Worker(Node):
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == DATA:
-            stage, envs = unpack_data(body, self.limit)
+            stage, envs, held = unpack_data(body, self.limit)
             if stage not in self.core.runners:
                 self.counters["malformed"] += 1
                 return
+            if held:
+                self.frames_held_back += 1
             if sender != self.origin:  # an origin tracks nothing: it needs no receipts
                 self.ack_received(sender, [env[ID] for env in envs])
             self.work.append((sender, stage, envs))
@@ -99,7 +102,7 @@ class Worker(Node):
         elif self.batching is not None:
             stats = self.core.stats.values()
             window = self.batching.observe(time.monotonic(), sum(st.completed for st in stats),
-                                           sum(st.busy for st in stats))
+                                           sum(st.busy for st in stats), self.frames_held_back)
             if window is not None:  # a new window for every sender (absolute, not a delta)
                 self.window = window
                 for sender in self.senders:

@@ -205,6 +205,50 @@ def test_batch_controller_does_not_grow_a_worker_that_waits_for_work() -> None:
     assert final(with_busy=False) > 8
 
 
+def test_batch_controller_grows_the_window_of_a_worker_its_senders_cannot_feed() -> None:
+    """The senders hold work back (every period brings frames sent with more left behind)
+    while the worker is busy a fifth of the time -- an acceptor that cannot feed it faster,
+    where every smaller window costs it more frames per request. Throughput does not move
+    with the window, so Sandstorm's rule alone would shrink it to 1; it grows to the
+    maximum instead and stays there."""
+    from seda.control import BatchController
+
+    ctl = BatchController(min=1, max=64, period=0.25, window=8.0)
+    done, busy, held, windows = 0, 0.0, 0, []
+    for i in range(40):
+        ctl.observe(i * 0.25, done, busy, held)
+        done, busy, held = done + 500, busy + 0.05, held + 20
+        windows.append(round(ctl.window))
+    assert windows[3] == 64 and windows[-20:] == [64] * 20, windows
+    # the same trace without held-back frames: the window does not bind, and shrinks
+    ctl = BatchController(min=1, max=64, period=0.25, window=8.0)
+    for i in range(40):
+        ctl.observe(i * 0.25, i * 500, i * 0.05, 0)
+    assert round(ctl.window) == 1
+
+
+def test_batch_controller_settles_a_saturated_worker_at_the_smallest_window_that_keeps_it_busy(
+) -> None:
+    """A worker needs 1 ms a message and credit takes 2 ms to come back: with w messages in
+    flight it does min(1000, w / 0.003) a second, busy that share; its senders always have
+    more. Starting from 64, the window shrinks while throughput holds and settles at 2-6
+    -- the queue of work moves to the senders, where any worker can take it -- at >= 90% of
+    the worker's capacity."""
+    from seda.control import BatchController
+
+    ctl = BatchController(min=1, max=64, period=0.25)
+    done, busy, held, rates, windows = 0.0, 0.0, 0, [], []
+    for i in range(120):
+        ctl.observe(i * 0.25, int(done), busy, held)
+        rate = min(1000.0, ctl.window / 0.003)
+        done, busy, held = done + rate * 0.25, busy + rate * 0.001 * 0.25, held + 10
+        rates.append(rate)
+        windows.append(round(ctl.window))
+    settled = windows[-60:]
+    assert min(settled) >= 2 and max(settled) <= 6, settled
+    assert sum(rates[-60:]) / 60 >= 900, rates[-60:]
+
+
 def test_batch_controller_starts_over_on_a_sudden_change_of_load() -> None:
     from seda.control import BatchController
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1 << 16
 GOOD_ENV = [7, "source", 1, 0.0, ["Hello", "world"], 7, 0]
 VALID: dict[bytes, Any] = {
-    e.DATA: ["normalize", [GOOD_ENV]],
+    e.DATA: ["normalize", [GOOD_ENV], 0],
     e.ACK: [[1, 2], [3]],
     e.CREDIT: [16, 1234],
     e.FAIL: [[5, "ValueError: x", "Traceback ..."]],
@@ -130,7 +130,7 @@ def test_a_worker_counts_bad_frames_and_keeps_working(worker: Worker, kind: byte
 def test_after_the_fuzz_a_good_frame_is_still_run(worker: Worker) -> None:
     stats = worker.core.stats["normalize"]
     completed, malformed = stats.completed, worker.counters["malformed"]
-    worker.take([b"tokenize.0", e.DATA, e.pack(["normalize", [GOOD_ENV[:]]])])
+    worker.take([b"tokenize.0", e.DATA, e.pack(["normalize", [GOOD_ENV[:]], 0])])
     worker.step()
     assert stats.completed == completed + 1
     worker.take([b"tokenize.0", e.CONTROL, e.pack({"op": "stop"})])  # only the supervisor
