@@ -398,7 +398,7 @@ class Acceptor(Node):
                 self.class_requests[kind] += 1
                 queue = self.by_priority[classes.priorities[kind]]
             if len(self.entry_queue) + self.held >= bound or not self.accepting or (
-                    admission is not None and not admission.admit(mono, reserve)):
+                    admission is not None and not admission.admit(mono, reserve, len(slots))):
                 if classes is not None:
                     self.class_rejected[kind] += 1
                 self.counters["rejected"] += 1
@@ -573,6 +573,7 @@ class Acceptor(Node):
                                    "statuses": {c.decode(): n for c, n in self.codes.items()}}
         if self.admission is not None:
             figures["admission"] = {"rate": self.admission.rate,
+                                    "limit": self.admission.limit,
                                     "target": self.admission.target,
                                     "last": self.last_decision}
         if self.classes is not None:

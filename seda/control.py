@@ -24,6 +24,7 @@ def quantile(values: list[float], q: float) -> float:
 
 EARLY_EVERY = 20  # responses between looks at a window that is not yet full
 EARLY_FACTOR = 2.0  # a window whose p90 is already this far over the target is judged now
+MIN_IN_FLIGHT = 2.0  # the admission controller's in-flight limit never goes below this
 
 
 @dataclass
@@ -34,11 +35,13 @@ class Decision:
     what: str  # "cut" | "raise" | "open"
     p90: float  # seconds, of the window that led to it
     rate: float | None  # req/s after it (None: no limit)
+    limit: float | None = None  # admitted requests in flight after it (None: no limit)
 
     def describe(self, target: float) -> str:
-        limit = "no limit" if self.rate is None else f"{self.rate:,.1f} req/s"
+        rate = "no limit" if self.rate is None else f"{self.rate:,.1f} req/s"
+        room = "" if self.limit is None else f", at most {self.limit:,.0f} in flight"
         return (f"admission: p90 {self.p90 * 1000:.0f} ms against a {target * 1000:.0f} ms "
-                f"target -> {self.what} to {limit}")
+                f"target -> {self.what} to {rate}{room}")
 
 
 @dataclass
@@ -68,6 +71,16 @@ class AdmissionController:
     There is no rate at first (the door is open) unless `max_rate` is set, which is also a
     ceiling. A token bucket (`burst` seconds' worth of tokens) spends the rate. Rejected
     requests are never timed: the p90 is that of the answers clients get.
+
+    The rate acts late: a window's p90 shows a queue only once the requests in it have
+    waited through it. So a second gate acts on the queue as it is: once a window has been
+    over the target, at most `limit` admitted requests may be unanswered at once, where
+    `limit` = `queue_share` x target x the capacity measured -- by Little's law, a queue
+    that the server clears within `queue_share` of the target. Each window over the target
+    sets it so again (from the capacity, not from the limit before: repeated cuts do not
+    spiral down); a window under `raise_below` x target in which the limit turned requests
+    away while the server answered less than `headroom` x its capacity makes it 1.2x larger
+    (a pipeline that needs more in flight to stay busy).
     """
 
     target: float  # seconds
@@ -93,15 +106,23 @@ class AdmissionController:
     refilled: float = 0.0
     admitted: int = 0  # in the current window
     answered: int = 0  # in the current window, whenever admitted
+    queue_share: float = 0.8
+    limit: float | None = None  # admitted requests unanswered at once (None: no limit yet)
+    capped: int = 0  # requests the limit turned away in the current window
 
     def __post_init__(self) -> None:
         if self.rate is None and self.max_rate is not None:
             self.rate = self.max_rate  # a ceiling from the start
 
-    def admit(self, now: float, reserve: float = 0.0) -> bool:
+    def admit(self, now: float, reserve: float = 0.0, in_flight: int = 0) -> bool:
         """May a request that arrives now go in? (Spends a token when it may.) `reserve` is
-        the share of the bucket it must leave to more important requests (request classes:
-        a lower priority goes in only while the bucket is that much fuller)."""
+        the share of the bucket, and of the in-flight limit, it must leave to more important
+        requests (request classes: a lower priority goes in only while the bucket is that
+        much fuller and the queue that much shorter). `in_flight`: admitted requests not
+        answered yet."""
+        if self.limit is not None and in_flight >= max(1.0, self.limit * (1.0 - reserve)):
+            self.capped += 1
+            return False
         if self.rate is None:
             self.admitted += 1
             return True
@@ -145,19 +166,35 @@ class AdmissionController:
             return None
         if not self.window or elapsed <= 0:
             self.window, self.window_start, self.admitted, self.answered = [], now, 0, 0
+            self.capped = 0
             return None
         p90, served = quantile(self.window, 0.9), self.answered / elapsed
         flow = self.admitted - self.answered  # > 0: a backlog builds; < 0: it drains
         self.best = max(self.best, served)
-        self.window, self.window_start, self.admitted, self.answered = [], now, 0, 0
         rate = self._next_rate(p90, served, flow, elapsed)
-        if rate == self.rate:
+        limit = self._next_limit(p90, served)
+        self.window, self.window_start, self.admitted, self.answered = [], now, 0, 0
+        self.capped = 0
+        if rate == self.rate and limit == self.limit:
             return None
         what = "open" if rate is None else (
-            "cut" if self.rate is None or rate < self.rate else "raise")
-        self.rate, self.changed = rate, now
-        self.tokens, self.refilled = min(self.tokens, 1.0), now
-        return Decision(now, what, p90, rate)
+            "cut" if self.rate is None or rate < self.rate
+            or (self.limit or math.inf) > (limit or math.inf) else "raise")
+        if rate != self.rate:
+            self.changed = now
+            self.tokens, self.refilled = min(self.tokens, 1.0), now
+        self.rate, self.limit = rate, limit
+        return Decision(now, what, p90, rate, limit)
+
+    def _next_limit(self, p90: float, served: float) -> float | None:
+        """The in-flight limit after a window with this p90 and throughput (see the class
+        text); call it after `_next_rate`, which measures the capacity."""
+        if p90 > self.cut_above * self.target and self.capacity > 0:
+            return max(MIN_IN_FLIGHT, self.queue_share * self.target * self.capacity)
+        if self.limit is not None and self.capped and p90 < self.raise_below * self.target \
+                and served < self.headroom * self.capacity:
+            return self.limit * 1.2  # it turned requests away while the server had room
+        return self.limit
 
     def _next_rate(self, p90: float, served: float, flow: int, elapsed: float
                    ) -> float | None:
@@ -202,7 +239,7 @@ def simulate(ctl: AdmissionController | None, capacity: int, offered: int, secon
         now = step / 1000
         for k in range(offered // 1000):
             t = now + k / offered
-            if ctl is None or ctl.admit(t):
+            if ctl is None or ctl.admit(t, 0.0, len(queue)):
                 queue.append(t)
         credit += capacity / 1000
         while credit >= 1 and queue:

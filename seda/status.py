@@ -321,10 +321,15 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
         admitting = GaugeMetricFamily("seda_acceptor_admission_rate", "requests/s the "
                                       "admission controller lets in (+Inf: all)",
                                       labels=["graph", "door"])
+        room = GaugeMetricFamily("seda_acceptor_admission_in_flight_limit", "admitted "
+                                 "requests the admission controller lets be unanswered at once "
+                                 "(+Inf: no limit)", labels=["graph", "door"])
         for door, figures in (front.get("admission") or {}).items():
-            rate = figures.get("rate")
+            rate, limit = figures.get("rate"), figures.get("limit")
             admitting.add_metric([graph, door], float("inf") if rate is None else rate)
+            room.add_metric([graph, door], float("inf") if limit is None else limit)
         yield admitting
+        yield room
         offered = CounterMetricFamily("seda_acceptor_class_requests", "requests by request "
                                       "class", labels=["graph", "class", "priority"])
         turned = CounterMetricFamily("seda_acceptor_class_rejected", "requests turned away "

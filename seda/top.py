@@ -114,6 +114,8 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
                       f"(500) · {front['protocol_errors']} protocol errors")
         for door, adm in (front.get("admission") or {}).items():
             limit = "open" if adm["rate"] is None else f"{adm['rate']:,.0f} req/s"
+            if adm.get("limit") is not None:
+                limit += f", at most {adm['limit']:,.0f} in flight"
             header.append(f"\nadmission ({door}): {limit} for a p90 under "
                           f"{adm['target'] * 1000:.0f} ms" +
                           (f" · last: {adm['last']}" if adm.get("last") else ""))

@@ -115,6 +115,39 @@ def test_on_a_simulated_server_over_capacity_p90_holds_the_target(overload: int)
     assert p90_open > 10 * target  # the queue grew without bound
 
 
+def test_from_a_cold_start_the_in_flight_limit_holds_the_target_at_once() -> None:
+    """4x the capacity from the first second: the open door admits a backlog before the
+    first window is judged, and requests admitted after the cut still wait behind it -- the
+    rate alone sees that only later (p90 0.45 s over the first 5 s, for a 0.1 s target).
+    The in-flight limit refuses everything until the backlog is down to what the server
+    clears within the target, so the p90 holds from the first seconds on."""
+    target, capacity = 0.1, 1000
+    ctl = AdmissionController(target=target)
+    goodput, p90 = simulate(ctl, capacity, 4 * capacity, 5, settle=0.5)
+    assert goodput >= 0.9 * capacity and p90 <= target, (goodput, p90)
+    assert ctl.limit is not None and 2 <= ctl.limit <= target * capacity, ctl.limit
+
+
+def test_the_in_flight_limit_refuses_before_the_bucket_and_leaves_room_for_priority() -> None:
+    ctl = AdmissionController(target=0.1)
+    assert ctl.admit(0.0, 0.0, in_flight=10_000)  # no limit before a window is judged
+    for i in range(100):  # a window of slow answers at 500 req/s: cut
+        ctl.observe(0.3, 0.5 + i / 500)
+    assert ctl.capacity > 0 and ctl.limit == pytest.approx(0.8 * 0.1 * ctl.capacity)
+    limit = ctl.limit
+    ctl.rate = None  # the door open: only the limit decides
+    assert ctl.admit(1.0, 0.0, in_flight=int(limit) - 1)
+    assert not ctl.admit(1.0, 0.0, in_flight=int(limit) + 1)
+    assert not ctl.admit(1.0, 0.5, in_flight=int(limit / 2) + 1)  # half of it kept free
+    assert ctl.admit(1.0, 0.5, in_flight=int(limit / 2) - 1)
+    assert ctl.capped == 2
+    # answers under the target while the limit turned requests away and the server had
+    # room: more in flight is allowed
+    for i in range(100):
+        ctl.observe(0.01, 1.5 + i / 100)
+    assert ctl.limit == pytest.approx(1.2 * limit)
+
+
 def test_pool_controller_adds_under_sustained_backlog_and_retires_when_idle() -> None:
     from seda.control import PoolController
 

@@ -442,9 +442,15 @@ def test_admission_by_response_time_sheds_load_with_503_and_retry_after(
         assert b"retry-after: " in data
         snap = run.status()
         [door] = snap["front"]["admission"].values()
-        assert door["target"] == 0.1 and door["rate"] is not None, door  # still limiting
+        # still limiting: by rate, or by the in-flight limit (a few times 0.8 x 100 ms x
+        # ~50 req/s at most)
+        assert door["target"] == 0.1 and door["limit"] is not None and door["limit"] < 40, door
         assert door["last"].startswith("admission: p90 "), door
         assert snap["stages"]["web"]["dropped_by"]["admission"] == snap["front"]["rejected"]
+        import urllib.request
+        with urllib.request.urlopen(run.status_url() + "/metrics", timeout=10) as page:
+            metrics = page.read().decode()
+        assert "\nseda_acceptor_admission_in_flight_limit{" in metrics, metrics
         stop(run)
     assert "admission: p90" in run.stderr and "-> cut to" in run.stderr
 
