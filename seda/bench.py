@@ -168,9 +168,11 @@ def _communicate(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 def drive(loadgen: str, url: str, connections: int, duration: float,
-          rate: float | None, timeout: float) -> dict[str, Any]:
+          rate: float | None, timeout: float, warmup: float = 0.0) -> dict[str, Any]:
     """One load run; returns the load generator's figures (latencies in ms). Its CPU is what
-    this process's reaped children used meanwhile (the generator is the only one)."""
+    this process's reaped children used meanwhile (the generator is the only one). `warmup`
+    (seda's generator only): seconds of the same load before the measured window, in the
+    same run -- so what the warm-up left queued is still answered to the same client."""
     before = os.times()
     if loadgen == "wrk":
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -195,11 +197,11 @@ def drive(loadgen: str, url: str, connections: int, duration: float,
                    "errors": sum(kinds.values()), "error_kinds": kinds, "non_2xx": w["status"]}
     else:
         args = [sys.executable, "-m", "seda.loadgen", url, "-c", str(connections), "-d",
-                str(duration), "-t", str(timeout)]
+                str(duration), "-t", str(timeout), "-w", str(warmup)]
         if rate:
             args += ["-r", str(rate)]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        out = _communicate(proc, duration + 60)
+        out = _communicate(proc, warmup + duration + timeout + 60)
         if proc.returncode != 0 or not out.strip():
             raise RunError(f"the load generator failed (exit {proc.returncode})")
         figures = json.loads(out)
@@ -207,7 +209,8 @@ def drive(loadgen: str, url: str, connections: int, duration: float,
     after = os.times()
     used = (after.children_user - before.children_user
             + after.children_system - before.children_system)
-    figures["loadgen_cores"] = round(used / max(duration, 1e-9), 2)
+    figures["loadgen_cores"] = round(used / max(duration + (warmup if loadgen == "seda" else 0),
+                                               1e-9), 2)
     return figures
 
 

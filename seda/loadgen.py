@@ -11,8 +11,10 @@ parsed with httptools.
   latency is measured from the time the request was due, so a stalled server is charged for
   every request it delayed (no coordinated omission).
 
-Only requests due (open) or sent (closed) after the warm-up and answered before the end are
-counted. Errors: connect (refused or timed out), reset (closed with requests outstanding),
+Only requests due (open) or sent (closed) after the warm-up and before the end are counted.
+Closed loop: those answered before the end. Open loop: every request due in the window is
+followed to its answer, if need be after the end (no new ones are sent then), for up to
+--timeout -- so a slow server's last answers are not cut off the count. Errors: connect (refused or timed out), reset (closed with requests outstanding),
 timeout (no response within --timeout; the connection is closed and opened again), and
 responses with a status >= 400 are counted apart (`non_2xx`).
 """
@@ -130,8 +132,13 @@ class Generator:
         if self.rate:
             workers.append(asyncio.ensure_future(self.schedule()))
         await asyncio.sleep(max(0.0, self.end - clock()))
-        for worker in workers:
-            worker.cancel()
+        for worker in workers[1:]:
+            worker.cancel()  # nothing is due after the end
+        if self.rate:  # open loop: follow what was due in the window to its answer
+            tail = self.end + self.timeout
+            while clock() < tail and any(conn.sent for conn in self.conns):
+                await asyncio.sleep(0.01)
+        workers[0].cancel()
         for conn in self.conns:
             conn.sent.clear()  # what is unanswered at the end is not counted
             conn.close()
@@ -156,7 +163,7 @@ class Generator:
 
     def answered(self, conn: _Conn, started: float, status: int) -> None:
         now = clock()
-        if started >= self.begin and now <= self.end:
+        if self.begin <= started < self.end and (now <= self.end or self.rate):
             self.result.requests += 1
             self.result.latencies.append(now - started)
             self.result.statuses[status] += 1

@@ -48,9 +48,9 @@ def point(graph: Path, path: str, logs: Path, tag: str, duration: float,
         port = server.start(path)
         settle(server.proc.pid)
         url = f"http://127.0.0.1:{port}{path}"
-        if rate:  # warm up at the offered rate, so the controller has settled
-            drive("seda", url, connections, 3.0, rate, 5.0)
-        figures = drive("seda", url, connections, duration, rate, 5.0)
+        # open loop: 3 s at the offered rate first (the controller settles), in the same
+        # run, so the warm-up's backlog is not left to the server as work nobody waits for
+        figures = drive("seda", url, connections, duration, rate, 5.0, 3.0 if rate else 0.0)
     finally:
         server.stop()
     figures["log"] = [line for line in (logs / f"{tag}.log").read_text().splitlines()
