@@ -198,18 +198,24 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
-        while self.order and self.order[0].done and self.sending is None:
-            slot = self.order.popleft()
-            transport.write(slot.out)
-            if slot.file is not None:
-                send = FileSend(self, slot, transport.get_extra_info("socket"))
-                if not send.done:  # the replies after it wait for the file
-                    self.sending = send
-                    return
-                if self.closed:
-                    return
+        order, outs = self.order, []  # the finished replies go out in one write
+        while order and order[0].done and self.sending is None:
+            slot = order.popleft()
+            outs.append(slot.out)
+            if slot.file is not None or slot.close:  # what came before goes out first
+                transport.write(b"".join(outs))
+                outs = []
+                if slot.file is not None:
+                    send = FileSend(self, slot, transport.get_extra_info("socket"))
+                    if not send.done:  # the replies after it wait for the file
+                        self.sending = send
+                        return
+                    if self.closed:
+                        return
             if self.sent(slot):
                 return
+        if outs:
+            transport.write(outs[0] if len(outs) == 1 else b"".join(outs))
         self._flow()
 
     def sent(self, slot: Slot) -> bool:
@@ -260,6 +266,7 @@ class Acceptor(Node):
         # answers by status code (HTTP) or b"reply", as bytes: a reply's code is a slice of
         # the head our codec wrote, counted without decoding it
         self.codes: dict[bytes, int] = {}
+        self.busy_replies: dict[tuple[type, int], bytes] = {}  # (codec, Retry-After) -> 503
         self.http = self.protocol == "http"
         rule = acc.admission
         self.admission = AdmissionController(
@@ -388,7 +395,7 @@ class Acceptor(Node):
         deadline, expires = now + timeout, mono + timeout
         queue, order, slots, admission, classes = self.entry_queue, conn.order, self.slots, \
             self.admission, self.classes
-        bound, reserve, kind = self.queue_bound, 0.0, 0
+        bound, reserve, kind, rejected = self.queue_bound, 0.0, 0, 0
         for request in requests:
             slot = Slot(conn, request, start=mono)
             order.append(slot)
@@ -401,11 +408,8 @@ class Acceptor(Node):
                     admission is not None and not admission.admit(mono, reserve, len(slots))):
                 if classes is not None:
                     self.class_rejected[kind] += 1
-                self.counters["rejected"] += 1
-                self.count_dropped(self.entry, "rejected")
-                wait = admission.retry_after() if admission is not None else 1
-                self.answer_error(slot, ProtocolError("overloaded, try again", 503, wait),
-                                  soon=True)
+                rejected += 1
+                self._overloaded(slot, admission.retry_after() if admission is not None else 1)
                 continue
             self.next_id += 1
             msg_id = self.next_id
@@ -417,6 +421,11 @@ class Acceptor(Node):
             self.unsent += 1
             if classes is not None:
                 self.held += 1
+        if rejected:  # 503s: written once this callback is over, in one write
+            self.counters["rejected"] += rejected
+            self.count_dropped(self.entry, "rejected", rejected)
+            self.count_status("503", rejected)
+            self.loop.call_soon(conn.write_ready)
         if self.unsent >= SEND_EARLY:
             self.flush()  # the worker starts on these while this turn reads the rest
         else:
@@ -500,9 +509,22 @@ class Acceptor(Node):
         else:
             os.close(fd)
 
-    def count_status(self, status: str) -> None:
+    def count_status(self, status: str, n: int = 1) -> None:
         key = status.encode()
-        self.codes[key] = self.codes.get(key, 0) + 1
+        self.codes[key] = self.codes.get(key, 0) + n
+
+    def _overloaded(self, slot: Slot, wait: int) -> None:
+        """Answer 503 (the caller counts it and writes it): the same bytes for every request
+        of a protocol and Retry-After, so they are made once."""
+        codec = slot.conn.codec
+        key = (type(codec), wait)
+        out = self.busy_replies.get(key)
+        if out is None:
+            out = self.busy_replies[key] = codec.error_reply(
+                ProtocolError("overloaded, try again", 503, wait))
+        slot.out = out
+        slot.close = type(slot.request) is dict and slot.request.get("keep_alive") is False
+        slot.done = True
 
     def answer_error(self, slot: Slot, exc: ProtocolError, soon: bool = False) -> None:
         """Answer a request with the server's error (500, 503, 504): the connection stays

@@ -25,6 +25,7 @@ def quantile(values: list[float], q: float) -> float:
 EARLY_EVERY = 20  # responses between looks at a window that is not yet full
 EARLY_FACTOR = 2.0  # a window whose p90 is already this far over the target is judged now
 MIN_IN_FLIGHT = 2.0  # the admission controller's in-flight limit never goes below this
+ROOMY = 0.5  # a p90 under this share of the target leaves room for more in flight
 
 
 @dataclass
@@ -78,9 +79,11 @@ class AdmissionController:
     `limit` = `queue_share` x target x the capacity measured -- by Little's law, a queue
     that the server clears within `queue_share` of the target. Each window over the target
     sets it so again (from the capacity, not from the limit before: repeated cuts do not
-    spiral down); a window under `raise_below` x target in which the limit turned requests
-    away while the server answered less than `headroom` x its capacity makes it 1.2x larger
-    (a pipeline that needs more in flight to stay busy).
+    spiral down). A window in which the limit turned requests away kept the server busy:
+    its throughput updates the capacity (smoothed), and a p90 over the target there moves
+    the limit, not the rate (the queue is the one the limit holds). A window under half the
+    target in which the limit turned requests away makes it 1.2x larger (a pipeline that
+    needs more in flight to stay busy).
     """
 
     target: float  # seconds
@@ -171,8 +174,17 @@ class AdmissionController:
         p90, served = quantile(self.window, 0.9), self.answered / elapsed
         flow = self.admitted - self.answered  # > 0: a backlog builds; < 0: it drains
         self.best = max(self.best, served)
-        rate = self._next_rate(p90, served, flow, elapsed)
-        limit = self._next_limit(p90, served)
+        if self.capped:
+            # the in-flight limit turned requests away: the queue is the one it holds, and
+            # the server was kept busy -- what it answered measures its capacity (smoothed:
+            # short windows are noisy), and a p90 over the target is the limit's to fix
+            self.capacity = served if not self.capacity else \
+                (1 - SMOOTHING) * self.capacity + SMOOTHING * served
+            over = p90 > self.cut_above * self.target
+            rate = self.rate if over else self._next_rate(p90, served, flow, elapsed)
+        else:
+            rate = self._next_rate(p90, served, flow, elapsed)
+        limit = self._next_limit(p90)
         self.window, self.window_start, self.admitted, self.answered = [], now, 0, 0
         self.capped = 0
         if rate == self.rate and limit == self.limit:
@@ -186,14 +198,13 @@ class AdmissionController:
         self.rate, self.limit = rate, limit
         return Decision(now, what, p90, rate, limit)
 
-    def _next_limit(self, p90: float, served: float) -> float | None:
-        """The in-flight limit after a window with this p90 and throughput (see the class
-        text); call it after `_next_rate`, which measures the capacity."""
+    def _next_limit(self, p90: float) -> float | None:
+        """The in-flight limit after a window with this p90 (see the class text); call it
+        once the capacity is measured."""
         if p90 > self.cut_above * self.target and self.capacity > 0:
             return max(MIN_IN_FLIGHT, self.queue_share * self.target * self.capacity)
-        if self.limit is not None and self.capped and p90 < self.raise_below * self.target \
-                and served < self.headroom * self.capacity:
-            return self.limit * 1.2  # it turned requests away while the server had room
+        if self.limit is not None and self.capped and p90 < ROOMY * self.target:
+            return self.limit * 1.2  # it turned requests away while answers were quick
         return self.limit
 
     def _next_rate(self, p90: float, served: float, flow: int, elapsed: float

@@ -14,9 +14,10 @@ parsed with httptools.
 Only requests due (open) or sent (closed) after the warm-up and before the end are counted.
 Closed loop: those answered before the end. Open loop: every request due in the window is
 followed to its answer, if need be after the end (no new ones are sent then), for up to
---timeout -- so a slow server's last answers are not cut off the count. Errors: connect (refused or timed out), reset (closed with requests outstanding),
-timeout (no response within --timeout; the connection is closed and opened again), and
-responses with a status >= 400 are counted apart (`non_2xx`).
+--timeout -- so a slow server's last answers are not cut off the count. Errors: connect
+(refused or timed out), reset (closed with requests outstanding), timeout (no response
+within --timeout; the connection is closed and opened again), and responses with a status
+>= 400 are counted apart (`non_2xx`).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def test_open_loop_follows_every_request_due_in_the_window_to_its_answer() -> No
     class Slow(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:  # the stdlib's name
             time.sleep(0.3)
             self.send_response(200)
             self.send_header("Content-Length", "2")
