@@ -117,7 +117,9 @@ def render(rows: list[dict[str, Any]], capacity: float, args: argparse.Namespace
             f"p90 target {args.target * 1000:.0f} ms. Peak: {capacity:,.0f} 2xx/s (closed "
             f"loop, 32 connections, p90 {peak['ok_p90_ms']:.0f} ms). Open loop on "
             f"{args.connections} connections, {args.duration:g} s measured after 3 s at the "
-            f"same rate; latencies of 2xx answers, from when each request was due.\n\n"
+            f"same rate (one run of the generator); every request due in the window is "
+            f"followed to its answer; latencies of 2xx answers, from when each request was "
+            f"due.\n\n"
             f"{head}\n{body}\n")
 
 
