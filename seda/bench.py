@@ -95,6 +95,13 @@ def tree_cpu(pid: int) -> tuple[float, float, int]:
     return user, system, count
 
 
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a benchmark as Ctrl-C does: it unwinds, and the `finally` blocks stop
+    the servers it started (killed outright, a benchmark left them running)."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+
+
 class Server:
     """A `seda run` of the graph under one model, on a free port, stopped on exit."""
 

@@ -171,7 +171,9 @@ def _counts(text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from seda.bench import BenchOptions, run_bench
+    from seda.bench import BenchOptions, run_bench, stop_on_sigterm
+
+    stop_on_sigterm()
 
     checked = check_file(args.file, imports=True)
     if checked.spec.acceptor is None or checked.spec.acceptor.protocol != "http":

@@ -130,3 +130,37 @@ def test_open_loop_follows_every_request_due_in_the_window_to_its_answer() -> No
     # end, only 5 or 6 of them were counted (those answered within the first second)
     assert set(summary["statuses"]) == {"200"} and summary["statuses"]["200"] >= 9, summary
     assert summary["errors"] == 0, summary
+
+
+def test_a_benchmark_stopped_by_sigterm_stops_the_servers_it_started() -> None:
+    """SIGTERM to a benchmark script while its server is up: the script unwinds and stops
+    the `seda run` it started -- nothing of it is left (before, the server ran on)."""
+    import contextlib
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    tool = subprocess.Popen([sys.executable, str(root / "tools" / "bench_batching.py"),
+                             "--duration", "60", "--connections", "1", "--repeat", "1"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    me = psutil.Process(tool.pid)
+    seen: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                "seda: acceptor" in " ".join(p.cmdline()) for p in seen):
+            time.sleep(0.2)
+            seen = me.children(recursive=True)
+        assert any("seda: acceptor" in " ".join(p.cmdline()) for p in seen), "no server up"
+        tool.send_signal(signal.SIGTERM)
+        assert tool.wait(30) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(seen, timeout=15)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.wait()
+        for proc in seen:  # a failed test leaves nothing either
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(seen, timeout=5)

@@ -124,4 +124,7 @@ def render(rows: list[dict[str, Any]], capacity: float, args: argparse.Namespace
 
 
 if __name__ == "__main__":
+    from seda.bench import stop_on_sigterm
+
+    stop_on_sigterm()
     sys.exit(main())

@@ -114,4 +114,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from seda.bench import stop_on_sigterm
+
+    stop_on_sigterm()
     sys.exit(main())

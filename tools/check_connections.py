@@ -79,4 +79,7 @@ def run(proc: subprocess.Popen[bytes], err_path: Path, n: int) -> None:
 
 
 if __name__ == "__main__":
+    from seda.bench import stop_on_sigterm
+
+    stop_on_sigterm()
     main()
