@@ -11,7 +11,8 @@
    load), then against a copy with `acceptor.admission: {target: T}`.
 Prints a table (goodput, its share of the peak, p50/p90/p99 of the 2xx answers, the share
 answered 503, errors) and writes it with the raw figures to OUT/report.md and
-OUT/results.json. The load generator runs on the same cores: its CPU share is reported.
+OUT/results.json, and a plot of goodput and latency against the load to OUT/overload.png
+(when matplotlib is installed). The load generator runs on the same cores: its CPU share is reported.
 """
 
 from __future__ import annotations
@@ -92,7 +93,45 @@ def main() -> int:
     (out / "report.md").write_text(report)
     (out / "results.json").write_text(json.dumps({"capacity": peak, "rows": rows}, indent=1))
     print(report)
+    plot(rows, capacity, args.target, args.path, out / "overload.png")
     return 0
+
+
+def plot(rows: list[dict[str, Any]], capacity: float, target: float, path: str,
+         file: Path) -> None:
+    """Goodput and the p90 / p99 of admitted requests against the offered load, admission
+    on and off (when matplotlib is installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench_overload: no plot (pip install matplotlib)", file=sys.stderr)
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, style in (("off", "o--"), ("on", "s-")):
+        mine = [r for r in rows if r["admission"] == mode]
+        loads = [r["load"] for r in mine]
+        left.plot(loads, [r["goodput"] / capacity for r in mine], style,
+                  label=f"admission {mode}")
+        right.plot(loads, [r["ok_p90_ms"] for r in mine], style, label=f"p90, admission {mode}")
+        right.plot(loads, [r["ok_p99_ms"] for r in mine], style, alpha=0.4,
+                   label=f"p99, admission {mode}")
+    left.axhline(0.9, color="grey", linestyle=":", label="0.9 of the peak")
+    left.set_xlabel("offered load (x peak)")
+    left.set_ylabel("goodput (x peak)")
+    left.set_ylim(bottom=0)
+    left.legend()
+    right.axhline(target * 1000, color="grey", linestyle=":", label="p90 target")
+    right.set_yscale("log")
+    right.set_xlabel("offered load (x peak)")
+    right.set_ylabel("latency of 2xx answers, ms")
+    right.legend(fontsize="small")
+    fig.suptitle(f"overload: {path}, peak {capacity:,.0f} 2xx/s, p90 target "
+                 f"{target * 1000:.0f} ms")
+    fig.tight_layout()
+    fig.savefig(file, dpi=100)
 
 
 def line(row: dict[str, Any], capacity: float) -> str:
