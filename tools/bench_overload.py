@@ -12,7 +12,8 @@
 Prints a table (goodput, its share of the peak, p50/p90/p99 of the 2xx answers, the share
 answered 503, errors) and writes it with the raw figures to OUT/report.md and
 OUT/results.json, and a plot of goodput and latency against the load to OUT/overload.png
-(when matplotlib is installed). The load generator runs on the same cores: its CPU share is reported.
+(when matplotlib is installed). The load generator runs on the same cores: its CPU share
+is reported.
 """
 
 from __future__ import annotations
