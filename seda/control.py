@@ -28,6 +28,11 @@ MIN_IN_FLIGHT = 2.0  # the admission controller's in-flight limit never goes bel
 ROOMY = 0.5  # a p90 under this share of the target leaves room for more in flight
 
 
+def _lower(new: float | None, old: float | None) -> bool:
+    """Is limit `new` tighter than `old`? (None: no limit.)"""
+    return (math.inf if new is None else new) < (math.inf if old is None else old)
+
+
 @dataclass
 class Decision:
     """One adjustment of a controller, for the log and the views."""
@@ -189,9 +194,8 @@ class AdmissionController:
         self.capped = 0
         if rate == self.rate and limit == self.limit:
             return None
-        what = "open" if rate is None else (
-            "cut" if self.rate is None or rate < self.rate
-            or (self.limit or math.inf) > (limit or math.inf) else "raise")
+        what = "cut" if _lower(rate, self.rate) or _lower(limit, self.limit) else \
+            "open" if rate is None and self.rate is not None else "raise"
         if rate != self.rate:
             self.changed = now
             self.tokens, self.refilled = min(self.tokens, 1.0), now
