@@ -121,6 +121,14 @@ class FileSend:
         return True
 
 
+def _server_answer(slot: Slot, out: bytes) -> None:
+    """The server's own answer to a request (500, 503, 504): the connection stays open
+    unless the request asked to close it."""
+    slot.out = out
+    slot.close = type(slot.request) is dict and slot.request.get("keep_alive") is False
+    slot.done = True
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, acceptor: Acceptor) -> None:
         self.acceptor = acceptor
@@ -522,21 +530,13 @@ class Acceptor(Node):
         if out is None:
             out = self.busy_replies[key] = codec.error_reply(
                 ProtocolError("overloaded, try again", 503, wait))
-        slot.out = out
-        slot.close = type(slot.request) is dict and slot.request.get("keep_alive") is False
-        slot.done = True
+        _server_answer(slot, out)
 
-    def answer_error(self, slot: Slot, exc: ProtocolError, soon: bool = False) -> None:
-        """Answer a request with the server's error (500, 503, 504): the connection stays
-        open unless the request asked to close it."""
-        slot.out = slot.conn.codec.error_reply(exc)
+    def answer_error(self, slot: Slot, exc: ProtocolError) -> None:
+        """Answer a request with the server's error (500, 504) now."""
+        _server_answer(slot, slot.conn.codec.error_reply(exc))
         self.count_status(str(exc.status_hint))
-        slot.close = isinstance(slot.request, dict) and slot.request.get("keep_alive") is False
-        slot.done = True
-        if soon:
-            self.loop.call_soon(slot.conn.write_ready)
-        else:
-            slot.conn.write_ready()
+        slot.conn.write_ready()
 
     def expire(self, now: float) -> None:
         while self.deadlines and self.deadlines[0][0] <= now:
