@@ -270,7 +270,7 @@ def simulate(ctl: AdmissionController | None, capacity: int, offered: int, secon
 
 
 SATURATED = 0.9  # busy share of a pool that counts as saturated
-SMOOTHING = 0.3  # weight of the newest period in the batching controller's throughput
+SMOOTHING = 0.3  # weight of the newest period in a smoothed throughput (batching, admission)
 JUMP_COUNT = 20  # completions a period needs before a change of load can be called
 DEMAND_LIMITED = 0.5  # a worker busier than this share of a period may need bigger batches
 BUSY_FULL = 0.95  # a worker busy this share of a period has no time to spare
