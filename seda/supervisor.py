@@ -15,6 +15,7 @@ results reach the source, and everything stops.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -408,7 +409,7 @@ class Supervisor:
             for child in self.children.values():
                 if child.pidfd >= 0:
                     poller.register(child.pidfd, zmq.POLLIN)
-            wait = min(20.0, max(0.0, (next_tick - time.monotonic()) * 1000))
+            wait = min(20, max(0, math.ceil((next_tick - time.monotonic()) * 1000)))  # ms
             events = dict(poller.poll(wait))
             if self.inbox in events:
                 self._read_status()
