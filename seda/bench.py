@@ -95,7 +95,6 @@ def tree_cpu(pid: int) -> tuple[float, float, int]:
     return user, system, count
 
 
-
 def stop_on_sigterm() -> None:
     """SIGTERM ends a benchmark as Ctrl-C does: it unwinds, and the `finally` blocks stop
     the servers it started (killed outright, a benchmark left them running)."""
