@@ -26,6 +26,8 @@ from seda.envelope import (
     BORN,
     DEADLINE,
     ID,
+    ID_MASK,
+    ID_MIX,
     ORIGIN,
     PAYLOAD,
     REQUEST,
@@ -274,18 +276,27 @@ class StageCore:
 
     def _run_each(self, stage: str, runner: _Runner, batch: list[Envelope],
                   group: Group) -> None:
-        """The hot loop: one handler call per message, locals hoisted out of the loop."""
+        """The hot loop: one handler call per message, locals hoisted out of the loop. A
+        returned value's usual routes -- on to a stage of another pool, or back to the
+        origin -- are inlined here (what _emit and _result do); the rest go through
+        _route_return."""
         call, ctx, route = runner.call, runner.ctx, self._route_return
-        replies = runner.returns == "reply"  # a request always gets an answer here
+        returns = runner.returns
+        replies = returns == "reply"  # a request always gets an answer here
+        onward = returns[2:] if returns[:2] == "->" and returns[2:] not in self.runners \
+            else ""
+        answers = replies or returns == "result"
         emits, results, inputs, pending = group.emits, group.results, group.inputs, \
             self._pending
         starts = group.starts
         stats = self.stats[stage]
-        times, waits, clock = stats.times, stats.waits, time.perf_counter_ns
+        times, waits, clock, wall_ns = stats.times, stats.waits, time.perf_counter_ns, \
+            time.time_ns
         ctx._group = group
-        done = 0
+        done = made = 0
         last = clock()  # one clock read per message: the time since the previous one ended
         wall = int(self.clock() * 1e9) - last  # + a perf_counter_ns reading = wall clock
+        self._running = stage
         for env in batch:
             due = env[DEADLINE]  # a message past its deadline is dropped, unrun
             if due and due * 1e9 < last + wall:
@@ -300,14 +311,23 @@ class StageCore:
                     waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             marks = len(emits), len(results)
             ctx._env, ctx._n = env, 0
-            self._running = stage
             try:
                 value = call(env[PAYLOAD], ctx)
-                if value is not None or (replies and not ctx._n):
+                if value is not None and (onward or answers):
+                    # child_id(env[ID], ctx._n), inlined
+                    cid = ((env[ID] * 1_000_003) ^ ((ctx._n + 1) * ID_MIX)) & ID_MASK
+                    if onward:
+                        emits.append((onward, [cid, env[ORIGIN], 1, due, value, env[REQUEST],
+                                               0 if cid & SAMPLE else wall_ns()]))
+                    else:
+                        results.append([cid, env[ORIGIN], 1, 0.0, value, env[REQUEST], 0])
+                    made += 1
+                elif value is not None or (replies and not ctx._n):
                     route(stage, ctx, value)
                 done += 1
                 if pending:
                     self._drain_local(group)
+                    self._running = stage
                 inputs.append(env)
                 starts.append(marks)
                 now = clock()
@@ -317,8 +337,13 @@ class StageCore:
             except Exception as exc:
                 del emits[marks[0]:], results[marks[1]:]
                 group.failed.append((env, *self._failure(stage, exc)))
+                self._running = stage
                 last = clock()
         stats.completed += done
+        if onward:
+            stats.emitted += made
+        else:
+            stats.results += made
 
     def _fresh(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
                ) -> list[Envelope]:

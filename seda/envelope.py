@@ -34,14 +34,14 @@ CONTROL = b"X"   # body: {"op": ...}                          supervisor -> proc
 STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
 
 SAMPLE = 7  # a message whose id & SAMPLE == 0 carries its birth time (one in eight)
-_MASK = (1 << 63) - 1
-_MIX = 0x9E3779B97F4A7C15
+ID_MASK = (1 << 63) - 1
+ID_MIX = 0x9E3779B97F4A7C15
 
 
 def child_id(parent: int, index: int) -> int:
     """Deterministic id of the index-th output of a message: a re-run of the same message
     yields the same ids, which is what lets sinks and acceptors spot duplicates."""
-    return ((parent * 1_000_003) ^ ((index + 1) * _MIX)) & _MASK
+    return ((parent * 1_000_003) ^ ((index + 1) * ID_MIX)) & ID_MASK
 
 
 def pack(obj: Any) -> bytes:

@@ -213,23 +213,24 @@ class Dispatcher:
 
     def _assign(self, link: Link, source: deque[tuple[str, Envelope]], count: int, now: float,
                 out: dict[str, list[Pending]]) -> None:
-        batch = out.setdefault(link.name, [])
-        for _ in range(count):
-            stage, env = source.popleft()
-            entry = (stage, env, now)
-            link.pending[env[ID]] = entry
-            batch.append(entry)
+        take = source.popleft
+        entries = [(*take(), now) for _ in range(count)]
+        link.pending.update({entry[1][ID]: entry for entry in entries})
+        out.setdefault(link.name, []).extend(entries)
         self.sent += count
 
 
 @dataclass(slots=True)
 class _Group:
-    inputs: list[tuple[str, int]]  # (sender, input id)
+    sender: str
+    inputs: list[int]  # ids of the inputs, all from `sender`
     remaining: int
 
 
 class Tracker:
-    """Inputs whose outputs are not yet RECEIVED downstream (so not yet DONE upstream)."""
+    """Inputs whose outputs are not yet RECEIVED downstream (so not yet DONE upstream). A
+    group is what one batch from one sender caused: its inputs are DONE together, once the
+    last of its outputs is received."""
 
     def __init__(self) -> None:
         self._groups: dict[int, _Group] = {}
@@ -239,7 +240,7 @@ class Tracker:
     def __len__(self) -> int:
         return len(self._groups)
 
-    def add(self, inputs: list[tuple[str, int]], outputs: list[int]) -> list[tuple[str, int]]:
+    def add(self, sender: str, inputs: list[int], outputs: list[int]) -> list[int]:
         """Register a processed group; returns the inputs that are DONE right away."""
         if not outputs:
             return inputs
@@ -249,22 +250,23 @@ class Tracker:
                 return inputs
         key = self._next
         self._next += 1
-        self._groups[key] = _Group(inputs, len(set(outputs)))
+        self._groups[key] = _Group(sender, inputs, len(set(outputs)))
         self._waiting.update(dict.fromkeys(outputs, key))
         return []
 
-    def received(self, outputs: list[int]) -> list[tuple[str, int]]:
-        """Outputs arrived downstream; returns inputs that are now DONE."""
-        done: list[tuple[str, int]] = []
+    def received(self, outputs: list[int]) -> list[_Group]:
+        """Outputs arrived downstream; returns the groups whose inputs are now DONE."""
+        done: list[_Group] = []
+        waiting, groups = self._waiting, self._groups
         for output in outputs:
-            key = self._waiting.pop(output, None)
+            key = waiting.pop(output, None)
             if key is None:
                 continue
-            group = self._groups[key]
+            group = groups[key]
             group.remaining -= 1
             if group.remaining == 0:
-                del self._groups[key]
-                done.extend(group.inputs)
+                del groups[key]
+                done.append(group)
         return done
 
 

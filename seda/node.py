@@ -94,6 +94,10 @@ class Node:
         # stage -> the queue of the dispatcher for its pool (the hot path appends to it)
         self._route = {s: self.dispatchers[p].queue for s, p in plan.stage_pool.items()
                        if p in self.dispatchers}
+        stages_of: dict[str, list[str]] = {}
+        for stage, pool in plan.stage_pool.items():
+            stages_of.setdefault(pool, []).append(stage)
+        self._only_stage = {p: ss[0] for p, ss in stages_of.items() if len(ss) == 1}
         self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: ORIGIN_WINDOW)
         self.results.grant(self.origin, ORIGIN_WINDOW)
         self.tracker = Tracker()
@@ -248,8 +252,8 @@ class Node:
             self.stop()
 
     def on_received(self, outputs: list[int]) -> None:
-        for sender, msg_id in self.tracker.received(outputs):
-            self.ack_done(sender, msg_id)
+        for group in self.tracker.received(outputs):
+            self.ack_done(group.sender, group.inputs)
 
     # ------------------------------------------------------------------ hooks
     def has_work(self) -> bool:
@@ -277,8 +281,8 @@ class Node:
     def ack_received(self, sender: str, ids: Iterable[int]) -> None:
         self._acks.setdefault(sender, ([], []))[0].extend(ids)
 
-    def ack_done(self, sender: str, msg_id: int) -> None:
-        self._acks.setdefault(sender, ([], []))[1].append(msg_id)
+    def ack_done(self, sender: str, ids: Iterable[int]) -> None:
+        self._acks.setdefault(sender, ([], []))[1].extend(ids)
 
     def fail(self, sender: str, msg_id: int, error: str, tb: str) -> None:
         self._fails.setdefault(sender, []).append([msg_id, error, tb])
@@ -286,14 +290,13 @@ class Node:
     def submit_outputs(self, emits: list[tuple[str, Envelope]],
                        results: list[Envelope]) -> list[int]:
         """Queue a group's outputs for sending; returns their ids (for the tracker)."""
-        ids = []
         route = self._route
         for item in emits:
             route[item[0]].append(item)
-            ids.append(item[1][ID])
-        for env in results:
-            self.results.submit(RESULTS, env)
-            ids.append(env[ID])
+        ids = [env[ID] for _, env in emits]
+        if results:
+            self.results.queue.extend([(RESULTS, env) for env in results])
+            ids.extend([env[ID] for env in results])
         return ids
 
     def send(self, peer: str, kind: bytes, body: bytes) -> bool:
@@ -364,9 +367,13 @@ class Node:
     def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
         """One DATA frame per stage and per FRAME_MAX messages: several frames in flight
         let the receiver start on the first while the rest travel."""
-        by_stage: dict[str, list[Envelope]] = {}
-        for stage, env, _ in batch:
-            by_stage.setdefault(stage, []).append(env)
+        only = self._only_stage.get(dispatcher.pool)
+        if only is not None:  # a pool of one stage (no need to sort by stage)
+            by_stage = {only: [env for _, env, _ in batch]}
+        else:
+            by_stage = {}
+            for stage, env, _ in batch:
+                by_stage.setdefault(stage, []).append(env)
         held = dispatcher.backlog() + self.held_back(dispatcher)  # for the batching controller
         for stage, envs in by_stage.items():
             for start in range(0, len(envs), FRAME_MAX):

@@ -127,19 +127,19 @@ class Worker(Node):
         for env, error, tb in group.failed:
             self.fail(sender, env[ID], error, tb)
         if group.dropped:  # (an empty entry would send an empty ACK frame)
-            self._acks.setdefault(sender, ([], []))[1].extend(env[ID] for env in group.dropped)
+            self.ack_done(sender, [env[ID] for env in group.dropped])
         if group.inputs:
             if sender == self.origin and not group.emits:
                 # every output is a result for the sender itself: they go to it in one frame
                 # with the inputs' DONEs, so they need no receipt (see Node.flush)
                 self.replies.extend([env[ID], env[PAYLOAD], env[REQUEST]]
                                     for env in group.results)
-                self.after_results.extend(env[ID] for env in group.inputs)
+                self.after_results.extend([env[ID] for env in group.inputs])
                 return
             outputs = self.submit_outputs(group.emits, group.results)
-            inputs = [(sender, env[ID]) for env in group.inputs]
-            for done_sender, msg_id in self.tracker.add(inputs, outputs):
-                self.ack_done(done_sender, msg_id)
+            done = self.tracker.add(sender, [env[ID] for env in group.inputs], outputs)
+            if done:
+                self.ack_done(sender, done)
 
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "retire":  # the pool shrinks: no new work, finish, exit

@@ -205,16 +205,21 @@ def test_unreachable_worker_takes_the_batch_back() -> None:
 
 def test_tracker_reports_done_only_after_every_output_is_received() -> None:
     t = Tracker()
-    assert t.add([("a.0", 1)], [101, 102]) == []
+    assert t.add("a.0", [1, 2], [101, 102]) == []
+    assert t.add("b.0", [7], [103]) == []
     assert t.received([101]) == []
     assert t.received([999]) == []
-    assert t.received([102]) == [("a.0", 1)]
+    [group] = t.received([102])
+    assert (group.sender, group.inputs) == ("a.0", [1, 2])
+    assert len(t) == 1
+    [group] = t.received([103, 101])  # a receipt that came twice counts once
+    assert (group.sender, group.inputs) == ("b.0", [7])
     assert len(t) == 0
 
 
 def test_tracker_without_outputs_is_done_at_once() -> None:
     t = Tracker()
-    assert t.add([("a.0", 1), ("a.0", 2)], []) == [("a.0", 1), ("a.0", 2)]
+    assert t.add("a.0", [1, 2], []) == [1, 2]
 
 
 def test_seen_ids_window() -> None:
