@@ -139,6 +139,7 @@ class Connection(asyncio.Protocol):
         self.paused = False  # not reading: see _flow
         self.sending: FileSend | None = None  # a file reply on its way (others wait)
         self.write_blocked = False  # the transport holds more unsent replies than it likes
+        self.max_inflight = acceptor.limits.max_inflight
         self.last_activity = self.partial_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,11 +158,11 @@ class Connection(asyncio.Protocol):
         self.acceptor.conns.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
-        self.last_activity = now
-        was_partial = self.codec.partial()
+        self.last_activity = now = time.monotonic()
+        codec = self.codec
+        was_partial = codec.partial()
         try:
-            requests = self.codec.feed(data)
+            requests = codec.feed(data)
         except ProtocolError as exc:  # answer what came before the fault, then the error
             self.acceptor.counters["protocol_errors"] += 1
             self.acceptor.count_status(str(exc.status_hint))
@@ -170,17 +171,18 @@ class Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.pause_reading()
             return
-        if self.codec.partial() and (not was_partial or requests):
+        if codec.partial() and (not was_partial or requests):
             self.partial_since = now
         if requests:
             self.acceptor.submit_all(self, requests)
-        self._flow()
+            if len(self.order) >= self.max_inflight:
+                self._flow()  # (reading can only stop here, and only for this reason)
 
     def _flow(self) -> None:
         """Read from the client only while it has room: fewer than max_inflight requests
         unanswered, and its answers not piling up unsent (a client that sends and does not
         read would otherwise fill our memory with its replies)."""
-        reading = not self.write_blocked and len(self.order) < self.acceptor.limits.max_inflight
+        reading = not self.write_blocked and len(self.order) < self.max_inflight
         if reading == self.paused and self.transport is not None and not self.closed:
             self.paused = not reading
             if reading:
@@ -264,6 +266,7 @@ class Acceptor(Node):
         workers = len(plan.pool_procs.get(pool, [])) or 1
         # requests waiting for credit at the entry stage; past it, an immediate 503
         self.queue_bound = stage.queue or max(1024, 4 * workers * stage.prefetch)
+        self.request_timeout = self.limits.request_timeout
         self.listen_sock = socket.socket(fileno=listen_fd)
         self.slots: dict[int, Slot] = {}
         self.deadlines: deque[tuple[float, int]] = deque()
@@ -398,37 +401,42 @@ class Acceptor(Node):
         """Queue a connection's new requests for the entry stage (sent once this turn of the
         loop ends), or answer 503 at once when the entry queue is full."""
         self.counters["requests"] += len(requests)
-        timeout = self.limits.request_timeout
         now, mono = time.time(), time.monotonic()
-        deadline, expires = now + timeout, mono + timeout
+        deadline, expires = now + self.request_timeout, mono + self.request_timeout
         queue, order, slots, admission, classes = self.entry_queue, conn.order, self.slots, \
             self.admission, self.classes
+        entry_queue, deadlines, entry, name = self.entry_queue, self.deadlines, self.entry, \
+            self.name
         bound, reserve, kind, rejected = self.queue_bound, 0.0, 0, 0
+        msg_id, admitted = self.next_id, 0
         for request in requests:
-            slot = Slot(conn, request, start=mono)
+            slot = Slot(conn, request, b"", False, False, mono)
             order.append(slot)
             if classes is not None:  # it waits in its priority's queue (see _by_priority)
                 kind = classes.classify(request)
                 bound, reserve = self.class_bounds[kind], classes.reserve[kind]
                 self.class_requests[kind] += 1
                 queue = self.by_priority[classes.priorities[kind]]
-            if len(self.entry_queue) + self.held >= bound or not self.accepting or (
+            if len(entry_queue) + self.held >= bound or not self.accepting or (
                     admission is not None and not admission.admit(mono, reserve, len(slots))):
                 if classes is not None:
                     self.class_rejected[kind] += 1
                 rejected += 1
                 self._overloaded(slot, admission.retry_after() if admission is not None else 1)
                 continue
-            self.next_id += 1
-            msg_id = self.next_id
-            slot.timed = admission is not None
+            msg_id += 1
+            admitted += 1
+            if admission is not None:
+                slot.timed = True
             slots[msg_id] = slot
-            self.deadlines.append((expires, msg_id))
-            born = 0 if msg_id & SAMPLE else int(now * 1e9)  # a sample's queue wait is timed
-            queue.append((self.entry, [msg_id, self.name, 1, deadline, request, msg_id, born]))
-            self.unsent += 1
+            deadlines.append((expires, msg_id))
+            queue.append((entry, [msg_id, name, 1, deadline, request, msg_id,
+                                  0 if msg_id & SAMPLE else int(now * 1e9)]))
+            # (a sample's queue wait is timed: see envelope.SAMPLE)
             if classes is not None:
                 self.held += 1
+        self.next_id = msg_id
+        self.unsent += admitted
         if rejected:  # 503s: written once this callback is over, in one write
             self.counters["rejected"] += rejected
             self.count_dropped(self.entry, "rejected", rejected)

@@ -6,6 +6,8 @@
 
 HTTP (wrk -t1 -cN -dS against each):
   baseline     a minimal uvloop + httptools hello server (written here, one process)
+  amped-min    the same front passing each loop turn's requests over zmq to one worker
+               process and back (written here): the least an AMPED server in Python does
   amped-1      seda, graphs/hello.yaml with 1 worker   (acceptor + one worker pool)
   amped-2      seda, graphs/hello.yaml with 2 workers
   sped         seda, graphs/hello.yaml with --model sped (the handler runs in the acceptor)
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +63,99 @@ def serve_baseline(port: int) -> None:
         await server.serve_forever()
 
     uvloop.run(main())
+
+
+# ------------------------------------------------------------------ the AMPED ceiling
+# The least an AMPED server in Python does: the same uvloop + httptools front, which sends
+# each loop turn's requests as one msgpack frame over zmq to one worker process and writes
+# the worker's answers. No envelopes, acks, credit, retries, deadlines, ordering or limits:
+# what the architecture itself costs in Python on this machine, not a server to use.
+class MinFront(asyncio.Protocol):
+    waiting: dict[int, MinFront] = {}
+    batch: list[Any] = []
+    next_id = 0
+    push: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import httptools
+
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_message_complete(self) -> None:
+        MinFront.next_id += 1
+        MinFront.waiting[MinFront.next_id] = self
+        if not MinFront.batch:
+            asyncio.get_running_loop().call_soon(MinFront.send)
+        MinFront.batch.append([MinFront.next_id, self.url])
+
+    @staticmethod
+    def send() -> None:
+        import msgpack
+
+        MinFront.push.send(msgpack.packb(MinFront.batch))
+        MinFront.batch = []
+
+
+def _min_worker(inp: str, out: str, parent: int) -> None:
+    import msgpack
+    import zmq
+
+    from seda.node import die_with_parent
+
+    die_with_parent(parent)  # never outlive the server, however it ends
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.bind(inp)
+    push.connect(out)
+    while True:
+        push.send(msgpack.packb([[rid, b"hello, world\n"] for rid, _url in
+                                 msgpack.unpackb(pull.recv())]))
+
+
+def serve_amped_min(port: int) -> None:
+    import msgpack
+    import uvloop
+    import zmq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = f"ipc://{tmp}/in", f"ipc://{tmp}/out"
+        worker = subprocess.Popen([sys.executable, __file__, "--amped-min-worker", inp, out,
+                                   str(os.getpid())])
+        ctx = zmq.Context()
+        pull, MinFront.push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        pull.bind(out)
+        MinFront.push.connect(inp)
+
+        def answers() -> None:  # the zmq FD is edge-triggered: read until nothing is left
+            while int(pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                for rid, body in msgpack.unpackb(pull.recv()):
+                    conn = MinFront.waiting.pop(rid)
+                    if conn.transport.is_closing():
+                        continue  # the client left (wrk's end)
+                    conn.transport.write(  # type: ignore[attr-defined]
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            loop.add_reader(int(pull.getsockopt(zmq.FD)), answers)
+            server = await loop.create_server(MinFront, "127.0.0.1", port)
+            await server.serve_forever()
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            uvloop.run(main())
+        finally:
+            worker.terminate()
+            worker.wait()
 
 
 # ------------------------------------------------------------------ helpers
@@ -134,6 +230,13 @@ def bench_http(connections: int, duration: int) -> None:
         results["baseline"] = wrk(port, connections, duration)
     finally:
         stop(base)  # type: ignore[arg-type]
+    port = free_port()
+    ceiling = subprocess.Popen([sys.executable, __file__, "--serve-amped-min", str(port)])
+    try:
+        wait_port(port)
+        results["amped-min"] = wrk(port, connections, duration)
+    finally:
+        stop(ceiling)  # type: ignore[arg-type]
     for workers in (1, 2):
         port = free_port()
         proc = seda("graphs/hello.yaml", port, "--model", "amped", "--workers",
@@ -190,6 +293,12 @@ def bench_resp(requests: int) -> None:
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-baseline":
         serve_baseline(int(sys.argv[2]))
+        return
+    if len(sys.argv) == 5 and sys.argv[1] == "--amped-min-worker":
+        _min_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-amped-min":
+        serve_amped_min(int(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)

@@ -3,7 +3,8 @@
     python tools/cost_per_request.py [--graph graphs/hello.yaml] [--workers hello=1]
                                      [--duration 5] [--connections 64]
 
-Runs, one after the other: the minimal uvloop + httptools server of tools/bench_http.py, then
+Runs, one after the other: the minimal uvloop + httptools server of tools/bench_http.py and
+its AMPED ceiling (amped-min: requests over zmq to one worker process and back), then
 `seda run GRAPH` under each of `--models` (default: seda with `--workers hello=1`, and sped), each
 under `wrk -t1 -cN -dS`, and prints for every process (and wrk) its CPU share and its user
 and system microseconds per request (CPU time from /proc via psutil, sampled just before and
@@ -21,13 +22,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_http import free_port, seda, serve_baseline, stop, wait_port  # noqa: E402
+from bench_http import (  # noqa: E402
+    free_port,
+    seda,
+    serve_amped_min,
+    serve_baseline,
+    stop,
+    wait_port,
+)
 
 Sample = dict[int, tuple[str, float, float]]
 
@@ -78,14 +87,15 @@ def measure(procs: list[psutil.Process], port: int, connections: int, duration: 
     return lines
 
 
-def run_baseline(connections: int, duration: int) -> list[str]:
+def run_baseline(connections: int, duration: int, serve: Any = serve_baseline) -> list[str]:
     port = free_port()
-    server = mp.Process(target=serve_baseline, args=(port,), daemon=True)
+    server = mp.Process(target=serve, args=(port,), daemon=True)
     server.start()
     try:
         wait_port(port)
         assert server.pid is not None
-        return measure([psutil.Process(server.pid)], port, connections, duration)
+        top = psutil.Process(server.pid)
+        return measure([top, *top.children(recursive=True)], port, connections, duration)
     finally:
         server.terminate()
         server.join(10)
@@ -117,6 +127,8 @@ def main() -> None:
     print(f"{psutil.cpu_count()} cores; wrk -t1 -c{args.connections} -d{args.duration}s")
     print("baseline (uvloop + httptools, one process):")
     print("\n".join(run_baseline(args.connections, args.duration)))
+    print("amped-min (the same front, requests over zmq to one worker and back):")
+    print("\n".join(run_baseline(args.connections, args.duration, serve_amped_min)))
     for model in args.models.split(","):
         print(f"seda {args.graph} --model {model}:")
         print("\n".join(run_seda(args.graph, model, args.workers, args.connections,
