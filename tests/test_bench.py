@@ -164,3 +164,44 @@ def test_a_benchmark_stopped_by_sigterm_stops_the_servers_it_started() -> None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
         psutil.wait_procs(seen, timeout=5)
+
+
+def test_the_amped_ceiling_answers_and_stops_its_worker_on_sigterm(root: Path) -> None:
+    """tools/bench_http.py's amped-min (the AMPED ceiling beside seda in the benchmark):
+    real HTTP over its zmq round trip, then SIGTERM ends it and its worker process."""
+    import http.client
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(root / "tools" / "bench_http.py"),
+                               "--serve-amped-min", str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # it listens once its worker is up
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "amped-min never listened"
+                time.sleep(0.05)
+        for _ in range(3):  # keep-alive: several round trips on one connection
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"hello, world\n")
+            conn.request("GET", "/")
+        conn.getresponse().read()
+        conn.close()
+        worker = psutil.Process(server.pid).children(recursive=True)
+        assert len(worker) == 1
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(15) == 0
+        _, alive = psutil.wait_procs(worker, timeout=10)
+        assert not alive, "the amped-min worker outlived its server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -115,6 +115,7 @@ def _min_worker(inp: str, out: str, parent: int) -> None:
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     pull.bind(inp)
     push.connect(out)
+    push.send(msgpack.packb([]))  # ready: the front listens only from now on
     while True:
         push.send(msgpack.packb([[rid, b"hello, world\n"] for rid, _url in
                                  msgpack.unpackb(pull.recv())]))
@@ -133,6 +134,7 @@ def serve_amped_min(port: int) -> None:
         pull, MinFront.push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
         pull.bind(out)
         MinFront.push.connect(inp)
+        pull.recv()  # the worker is up (its imports take a moment): only then listen
 
         def answers() -> None:  # the zmq FD is edge-triggered: read until nothing is left
             while int(pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
@@ -147,6 +149,7 @@ def serve_amped_min(port: int) -> None:
         async def main() -> None:
             loop = asyncio.get_running_loop()
             loop.add_reader(int(pull.getsockopt(zmq.FD)), answers)
+            answers()  # re-arms the edge-triggered FD after the blocking recv above
             server = await loop.create_server(MinFront, "127.0.0.1", port)
             await server.serve_forever()
 
