@@ -1,0 +1,209 @@
+"""Per-message Python cost of seda's hot paths, in-process (no sockets, no other processes).
+
+    python tools/hot_path.py                    # this tree: both paths
+    python tools/hot_path.py --base REV [--runs 6]
+                                                # REV and this tree, interleaved run by run
+
+  worker    the middle stage of tools/bench_pipeline.py's chain (`double`): DATA frames of 64
+            messages in, its DATA frames out, the sink's receipts back in
+  acceptor  graphs/hello.yaml's acceptor under AMPED: HTTP requests fed to 64 connections,
+            its DATA frames out, the worker's RESULT frames (a reply each) back in, replies
+            written to stub transports
+Only the process's own Python is measured: zmq sends are stubbed, and the frames that come
+in are made beforehand (the worker's) or between the timed parts (the acceptor's). It leaves
+out what a real run adds (zmq, the event loop, system calls, other processes on the same
+cores), which tools/compare_revisions.py and tools/cost_per_request.py measure end to end.
+This machine's speed drifts by 20% and more, at times between two levels: --base alternates
+the two trees, one process per measurement, and prints the median and the best of each;
+believe a difference only when both agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def worker_path(messages: int = 200_000, reps: int = 3) -> float:
+    """us per message in the chain's middle worker (best of reps)."""
+    import bench_pipeline
+
+    from seda.envelope import ACK, DATA, ID, pack, unpack_data
+    from seda.handler import resolve
+    from seda.loader import load_text
+    from seda.plan import make_plan
+    from seda.worker import Worker
+
+    spec, _ = load_text(bench_pipeline.CHAIN.format(n=10))
+    with tempfile.TemporaryDirectory() as run_dir:
+        worker = Worker(make_plan(spec, run_dir), "double.0", os.getpid(), resolve)
+        sent: list[tuple[bytes, bytes]] = []
+        worker.send = lambda _peer, kind, body: sent.append((kind, body)) is None  # type: ignore[method-assign]
+        worker.dispatchers["sink"].grant("sink.0", 512, 1)
+        frames = []
+        for start in range(0, messages, 64):
+            envs = [[i + 1, "source", 1, 0.0, bench_pipeline.item(i), i + 1,
+                     0 if i % 8 else time.time_ns()] for i in range(start, start + 64)]
+            frames.append([b"source", DATA, pack(["double", envs, 0])])
+        best = float("inf")
+        for _ in range(reps):
+            spent = 0.0
+            for frame in frames:
+                began = time.perf_counter()
+                worker.take(frame)
+                worker.flush()
+                worker.step()
+                worker.flush()
+                spent += time.perf_counter() - began
+                outputs = [env[ID] for kind, body in sent if kind == DATA
+                           for env in unpack_data(body, 1 << 30)[1]]
+                sent.clear()
+                receipt = [b"sink.0", ACK, pack([outputs, outputs])]
+                began = time.perf_counter()
+                worker.take(receipt)
+                spent += time.perf_counter() - began
+            best = min(best, spent / len(frames) / 64 * 1e6)
+        worker.close()
+    return best
+
+
+def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
+    """us per request in graphs/hello.yaml's acceptor under AMPED (best of reps)."""
+    from seda.acceptor import Acceptor, Connection
+    from seda.envelope import DATA, REQUEST, RESULT, pack, unpack_data
+    from seda.handler import resolve
+    from seda.loader import load_file
+    from seda.plan import make_plan
+
+    class Transport:
+        written = 0
+
+        def write(self, data: bytes) -> None:
+            Transport.written += 1
+
+        def get_extra_info(self, _key: str) -> None:
+            return None
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    class Loop:
+        def call_soon(self, *_args: Any) -> None:
+            pass
+
+    spec, _ = load_file(ROOT / "graphs" / "hello.yaml")
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    reply = {"status": 200, "headers": {"content-type": "text/plain"},
+             "body": "hello, world\n"}
+    with tempfile.TemporaryDirectory() as run_dir, socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        plan = make_plan(spec, run_dir, workers={"hello": 1})
+        acceptor = Acceptor(plan, "acceptor.0", os.getpid(), listening.fileno(), resolve)
+        acceptor.listen_sock.detach()  # the with-block closes the socket
+        sent: list[tuple[bytes, bytes]] = []
+        acceptor.send = lambda _peer, kind, body: sent.append((kind, body)) is None  # type: ignore[method-assign]
+        acceptor.dispatchers["hello"].grant("hello.0", 64, 1)
+        acceptor.loop = Loop()  # type: ignore[assignment]
+        conns = []
+        for _ in range(64):
+            conn = Connection(acceptor)
+            conn.transport = Transport()  # type: ignore[assignment]
+            acceptor.conns.add(conn)
+            conns.append(conn)
+        best = float("inf")
+        for _ in range(reps):
+            spent = 0.0
+            for turn in range(requests // 16):  # 16 connections' requests per loop turn
+                first = turn * 16 % 64
+                began = time.perf_counter()
+                for conn in conns[first:first + 16]:
+                    conn.data_received(request)
+                acceptor.flush()
+                spent += time.perf_counter() - began
+                rows = [[env[0], reply, env[REQUEST]] for kind, body in sent if kind == DATA
+                        for env in unpack_data(body, 1 << 30)[1]]
+                sent.clear()
+                answer = [b"hello.0", RESULT, pack([[], rows, [row[0] for row in rows]])]
+                began = time.perf_counter()
+                acceptor.take(answer)
+                acceptor.flush()
+                spent += time.perf_counter() - began
+            acceptor.deadlines.clear()
+            best = min(best, spent / requests * 1e6)
+        if Transport.written != requests * reps:
+            raise RuntimeError(f"{Transport.written} replies written for {requests * reps}")
+        acceptor.inbox.close(linger=0)
+        acceptor.outbox.close(linger=0)
+    return best
+
+
+PATHS = {"worker": worker_path, "acceptor": acceptor_path}
+
+
+def measure(tree: Path, path: str) -> float:
+    """One measurement in a fresh process that imports seda from `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, __file__, "--one", path], env=env, cwd=tree,
+                          capture_output=True, text=True, timeout=600)
+    found = re.search(r"([0-9.]+) us", done.stdout)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(done.stderr or done.stdout)
+    return float(found.group(1))
+
+
+def compare(base: str, runs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach",
+                        str(tree), base], check=True)
+        try:
+            for path in PATHS:
+                costs: dict[str, list[float]] = {"base": [], "new": []}
+                for i in range(runs):
+                    order = (("base", tree), ("new", ROOT))
+                    for label, where in order if i % 2 else order[::-1]:
+                        costs[label].append(measure(where, path))
+                for name, pick in (("median", statistics.median), ("best", min)):
+                    old, new = pick(costs["base"]), pick(costs["new"])
+                    print(f"{path}: {name} of {runs}: base {old:.2f} us, new {new:.2f} us per "
+                          f"message; new/base {new / old:.3f}", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(tree)], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", help="a git revision to compare this tree with")
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--one", choices=list(PATHS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(f"{PATHS[args.one]():.3f} us")
+    elif args.base:
+        compare(args.base, args.runs)
+    else:
+        for name, path in PATHS.items():
+            print(f"{name}: {path():.2f} us per message", flush=True)
+
+
+if __name__ == "__main__":
+    from seda.bench import stop_on_sigterm
+
+    stop_on_sigterm()
+    main()
