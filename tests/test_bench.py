@@ -205,3 +205,15 @@ def test_the_amped_ceiling_answers_and_stops_its_worker_on_sigterm(root: Path) -
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_hot_path_tool_drives_a_worker_and_the_acceptor(root: Path) -> None:
+    """tools/hot_path.py at a tiny scale: its worker and acceptor harnesses still fit the
+    code they drive (the acceptor's checks that every request got its reply written)."""
+    sys.path.insert(0, str(root / "tools"))
+    try:
+        import hot_path
+    finally:
+        sys.path.remove(str(root / "tools"))
+    assert hot_path.worker_path(messages=640, reps=1) > 0
+    assert hot_path.acceptor_path(requests=64, reps=1) > 0
