@@ -4,7 +4,7 @@
     (needs wrk; for the RESP part redis-benchmark and redis-server: apt-get install wrk
      redis-tools redis-server)
 
-HTTP (wrk -t1 -cN -dS against each):
+HTTP (wrk -t1 -cN -dS against each, after 1 s of the same load that is not counted):
   baseline     a minimal uvloop + httptools hello server (written here, one process)
   amped-min    the same front passing each loop turn's requests over zmq to one worker
                process and back (written here): the least an AMPED server in Python does
@@ -203,8 +203,13 @@ def ms(text: str) -> float:
         not text.endswith("ms") else value
 
 
-def wrk(port: int, connections: int, duration: int, path: str = "/"
+def wrk(port: int, connections: int, duration: int, path: str = "/", warmup: int = 1
         ) -> tuple[float, float, float]:
+    """(req/s, p50 ms, p99 ms), after `warmup` seconds of the same load that are not counted
+    (a fresh server's first requests pay for connections, first calls and caches)."""
+    if warmup:
+        subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{warmup}s",
+                        f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=warmup + 60)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
                          timeout=duration + 60).stdout
@@ -226,20 +231,14 @@ def redis_bench(port: int, pipeline: int, requests: int) -> dict[str, float]:
 # ------------------------------------------------------------------ runs
 def bench_http(connections: int, duration: int) -> None:
     results: dict[str, tuple[float, float, float]] = {}
-    port = free_port()
-    base = subprocess.Popen([sys.executable, __file__, "--serve-baseline", str(port)])
-    try:
-        wait_port(port)
-        results["baseline"] = wrk(port, connections, duration)
-    finally:
-        stop(base)  # type: ignore[arg-type]
-    port = free_port()
-    ceiling = subprocess.Popen([sys.executable, __file__, "--serve-amped-min", str(port)])
-    try:
-        wait_port(port)
-        results["amped-min"] = wrk(port, connections, duration)
-    finally:
-        stop(ceiling)  # type: ignore[arg-type]
+    for name, flag in (("baseline", "--serve-baseline"), ("amped-min", "--serve-amped-min")):
+        port = free_port()
+        server = subprocess.Popen([sys.executable, __file__, flag, str(port)])
+        try:
+            wait_port(port)
+            results[name] = wrk(port, connections, duration)
+        finally:
+            stop(server)  # type: ignore[arg-type]
     for workers in (1, 2):
         port = free_port()
         proc = seda("graphs/hello.yaml", port, "--model", "amped", "--workers",
