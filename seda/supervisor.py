@@ -195,14 +195,12 @@ class Supervisor:
         self.status_server: StatusServer | None = None
         self.listening = ""  # the 'listening on' line, until it is said
         self.next_status = 0.0
-        self.retiring_sent: dict[str, bool] = {}  # worker -> its retire order got through
         self.dead_before = len(deadletter.read(self.plan.dead_letter))
-        self.intake_open: set[str] = set()  # front doors yet to be told to stop intake
         self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
         self.lost_state: list[str] = []  # sink state that died with a worker (see _lost_state)
         self.forks: ForkServer | None = None
         self.next_reap = 0.0
-        self.undelivered: dict[str, list[dict[str, Any]]] = {}  # child -> see broadcast
+        self.undelivered: dict[str, list[dict[str, Any]]] = {}  # child -> see deliver
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> Outcome:
@@ -329,7 +327,7 @@ class Supervisor:
             if what == "start":
                 self.children[name].start()
             else:
-                self.retiring_sent[name] = False
+                self.deliver(name, {"op": "retire"})
 
     def _stop_all(self) -> None:
         """Stop every child (CONTROL stop, SIGKILL after STOP_GRACE); idempotent."""
@@ -372,24 +370,31 @@ class Supervisor:
         except zmq.ZMQError:
             return False
 
+    def deliver(self, name: str, msg: dict[str, Any]) -> None:
+        """Send `msg` to child `name` now, or -- when its socket is not connected yet (a child
+        started a moment ago, or our connection to a fresh child still on its way) -- keep it
+        and send it again, in order after anything kept before, until it is delivered or the
+        child exits (its next incarnation starts afresh). Every order that must arrive goes
+        this way: peer_down (a lost one left a sender holding a dead worker's messages
+        forever -- seen once workers restarted in 0.1 s), finish, flush, retire,
+        stop_intake."""
+        queued = self.undelivered.get(name)
+        if queued:
+            queued.append(msg)
+        elif not self.send(name, msg):
+            self.undelivered[name] = [msg]
+
     def broadcast(self, msg: dict[str, Any], reliable: bool = False) -> bool:
-        """Send `msg` to every live child. A `reliable` one that cannot go now (the child's
-        socket is not connected yet: a child started a moment ago, or our connection to a
-        fresh child still on its way) is kept and sent again, in order, until it is
-        delivered or the child exits. A lost `peer_down` left a sender holding a dead
-        worker's messages forever -- seen once workers restarted in 0.1 s. False if a send
-        failed (an unreliable one is then lost)."""
+        """Send `msg` to every live child; a `reliable` one through deliver. False if a send
+        failed (an unreliable one is then lost: probes are asked again, see _quiet)."""
         went = True
         for name, child in self.children.items():
             if not child.alive():
                 continue
-            queued = self.undelivered.get(name)
-            if queued and reliable:
-                queued.append(msg)
+            if reliable:
+                self.deliver(name, msg)
             elif not self.send(name, msg):
                 went = False
-                if reliable:
-                    self.undelivered[name] = [msg]
         return went
 
     def _redeliver(self) -> None:
@@ -453,9 +458,13 @@ class Supervisor:
         child = self.children.get(name)
         if child is None:
             return
-        if not child.ready and child.down_at:  # back after a crash: how long it was out
-            child.outages.append(round(time.monotonic() - child.down_at, 3))
-            child.down_at = 0.0
+        if not child.ready:
+            if child.down_at:  # back after a crash: how long it was out
+                child.outages.append(round(time.monotonic() - child.down_at, 3))
+                child.down_at = 0.0
+            if self.phase != "running" and name in self.plan.front_doors():
+                # restarted while the run drains: this incarnation must not take work either
+                self.deliver(name, {"op": "stop_intake"})
         child.ready = True  # any word from it will do; "ready" itself may be lost at start
         if op == "stats":
             self.stats[name] = msg
@@ -491,7 +500,6 @@ class Supervisor:
         if self.phase == "done":
             return
         if self.scaler.exited(child.name):  # retired by the pool controller: parked
-            self.retiring_sent.pop(child.name, None)
             child.popen = None
             return
         title = self.plan.procs[child.name].title.removeprefix("seda: ")
@@ -510,8 +518,6 @@ class Supervisor:
                             f"{limit.within:g} s (settings.restarts allows {limit.max}); "
                             f"last: {what}")
             return
-        if self.phase == "draining" and child.name in self.plan.front_doors():
-            self.intake_open.add(child.name)  # its new incarnation must not take work either
         print(f"seda: {what}; restarting", file=sys.stderr)
         if lost:
             self.lost_state.append(f"{title} died holding {lost}")
@@ -575,18 +581,13 @@ class Supervisor:
                 now >= self.next_status:
             self.next_status = now + STATUS_EVERY
             self._update_status(now)
-        for name, sent in list(self.retiring_sent.items()):  # repeated until delivered
-            if not sent:
-                self.retiring_sent[name] = self.send(name, {"op": "retire"})
         if self.progress.enabled:
             self._show_progress()
         if self.stop_signal and self.phase == "running":
             self.phase = "draining"
             self.finish_deadline = now + self.spec.settings.drain_timeout
-            self.intake_open = set(self.plan.front_doors() or [self.plan.origin()])
-        if self.intake_open:  # a send fails while a (re)started child is not yet connected
-            self.intake_open = {d for d in self.intake_open
-                                if not self.send(d, {"op": "stop_intake"})}
+            for door in self.plan.front_doors() or [self.plan.origin()]:
+                self.deliver(door, {"op": "stop_intake"})
         if self.phase in ("running", "draining") and (self.exhausted or self.phase == "draining"):
             if self.spec.is_service and self._quiet():
                 self.phase = "done"
@@ -604,7 +605,8 @@ class Supervisor:
         if self.phase == "finishing":
             workers = {w.name for w in self.plan.workers()} - self.scaler.parked
             if workers <= self.finished and not self.flush_sent:
-                self.flush_sent = self.send(self.plan.origin(), {"op": "flush"})
+                self.deliver(self.plan.origin(), {"op": "flush"})
+                self.flush_sent = True
             if self.flushed:
                 self.phase = "done"
                 code = self._interrupted_code() or (1 if self.lost_state else 0)

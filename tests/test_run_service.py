@@ -628,3 +628,28 @@ def test_a_low_descriptor_limit_caps_connections_instead_of_failing(tmp_path: Pa
         assert got.endswith(b"GET /after"), got
         stop(run)
     assert "restarting" not in run.stderr, run.stderr
+
+
+def test_an_acceptor_restarted_while_the_run_drains_takes_no_new_work(tmp_path: Path) -> None:
+    """SIGTERM starts the drain (the acceptor stops taking connections); the acceptor is
+    then killed and restarted while a long request keeps the drain going. Its new
+    incarnation must be told to stop intake too: a client that connects now is not served
+    (it waits in the port's backlog until the run ends), and the run still ends drained."""
+    run, port = serve(tmp_path, web())
+    with run:
+        held = socket.create_connection(("127.0.0.1", port))
+        held.sendall(b"GET /sleep?s=6 HTTP/1.1\r\n\r\n")  # in flight through the drain
+        wait_for(lambda: run.status()["front"]["in_flight"] >= 1, 10, "the request")
+        run.signal(signal.SIGTERM)
+        [acceptor] = run.workers("seda: acceptor")
+        time.sleep(0.3)  # the drain has begun
+        acceptor.send_signal(signal.SIGKILL)
+        held.close()
+        wait_for(lambda: "acceptor killed by SIGKILL; restarting" in run.err_file.read_text(),
+                 10, "the restart")
+        wait_for(lambda: [p for p in run.workers("seda: acceptor") if p.pid != acceptor.pid],
+                 10, "the new acceptor")
+        time.sleep(1.0)  # up, and told to stop intake
+        assert not raw(port, b"GET /new HTTP/1.1\r\nConnection: close\r\n\r\n",
+                       wait=2).endswith(b"GET /new")
+        assert run.wait(30) == 0 and "stopped after draining" in run.stderr, run.stderr
