@@ -21,8 +21,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -87,7 +87,8 @@ def measure(procs: list[psutil.Process], port: int, connections: int, duration: 
     return lines
 
 
-def run_baseline(connections: int, duration: int, serve: Any = serve_baseline) -> list[str]:
+def run_baseline(connections: int, duration: int,
+                 serve: Callable[[int], None] = serve_baseline) -> list[str]:
     port = free_port()
     server = mp.Process(target=serve, args=(port,), daemon=True)
     server.start()
