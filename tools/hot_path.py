@@ -59,7 +59,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         worker = Worker(make_plan(spec, run_dir), "double.0", os.getpid(), resolve)
         sent: list[tuple[bytes, bytes]] = []
-        worker.send = _recorder(sent)  # type: ignore[method-assign]
+        worker.send = _recorder(sent)  # type: ignore[method-assign,assignment]
         worker.dispatchers["sink"].grant("sink.0", 512, 1)
         frames = []
         for start in range(0, messages, 64):
@@ -125,7 +125,7 @@ def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
         acceptor = Acceptor(plan, "acceptor.0", os.getpid(), listening.fileno(), resolve)
         acceptor.listen_sock.detach()  # the with-block closes the socket
         sent: list[tuple[bytes, bytes]] = []
-        acceptor.send = _recorder(sent)  # type: ignore[method-assign]
+        acceptor.send = _recorder(sent)  # type: ignore[method-assign,assignment]
         acceptor.dispatchers["hello"].grant("hello.0", 64, 1)
         acceptor.loop = Loop()  # type: ignore[assignment]
         conns = []
