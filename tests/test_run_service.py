@@ -647,9 +647,15 @@ def test_an_acceptor_restarted_while_the_run_drains_takes_no_new_work(tmp_path: 
         held.close()
         wait_for(lambda: "acceptor killed by SIGKILL; restarting" in run.err_file.read_text(),
                  10, "the restart")
-        wait_for(lambda: [p for p in run.workers("seda: acceptor") if p.pid != acceptor.pid],
-                 10, "the new acceptor")
-        time.sleep(1.0)  # up, and told to stop intake
+
+        def new_acceptor_ready() -> bool:
+            door = run.status()["processes"]["acceptor.0"]
+            return bool(door["ready"]) and door["pid"] not in (0, acceptor.pid)
+
+        # the order goes as the new incarnation first reports (ready); a reconnect may delay
+        # it by ~0.1 s, so the client below comes a moment after that
+        wait_for(new_acceptor_ready, 15, "the new acceptor to report")
+        time.sleep(0.3)
         assert not raw(port, b"GET /new HTTP/1.1\r\nConnection: close\r\n\r\n",
                        wait=2).endswith(b"GET /new")
         assert run.wait(30) == 0 and "stopped after draining" in run.stderr, run.stderr

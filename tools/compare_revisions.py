@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +43,20 @@ def steady_rate(tree: Path, items: int) -> float:
         return float(match.group(1))
 
 
+@contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """Revision `rev` of this repository in a temporary git worktree, removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree),
+                        rev], check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(tree)], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("base")
@@ -48,30 +64,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--items", type=int, default=200_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        trees: dict[str, Path] = {}
-        for label, rev in (("base", args.base), ("new", args.new)):
-            if rev is None:
-                trees[label] = ROOT
-                continue
-            trees[label] = Path(tmp) / label
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach",
-                            str(trees[label]), rev], check=True)
-        try:
-            rates: dict[str, list[float]] = {"base": [], "new": []}
-            for _ in range(args.repeat):
-                for label, tree in trees.items():
-                    rates[label].append(steady_rate(tree, args.items))
-                    print(f"  {label}: {rates[label][-1]:,.0f} msgs/s", flush=True)
-            for name, pick in (("best", max), ("median", statistics.median)):
-                base, new = pick(rates["base"]), pick(rates["new"])
-                print(f"{name} of {args.repeat}: base {base:,.0f}, new {new:,.0f} msgs/s; "
-                      f"new/base {new / base:.3f}")
-        finally:
-            for tree in trees.values():
-                if tree != ROOT:
-                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                                    str(tree)], check=False)
+    with checkout(args.base) as base_tree, \
+            (checkout(args.new) if args.new else nullcontext(ROOT)) as new_tree:
+        trees = {"base": base_tree, "new": new_tree}
+        rates: dict[str, list[float]] = {"base": [], "new": []}
+        for _ in range(args.repeat):
+            for label, tree in trees.items():
+                rates[label].append(steady_rate(tree, args.items))
+                print(f"  {label}: {rates[label][-1]:,.0f} msgs/s", flush=True)
+        for name, pick in (("best", max), ("median", statistics.median)):
+            base, new = pick(rates["base"]), pick(rates["new"])
+            print(f"{name} of {args.repeat}: base {base:,.0f}, new {new:,.0f} msgs/s; "
+                  f"new/base {new / base:.3f}")
 
 
 if __name__ == "__main__":

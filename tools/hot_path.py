@@ -176,24 +176,19 @@ def measure(tree: Path, path: str) -> float:
 
 
 def compare(base: str, runs: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach",
-                        str(tree), base], check=True)
-        try:
-            for path in PATHS:
-                costs: dict[str, list[float]] = {"base": [], "new": []}
-                for i in range(runs):
-                    order = (("base", tree), ("new", ROOT))
-                    for label, where in order if i % 2 else order[::-1]:
-                        costs[label].append(measure(where, path))
-                for name, pick in (("median", statistics.median), ("best", min)):
-                    old, new = pick(costs["base"]), pick(costs["new"])
-                    print(f"{path}: {name} of {runs}: base {old:.2f} us, new {new:.2f} us per "
-                          f"message; new/base {new / old:.3f}", flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(tree)], check=False)
+    from compare_revisions import checkout
+
+    with checkout(base) as tree:
+        for path in PATHS:
+            costs: dict[str, list[float]] = {"base": [], "new": []}
+            for i in range(runs):
+                order = (("base", tree), ("new", ROOT))
+                for label, where in order if i % 2 else order[::-1]:
+                    costs[label].append(measure(where, path))
+            for name, pick in (("median", statistics.median), ("best", min)):
+                old, new = pick(costs["base"]), pick(costs["new"])
+                print(f"{path}: {name} of {runs}: base {old:.2f} us, new {new:.2f} us per "
+                      f"message; new/base {new / old:.3f}", flush=True)
 
 
 def main() -> None:
