@@ -217,3 +217,30 @@ def test_hot_path_tool_drives_a_worker_and_the_acceptor(root: Path) -> None:
         sys.path.remove(str(root / "tools"))
     assert hot_path.worker_path(messages=640, reps=1) > 0
     assert hot_path.acceptor_path(requests=64, reps=1) > 0
+
+
+WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:8080/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.61ms    2.06ms  28.70ms   71.50%
+    Req/Sec    11.50k     2.23k   19.21k    80.99%
+  Latency Distribution
+     50%    5.45ms
+     75%    6.13ms
+     90%    7.26ms
+     99%  870.00us
+  45898 requests in 4.02s, 3.41MB read
+Requests/sec:  11428.36
+Transfer/sec:      0.85MB
+"""
+
+
+def test_bench_http_reads_the_percentiles_not_a_stdev_column(root: Path) -> None:
+    """wrk's "+/- Stdev" column can end in 50% or 99% (71.50%, 80.99%): the figures come from
+    the latency distribution's own lines, in milliseconds whatever unit wrk printed."""
+    sys.path.insert(0, str(root / "tools"))
+    try:
+        import bench_http
+    finally:
+        sys.path.remove(str(root / "tools"))
+    assert bench_http.wrk_figures(WRK_OUTPUT) == (11428.36, 5.45, 0.87)

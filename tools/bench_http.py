@@ -188,9 +188,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def seda(graph: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+def seda(graph: str, port: int, *args: str, tree: Path = ROOT) -> subprocess.Popen[bytes]:
+    """`seda run GRAPH` from `tree` (this one, or a copy such as bench_compiled's)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", graph, "--no-progress",
-                             "--listen", f"127.0.0.1:{port}", *args], cwd=ROOT,
+                             "--listen", f"127.0.0.1:{port}", *args], cwd=tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     time.sleep(1.0)  # let every worker grant credit
@@ -213,9 +216,16 @@ def wrk(port: int, connections: int, duration: int, path: str = "/", warmup: int
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
                          timeout=duration + 60).stdout
+    return wrk_figures(out)
+
+
+def wrk_figures(out: str) -> tuple[float, float, float]:
+    """(req/s, p50 ms, p99 ms) from what `wrk --latency` printed."""
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # the percentiles are anchored at the start of their lines: a "+/- Stdev" column that
+    # ends in 50% or 99% (71.50%) is followed by spaces too
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     return rps, p50, p99
 
 
