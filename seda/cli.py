@@ -16,7 +16,7 @@ from pathlib import Path
 from seda import __version__
 from seda.errors import Problem, RunError, SpecError
 from seda.graph import Checked, check_file
-from seda.plan import MP_DEFAULT_PROCESSES, SUPERVISOR, Plan, make_plan
+from seda.plan import MP_DEFAULT_PROCESSES, SUPERVISOR, Plan, make_plan, not_applied
 from seda.render import FORMATS
 from seda.spec import MODELS, GraphSpec, parse_listen
 from seda.status import status_access
@@ -97,6 +97,7 @@ def describe_plan(plan: Plan) -> str:
                "mp": f"the master forks one process per connection, at most {plan.processes} "
                      f"alive"}.get(plan.model, "one socket, bound by the supervisor")
         lines.append(f"listens on {spec.acceptor.protocol} {spec.acceptor.listen}: {how}")
+        lines += [f"warning: {what}" for what in not_applied(spec, plan.model)]
     lines.append("endpoints: ipc://RUN_DIR/PROCESS (RUN_DIR is made at start, mode 0700)")
     return "\n".join(lines) + "\n"
 

@@ -127,6 +127,22 @@ def _scale_max(spec: GraphSpec, stages: list[str]) -> int:
                 if spec.stages[s].scale is not None), default=0)
 
 
+def not_applied(spec: GraphSpec, model: str) -> list[str]:
+    """What the spec asks of its acceptor that `model` does not do. Said when the run starts
+    and by `seda plan`, not refused: the same graph runs under every model."""
+    acc = spec.acceptor
+    if acc is None or model != "mp":
+        return []
+    what = []
+    if acc.admission is not None and acc.admission.enabled:
+        what.append("admission by response time (acceptor.admission): its connection "
+                    "processes share no request clock, so every request is admitted")
+    if acc.classes:
+        what.append("request classes (acceptor.classes): its connection processes share no "
+                    "queue, so no class goes first")
+    return [f"model mp does not apply {w}" for w in what]
+
+
 def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
               workers: Mapping[str, int] | None = None, base_dir: str = ".",
               processes: int | None = None, file: str = "<graph>") -> Plan:

@@ -35,7 +35,7 @@ from seda import deadletter, rundir
 from seda.envelope import CONTROL, STATUS, pack, unpack
 from seda.errors import ProtocolError
 from seda.listener import address, bind, raise_fd_limit, url
-from seda.plan import SUPERVISOR, make_plan, supervisor_endpoint
+from seda.plan import SUPERVISOR, make_plan, not_applied, supervisor_endpoint
 from seda.progress import Progress
 from seda.scaling import Scaler
 from seda.spawn import ForkServer, become_subreaper
@@ -296,6 +296,8 @@ class Supervisor:
         # request sent before then waits for the workers to start (up to a second or two)
         self.listening = (f"seda: listening on {url(first, acc.protocol)} (graph "
                           f"{self.spec.name}, model {self.plan.model}{shared})")
+        for what in not_applied(self.spec, self.plan.model):
+            print(f"seda: warning: {what}", file=sys.stderr, flush=True)
 
     def _serve_status(self) -> None:
         if not self.options.status:

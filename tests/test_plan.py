@@ -132,3 +132,46 @@ stages:
     assert make_plan(spec, "/run/s", workers={"web": 4}).parked() == set()
     amped = make_plan(spec, "/run/s", model="amped")  # one fused pool: nothing to scale
     assert amped.parked() == set() and len(amped.workers()) == 2
+
+
+def test_what_mp_does_not_apply_is_said(root: Path, tmp_path: Path) -> None:
+    """Admission and request classes need one request clock and one queue, which mp's
+    connection processes do not share: `seda plan` (and the run, at start) says so rather than
+    ignoring them silently; under the other models, and without them, nothing is said."""
+    import subprocess
+    import sys
+
+    from seda.loader import load_text
+    from seda.plan import not_applied
+
+    text = """
+name: s
+acceptor:
+  entry: web
+  admission: {target: 0.25}
+  classes:
+    - {name: checkout, priority: 0, match: {path: /checkout}}
+    - {name: rest, priority: 1}
+stages:
+  web: {handler: "m:web"}
+"""
+    spec, _ = load_text(text)
+    said = not_applied(spec, "mp")
+    assert len(said) == 2
+    assert "admission by response time (acceptor.admission)" in said[0]
+    assert "request classes (acceptor.classes)" in said[1]
+    for model in ("seda", "amped", "sped", "symped"):
+        assert not_applied(spec, model) == []
+    off, _ = load_text("""
+name: s
+acceptor: {entry: web, admission: {target: 0.25, enabled: false}}
+stages:
+  web: {handler: "m:web"}
+""")
+    assert not_applied(off, "mp") == []
+    graph = tmp_path / "s.yaml"
+    graph.write_text(text)
+    plan = subprocess.run([sys.executable, "-m", "seda.cli", "plan", str(graph), "--model",
+                           "mp"], capture_output=True, text=True, cwd=root, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.count("warning: model mp does not apply") == 2
