@@ -1,7 +1,7 @@
 """seda: a SEDA-first runtime for staged network services and pipelines.
 
 Layers, bottom up (each imports only those below it):
-  errors, spec              -- the error tree and the pydantic graph spec (pure)
+  errors, names, spec       -- the error tree, the names the CLI offers, the pydantic spec
   loader, topology, render  -- YAML with line numbers, networkx checks, drawings (pure)
   handler, graph            -- handler imports, the Python builder and the whole-file check
   cli                       -- the `seda` command; the only place that maps errors to exit codes

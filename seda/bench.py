@@ -43,7 +43,7 @@ from rich.progress import Progress as RichProgress
 
 from seda.errors import RunError
 from seda.listener import raise_fd_limit
-from seda.spec import MODELS
+from seda.names import MODELS
 
 WRK_SCRIPT = """
 done = function(summary, latency, requests)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seda.errors import Problem, SpecError, did_you_mean
+from seda.names import MP_DEFAULT_PROCESSES
 from seda.spec import GraphSpec
 
 SUPERVISOR = "supervisor"
@@ -23,7 +24,6 @@ MASTER = "master"
 AMPED_POOL = "all"
 RUNNABLE_MODELS = ("seda", "amped", "sped", "symped", "mp")
 FRONT_ROLES = ("acceptor", "master")  # processes that own client sockets
-MP_DEFAULT_PROCESSES = 1024  # connection processes alive at once under mp
 
 
 @dataclass(frozen=True)

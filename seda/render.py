@@ -13,6 +13,7 @@ from typing import Any
 
 import networkx as nx
 
+from seda.names import GRAPH_FORMATS
 from seda.spec import GraphSpec
 from seda.topology import ACCEPTOR, SOURCE, build_graph, replies
 
@@ -211,4 +212,4 @@ def _svg_pools(lay: Layout) -> list[str]:
     return out
 
 
-FORMATS = {"text": to_text, "dot": to_dot, "svg": to_svg, "json": to_json}
+FORMATS = dict(zip(GRAPH_FORMATS, (to_text, to_dot, to_svg, to_json), strict=True))

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Model = Literal["seda", "amped", "sped", "symped", "mp"]
 Protocol = Literal["http", "line", "length", "resp"]
 
-MODELS: tuple[str, ...] = ("seda", "amped", "sped", "symped", "mp")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HOST_RE = re.compile(

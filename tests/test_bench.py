@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from seda import loadgen
-from seda.spec import MODELS
+from seda.names import MODELS
 
 
 def bench(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,8 @@ import pytest
 
 from seda.errors import SpecError
 from seda.graph import check_file
-from seda.plan import MP_DEFAULT_PROCESSES, Plan, make_plan
+from seda.names import MP_DEFAULT_PROCESSES
+from seda.plan import Plan, make_plan
 
 
 def pipeline(root: Path):  # type: ignore[no-untyped-def]

@@ -28,3 +28,20 @@ def test_version_and_help() -> None:
                           text=True, timeout=60)
     for command in ("validate", "graph", "schema"):
         assert command in done.stdout
+
+
+def test_the_command_line_parses_without_the_heavy_modules() -> None:
+    """`seda --help`, `seda top` and `seda scale` do not load pydantic, networkx or zmq (they
+    cost ~0.7 s of start-up): the commands that need them import them themselves."""
+    code = ("import sys\n"
+            "from seda import cli\n"
+            "parser = cli.build_parser()\n"
+            "parser.parse_args(['top', '--once'])\n"
+            "parser.parse_args(['run', 'g.yaml', '--model', 'mp', '--processes', '3'])\n"
+            "parser.parse_args(['graph', 'g.yaml', '--format', 'dot'])\n"
+            "print(sorted(m for m in ('pydantic', 'networkx', 'zmq', 'yaml')"
+            " if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
