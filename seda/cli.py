@@ -325,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", metavar="NAME|RUN_DIR",
                    help="the graph's name or run directory (default: the only one running)")
     _status_options(p)
-    p.add_argument("--once", action="store_true", help="print one view and exit")
+    p.add_argument("--once", action="store_true",
+                   help="print one view and exit (a graph that has just started: once its "
+                        "first figures are in, waiting up to 5 s)")
     p.add_argument("--workers", action="store_true", help="also a row per worker process")
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between updates (default 1)")

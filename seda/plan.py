@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seda.errors import Problem, SpecError, did_you_mean
-from seda.names import MP_DEFAULT_PROCESSES
+from seda.names import MODELS, MP_DEFAULT_PROCESSES
 from seda.spec import GraphSpec
 
 SUPERVISOR = "supervisor"
@@ -22,7 +22,6 @@ SOURCE = "source"
 ACCEPTOR = "acceptor"
 MASTER = "master"
 AMPED_POOL = "all"
-RUNNABLE_MODELS = ("seda", "amped", "sped", "symped", "mp")
 FRONT_ROLES = ("acceptor", "master")  # processes that own client sockets
 
 
@@ -151,9 +150,9 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
     name `file` (the graph file)."""
     model = model or spec.model
     workers = dict(workers or {})
-    if model not in RUNNABLE_MODELS:
+    if model not in MODELS:
         raise SpecError([Problem(f"unknown model '{model}'; models: "
-                                 f"{', '.join(RUNNABLE_MODELS)}", file, None, "model")])
+                                 f"{', '.join(MODELS)}", file, None, "model")])
     if processes is not None and processes < 1:
         raise SpecError([Problem(f"--processes: expected a count >= 1, got {processes}",
                                  "<command line>")])

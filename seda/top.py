@@ -23,6 +23,7 @@ from seda import rundir
 from seda.errors import RunError
 
 BARS = "▁▂▃▄▅▆▇█"
+FIRST_FIGURES_WAIT = 5.0  # s: how long `--once` waits for a graph that has just started
 
 
 def find_run(target: str | None) -> Path:
@@ -161,7 +162,11 @@ def top(url: str, once: bool, interval: float, console: Console | None = None,
         workers: bool = False, token: str = "") -> int:
     console = console or Console()
     snap = fetch(url, token)
-    if once:
+    if once:  # one view with figures: a graph that has just started has them within a second
+        deadline = time.monotonic() + FIRST_FIGURES_WAIT
+        while "stages" not in snap and time.monotonic() < deadline:
+            time.sleep(0.1)
+            snap = fetch(url, token)
         console.print(render(snap, workers=workers))
         return 0
     from rich.live import Live
