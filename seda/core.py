@@ -17,7 +17,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from msgpack import packb
@@ -100,8 +100,8 @@ class StageStats:
 
     def figures(self) -> dict[str, Any]:
         """What a process reports: the counters, and the histograms' non-empty buckets."""
-        out: dict[str, Any] = {f: getattr(self, f) for f in self.__slots__
-                               if f not in _HISTOGRAMS}
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
+                               if f.name not in _HISTOGRAMS}
         for f in _HISTOGRAMS:
             out[f] = {k: n for k, n in enumerate(getattr(self, f)) if n}
         return out

@@ -6,12 +6,12 @@ side by side in one run, with the minimal server as the yardstick.
 
 seda is not compiled when installed: this measures an option. The script copies this tree to
 a temporary directory and compiles there, with mypyc, the modules every request of an AMPED
-service passes through in the acceptor (the HTTP codec, the envelope, flow control, the node
-and the acceptor itself), and the process classes built on the node, which mypyc requires to
-be compiled with it. Then it runs graphs/hello.yaml under AMPED with one worker from each
-tree in turn, `--rounds` times, and the minimal uvloop + httptools server of bench_http.py
-once per round, each under `wrk -t1 -cN -dS` after 1 s of warm-up. Prints every run, then
-the median req/s of each and the ratios. Compiling takes about two minutes.
+service passes through (the HTTP codec, the envelope, flow control, the node, the acceptor,
+the stage core and the worker), and the other process classes built on the node, which
+mypyc requires to be compiled with it. Then it runs graphs/hello.yaml under AMPED with one
+worker from each tree in turn, `--rounds` times, and the minimal uvloop + httptools server
+of bench_http.py once per round, each under `wrk -t1 -cN -dS` after 1 s of warm-up. Prints
+every run, then the median req/s of each and the ratios. Compiling takes a few minutes.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_http import free_port, seda, stop, wait_port, wrk  # noqa: E402
 
-# the acceptor's per-request modules, and every class that derives from a compiled one (an
-# interpreted class cannot inherit from a compiled class)
-COMPILED = ["seda/codec/http.py", "seda/envelope.py", "seda/flow.py", "seda/node.py",
-            "seda/acceptor.py", "seda/worker.py", "seda/source.py", "seda/mp.py"]
+# the per-request modules of the acceptor and the worker, and every class that derives from a
+# compiled one (an interpreted class cannot inherit from a compiled class)
+COMPILED = ["seda/codec/__init__.py", "seda/codec/http.py", "seda/envelope.py", "seda/flow.py",
+            "seda/node.py", "seda/acceptor.py", "seda/core.py", "seda/worker.py",
+            "seda/source.py", "seda/mp.py"]
 
 
 def compiled_copy(where: Path) -> Path:
