@@ -103,4 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from seda.bench import stop_on_sigterm
+
+    stop_on_sigterm()
     main()
