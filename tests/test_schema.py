@@ -45,3 +45,14 @@ def test_the_command_line_parses_without_the_heavy_modules() -> None:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_spec_accepts_exactly_the_models_the_command_offers() -> None:
+    """`Model` (the spec's type, a Literal for mypy and the JSON Schema) and seda/names.py's
+    MODELS (what --model offers and make_plan runs) are written twice: they must agree."""
+    from typing import get_args
+
+    from seda.names import MODELS
+    from seda.spec import Model
+
+    assert get_args(Model) == MODELS

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_http import free_port, seda, stop, wait_port, wrk  # noqa: E402
+from bench_http import wrk_seda, wrk_written  # noqa: E402
 
 # the per-request modules of the acceptor and the worker, and every class that derives from a
 # compiled one (an interpreted class cannot inherit from a compiled class)
@@ -53,27 +53,6 @@ def compiled_copy(where: Path) -> Path:
     return tree
 
 
-def amped(tree: Path, connections: int, duration: int) -> float:
-    port = free_port()
-    proc = seda("graphs/hello.yaml", port, "--model", "amped", "--workers", "hello=1",
-                tree=tree)
-    try:
-        return wrk(port, connections, duration)[0]
-    finally:
-        stop(proc)
-
-
-def baseline(connections: int, duration: int) -> float:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "tools" / "bench_http.py"),
-                               "--serve-baseline", str(port)])
-    try:
-        wait_port(port)
-        return wrk(port, connections, duration)[0]
-    finally:
-        stop(server)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -87,10 +66,13 @@ def main() -> None:
         for round_ in range(args.rounds):
             order = list(trees.items())
             for name, tree in order if round_ % 2 == 0 else order[::-1]:
-                rates[name].append(amped(tree, args.connections, args.duration))
+                rates[name].append(wrk_seda(args.connections, args.duration, "--model",
+                                            "amped", "--workers", "hello=1",
+                                            tree=tree)[0])
                 print(f"  round {round_ + 1}: {name:<12} {rates[name][-1]:>9,.0f} req/s",
                       flush=True)
-            rates["baseline"].append(baseline(args.connections, args.duration))
+            rates["baseline"].append(
+                wrk_written("--serve-baseline", args.connections, args.duration)[0])
             print(f"  round {round_ + 1}: {'baseline':<12} {rates['baseline'][-1]:>9,.0f} "
                   f"req/s", flush=True)
     median = {name: statistics.median(values) for name, values in rates.items()}

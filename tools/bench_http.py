@@ -239,30 +239,37 @@ def redis_bench(port: int, pipeline: int, requests: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ runs
+def wrk_written(flag: str, connections: int, duration: int) -> tuple[float, float, float]:
+    """wrk against a server written in this script (`--serve-baseline`, `--serve-amped-min`),
+    started for the run and stopped after it."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), flag, str(port)])
+    try:
+        wait_port(port)
+        return wrk(port, connections, duration)
+    finally:
+        stop(server)  # type: ignore[arg-type]
+
+
+def wrk_seda(connections: int, duration: int, *args: str, tree: Path = ROOT
+             ) -> tuple[float, float, float]:
+    """wrk against `seda run graphs/hello.yaml ARGS` from `tree`, stopped after the run."""
+    port = free_port()
+    proc = seda("graphs/hello.yaml", port, *args, tree=tree)
+    try:
+        return wrk(port, connections, duration)
+    finally:
+        stop(proc)
+
+
 def bench_http(connections: int, duration: int) -> None:
     results: dict[str, tuple[float, float, float]] = {}
     for name, flag in (("baseline", "--serve-baseline"), ("amped-min", "--serve-amped-min")):
-        port = free_port()
-        server = subprocess.Popen([sys.executable, __file__, flag, str(port)])
-        try:
-            wait_port(port)
-            results[name] = wrk(port, connections, duration)
-        finally:
-            stop(server)  # type: ignore[arg-type]
+        results[name] = wrk_written(flag, connections, duration)
     for workers in (1, 2):
-        port = free_port()
-        proc = seda("graphs/hello.yaml", port, "--model", "amped", "--workers",
-                    f"hello={workers}")
-        try:
-            results[f"amped-{workers}"] = wrk(port, connections, duration)
-        finally:
-            stop(proc)
-    port = free_port()
-    proc = seda("graphs/hello.yaml", port, "--model", "sped")
-    try:
-        results["sped"] = wrk(port, connections, duration)
-    finally:
-        stop(proc)
+        results[f"amped-{workers}"] = wrk_seda(connections, duration, "--model", "amped",
+                                               "--workers", f"hello={workers}")
+    results["sped"] = wrk_seda(connections, duration, "--model", "sped")
     base_rps = results["baseline"][0]
     print(f"\nHTTP: wrk -t1 -c{connections} -d{duration}s, hello world")
     print(f"  {'server':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs baseline':>12}")
