@@ -2,6 +2,7 @@
 side by side in one run, with the minimal server as the yardstick.
 
     python tools/bench_compiled.py [--rounds 3] [--duration 4] [--connections 64]
+                                   [--keep DIR]
     (needs wrk, a C compiler, and mypy -- mypyc is part of it, a dev dependency)
 
 seda is not compiled when installed: this measures an option. The script copies this tree to
@@ -12,6 +13,8 @@ mypyc requires to be compiled with it. Then it runs graphs/hello.yaml under AMPE
 worker from each tree in turn, `--rounds` times, and the minimal uvloop + httptools server
 of bench_http.py once per round, each under `wrk -t1 -cN -dS` after 1 s of warm-up. Prints
 every run, then the median req/s of each and the ratios. Compiling takes a few minutes.
+`--keep DIR` builds the compiled copy in DIR/tree and leaves it there (for
+`python tools/cost_per_request.py --tree DIR/tree`); `--rounds 0` only builds it.
 """
 
 from __future__ import annotations
@@ -58,10 +61,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--keep", type=Path, help="build the compiled copy in DIR/tree and "
+                        "keep it")
     args = parser.parse_args()
+    if args.keep is not None and (args.keep / "tree").exists():
+        parser.error(f"{args.keep / 'tree'} exists: remove it, or keep the copy elsewhere")
     with tempfile.TemporaryDirectory() as tmp:
         print("compiling with mypyc ...", flush=True)
-        trees = {"interpreted": ROOT, "compiled": compiled_copy(Path(tmp))}
+        trees = {"interpreted": ROOT, "compiled": compiled_copy(args.keep or Path(tmp))}
+        if args.rounds < 1:
+            print(f"compiled copy: {trees['compiled']}")
+            return
         rates: dict[str, list[float]] = {"baseline": [], "interpreted": [], "compiled": []}
         for round_ in range(args.rounds):
             order = list(trees.items())

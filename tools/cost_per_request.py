@@ -1,13 +1,14 @@
 """Where a request's CPU goes: per-process CPU time per request under wrk, seda and baseline.
 
     python tools/cost_per_request.py [--graph graphs/hello.yaml] [--workers hello=1]
-                                     [--duration 5] [--connections 64]
+                                     [--duration 5] [--connections 64] [--tree DIR]
 
 Runs, one after the other: the minimal uvloop + httptools server of tools/bench_http.py and
 its AMPED ceiling (amped-min: requests over zmq to one worker process and back), then
 `seda run GRAPH` under each of `--models` (default: seda with `--workers hello=1`, and sped), each
-under `wrk -t1 -cN -dS`, and prints for every process (and wrk) its CPU share and its user
-and system microseconds per request (CPU time from /proc via psutil, sampled just before and
+under `wrk -t1 -cN -dS` (seda from `--tree`, another copy of this tree, when given), and
+prints for every process (and wrk) its CPU share and its user and system microseconds per
+request (CPU time from /proc via psutil, sampled just before and
 just after wrk). A process at ~100% is the bottleneck; one well under 100% while the
 machine is not saturated points at latency (a round trip between processes that do not
 overlap) rather than CPU. The figures drift with the machine's load: compare within a run.
@@ -102,13 +103,13 @@ def run_baseline(connections: int, duration: int,
         server.join(10)
 
 
-def run_seda(graph: str, model: str, workers: str, connections: int, duration: int
-             ) -> list[str]:
+def run_seda(graph: str, model: str, workers: str, connections: int, duration: int,
+             tree: Path = ROOT) -> list[str]:
     port = free_port()
     extra = ["--model", model] if model != "seda" else []
     if workers and model in ("seda", "amped"):
         extra += ["--workers", workers]
-    proc = seda(graph, port, *extra)  # started, listening, workers ready
+    proc = seda(graph, port, *extra, tree=tree)  # started, listening, workers ready
     try:
         supervisor = psutil.Process(proc.pid)
         return measure([supervisor, *supervisor.children(recursive=True)], port, connections,
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--workers", default="hello=1", help="seda run --workers (seda, amped)")
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="run seda from this copy of the tree (e.g. a compiled one)")
     args = parser.parse_args()
     print(f"{psutil.cpu_count()} cores; wrk -t1 -c{args.connections} -d{args.duration}s")
     print("baseline (uvloop + httptools, one process):")
@@ -131,9 +134,10 @@ def main() -> None:
     print("amped-min (the same front, requests over zmq to one worker and back):")
     print("\n".join(run_baseline(args.connections, args.duration, serve_amped_min)))
     for model in args.models.split(","):
-        print(f"seda {args.graph} --model {model}:")
+        print(f"seda {args.graph} --model {model}"
+              f"{'' if args.tree == ROOT else f' (from {args.tree})'}:")
         print("\n".join(run_seda(args.graph, model, args.workers, args.connections,
-                                 args.duration)))
+                                 args.duration, args.tree)))
 
 
 if __name__ == "__main__":
