@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the compiled copy in DIR/tree and "
                         "keep it")
     args = parser.parse_args()
+    if args.keep is not None:
+        args.keep = args.keep.resolve()  # the servers run with the copy as their directory
     if args.keep is not None and (args.keep / "tree").exists():
         parser.error(f"{args.keep / 'tree'} exists: remove it, or keep the copy elsewhere")
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,10 +8,10 @@ its AMPED ceiling (amped-min: requests over zmq to one worker process and back),
 `seda run GRAPH` under each of `--models` (default: seda with `--workers hello=1`, and sped), each
 under `wrk -t1 -cN -dS` (seda from `--tree`, another copy of this tree, when given), and
 prints for every process (and wrk) its CPU share and its user and system microseconds per
-request (CPU time from /proc via psutil, sampled just before and
-just after wrk). A process at ~100% is the bottleneck; one well under 100% while the
-machine is not saturated points at latency (a round trip between processes that do not
-overlap) rather than CPU. The figures drift with the machine's load: compare within a run.
+request (CPU time from /proc via psutil, sampled just before and just after wrk). A process
+at ~100% is the bottleneck; one well under 100% while the machine is not saturated points at
+latency (a round trip between processes that do not overlap) rather than CPU. The figures
+drift with the machine's load: compare within a run.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=ROOT,
                         help="run seda from this copy of the tree (e.g. a compiled one)")
     args = parser.parse_args()
+    args.tree = args.tree.resolve()  # the servers run with it as their directory
     print(f"{psutil.cpu_count()} cores; wrk -t1 -c{args.connections} -d{args.duration}s")
     print("baseline (uvloop + httptools, one process):")
     print("\n".join(run_baseline(args.connections, args.duration)))
