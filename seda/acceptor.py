@@ -27,7 +27,7 @@ from typing import Any, cast
 import zmq
 from setproctitle import setproctitle
 
-from seda.codec import Codec, encode_reply, make_codec
+from seda.codec import BAD_REPLY, Codec, encode_reply, make_codec
 from seda.codec.http import HttpCodec
 from seda.control import AdmissionController, Classifier, Decision
 from seda.core import StageCore
@@ -38,6 +38,7 @@ from seda.listener import tune
 from seda.node import Node
 from seda.plan import Plan
 from seda.status import FRONT_FIGURES
+from seda.throttle import Throttle
 
 
 @dataclass(slots=True)
@@ -54,6 +55,8 @@ class Slot:
     file: tuple[int, int] | None = None  # (fd, size): a file that follows `out` (sendfile)
 
 
+LOST_TEXT = {500: "the handler failed", 504: "the handler ran over its time limit",
+             413: "the request is over the graph's settings.max_message_bytes"}
 SEND_EARLY = 16  # requests queued since the last send that go to the entry stage at once
 FD_RESERVE = 64  # descriptors kept free for the acceptor's own use (see connection_cap)
 
@@ -121,11 +124,24 @@ class FileSend:
         return True
 
 
+def _wants_close(slot: Slot) -> bool:
+    return type(slot.request) is dict and slot.request.get("keep_alive") is False
+
+
+def _what(request: Any) -> str:
+    """A request named in a log line: 'GET /path', a RESP command's name, or its type."""
+    if type(request) is dict:
+        return f"{request.get('method')} {str(request.get('path'))[:80]}"
+    if type(request) is list and request:
+        return f"command {str(request[0])[:40]}"
+    return f"a {type(request).__name__} request"
+
+
 def _server_answer(slot: Slot, out: bytes) -> None:
     """The server's own answer to a request (500, 503, 504): the connection stays open
     unless the request asked to close it."""
     slot.out = out
-    slot.close = type(slot.request) is dict and slot.request.get("keep_alive") is False
+    slot.close = _wants_close(slot)
     slot.done = True
 
 
@@ -299,6 +315,7 @@ class Acceptor(Node):
         for key in FRONT_FIGURES:
             self.counters[key] = 0
         self.max_connections = self.connection_cap()
+        self.throttle = Throttle(f"seda: {name}: ")
 
     def targets(self) -> set[str]:
         acc = self.spec.acceptor
@@ -472,14 +489,19 @@ class Acceptor(Node):
         self.dead_letter([DeadLetter(self.entry, env, error, tb)
                           for env, error, tb in group.failed])
 
+    too_large_status = 413  # a request no frame can carry (see Node._too_large)
+
     def on_lost(self, items: list[list[Any]]) -> None:
-        """Requests dead-lettered somewhere in the graph: 500 now, not 504 at the deadline
-        (the error itself stays in the dead-letter file, not in front of the client)."""
-        for request_id, _error in items:
+        """Requests dead-lettered somewhere in the graph: answered now with the status the
+        letter carries (500 a failed handler, 504 one past its time limit, 413 a request too
+        large for a frame), not 504 at the deadline. The error itself stays in the
+        dead-letter file, not in front of the client."""
+        for request_id, _error, status in items:
             slot = self.slots.pop(request_id, None)
             if slot is not None:
-                self.counters["failed"] += 1
-                self.answer_error(slot, ProtocolError("the handler failed", 500))
+                self.counters["timeouts" if status == 504 else "failed"] += 1
+                self.answer_error(slot, ProtocolError(LOST_TEXT.get(status, LOST_TEXT[500]),
+                                                      status))
 
     def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
@@ -490,11 +512,17 @@ class Acceptor(Node):
             self.complete(slot, payload)
 
     def complete(self, slot: Slot, payload: Any) -> None:
+        """Turn a stage's reply into bytes for its client. A reply of any shape costs at most
+        its own request: one that cannot be sent is answered 500, and said in the log."""
         conn = slot.conn
         if self.http and type(payload) is dict and "file" in payload:
-            self.open_file(slot, cast(HttpCodec, conn.codec), payload)
+            why = self.open_file(slot, cast(HttpCodec, conn.codec), payload)
         else:
-            slot.out, slot.close = encode_reply(conn.codec, payload, slot.request)
+            slot.out, slot.close, why = encode_reply(conn.codec, payload, slot.request)
+        if why:
+            slot.out, slot.close = conn.codec.error_reply(BAD_REPLY), _wants_close(slot)
+            self.throttle.say("bad reply", f"a reply to {_what(slot.request)} could not be "
+                                           f"sent (answered 500): {why}")
         slot.done = True
         self.counters["responses"] += 1
         # HTTP: the status our own head() wrote; other protocols have no status codes
@@ -502,28 +530,41 @@ class Acceptor(Node):
         self.codes[key] = self.codes.get(key, 0) + 1
         conn.write_ready()
 
-    def open_file(self, slot: Slot, codec: HttpCodec, reply: dict[str, Any]) -> None:
-        """`{"file": path}`: the head now, the file by sendfile once the head is out. A file
-        that cannot be served is answered 404 / 403 / 500 (the connection stays usable)."""
+    def open_file(self, slot: Slot, codec: HttpCodec, reply: dict[str, Any]) -> str:
+        """`{"file": path}`: the head now, the file by sendfile once the head is out. Only a
+        regular file is sent, and opening never blocks the loop (O_NONBLOCK: a FIFO would
+        wait for a writer). A file that cannot be served is answered 404 / 403 / 500 (the
+        connection stays usable). Returns why the reply itself is wrong ("" if it is not)."""
+        path = reply["file"]
+        if type(path) is not str:
+            return f"expected a path (text) for 'file', got {type(path).__name__}"
         try:
-            fd = os.open(str(reply["file"]), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except ValueError as exc:  # a NUL in the path
+            return f"bad 'file' path: {exc}"
         except OSError as exc:
-            status = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EACCES: 403}.get(
-                exc.errno or 0, 500)
+            status = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.EACCES: 403,
+                      errno.ELOOP: 403}.get(exc.errno or 0, 500)
             slot.out, slot.close = codec.encode(
                 {"status": status, "body": f"{status} {exc.strerror}\n"}, slot.request)
-            return
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+            return ""
+        try:
+            info = os.fstat(fd)
+            follows = False
+            if stat.S_ISREG(info.st_mode):
+                slot.out, slot.close, follows = codec.file_head(reply, slot.request,
+                                                                info.st_size)
+            else:
+                slot.out, slot.close = codec.encode(
+                    {"status": 403, "body": "403 not a regular file\n"}, slot.request)
+        except ValueError as exc:  # the reply's status or headers
             os.close(fd)
-            slot.out, slot.close = codec.encode(
-                {"status": 403, "body": "403 not a regular file\n"}, slot.request)
-            return
-        slot.out, slot.close, follows = codec.file_head(reply, slot.request, info.st_size)
+            return str(exc)
         if follows and info.st_size:
             slot.file = (fd, info.st_size)
         else:
             os.close(fd)
+        return ""
 
     def count_status(self, status: str, n: int = 1) -> None:
         key = status.encode()

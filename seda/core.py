@@ -40,14 +40,15 @@ from seda.flow import SeenIds
 from seda.spec import GraphSpec
 
 
-def _unpackable(emits: list[tuple[str, Envelope]], results: list[Envelope]) -> str | None:
-    """Why msgpack cannot carry one of these outputs' payloads, or None."""
+def _unpackable(emits: list[tuple[str, Envelope]], results: list[Envelope], limit: int
+                ) -> str | None:
+    """Why a frame cannot carry one of these outputs' payloads, or None."""
     for target, env in emits:
-        why = packable(env[PAYLOAD])
+        why = packable(env[PAYLOAD], limit)
         if why is not None:
             return f"to '{target}': {why}"
     for env in results:
-        why = packable(env[PAYLOAD])
+        why = packable(env[PAYLOAD], limit)
         if why is not None:
             return f"as a reply: {why}"
     return None
@@ -186,6 +187,7 @@ class StageCore:
         # sinks that build a value in memory for finish(): that state dies with the process
         self.keeps = sorted(s for s in self.sinks if hasattr(self.runners[s].obj, "finish"))
         self.seen = SeenIds(dedup_window)
+        self.max_bytes = spec.settings.max_message_bytes  # the most one payload may pack to
         self._pending: deque[tuple[str, Envelope]] = deque()
         self._running = ""
 
@@ -233,18 +235,22 @@ class StageCore:
         return group
 
     def _check_packable(self, stage: str, group: Group) -> None:
-        """Every payload leaving this pool must be one msgpack can carry. Checked once per
-        batch (one packb call, not one per message: that cost ~10% of a fast stage); if the
-        batch does not pack, the inputs whose outputs do not are failed like any handler
-        error (their outputs withdrawn), and the others go on."""
+        """Every payload leaving this pool must be one a frame can carry: of a type msgpack
+        has, and no larger than settings.max_message_bytes. Checked once per batch (one
+        packb call, not one per message: that cost ~10% of a fast stage); if the batch does
+        not pack, or packs larger than one payload may be, the inputs whose outputs do not
+        fit are failed like any handler error (their outputs withdrawn), and the others go
+        on."""
         try:
-            packb([[e[PAYLOAD] for _, e in group.emits], [e[PAYLOAD] for e in group.results]],
-                  use_bin_type=True)
-            return
+            blob = packb([[e[PAYLOAD] for _, e in group.emits],
+                          [e[PAYLOAD] for e in group.results]], use_bin_type=True)
+            if len(blob) <= self.max_bytes:  # then every payload in it fits too
+                return
         except (TypeError, ValueError, OverflowError):
             pass
+        limit = self.max_bytes
         if len(group.starts) != len(group.inputs):  # a batch handler's batch fails as one
-            why = _unpackable(group.emits, group.results)
+            why = _unpackable(group.emits, group.results, limit)
             if why is not None:
                 for env in group.inputs:
                     self._unpackable_input(stage, env, why, group)
@@ -257,7 +263,7 @@ class StageCore:
         starts: list[tuple[int, int]] = []
         for i, env in enumerate(group.inputs):
             (e0, r0), (e1, r1) = bounds[i], bounds[i + 1]
-            why = _unpackable(group.emits[e0:e1], group.results[r0:r1])
+            why = _unpackable(group.emits[e0:e1], group.results[r0:r1], limit)
             if why is not None:
                 self._unpackable_input(stage, env, why, group)
                 continue
@@ -269,7 +275,7 @@ class StageCore:
 
     def _unpackable_input(self, stage: str, env: Envelope, why: str, group: Group) -> None:
         error = HandlerUsageError(f"stage '{stage}' (or a stage fused with it) sent a payload "
-                                  f"msgpack cannot carry {why}")
+                                  f"no frame can carry {why}")
         self.stats[stage].errors += 1
         self.stats[stage].completed -= 1
         group.failed.append((env, f"{stage}: {type(error).__name__}: {error}", ""))

@@ -12,7 +12,8 @@ Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)].
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -29,7 +30,8 @@ FAIL = b"F"      # body: [[id, error, traceback], ...]        worker -> sender (
 CREDIT = b"C"    # body: window (int, absolute)               worker -> sender
 HELLO = b"H"     # body: nil                                  sender -> worker
 RESULT = b"R"    # body: [kept rows, sent rows, done ids]     any -> origin (see unpack_results)
-LOST = b"L"      # body: [[request, error], ...]              any -> origin (dead-lettered)
+LOST = b"L"      # body: [[request, error, status], ...]      any -> origin (dead-lettered)
+BOUNCE = b"B"    # body: nil                                  either way (see Node.lost_frame)
 CONTROL = b"X"   # body: {"op": ...}                          supervisor -> process
 STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
 
@@ -47,6 +49,25 @@ def child_id(parent: int, index: int) -> int:
 def pack(obj: Any) -> bytes:
     data: bytes = msgpack.packb(obj, use_bin_type=True)
     return data
+
+
+T = TypeVar("T")
+FRAME_OVERHEAD = 4096  # bytes a frame may hold beyond settings.max_message_bytes (ids, names)
+
+
+def bounded(rows: list[T], body_of: Callable[[list[T]], bytes], limit: int
+            ) -> list[tuple[list[T], bytes]]:
+    """`rows` packed into frames of at most `limit` bytes each, in order: [(rows, body)].
+    One pack when they fit (nearly always); otherwise halves, packed again until each fits. A
+    single row over the limit comes back alone with an empty body: the caller fails it (a
+    frame over the limit would be dropped by its receiver, and its messages with it)."""
+    body = body_of(rows)
+    if len(body) <= limit:
+        return [(rows, body)]
+    if len(rows) == 1:
+        return [(rows, b"")]
+    half = len(rows) // 2
+    return bounded(rows[:half], body_of, limit) + bounded(rows[half:], body_of, limit)
 
 
 def unpack(body: bytes, limit: int) -> Any:
@@ -149,8 +170,8 @@ def unpack_results(body: bytes, limit: int) -> tuple[list[list[Any]], list[list[
 
 
 def unpack_lost(body: bytes, limit: int) -> list[list[Any]]:
-    """[[request, error], ...]"""
-    return _rows(unpack(body, limit), (int, str), "LOST")
+    """[[request, error, status], ...] (status: the answer its client gets, 500, 504, ...)"""
+    return _rows(unpack(body, limit), (int, str, int), "LOST")
 
 
 def unpack_control(body: bytes, limit: int) -> dict[str, Any]:
@@ -161,10 +182,13 @@ def unpack_control(body: bytes, limit: int) -> dict[str, Any]:
     return obj
 
 
-def packable(payload: Any) -> str | None:
-    """None if msgpack can carry `payload`, else why not (checked where handlers emit)."""
+def packable(payload: Any, limit: int) -> str | None:
+    """None if msgpack can carry `payload` in a frame, else why not (checked where handlers
+    emit): a type msgpack has no form for, or a size over `limit` bytes."""
     try:
-        msgpack.packb(payload, use_bin_type=True)
+        size = len(msgpack.packb(payload, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         return f"{type(exc).__name__}: {exc}"
+    if size > limit:
+        return f"{size} bytes, over settings.max_message_bytes ({limit})"
     return None

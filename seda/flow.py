@@ -54,6 +54,7 @@ class DeadLetter:
     env: Envelope
     error: str
     traceback: str = ""
+    status: int = 500  # what a service's client is answered (413, 500, 504)
 
 
 class Dispatcher:
@@ -117,8 +118,36 @@ class Dispatcher:
         back = self.suspects if link.isolated else self.queue
         link.up, link.isolated = False, False
         for stage, env, _ in reversed(batch):
-            link.pending.pop(env[ID], None)
-            back.appendleft((stage, env))
+            if link.pending.pop(env[ID], None) is not None:  # (not one failed as too large)
+                back.appendleft((stage, env))
+
+    def bounced(self, worker: str) -> list[DeadLetter]:
+        """A frame between us and `worker` was dropped (see Node.lost_frame): what it holds of
+        ours may never be acknowledged, so it goes out again, charged an attempt (so a fault
+        that repeats ends in the dead-letter file, not in a loop). Copies it did receive are
+        dropped as duplicates downstream, by id."""
+        link = self.links.get(worker)
+        if link is None:
+            return []
+        back = list(link.pending.values())
+        link.pending.clear()
+        dead, again = [], []
+        for stage, env, _ in back:
+            env[ATTEMPT] += 1
+            if env[ATTEMPT] > self.max_attempts(stage):
+                dead.append(DeadLetter(stage, env, f"frames between this process and "
+                                                   f"{worker} were dropped {env[ATTEMPT] - 1} "
+                                                   f"times while it held this message"))
+            else:
+                again.append((stage, env))
+        self.queue.extendleft(reversed(again))  # first in line again, in their order
+        return dead
+
+    def forget(self, worker: str, msg_id: int) -> None:
+        """Stop tracking a message assigned to `worker` that will not be sent (too large)."""
+        link = self.links.get(worker)
+        if link is not None:
+            link.pending.pop(msg_id, None)
 
     def done(self, worker: str, ids: list[int]) -> int:
         link = self.links.get(worker)

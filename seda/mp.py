@@ -37,6 +37,7 @@ from seda.flow import DeadLetter
 from seda.listener import tune
 from seda.node import Node, die_with_parent
 from seda.plan import Plan
+from seda.throttle import Throttle
 
 # figures a connection process reports when it ends: one write, under PIPE_BUF, so atomic
 REPORT = struct.Struct("<5Q")
@@ -52,6 +53,7 @@ class Connection:
         self.limits = master.limits
         self.codec: Codec = make_codec(master.protocol, master.limits)
         self.figures = dict.fromkeys(REPORTED, 0)
+        self.throttle = Throttle("seda: mp connection: ")
         self.stopping = False
         # SIGTERM (the drain) sets `stopping` and wakes the select below through this pipe
         self.wake, wake_w = os.pipe()
@@ -108,8 +110,12 @@ class Connection:
         group = master.core.process(master.entry, envs)
         replies: dict[int, tuple[bytes, bool]] = {}
         for env in group.results:
-            replies.setdefault(env[REQUEST], encode_reply(codec, env[PAYLOAD],
-                                                          requests[env[REQUEST]]))
+            if env[REQUEST] not in replies:  # the first reply to a request is its answer
+                data, close, why = encode_reply(codec, env[PAYLOAD], requests[env[REQUEST]])
+                if why:
+                    self.throttle.say("bad reply", f"a reply could not be sent (answered "
+                                                   f"500): {why}")
+                replies[env[REQUEST]] = data, close
         for env, error, tb in group.failed:
             self.figures["failed"] += 1
             self.figures["dead_letters"] += 1

@@ -16,7 +16,7 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -25,11 +25,13 @@ from setproctitle import setproctitle
 from seda import deadletter
 from seda.envelope import (
     ACK,
+    BOUNCE,
     CONTROL,
     CREDIT,
     DATA,
     FAIL,
     FINAL,
+    FRAME_OVERHEAD,
     HELLO,
     ID,
     LOST,
@@ -39,6 +41,7 @@ from seda.envelope import (
     RESULT,
     STATUS,
     Envelope,
+    bounded,
     pack,
     unpack_ack,
     unpack_control,
@@ -50,14 +53,20 @@ from seda.envelope import (
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter, Dispatcher, Pending, Tracker
 from seda.plan import FRONT_ROLES, SUPERVISOR, Plan
+from seda.throttle import Throttle
 
 RESULTS = "@results"
 ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded upstream)
-FRAME_MAX = 64  # messages per DATA frame
+FRAME_MAX = 64  # messages per DATA frame (and at most `limit` bytes: see envelope.bounded)
+ERROR_MAX, TB_MAX = 4096, 32768  # characters of an error and its traceback that travel
 HELLO_EVERY = 0.1
 STATS_EVERY = 0.5
 PARENT_CHECK_EVERY = 0.5
 _PR_SET_PDEATHSIG = 1
+
+
+def _data_frame(stage: str, held: int) -> Callable[[list[Envelope]], bytes]:
+    return lambda envs: pack([stage, envs, held])
 
 
 def die_with_parent(parent: int) -> None:
@@ -78,7 +87,9 @@ class Node:
         self.plan, self.name, self.parent = plan, name, parent
         self.me = plan.procs[name]
         self.spec = plan.graph_spec()
-        self.limit = self.spec.settings.max_message_bytes + 4096
+        # the largest frame a receiver accepts, and so the largest a sender makes
+        self.limit = self.spec.settings.max_message_bytes + FRAME_OVERHEAD
+        self.throttle = Throttle(f"seda: {name}: ")
         self.running = True
         self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0}
         self.dropped: dict[str, dict[str, int]] = {}  # stage -> reason -> count (sent here)
@@ -175,14 +186,40 @@ class Node:
             self.take(frames)
 
     def take(self, frames: list[bytes]) -> None:
-        """Act on one inbox message [sender, kind, body]; a malformed one (wrong frame count,
-        a body that does not decode to its kind's shape, a sender this process does not
-        know) is counted and dropped."""
+        """Act on one inbox message [sender, kind, body]. One that is malformed (wrong frame
+        count, a body that does not decode to its kind's shape, over the size limit) is
+        counted and dropped -- and accounted for, see `lost_frame`."""
         try:
             sender_b, kind, body = frames
-            self.on_frame(sender_b.decode(), kind, body)
-        except (ValueError, ProtocolError, KeyError):  # UnicodeDecodeError is a ValueError
+            sender = sender_b.decode()
+        except ValueError:  # UnicodeDecodeError is a ValueError
             self.counters["malformed"] += 1
+            return
+        try:
+            self.on_frame(sender, kind, body)
+        except (ValueError, ProtocolError, KeyError, TypeError, IndexError) as exc:
+            self.lost_frame(sender, kind, exc)
+
+    def lost_frame(self, sender: str, kind: bytes, exc: Exception) -> None:
+        """A frame from `sender` was dropped. If the sender is a peer of ours, whatever the
+        frame carried (messages, receipts, results) may never be acknowledged: both sides
+        send again what the other has not confirmed -- we at once, the sender when our
+        BOUNCE reaches it -- so no message and no credit vanishes with a frame."""
+        self.counters["malformed"] += 1
+        known = sender in self.pool_of or sender == self.origin
+        self.throttle.say("dropped", f"dropped a {kind[:1]!r} frame from {sender[:40]!r}: "
+                                     f"{str(exc)[:200]}"
+                                     f"{'; both sides send again what it held' if known else ''}")
+        if known:
+            self.bounced(sender)
+            self.send(sender, BOUNCE, b"")
+
+    def bounced(self, peer: str) -> None:
+        """A frame between us and `peer` was lost: what `peer` holds of ours goes out again."""
+        if peer == self.origin and peer != self.name:
+            self.dead_letter(self.results.bounced(peer))
+        elif peer in self.pool_of and self.pool_of[peer] in self.dispatchers:
+            self.dead_letter(self.dispatchers[self.pool_of[peer]].bounced(peer))
 
     def on_frame(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == ACK:
@@ -202,6 +239,8 @@ class Node:
             self.dead_letter(letters)
         elif kind == CONTROL and sender == SUPERVISOR:
             self.on_control(unpack_control(body, self.limit))
+        elif kind == BOUNCE:
+            self.bounced(sender)
         else:
             self.on_other(sender, kind, body)
 
@@ -285,7 +324,8 @@ class Node:
         self._acks.setdefault(sender, ([], []))[1].extend(ids)
 
     def fail(self, sender: str, msg_id: int, error: str, tb: str) -> None:
-        self._fails.setdefault(sender, []).append([msg_id, error, tb])
+        # (an exception's text is the handler's to choose: a frame must still hold it)
+        self._fails.setdefault(sender, []).append([msg_id, error[:ERROR_MAX], tb[-TB_MAX:]])
 
     def submit_outputs(self, emits: list[tuple[str, Envelope]],
                        results: list[Envelope]) -> list[int]:
@@ -340,7 +380,22 @@ class Node:
         """Send the receipts; one that cannot go now (the peer is not connected) is kept for
         the next flush -- a lost receipt would leave its message pending at the sender."""
         self._acks = {sender: acks for sender, acks in self._acks.items()
-                      if (acks[0] or acks[1]) and not self.send(sender, ACK, pack(list(acks)))}
+                      if (acks[0] or acks[1]) and not self._send_acks(sender, acks)}
+
+    def _send_acks(self, sender: str, acks: tuple[list[int], list[int]]) -> bool:
+        body = pack(list(acks))
+        if len(body) <= self.limit:
+            return self.send(sender, ACK, body)
+        # (a receipt sent twice, after a partial failure, is ignored the second time)
+        received = bounded(acks[0], lambda ids: pack([ids, []]), self.limit)
+        done = bounded(acks[1], lambda ids: pack([[], ids]), self.limit)
+        return all(self.send(sender, ACK, part) for _, part in received + done)
+
+    def _send_rows(self, peer: str, kind: bytes, rows: list[Any]) -> bool:
+        """FAIL and LOST rows (each of bounded size: see fail, dead_letter), in frames no
+        larger than a receiver takes."""
+        return all(self.send(peer, kind, body)
+                   for _, body in bounded(rows, pack, self.limit))
 
     def flush(self) -> None:
         for dispatcher in self.dispatchers.values():
@@ -354,7 +409,9 @@ class Node:
             # the rows not kept and the DONEs that go with them (see unpack_results)
             kept = [[env[ID], env[PAYLOAD], env[REQUEST], *env[FINAL:]] for _, env, _ in batch]
             body = pack([kept, self.replies, self.after_results])
-            if self.send(origin, RESULT, body):
+            if len(body) > self.limit:
+                self._send_results(origin, batch, kept)
+            elif self.send(origin, RESULT, body):
                 self.replies, self.after_results = [], []
             else:  # retried by _timers, not in a spin
                 self.results.unreachable(origin, batch)
@@ -362,11 +419,64 @@ class Node:
         # like receipts, a failure report that cannot go now is kept for the next flush:
         # lost, it would leave its message pending at the sender for good
         self._fails = {sender: fails for sender, fails in self._fails.items()
-                       if not self.send(sender, FAIL, pack(fails))}
+                       if not self._send_rows(sender, FAIL, fails)}
+
+    def _send_results(self, origin: str, batch: list[Pending], kept: list[list[Any]]) -> None:
+        """Results too many for one frame: kept rows, then the other rows, in frames of at
+        most `limit` bytes, and the DONEs of the inputs they answer last (frames on one
+        connection arrive in order). A row too large for any frame (a sink's finish value:
+        handlers' outputs are checked in the stage core) is dead-lettered. What cannot be sent
+        now is kept for the next flush."""
+        replies, done = self.replies, self.after_results
+        self.replies, self.after_results = [], []
+        frames: list[tuple[list[Pending], list[list[Any]], bytes]] = []
+        rows = list(zip(kept, batch, strict=True))
+        for part, body in bounded(rows, lambda r: pack([[k for k, _ in r], [], []]),
+                                  self.limit):
+            if body:
+                frames.append(([p for _, p in part], [], body))
+            else:
+                [(row, (_, env, _))] = part
+                self.results.forget(origin, env[ID])
+                self.dead_letter([self._too_large(self._stage_of(env), env, len(pack(row)))])
+        for reply_rows, body in bounded(replies, lambda r: pack([[], r, []]), self.limit):
+            if body:
+                frames.append(([], reply_rows, body))
+            else:
+                [row] = reply_rows
+                env = [row[0], origin, 1, 0.0, row[1], row[2], 0]
+                self.dead_letter([self._too_large(self._stage_of(env), env, len(pack(row)))])
+        frames += [([], [], body) for _, body in bounded(done, lambda d: pack([[], [], d]),
+                                                          self.limit)]
+        for i, (_, _, body) in enumerate(frames):
+            if not self.send(origin, RESULT, body):
+                self.results.unreachable(origin, [p for f in frames[i:] for p in f[0]])
+                self.replies = [r for f in frames[i:] for r in f[1]]
+                self.after_results = done
+                return
+
+    def _too_large(self, stage: str, env: Envelope, size: int) -> DeadLetter:
+        """A message no frame can carry: it fails alone, with a clear error (its payload is
+        not kept in the dead-letter file)."""
+        env[PAYLOAD] = {"omitted": f"{size} bytes"}
+        limit = self.spec.settings.max_message_bytes
+        return DeadLetter(stage, env, f"a message of {size} bytes is over "
+                                      f"settings.max_message_bytes ({limit})",
+                          status=self.too_large_status)
+
+    too_large_status = 500  # the answer a service's client gets; the acceptor says 413
+
+    def _stage_of(self, result: Envelope) -> str:
+        """The stage a result came from, for the books: a sink's finish value names it;
+        otherwise this process's first stage."""
+        if len(result) > FINAL:
+            return str(result[FINAL])
+        return self.me.stages[0] if self.me.stages else RESULTS
 
     def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
-        """One DATA frame per stage and per FRAME_MAX messages: several frames in flight
-        let the receiver start on the first while the rest travel."""
+        """One DATA frame per stage and per FRAME_MAX messages, and at most `limit` bytes:
+        several frames in flight let the receiver start on the first while the rest
+        travel."""
         only = self._only_stage.get(dispatcher.pool)
         if only is not None:  # a pool of one stage (no need to sort by stage)
             by_stage = {only: [env for _, env, _ in batch]}
@@ -375,13 +485,23 @@ class Node:
             for stage, env, _ in batch:
                 by_stage.setdefault(stage, []).append(env)
         held = dispatcher.backlog() + self.held_back(dispatcher)  # for the batching controller
+        limit = self.limit
         for stage, envs in by_stage.items():
             for start in range(0, len(envs), FRAME_MAX):
                 frame = envs[start:start + FRAME_MAX]
-                if not self.send(worker, DATA, pack([stage, frame, held])):
-                    dispatcher.unreachable(worker, batch)
-                    return
-                self.sent_to[stage] = self.sent_to.get(stage, 0) + len(frame)
+                body = pack([stage, frame, held])
+                parts = [(frame, body)] if len(body) <= limit else bounded(
+                    frame, _data_frame(stage, held), limit)
+                for part, part_body in parts:
+                    if not part_body:  # one message over the limit: it fails alone
+                        dispatcher.forget(worker, part[0][ID])
+                        self.dead_letter([self._too_large(stage, part[0],
+                                                          len(pack(part[0])))])
+                        continue
+                    if not self.send(worker, DATA, part_body):
+                        dispatcher.unreachable(worker, batch)
+                        return
+                    self.sent_to[stage] = self.sent_to.get(stage, 0) + len(part)
 
     def dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters:
@@ -390,13 +510,13 @@ class Node:
             for letter in letters:
                 self.count_dropped(letter.stage, "dead_letters")
                 lost.setdefault(letter.env[ORIGIN], []).append(
-                    [letter.env[REQUEST], letter.error])
+                    [letter.env[REQUEST], letter.error[:ERROR_MAX], letter.status])
             if self.spec.acceptor is not None:  # a service: its client is answered now
                 for origin, items in lost.items():
                     if origin == self.name:
                         self.on_lost(items)
                     else:  # best effort: if this frame is lost, the request's deadline holds
-                        self.send(origin, LOST, pack(items))
+                        self._send_rows(origin, LOST, items)
             deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
 
     def count_dropped(self, stage: str, reason: str, n: int = 1) -> None:

@@ -40,7 +40,7 @@ def parse_listen(value: str) -> tuple[str, int]:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"expected an IPv6 address in brackets, got '[{host}]'") from None
-    elif not _HOST_RE.match(host):
+    elif not _HOST_RE.fullmatch(host):
         raise ValueError(f"expected a host name or IP address before ':', got '{host}'")
     return host, port
 
@@ -87,7 +87,7 @@ class RequestClass(_Spec):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise ValueError(f"expected a name of letters, digits, '_' or '-', got '{value}'")
         return value
 
@@ -116,7 +116,7 @@ class AcceptorSpec(_Spec):
 
 
 def _check_handler(value: str) -> str:
-    if not HANDLER_RE.match(value):
+    if not HANDLER_RE.fullmatch(value):
         raise ValueError(f"expected an import string 'module:attribute', got '{value}'")
     return value
 

@@ -67,7 +67,7 @@ class _Checker:
 
     def names(self) -> None:
         for name in self.spec.stages:
-            if name.startswith("@") or not NAME_RE.match(name):
+            if name.startswith("@") or not NAME_RE.fullmatch(name):
                 self.error(("stages", name), f"expected a stage name of letters, digits, '_' or "
                                              f"'-' (starting with a letter), got '{name}'")
 
@@ -192,7 +192,7 @@ class _Checker:
                 members[stage.pool].append(name)
         for pool, names in members.items():
             path: FieldPath = ("stages", names[0], "pool")
-            if not NAME_RE.match(pool):
+            if not NAME_RE.fullmatch(pool):
                 self.error(path, f"expected a pool name of letters, digits, '_' or '-', got "
                                  f"'{pool}'")
             if pool in self.spec.stages and pool not in names:
@@ -222,6 +222,13 @@ class _Checker:
                            f"scale's bounds [{scale.min}, {scale.max}]")
 
     def bounds(self) -> None:
+        acc, most = self.spec.acceptor, self.spec.settings.max_message_bytes
+        if acc is not None and acc.limits.max_request_bytes + acc.limits.max_header_bytes > most:
+            self.error(("acceptor", "limits", "max_request_bytes"),
+                       f"a request may be {acc.limits.max_request_bytes} bytes of body and "
+                       f"{acc.limits.max_header_bytes} of headers, more than one message may "
+                       f"carry to its stage (settings.max_message_bytes: {most}); raise that "
+                       f"or lower these")
         for name, stage in self.spec.stages.items():
             upstream = list(self.graph.predecessors(name)) if name in self.graph else []
             if len(upstream) > 1 and stage.queue is None:

@@ -154,3 +154,48 @@ def slow_echo(text: str, ctx: Any) -> str:
     """Sleep `options.slow` seconds, then answer with what came in."""
     time.sleep(float(ctx.options.get("slow", 0.0)))
     return text
+
+
+def padded(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """n items {"i": i, "pad": "x" * size}; the items listed in `big` are `big_size` long."""
+    for i in range(int(options.get("n", 100))):
+        size = options["big_size"] if i in options.get("big", []) else options["size"]
+        yield {"i": i, "pad": "x" * int(size)}
+
+
+def grow(item: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Pass an item on; the ones listed in `grow` get a pad of `to` characters."""
+    if item["i"] in ctx.options.get("grow", []):
+        item["pad"] = "x" * int(ctx.options["to"])
+    return item
+
+
+class Tally:
+    """Sink: how many items came and the sum of their `i`; `merge` joins the workers'."""
+
+    def setup(self, ctx: Any) -> None:
+        self.count = self.total = 0
+
+    def handle(self, item: dict[str, Any], ctx: Any) -> None:
+        self.count += 1
+        self.total += item["i"]
+
+    def finish(self, ctx: Any) -> dict[str, int]:
+        return {"count": self.count, "sum": self.total}
+
+    @staticmethod
+    def merge(parts: list[dict[str, int]]) -> dict[str, int]:
+        return {"count": sum(p["count"] for p in parts), "sum": sum(p["sum"] for p in parts)}
+
+
+def as_told(request: dict[str, Any], ctx: Any) -> Any:
+    """HTTP test stage: POST /reply answers with the msgpack value in the body, exactly as
+    it is (any shape a handler could return); /size?N answers N bytes; anything else is
+    answered 'plain'."""
+    import msgpack
+
+    if request["path"] == "/reply":
+        return msgpack.unpackb(request["body"], raw=False, strict_map_key=False)
+    if request["path"] == "/size":
+        return "y" * int(request["query"])
+    return "plain"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from seda.codec import encode_reply
 from seda.codec.http import HttpCodec
 from seda.codec.resp import RespCodec, encode_value
 from seda.codec.simple import LengthCodec, LineCodec
@@ -67,7 +68,7 @@ def test_http_reply_shorthands() -> None:
     created = codec.encode({"status": 201, "headers": {"X-Id": "9"}, "body": "made"}, get)[0]
     assert created == (b"HTTP/1.1 201 Created\r\nx-id: 9\r\ncontent-type: text/plain; "
                        b"charset=utf-8\r\ncontent-length: 4\r\n\r\nmade")
-    assert codec.encode({"status": 999}, get)[0].startswith(b"HTTP/1.1 500 ")
+    assert encode_reply(codec, {"status": 999}, get)[0].startswith(b"HTTP/1.1 500 ")
     assert codec.encode({"a": 1}, get)[0].endswith(b'\r\n\r\n{"a": 1}')
 
 
@@ -88,8 +89,8 @@ def test_http_remembered_heads_change_nothing() -> None:
         {"status": 200.0, "body": "float"}, {"status": 999, "body": "bad"},
     ]
     for request in (get, head_):
-        first = [http().encode(r, request) for r in replies]
-        again = [http().encode(r, request) for r in replies]
+        first = [encode_reply(http(), r, request) for r in replies]
+        again = [encode_reply(http(), r, request) for r in replies]
         assert first == again
     out = {r: http().encode({"status": 200, "headers": {"x-flag": v}, "body": "t"}, get)[0]
            for r, v in (("true", True), ("one", 1), ("text", "1"))}
@@ -99,6 +100,47 @@ def test_http_remembered_heads_change_nothing() -> None:
     assert b"x-upper: v\r\n" in upper and upper.endswith(b"content-length: 2\r\n\r\nab")
     assert b"99" not in upper  # the stage's own content-length never reaches the client
     assert http().encode(replies[4], head_)[0].endswith(b"content-length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize(("reply", "why"), [
+    ({"headers": {"x-a": "1\r\nset-cookie: stolen=1"}, "body": "x"}, "CR, LF or NUL"),
+    ({"headers": {"x-a": "1\nx"}, "body": "x"}, "CR, LF or NUL"),
+    ({"headers": {"x-a": "a\x00b"}, "body": "x"}, "CR, LF or NUL"),
+    ({"headers": {"bad name": "1"}, "body": "x"}, "header name"),
+    ({"headers": {"x:y": "1"}, "body": "x"}, "header name"),
+    ({"headers": {b"x": "1"}, "body": "x"}, "header name"),
+    ({"headers": ["x", "1"], "body": "x"}, "mapping of headers"),
+    ({"headers": {"x-a": "\u20ac"}, "body": "x"}, "latin-1"),
+    ({"body": 12345}, "text or bytes"),
+    ({"body": [1, 2]}, "text or bytes"),
+    ({"status": "200"}, "int status"),
+    ({"status": True, "body": ""}, "int status"),
+    ({"status": 101, "body": ""}, "int status"),
+    ({"status": 200.0, "body": "x"}, "int status"),
+    ({"json": {b"k": 1}}, "keys must be"),
+])
+def test_http_replies_that_cannot_be_sent_are_a_500(reply: object, why: str) -> None:
+    """A reply that would break the head (response splitting), or that is not what its
+    shorthand takes, is answered 500 with the reason for the log -- never sent as it is."""
+    for request in ({"method": "GET", "keep_alive": True}, {"method": "GET",
+                                                             "keep_alive": False}):
+        out, close, reason = encode_reply(http(), reply, request)
+        assert out.startswith(b"HTTP/1.1 500 Internal Server Error\r\n"), out
+        assert not close and why in reason, reason
+        assert b"stolen" not in out and b"12345" not in out
+
+
+def test_http_no_body_where_the_status_forbids_one() -> None:
+    get = {"method": "GET", "keep_alive": True}
+    for reply in ({"status": 204, "body": "x"}, {"status": 304, "body": b"xyz"}):
+        for _ in range(2):  # the second time from the remembered heads
+            out, _close, why = encode_reply(http(), reply, get)
+            assert not why and out.endswith(b"content-length: 0\r\n\r\n"), out
+
+
+def test_resp_simple_strings_stay_on_one_line() -> None:
+    assert encode_value({"ok": "O\r\n+INJECTED"}) == b"+O  +INJECTED\r\n"
+    assert encode_value({"error": "x\r\n:1"}) == b"-ERR x  :1\r\n"
 
 
 def test_http_head_and_connection_close() -> None:

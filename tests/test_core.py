@@ -99,7 +99,21 @@ def test_emit_to_a_stage_without_a_route_is_an_error() -> None:
 def test_unpackable_payload_is_an_error_at_the_emitting_stage() -> None:
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: {"x": object()}})
     [(_, error, _)] = c.process("a", [env(1, 3)]).failed
-    assert "msgpack cannot carry" in error and "to 'b'" in error
+    assert "no frame can carry" in error and "to 'b'" in error
+
+
+def test_an_output_over_the_message_limit_fails_its_input_alone() -> None:
+    """A payload larger than settings.max_message_bytes could never travel: its input fails
+    with the sizes named. Outputs that are each within the limit pass however large their
+    batch is (frames are split by bytes when sent)."""
+    spec = (Graph("c", ).source("m:src", to=["a"]).stage("a", "m:a", to=["b"])
+            .stage("b", "m:b", sink=True).settings(max_message_bytes=1024)).build()
+    c = core(spec, ["a"], {"m:a": lambda x, ctx: "y" * x})
+    group = c.process("a", [env(i, size) for i, size in enumerate([900] * 10 + [2000, 5])])
+    assert [e[ID] for e in group.inputs] == [*range(10), 11]
+    [(failed, error, _)] = group.failed
+    assert failed[ID] == 10
+    assert "2003 bytes, over settings.max_message_bytes (1024)" in error
 
 
 def test_an_unpackable_payload_fails_only_its_own_input() -> None:

@@ -203,6 +203,36 @@ def test_unreachable_worker_takes_the_batch_back() -> None:
     assert d.in_flight() == 0 and d.dispatch() == {}
 
 
+def test_a_dropped_frame_sends_what_the_worker_held_again_charged() -> None:
+    """A frame between a sender and a worker was dropped (see Node.lost_frame): what the
+    worker holds goes out again, in order, each charged an attempt -- so a fault that keeps
+    recurring ends in the dead-letter file instead of a loop."""
+    d, _ = make(workers=1, attempts=2)
+    d.grant("p.0", 8, pid=10)
+    for i in (1, 2, 3):
+        d.submit("s", env(i))
+    assert sent_ids(d.dispatch()) == {"p.0": [1, 2, 3]}
+    assert d.bounced("p.0") == [] and d.in_flight() == 0
+    assert [e[ID] for _, e in d.queue] == [1, 2, 3]
+    assert [e[ATTEMPT] for _, e in d.queue] == [2, 2, 2]
+    d.dispatch()
+    letters = d.bounced("p.0")
+    assert [lt.env[ID] for lt in letters] == [1, 2, 3] and not d.queue
+    assert "were dropped 2 times" in letters[0].error
+    assert d.bounced("nobody") == []
+
+
+def test_a_message_too_large_to_send_is_forgotten_not_taken_back() -> None:
+    d, _ = make(workers=1)
+    d.grant("p.0", 8, pid=10)
+    for i in (1, 2):
+        d.submit("s", env(i))
+    batch = d.dispatch()["p.0"]
+    d.forget("p.0", 1)  # failed alone (too large): it must not go out again
+    d.unreachable("p.0", batch)
+    assert [e[ID] for _, e in d.queue] == [2] and d.in_flight() == 0
+
+
 def test_tracker_reports_done_only_after_every_output_is_received() -> None:
     t = Tracker()
     assert t.add("a.0", [1, 2], [101, 102]) == []

@@ -32,7 +32,7 @@ VALID: dict[bytes, Any] = {
     e.CREDIT: [16, 1234],
     e.FAIL: [[5, "ValueError: x", "Traceback ..."]],
     e.RESULT: [[[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]],
-    e.LOST: [[9, "dead-lettered"]],
+    e.LOST: [[9, "dead-lettered", 500]],
     e.HELLO: None,
     e.CONTROL: {"op": "probe", "wave": 1},
 }

@@ -54,12 +54,17 @@ class Buffered:
         return bool(self.buffer)
 
 
-def encode_reply(codec: Codec, reply: Any, request: Any) -> tuple[bytes, bool]:
-    """`codec.encode`, where a reply the codec cannot write is the stage's fault: a 500."""
+BAD_REPLY = ProtocolError("the handler's reply could not be sent", 500)
+
+
+def encode_reply(codec: Codec, reply: Any, request: Any) -> tuple[bytes, bool, str]:
+    """`codec.encode`, where a reply the codec cannot write is the stage's fault: a 500 (the
+    connection stays usable), and the third value says why, for the log ("" when fine)."""
     try:
-        return codec.encode(reply, request)
-    except Exception as exc:
-        return codec.error_reply(ProtocolError(f"bad reply: {exc}", 500)), False
+        out, close = codec.encode(reply, request)
+        return out, close, ""
+    except Exception as exc:  # any shape a handler can return: the fault is its own
+        return codec.error_reply(BAD_REPLY), False, f"{type(exc).__name__}: {exc}"[:300]
 
 
 def make_codec(protocol: str, limits: Limits) -> Codec:

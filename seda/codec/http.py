@@ -12,6 +12,7 @@ Request payload given to the entry stage:
 from __future__ import annotations
 
 import json
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -134,10 +135,10 @@ class HttpCodec:
     def file_head(self, reply: dict[str, Any], request: Any, size: int
                   ) -> tuple[bytes, bool, bool]:
         """The head of a `{"file": path}` reply whose file has `size` bytes: (head, close,
-        whether the file follows -- not for HEAD)."""
-        headers = {str(k).lower(): str(v) for k, v in (reply.get("headers") or {}).items()}
+        whether the file follows -- not for HEAD). ValueError: a status or header that
+        cannot be sent (see reply_parts)."""
+        status, headers = status_and_headers(reply)
         headers.setdefault("content-type", "application/octet-stream")
-        status = int(reply.get("status", 200))
         close = not request.get("keep_alive", True)
         return head(status, headers, size, close), close, request.get("method") != "HEAD"
 
@@ -152,7 +153,10 @@ class HttpCodec:
 
 
 def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
-    """A stage's reply -> (status, headers, body bytes). See the module docstring."""
+    """A stage's reply -> (status, headers, body bytes). See the module docstring. A reply
+    that cannot be sent as it is (a status that is not an int from 200 to 599, headers that
+    are not a mapping of names to values, a header that would break the head: CR, LF or NUL,
+    a body that is not text or bytes) raises ValueError: the caller answers 500."""
     if reply is None:
         return 204, {}, b""
     if isinstance(reply, str):
@@ -160,19 +164,55 @@ def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
     if isinstance(reply, bytes):
         return 200, {"content-type": "application/octet-stream"}, reply
     if isinstance(reply, dict) and ("status" in reply or "body" in reply or "json" in reply):
-        headers = {str(k).lower(): str(v) for k, v in (reply.get("headers") or {}).items()}
+        status, headers = status_and_headers(reply)
         if "json" in reply:
             body = json.dumps(reply["json"]).encode()
             headers.setdefault("content-type", "application/json")
         else:
-            raw = reply.get("body", b"")
-            body = raw.encode() if isinstance(raw, str) else bytes(raw)
+            body = _body(reply.get("body", b""))
             headers.setdefault("content-type", "text/plain; charset=utf-8")
-        status = int(reply.get("status", 200))
-        if not 100 <= status <= 599:
-            return 500, {"content-type": "text/plain"}, b"stage replied with a bad status\n"
+        if status in _NO_BODY:  # a body there would be read as the next response's start
+            body = b""
         return status, headers, body
     return 200, {"content-type": "application/json"}, json.dumps(reply, default=str).encode()
+
+
+_NO_BODY = frozenset((204, 304))
+# a header name is an RFC 9110 token; a value may not end the line or the head early
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BREAKS = re.compile(r"[\r\n\x00]")
+
+
+def status_and_headers(reply: dict[Any, Any]) -> tuple[int, dict[str, str]]:
+    """The status and headers of a dict reply (`file` replies too), checked; ValueError
+    says what is wrong."""
+    status = reply.get("status", 200)
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ValueError(f"expected an int status from 200 to 599, got {status!r:.40}")
+    raw = reply.get("headers")
+    if raw is None:
+        return status, {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a mapping of headers, got {type(raw).__name__}")
+    headers = {}
+    for key, value in raw.items():
+        if type(key) is not str or not _TOKEN.fullmatch(key):
+            raise ValueError(f"expected a header name (a token), got {key!r:.40}")
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        if _BREAKS.search(text):
+            raise ValueError(f"header '{key}' holds CR, LF or NUL (response splitting)")
+        headers[key.lower()] = text
+    return status, headers
+
+
+def _body(raw: Any) -> bytes:
+    if isinstance(raw, str):
+        return raw.encode()
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw)
+    if raw is None:
+        return b""
+    raise ValueError(f"expected text or bytes for 'body', got {type(raw).__name__}")
 
 
 def _remembered(reply: Any, close: bool) -> tuple[bytes, bytes] | None:
@@ -186,8 +226,11 @@ def _remembered(reply: Any, close: bool) -> tuple[bytes, bytes] | None:
     body = raw.encode() if type(raw) is str else raw if type(raw) is bytes else None
     if body is None:
         return None
-    headers = reply.get("headers")
-    key = (reply.get("status", 200), tuple(headers.items()) if headers else (), close)
+    headers, status = reply.get("headers"), reply.get("status", 200)
+    if (headers is not None and type(headers) is not dict) or type(status) is not int or \
+            status in _NO_BODY:  # (200.0 == 200: it would find 200's head)
+        return None
+    key = (status, tuple(headers.items()) if headers else (), close)
     try:
         prefix = _PREFIXES.get(key)
     except TypeError:  # an unhashable header value

@@ -87,7 +87,12 @@ class RespCodec(Buffered):
 
     def error_reply(self, exc: ProtocolError) -> bytes:
         kind = "BUSY" if exc.status_hint == 503 else "ERR"
-        return f"-{kind} {str(exc).replace(chr(13), ' ').replace(chr(10), ' ')}\r\n".encode()
+        return f"-{kind} {_one_line(exc)}\r\n".encode()
+
+
+def _one_line(value: Any) -> str:
+    """Text for a simple string or an error: CR and LF would end it early."""
+    return str(value).replace("\r", " ").replace("\n", " ")
 
 
 def encode_value(value: Any) -> bytes:
@@ -97,10 +102,10 @@ def encode_value(value: Any) -> bytes:
         return f":{int(value)}\r\n".encode()
     if isinstance(value, int):
         return f":{value}\r\n".encode()
-    if isinstance(value, dict) and "ok" in value:
-        return f"+{value['ok']}\r\n".encode()
+    if isinstance(value, dict) and "ok" in value:  # a simple string: one line, always
+        return f"+{_one_line(value['ok'])}\r\n".encode()
     if isinstance(value, dict) and "error" in value:
-        text = str(value["error"]).replace("\r", " ").replace("\n", " ")
+        text = _one_line(value["error"])
         return f"-{text if text[:4].isupper() else 'ERR ' + text}\r\n".encode()
     if isinstance(value, (list, tuple)):
         return f"*{len(value)}\r\n".encode() + b"".join(encode_value(v) for v in value)

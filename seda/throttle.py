@@ -1,0 +1,37 @@
+"""Error lines that a flood cannot turn into a flood: at most one line per kind per period,
+with a count of the ones held back. For faults a client or a handler can repeat at will (bad
+replies, dropped frames). No state but the time and count per kind; kinds are chosen by the
+code, never by a peer, so the table stays small.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+
+class Throttle:
+    def __init__(self, prefix: str, every: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 write: Callable[[str], None] | None = None) -> None:
+        self.prefix, self.every, self.clock = prefix, every, clock
+        self.write = write or self._stderr
+        self.kinds: dict[str, tuple[float, int]] = {}  # kind -> (last said, held back since)
+
+    @staticmethod
+    def _stderr(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def say(self, kind: str, text: str) -> bool:
+        """Write `prefix + text` unless a line of this kind went out less than `every`
+        seconds ago (then count it); True if written."""
+        now = self.clock()
+        last, held = self.kinds.get(kind, (float("-inf"), 0))
+        if now - last < self.every:
+            self.kinds[kind] = (last, held + 1)
+            return False
+        more = f" ({held} more of this kind since the last line)" if held else ""
+        self.write(f"{self.prefix}{text}{more}")
+        self.kinds[kind] = (now, 0)
+        return True
