@@ -157,6 +157,7 @@ class Connection(asyncio.Protocol):
         self.write_blocked = False  # the transport holds more unsent replies than it likes
         self.max_inflight = acceptor.limits.max_inflight
         self.last_activity = self.partial_since = time.monotonic()
+        self.eof = False  # the client half-closed: answer what it sent, then close
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a
@@ -194,11 +195,27 @@ class Connection(asyncio.Protocol):
             if len(self.order) >= self.max_inflight:
                 self._flow()  # (reading can only stop here, and only for this reason)
 
+    def eof_received(self) -> bool:
+        """The client sent FIN (shutdown(SHUT_WR)): it sends no more, but may still read.
+        Its requests are answered, then the connection closes; True keeps the transport
+        open for those answers (returning None, asyncio's default, closed it at once)."""
+        self.eof = True
+        self.close_when_answered()
+        return True
+
+    def close_when_answered(self) -> None:
+        if self.eof and not self.order and self.sending is None and not self.closed \
+                and self.transport is not None:
+            self.closed = True
+            self.transport.close()  # (after what is buffered is written)
+
     def _flow(self) -> None:
         """Read from the client only while it has room: fewer than max_inflight requests
         unanswered, and its answers not piling up unsent (a client that sends and does not
         read would otherwise fill our memory with its replies)."""
         reading = not self.write_blocked and len(self.order) < self.max_inflight
+        if self.eof:
+            return  # nothing more will come
         if reading == self.paused and self.transport is not None and not self.closed:
             self.paused = not reading
             if reading:
@@ -243,6 +260,7 @@ class Connection(asyncio.Protocol):
         if outs:
             transport.write(outs[0] if len(outs) == 1 else b"".join(outs))
         self._flow()
+        self.close_when_answered()
 
     def sent(self, slot: Slot) -> bool:
         """A reply is out: its response time is known; close if it asked. True if closed."""

@@ -322,3 +322,54 @@ def test_response_splitting_is_refused(tmp_path: Path) -> None:
         assert data.count(b"HTTP/1.1 500 ") == 2 and data.endswith(b"\r\n\r\nplain")
         wait_for(lambda: "could not be sent" in run.err_file.read_text(), 5, "the log line")
         balanced(stop(run))
+
+
+# ---------------------------------------------------------------- half-closed clients
+
+ECHO = """
+name: echo
+model: {model}
+acceptor:
+  listen: 127.0.0.1:8080
+  protocol: {protocol}
+  entry: echo
+stages:
+  echo:
+    handler: stagekit:{handler}
+"""
+
+HALF_CLOSED = {
+    "http": (b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n",
+             [b"GET /a", b"GET /b"], "web"),
+    "line": (b"one\ntwo\n", [b"one\n", b"two\n"], "echo"),
+    "resp": (resp("PING", "x") + resp("ECHO", "y"),
+             [b"*2\r\n$4\r\nPING\r\n$1\r\nx\r\n", b"*2\r\n$4\r\nECHO\r\n$1\r\ny\r\n"], "echo"),
+}
+
+
+@pytest.mark.parametrize(("protocol", "model"), [
+    ("http", "seda"), ("line", "seda"), ("resp", "seda"), ("http", "sped"), ("http", "mp"),
+    ("resp", "amped")])
+def test_a_half_closed_client_still_gets_its_answers(tmp_path: Path, protocol: str,
+                                                     model: str) -> None:
+    """Requests, then shutdown(SHUT_WR): the client sends no more but reads on. Every
+    request it sent is answered, in order, then the server closes."""
+    data, answers, handler = HALF_CLOSED[protocol]
+    graph = ECHO.format(model=model, protocol=protocol, handler=handler)
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := sock.recv(65536):  # until the server closes (or a timeout)
+                    got += chunk
+            at = 0
+            for answer in answers:
+                found = got.find(answer, at)
+                assert found >= 0, (answer, got)
+                at = found + len(answer)
+        stderr = stop(run)
+    if model != "mp":
+        balanced(stderr)

@@ -12,6 +12,7 @@ from typing import Any
 
 from seda.codec import Buffered
 from seda.errors import ProtocolError
+from seda.spec import Limits
 
 MAX_ARGS = 1 << 16
 
@@ -24,63 +25,101 @@ def _arg(raw: bytes) -> str | bytes:
 
 
 class RespCodec(Buffered):
+    """Incremental: what was parsed of a command that is still arriving is kept (its
+    arguments, where the next one starts, how many bytes must come before it can go on), so
+    a command trickled in pieces costs time in proportion to its size, not its size
+    squared; the buffer is trimmed once per feed, not once per command."""
+
     name = "resp"
 
+    def __init__(self, limits: Limits) -> None:
+        super().__init__(limits)
+        self.pos = 0  # where parsing goes on in the buffer
+        self.args: list[Any] | None = None  # the arguments of an array command so far
+        self.remaining = 0  # arguments it still lacks
+        self.need = 0  # bytes the buffer must hold before parsing can go on
+        self.scanned = 0  # the buffer holds no CRLF from pos up to here (less one byte)
+
     def parse(self, out: list[Any]) -> None:
-        while self.buffer:
-            parsed = self._one()
-            if parsed is None:
-                break
-            command, used = parsed
-            del self.buffer[:used]
-            if command:
-                out.append(command)
-        if len(self.buffer) > self.limit:
+        buf = self.buffer
+        try:
+            if len(buf) >= self.need:
+                while self._command(out):
+                    pass
+        finally:
+            done = self.pos if self.args is None else self.start
+            if done:  # drop what is parsed, once
+                del buf[:done]
+                self.pos -= done
+                self.need = max(0, self.need - done)
+                self.scanned = max(0, self.scanned - done)
+                self.start -= done
+        if len(buf) > self.limit:
             raise ProtocolError(f"request over {self.limit} bytes", 413)
 
-    def _line(self, start: int) -> tuple[bytes, int] | None:
-        end = self.buffer.find(b"\r\n", start)
+    start = 0  # where the array command being read began
+
+    def _command(self, out: list[Any]) -> bool:
+        """Parse on from `pos`; True if a command was completed (there may be another)."""
+        buf = self.buffer
+        if self.args is None:
+            if self.pos >= len(buf):
+                return False
+            line = self._line()
+            if line is None:
+                return False
+            text, after = line
+            if text[:1] != b"*":  # an inline command: words on a line
+                self.pos = after
+                words = [_arg(w) for w in text.split()]
+                if words:
+                    out.append(words)
+                return True
+            count = self._int(text[1:], "array length")
+            if not 0 <= count <= MAX_ARGS:
+                raise ProtocolError(f"array of {count} items is not accepted")
+            self.start, self.pos, self.args, self.remaining = self.pos, after, [], count
+        args = self.args
+        while self.remaining:
+            line = self._line()
+            if line is None:
+                return False
+            text, after = line
+            if text[:1] != b"$":
+                raise ProtocolError(f"expected a bulk string, got {text[:20]!r}")
+            size = self._int(text[1:], "bulk length")
+            if not 0 <= size <= self.limit:
+                raise ProtocolError(f"bulk string of {size} bytes is not accepted", 413)
+            end = after + size
+            if len(buf) < end + 2:
+                self.need = end + 2  # nothing to do until the whole string is here
+                return False
+            if buf[end:end + 2] != b"\r\n":
+                raise ProtocolError("bulk string not followed by CRLF")
+            args.append(_arg(bytes(buf[after:end])))
+            self.pos, self.remaining = end + 2, self.remaining - 1
+        self.args = None
+        if args:
+            out.append(args)
+        return True
+
+    def _line(self) -> tuple[bytes, int] | None:
+        """The line at `pos` and where the next starts, or None until its CRLF is here."""
+        buf, pos = self.buffer, self.pos
+        end = buf.find(b"\r\n", max(pos, self.scanned - 1))
         if end < 0:
-            if len(self.buffer) - start > 64 * 1024:
+            self.scanned = len(buf)
+            if len(buf) - pos > 64 * 1024:
                 raise ProtocolError("line too long", 431)
             return None
-        return bytes(self.buffer[start:end]), end + 2
+        self.scanned = 0
+        return bytes(buf[pos:end]), end + 2
 
     def _int(self, raw: bytes, what: str) -> int:
         try:
             return int(raw)
         except ValueError:
             raise ProtocolError(f"expected a number for {what}, got {raw[:20]!r}") from None
-
-    def _one(self) -> tuple[list[Any], int] | None:
-        if self.buffer[:1] != b"*":  # inline command: words on a line
-            line = self._line(0)
-            if line is None:
-                return None
-            return [_arg(w) for w in line[0].split()], line[1]
-        head = self._line(0)
-        if head is None:
-            return None
-        count, pos = self._int(head[0][1:], "array length"), head[1]
-        if not 0 <= count <= MAX_ARGS:
-            raise ProtocolError(f"array of {count} items is not accepted")
-        args: list[Any] = []
-        for _ in range(count):
-            line = self._line(pos)
-            if line is None:
-                return None
-            if line[0][:1] != b"$":
-                raise ProtocolError(f"expected a bulk string, got {line[0][:20]!r}")
-            size, pos = self._int(line[0][1:], "bulk length"), line[1]
-            if not 0 <= size <= self.limit:
-                raise ProtocolError(f"bulk string of {size} bytes is not accepted", 413)
-            if len(self.buffer) < pos + size + 2:
-                return None
-            if self.buffer[pos + size:pos + size + 2] != b"\r\n":
-                raise ProtocolError("bulk string not followed by CRLF")
-            args.append(_arg(bytes(self.buffer[pos:pos + size])))
-            pos += size + 2
-        return args, pos
 
     def encode(self, reply: Any, request: Any) -> tuple[bytes, bool]:
         return encode_value(reply), False
