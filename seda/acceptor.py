@@ -39,6 +39,7 @@ from seda.node import Node
 from seda.plan import Plan
 from seda.status import FRONT_FIGURES
 from seda.throttle import Throttle
+from seda.watchdog import Watchdog
 
 
 @dataclass(slots=True)
@@ -287,6 +288,9 @@ class Acceptor(Node):
             else None
         if self.core is not None:
             self.core.setup()
+            limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
+            if limits:  # a call past its limit ends this process: the supervisor restarts it
+                Watchdog(self.core, limits, plan.run_dir, name, lambda: ("", [])).start()
         acc = self.spec.acceptor
         assert acc is not None
         self.acc, self.limits, self.protocol = acc, acc.limits, acc.protocol

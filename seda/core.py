@@ -189,7 +189,9 @@ class StageCore:
         self.seen = SeenIds(dedup_window)
         self.max_bytes = spec.settings.max_message_bytes  # the most one payload may pack to
         self._pending: deque[tuple[str, Envelope]] = deque()
-        self._running = ""
+        # the stage whose handler runs now ('' between batches): the watchdog reads it, with
+        # that stage's ctx._env, to see how long one call has run (see seda.watchdog)
+        self.running = ""
 
     # ---------------------------------------------------------------- lifecycle
     def setup(self) -> None:
@@ -223,12 +225,13 @@ class StageCore:
         batch = self._fresh(stage, batch, group.dropped)
         started = time.perf_counter()
         runner = self.runners[stage]
-        self._running = ""
+        self.running = ""
         if runner.batch is not None:
             batch = self._unexpired(stage, batch, group.dropped)
             self._run_batch(stage, runner, batch, group)
         else:
             self._run_each(stage, runner, batch, group)
+        self.running = ""
         if group.emits or group.results:
             self._check_packable(stage, group)
         stats.busy += time.perf_counter() - started
@@ -302,7 +305,7 @@ class StageCore:
         done = made = 0
         last = clock()  # one clock read per message: the time since the previous one ended
         wall = int(self.clock() * 1e9) - last  # + a perf_counter_ns reading = wall clock
-        self._running = stage
+        self.running = stage
         for env in batch:
             due = env[DEADLINE]  # a message past its deadline is dropped, unrun
             if due and due * 1e9 < last + wall:
@@ -333,7 +336,7 @@ class StageCore:
                 done += 1
                 if pending:
                     self._drain_local(group)
-                    self._running = stage
+                    self.running = stage
                 inputs.append(env)
                 starts.append(marks)
                 now = clock()
@@ -343,7 +346,7 @@ class StageCore:
             except Exception as exc:
                 del emits[marks[0]:], results[marks[1]:]
                 group.failed.append((env, *self._failure(stage, exc)))
-                self._running = stage
+                self.running = stage
                 last = clock()
         stats.completed += done
         if onward:
@@ -383,7 +386,7 @@ class StageCore:
             return
         ctx = runner.ctx
         ctx._env, ctx._group, ctx._n = batch[0], group, 0
-        self._running = stage
+        self.running = stage
         try:
             assert runner.batch is not None
             waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
@@ -413,7 +416,7 @@ class StageCore:
         runner = self.runners[stage]
         ctx = runner.ctx
         ctx._env, ctx._group, ctx._n = env, group, 0
-        self._running = stage
+        self.running = stage
         start = time.perf_counter_ns()
         value = runner.call(env[PAYLOAD], ctx)
         self.stats[stage].times[time_bucket(time.perf_counter_ns() - start)] += 1
@@ -461,7 +464,7 @@ class StageCore:
 
     def _failure(self, stage: str, exc: Exception) -> tuple[str, str]:
         """Count the error against the stage that raised; (message, traceback)."""
-        failed_in = self._running or stage
+        failed_in = self.running or stage
         self._pending.clear()
         self.stats[failed_in].errors += 1
         message = f"{failed_in}: {type(exc).__name__}: {exc}"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from seda.envelope import ATTEMPT, ID, Envelope
@@ -87,12 +87,17 @@ class Dispatcher:
         link.window, link.up, link.pid = window, True, pid or link.pid
         return dead
 
-    def down(self, worker: str, pid: int = 0) -> list[DeadLetter]:
+    def down(self, worker: str, pid: int = 0, culprits: Collection[int] | None = None,
+             why: str = "") -> list[DeadLetter]:
         """The worker died. What it held goes out again as *suspects*, one at a time, each
         alone on a worker; only a message that was alone on a worker when it died is charged
         an attempt. So a poison message is caught without charging its innocent neighbours,
         and (see dispatch) without taking every worker of its pool down with it. A report
-        about an older incarnation than the one we know is ignored."""
+        about an older incarnation than the one we know is ignored.
+
+        `culprits` (not None): the cause is known -- the worker was ended because a call on
+        these messages ran over its time limit (`why`). They fail at once, without a retry
+        (504); everything else it held goes out again uncharged, as no suspect."""
         link = self.links[worker]
         if pid and link.pid and pid != link.pid:
             return []
@@ -101,6 +106,9 @@ class Dispatcher:
         link.up, link.window, link.isolated = False, 0, False
         link.down_at = self.clock()
         link.pending.clear()
+        if culprits is not None:
+            self.queue.extendleft(reversed([(s, e) for s, e, _ in back if e[ID] not in culprits]))
+            return [DeadLetter(s, e, why, status=504) for s, e, _ in back if e[ID] in culprits]
         dead = []
         for stage, env, _ in reversed(back):
             if alone:

@@ -38,6 +38,7 @@ from seda.listener import tune
 from seda.node import Node, die_with_parent
 from seda.plan import Plan
 from seda.throttle import Throttle
+from seda.watchdog import Watchdog
 
 # figures a connection process reports when it ends: one write, under PIPE_BUF, so atomic
 REPORT = struct.Struct("<5Q")
@@ -224,6 +225,9 @@ class Master(Node):
         self.listen_sock.close()
         os.close(self.reports)
         connection = Connection(self, sock)
+        limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
+        if limits:  # a call past its limit ends this connection's process
+            Watchdog(self.core, limits, "", self.name, lambda: ("", [])).start()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         try:
             sock.settimeout(self.limits.idle_timeout)  # bounds a send to a stalled client

@@ -280,7 +280,12 @@ class Node:
             name = msg["name"]
             if name in self.pool_of and self.pool_of[name] in self.dispatchers:
                 dispatcher = self.dispatchers[self.pool_of[name]]
-                self.dead_letter(dispatcher.down(name, int(msg.get("pid", 0))))
+                culprits: set[int] | None = None
+                if "timed_out" in msg:  # its watchdog ended it (see seda.watchdog)
+                    mine = msg.get("sender") == self.name
+                    culprits = set(msg["timed_out"]) if mine else set()
+                self.dead_letter(dispatcher.down(name, int(msg.get("pid", 0)), culprits,
+                                                 str(msg.get("why", ""))))
             elif name == self.origin:
                 self.results.down(name)
                 self.results.grant(name, ORIGIN_WINDOW)

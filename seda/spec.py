@@ -180,6 +180,8 @@ class StageSpec(_Spec):
     sink: bool = False
     pool: str | None = None
     max_attempts: int | None = Field(None, ge=1, le=100)
+    timeout: float | None = Field(None, gt=0, le=86_400)
+    max_memory_mb: int | None = Field(None, ge=16, le=1 << 20)
     scale: ScaleSpec | None = None
     batching: BatchingSpec | None = None
     options: dict[str, Any] = {}
@@ -228,3 +230,12 @@ class GraphSpec(_Spec):
     @property
     def is_service(self) -> bool:
         return self.acceptor is not None
+
+    def call_limit(self, stage: str) -> float | None:
+        """The most one call of `stage`'s handler may take: its `timeout`; in a service by
+        default the acceptor's request_timeout (past it the client has had its 504); in a
+        pipeline by default none."""
+        own = self.stages[stage].timeout
+        if own is not None or self.acceptor is None:
+            return own
+        return self.acceptor.limits.request_timeout

@@ -41,10 +41,13 @@ from seda.scaling import Scaler
 from seda.spawn import ForkServer, become_subreaper
 from seda.spec import GraphSpec
 from seda.status import Status, StatusServer
+from seda.watchdog import EXIT_RECYCLE, EXIT_STUCK, beat_path, read_note
 
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
 STABLE_AFTER = 1.0  # an incarnation that lived this long ends a run of crashes (backoff resets)
 STOP_GRACE = 2.0
+SILENT_AFTER = 1.5  # s without a report after which a worker is taken to be inside a call
+STUCK_GRACE = 2.0  # s a silent process gets beyond its handler timeout (see _stuck)
 STATUS_EVERY = 0.5  # s between snapshots (children report every 0.5 s)
 WAVE_PATIENCE = 0.5  # s before a probe wave that has not completed is sent again
 TICK = 0.05  # s between the supervisor's rounds of checks
@@ -201,6 +204,12 @@ class Supervisor:
         self.forks: ForkServer | None = None
         self.next_reap = 0.0
         self.undelivered: dict[str, list[dict[str, Any]]] = {}  # child -> see deliver
+        self.heard: dict[str, float] = {}  # child -> when it last reported
+        # processes with a watchdog (seda.watchdog) -> their longest handler call limit
+        self.watched = {name: max(limits) for name, proc in self.plan.procs.items()
+                        if proc.role in ("worker", "acceptor") and proc.stages and all(
+                            limits := [spec.call_limit(s) or 0.0 for s in proc.stages])}
+        self.next_stuck = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> Outcome:
@@ -315,7 +324,8 @@ class Supervisor:
 
     def _update_status(self, now: float) -> None:
         alive = {n: c.pid for n, c in self.children.items() if c.alive()}
-        snapshot = self.status.update(now, dict(self.stats), self.totals(),
+        reports = self._reports(now)
+        snapshot = self.status.update(now, reports, self.totals(reports),
                                       {n: c.restarts for n, c in self.children.items()}, alive)
         for name, child in self.children.items():  # from found dead to restarted and ready
             snapshot["processes"][name].update(outages=list(child.outages), ready=child.ready)
@@ -432,6 +442,9 @@ class Supervisor:
             if now >= self.next_reap:
                 self.next_reap = now + 1.0
                 self._reap_orphans()
+            if self.watched and now >= self.next_stuck:
+                self.next_stuck = now + 0.5
+                self._stuck()
             if now >= next_tick:
                 # at the end of a run, every tick may be the one that sees it quiet: faster
                 # ticks then end a short pipeline ~0.3 s sooner
@@ -460,6 +473,7 @@ class Supervisor:
         child = self.children.get(name)
         if child is None:
             return
+        self.heard[name] = time.monotonic()
         if not child.ready:
             if child.down_at:  # back after a crash: how long it was out
                 child.outages.append(round(time.monotonic() - child.down_at, 3))
@@ -495,7 +509,17 @@ class Supervisor:
         lost = self._lost_state(child.name)
         self._retire(child.name)
         self.undelivered.pop(child.name, None)  # its next incarnation starts afresh
-        self.broadcast({"op": "peer_down", "name": child.name, "pid": pid}, reliable=True)
+        title = self.plan.procs[child.name].title.removeprefix("seda: ")
+        down: dict[str, Any] = {"op": "peer_down", "name": child.name, "pid": pid}
+        note = read_note(self.run_dir, child.name) if code == EXIT_STUCK else {}
+        if note:  # its watchdog ended it: those messages fail, the rest go out again
+            limit, stage = note.get("limit"), note.get("stage")
+            why = (f"stage '{stage}': the handler ran over its timeout of {limit:g} s; its "
+                   f"worker was replaced")
+            down.update(timed_out=note.get("ids", []), sender=note.get("sender"), why=why)
+            print(f"seda: {title}: a call to stage '{stage}' ran over its timeout of "
+                  f"{limit:g} s: replacing the process", file=sys.stderr, flush=True)
+        self.broadcast(down, reliable=True)
         self.wave_replies.clear()
         self.waves.clear()
         self.wave = 0  # the new incarnation never saw the current probe: start another
@@ -504,10 +528,16 @@ class Supervisor:
         if self.scaler.exited(child.name):  # retired by the pool controller: parked
             child.popen = None
             return
-        title = self.plan.procs[child.name].title.removeprefix("seda: ")
         what = f"{title} {describe_exit(code)}"
         if self.plan.procs[child.name].role == "source":
             self.failure = f"{what}; a finite source cannot be resumed, so the run stops"
+            return
+        if note or code == EXIT_RECYCLE:  # ended on purpose, not a crash: no backoff, and
+            child.restarts += 1  # not counted against the restart intensity
+            child.restart_at = time.monotonic()
+            child.down_at = child.down_at or child.restart_at
+            child.popen = None
+            self.restart_count += 1
             return
         now = time.monotonic()
         self.restarts.append(now)
@@ -541,6 +571,26 @@ class Supervisor:
                     name not in self.scaler.parked:
                 child.start()
 
+    def _stuck(self) -> None:
+        """A handler call stuck in C code that holds the GIL starves its process's watchdog
+        too; its heartbeat stops. Past the process's longest call limit (and a grace), the
+        process is ended from outside: what it held goes out again as after any crash."""
+        wall = time.time()
+        for name, limit in self.watched.items():
+            child = self.children[name]
+            if not child.ready or not child.alive():
+                continue
+            try:
+                age = wall - beat_path(self.run_dir, name).stat().st_mtime
+            except OSError:
+                continue  # its watchdog has not started yet
+            if age > limit + STUCK_GRACE:
+                title = self.plan.procs[name].title.removeprefix("seda: ")
+                print(f"seda: {title}: silent for {age:.1f} s, over its handler timeout of "
+                      f"{limit:g} s (a call that holds the GIL): killing it", file=sys.stderr,
+                      flush=True)
+                child.signal(signal.SIGKILL)
+
     def _lost_state(self, name: str) -> str:
         """What a dying worker took with it that no re-run brings back: the in-memory state
         of a sink with finish() (its inputs were acknowledged as they were counted). Empty
@@ -559,13 +609,29 @@ class Supervisor:
             add_figures(self.retired, last)
 
     # ------------------------------------------------------------------ progress and end
-    def totals(self) -> dict[str, Any]:
-        """stage.figure -> the sum over every process and dead incarnation (a number, or a
-        merged histogram for `stage.times`)."""
+    def totals(self, reports: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """stage.figure -> the sum over every process (its last report, or `reports`) and
+        dead incarnation (a number, or a merged histogram for `stage.times`)."""
         out: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
                                for k, v in self.retired.items()}
-        for msg in self.stats.values():
+        for msg in (self.stats if reports is None else reports).values():
             add_figures(out, msg)
+        return out
+
+    def _reports(self, now: float) -> dict[str, dict[str, Any]]:
+        """The children's last reports for the live view. A worker reports every 0.5 s
+        between handler calls, so one silent for longer is inside a call: the time since its
+        report counts as busy (for its pool's first stage), and a stuck worker shows busy,
+        not idle."""
+        out = dict(self.stats)
+        for name, report in self.stats.items():
+            silent = now - self.heard.get(name, now)
+            if silent > SILENT_AFTER and self.plan.procs[name].role == "worker" and \
+                    report.get("stages"):
+                stages = dict(report["stages"])
+                first = next(iter(stages))
+                stages[first] = {**stages[first], "busy": stages[first]["busy"] + silent}
+                out[name] = {**report, "stages": stages}
         return out
 
     def _show_progress(self) -> None:

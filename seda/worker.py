@@ -30,6 +30,7 @@ from seda.envelope import (
 )
 from seda.node import RESULTS, Node
 from seda.plan import Plan
+from seda.watchdog import Watchdog
 
 STEP_SLICE = 0.002  # s of handler work per loop turn
 BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
@@ -57,6 +58,19 @@ class Worker(Node):
         self.retiring = False
         self.quiet_since: float | None = None
         self.core.setup()
+        self.current: tuple[str, str, list[Envelope]] = ("", "", [])  # the frame being run
+        limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
+        if limits:
+            Watchdog(self.core, limits, plan.run_dir, name, self._culprits).start()
+
+    def _culprits(self) -> tuple[str, list[int]]:
+        """For the watchdog: who sent the call that runs now, and its messages (a batch
+        handler's call holds the whole frame)."""
+        sender, stage, envs = self.current
+        runner = self.core.runners[stage]
+        if runner.batch is not None:
+            return sender, [env[ID] for env in envs]
+        return sender, [runner.ctx._env[ID]]
 
     def targets(self) -> set[str]:
         mine = set(self.me.stages)
@@ -123,6 +137,7 @@ class Worker(Node):
             self.stop()
 
     def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
+        self.current = (sender, stage, envs)
         group = self.core.process(stage, envs)
         for env, error, tb in group.failed:
             self.fail(sender, env[ID], error, tb)

@@ -199,3 +199,19 @@ def as_told(request: dict[str, Any], ctx: Any) -> Any:
     if request["path"] == "/size":
         return "y" * int(request["query"])
     return "plain"
+
+
+def stuck(request: dict[str, Any], ctx: Any) -> str:
+    """HTTP test stage: /hang never returns (sleeps an hour), /redos never returns while
+    holding the GIL (a catastrophic regular expression), /sleep?S sleeps S seconds; the pid
+    of the worker that answers anything else."""
+    import re
+
+    path = request["path"]
+    if path == "/hang":
+        time.sleep(3600)
+    if path == "/redos":
+        re.match(r"(a+)+$", "a" * 64 + "b")
+    if path == "/sleep":
+        time.sleep(float(request["query"]))
+    return str(os.getpid())

@@ -373,3 +373,154 @@ def test_a_half_closed_client_still_gets_its_answers(tmp_path: Path, protocol: s
         stderr = stop(run)
     if model != "mp":
         balanced(stderr)
+
+
+# ---------------------------------------------------------------- handlers that never return
+
+STUCK = """
+name: stuck
+model: {model}
+acceptor:
+  listen: 127.0.0.1:8080
+  protocol: http
+  entry: stuck
+  limits: {{request_timeout: {deadline}}}
+stages:
+  stuck:
+    handler: stagekit:stuck
+    workers: 2
+    prefetch: 4
+    timeout: {timeout}
+settings:
+  dead_letter: dead.jsonl
+"""
+
+
+def fetch(port: int, path: str, timeout: float = 30) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("model", ["seda", "amped"])
+def test_a_call_past_its_timeout_is_answered_504_and_its_worker_replaced(
+        tmp_path: Path, model: str) -> None:
+    """Requests whose handler never returns: past the stage's timeout (1 s) each is answered
+    504, its worker is replaced, and the service answers everyone else throughout. Before,
+    four such requests left every worker stuck and every later request got a 504."""
+    graph = STUCK.format(model=model, deadline=30, timeout=1)
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        before = {int(fetch(port, "/pid")[1]) for _ in range(8)}
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as a, \
+                socket.create_connection(("127.0.0.1", port), timeout=30) as b:
+            a.sendall(get("/hang") * 2)
+            b.sendall(get("/hang") * 2)
+            time.sleep(0.2)  # (the hangs are in the workers' hands before the others come)
+            answers = [fetch(port, "/pid") for _ in range(10)]
+            for sock in (a, b):
+                stream = _Stream(sock)
+                for _ in range(2):
+                    response = http.client.HTTPResponse(stream)  # type: ignore[arg-type]
+                    response.begin()
+                    assert response.status == 504, response.read()
+                    assert b"over its time limit" in response.read()
+        assert all(status == 200 for status, _ in answers), answers
+        assert time.monotonic() - started < 20  # 504s at ~1 s each, not at the 30 s deadline
+        after = {int(fetch(port, "/pid")[1]) for _ in range(8)}
+        assert not after & before  # every worker that held a hang was replaced
+        stderr = stop(run)
+    assert stderr.count("ran over its timeout of 1 s") >= 2
+    assert "restart limit" not in stderr
+    balanced(stderr)
+
+
+def test_a_stuck_call_shows_as_busy_in_the_live_view(tmp_path: Path) -> None:
+    """A worker inside a 4 s call sends no figures; the live view counts it busy (it showed
+    0% busy before)."""
+    graph = STUCK.format(model="seda", deadline=30, timeout=10).replace("workers: 2",
+                                                                         "workers: 1")
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(get("/sleep?4"))
+            time.sleep(2.5)
+            [row] = run.status()["workers"]
+            stage = run.status()["stages"]["stuck"]
+            assert row["utilisation"] >= 0.8 and stage["utilisation"] >= 0.8, (row, stage)
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        balanced(stop(run))
+
+
+def test_a_call_stuck_holding_the_gil_is_ended_from_outside(tmp_path: Path) -> None:
+    """A catastrophic regular expression holds the GIL: the worker's watchdog thread cannot
+    run, so its heartbeat stops and the supervisor kills the worker past its timeout. The
+    request is answered (500 once its attempts are spent, or 504 at its deadline); the other
+    worker serves everyone else meanwhile."""
+    graph = STUCK.format(model="seda", deadline=15, timeout=1)
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(get("/redos"))
+            time.sleep(0.2)
+            answers = [fetch(port, "/pid", timeout=10)[0] for _ in range(5)]
+            response = http.client.HTTPResponse(_Stream(sock))  # type: ignore[arg-type]
+            response.begin()
+            assert response.status in (500, 504)
+        assert answers == [200] * 5
+        stderr = stop(run)
+    assert "(a call that holds the GIL): killing it" in stderr
+    balanced(stderr)
+
+
+PIPELINE_STUCK = """
+name: stuck
+source:
+  handler: stagekit:numbers
+  to: [work]
+  options: {n: 50}
+stages:
+  work:
+    handler: stagekit:timed
+    workers: 2
+    to: [sink]
+    timeout: 0.5
+    options: {long: 7, seconds: 3600}
+  sink:
+    handler: stagekit:echo
+    sink: true
+settings:
+  dead_letter: dead.jsonl
+"""
+
+
+def test_a_pipeline_item_past_its_timeout_is_dead_lettered_and_the_run_ends(tmp_path: Path
+                                                                             ) -> None:
+    with SedaRun(tmp_path, PIPELINE_STUCK) as run:
+        assert run.wait(60) == 0, run.stderr
+        assert sorted(r["x"] for r in run.results()) == [x for x in range(50) if x != 7]
+        [letter] = deadletter.read(str(tmp_path / "dead.jsonl"))
+        assert letter["payload"] == 7 and "over its timeout of 0.5 s" in letter["error"]
+
+
+def test_under_sped_a_stuck_call_takes_its_acceptor_which_comes_back(tmp_path: Path
+                                                                      ) -> None:
+    """Under sped the handlers run on the acceptor's loop: a call past its timeout ends the
+    acceptor (its connections close) and the supervisor starts another on the same port."""
+    graph = STUCK.format(model="sped", deadline=30, timeout=1)
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(get("/hang"))
+            try:
+                assert sock.recv(1024) == b""  # closed, not answered
+            except ConnectionResetError:
+                pass
+        wait_for(lambda: fetch(port, "/pid", timeout=5)[0] == 200, 20, "the new acceptor")
+        stderr = stop(run)
+    assert "ran over its timeout of 1 s" in stderr
