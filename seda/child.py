@@ -60,7 +60,9 @@ def main(argv: list[str]) -> int:
         if role == "worker":
             from seda.worker import Worker
 
-            Worker(plan, name, parent, resolve).run()
+            worker = Worker(plan, name, parent, resolve)
+            worker.run()
+            return worker.exit_code
         elif role == "source":
             from seda.source import Source
 

@@ -65,6 +65,18 @@ PARENT_CHECK_EVERY = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (Linux: /proc/self/statm; 0 if unknown)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _data_frame(stage: str, held: int) -> Callable[[list[Envelope]], bytes]:
     return lambda envs: pack([stage, envs, held])
 
@@ -91,6 +103,7 @@ class Node:
         self.limit = self.spec.settings.max_message_bytes + FRAME_OVERHEAD
         self.throttle = Throttle(f"seda: {name}: ")
         self.running = True
+        self.rss = 0  # resident memory in bytes, as of the last report
         self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0}
         self.dropped: dict[str, dict[str, int]] = {}  # stage -> reason -> count (sent here)
         self.sent_to: dict[str, int] = {}  # stage -> messages sent to it (re-sends included)
@@ -368,13 +381,14 @@ class Node:
         for stage, count in self.extra_waiting().items():
             waiting[stage] = waiting.get(stage, 0) + count
         figures = self.stats()
+        self.rss = rss()
         stages = figures.setdefault("stages", {})
         for stage, reasons in self.dropped.items():  # counted against the stage they were for
             stages[stage] = {**stages.get(stage, {}), **reasons}
         for stage, count in self.sent_to.items():  # merged per edge by the supervisor
             stages.setdefault(stage, {})["sent_in"] = {self.edge_from: count}
         self.status({"op": "stats", "pending": self.pending(), **self.counters, **figures,
-                     "links": links, "suspects": suspects, "waiting": waiting,
+                     "rss": self.rss, "links": links, "suspects": suspects, "waiting": waiting,
                      "blocked": blocked})
 
     def status(self, msg: dict[str, Any]) -> None:

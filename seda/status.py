@@ -165,7 +165,8 @@ class Status:
             "front": front if self.spec.acceptor is not None else None,
             "processes": {name: {"pid": alive.get(name, 0), "restarts": restarts.get(name, 0),
                                  "role": proc.role,
-                                 "malformed": int(reports.get(name, {}).get("malformed", 0))}
+                                 "malformed": int(reports.get(name, {}).get("malformed", 0)),
+                                 "rss": int(reports.get(name, {}).get("rss", 0))}
                           for name, proc in self.plan.procs.items()},
             "workers": self._worker_rows(reports, restarts, alive, dt),
             "restarts": sum(restarts.values()),
@@ -203,6 +204,7 @@ class Status:
                              "errors": sum(f.get("errors", 0) for f in figures),
                              "queued": int(reports.get(name, {}).get("queued", 0)),
                              "window": int(reports.get(name, {}).get("window", 0)),
+                             "rss": int(reports.get(name, {}).get("rss", 0)) if pid else 0,
                              "utilisation": round(min(max(share, 0.0), 1.0), 3)})
         return rows
 
@@ -292,11 +294,20 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
         GaugeMetricFamily("seda_worker_utilisation", "share of the time the worker spent in "
                           "handlers", labels=["graph", "pool", "worker"]),
         CounterMetricFamily("seda_worker_processed", "messages finished by the worker (since "
-                            "it last started)", labels=["graph", "pool", "worker"])]
+                            "it last started)", labels=["graph", "pool", "worker"]),
+        GaugeMetricFamily("seda_worker_rss_bytes", "the worker's resident memory",
+                          labels=["graph", "pool", "worker"])]
     for row in snapshot.get("workers", []):
         per_worker[0].add_metric([graph, row["pool"], row["name"]], row["utilisation"])
         per_worker[1].add_metric([graph, row["pool"], row["name"]], row["completed"])
+        per_worker[2].add_metric([graph, row["pool"], row["name"]], row.get("rss", 0))
     yield from per_worker
+    memory = GaugeMetricFamily("seda_process_rss_bytes", "resident memory of each process "
+                               "(workers, acceptors, source)", labels=["graph", "process",
+                                                                       "role"])
+    for name, proc in snapshot.get("processes", {}).items():
+        memory.add_metric([graph, name, proc["role"]], proc.get("rss", 0))
+    yield memory
     edge = GaugeMetricFamily("seda_edge_queue_depth", "messages on an edge (queued + in flight)",
                              labels=["graph", "from", "to"])
     sent = CounterMetricFamily("seda_edge_sent", "messages sent on an edge (re-sends "

@@ -8,6 +8,7 @@ restarts it.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import zlib
 from collections import deque
@@ -30,7 +31,7 @@ from seda.envelope import (
 )
 from seda.node import RESULTS, Node
 from seda.plan import Plan
-from seda.watchdog import Watchdog
+from seda.watchdog import EXIT_RECYCLE, Watchdog
 
 STEP_SLICE = 0.002  # s of handler work per loop turn
 BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
@@ -57,6 +58,9 @@ class Worker(Node):
         self.senders: set[str] = set()  # who asked for credit (HELLO)
         self.retiring = False
         self.quiet_since: float | None = None
+        memory = [m for s in self.me.stages if (m := self.spec.stages[s].max_memory_mb)]
+        self.max_rss = min(memory) << 20 if memory else 0  # bytes; 0: no limit
+        self.recycling = False  # over max_rss: retiring, to be replaced (see recycle)
         self.core.setup()
         self.current: tuple[str, str, list[Envelope]] = ("", "", [])  # the frame being run
         limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
@@ -156,11 +160,35 @@ class Worker(Node):
             if done:
                 self.ack_done(sender, done)
 
+    def report(self) -> None:
+        super().report()
+        if self.max_rss and self.rss > self.max_rss and not self.retiring:
+            self.recycle()
+
+    def recycle(self) -> None:
+        """Over the pool's max_memory_mb: take no new work, finish (or hand back, as
+        retiring does) what is held, then exit with EXIT_RECYCLE -- the supervisor starts a
+        fresh process in this one's place at once, not counted as a crash."""
+        print(f"seda: {self.me.title.removeprefix('seda: ')}: resident memory "
+              f"{self.rss >> 20} MiB is over max_memory_mb ({self.max_rss >> 20}): it "
+              f"finishes what it holds, then a fresh process takes its place",
+              file=sys.stderr, flush=True)
+        self.recycling = True
+        self.retire()
+
+    def retire(self) -> None:
+        """No new work (credit 0 to every sender), finish what is held, exit."""
+        self.retiring = True
+        for sender in self.senders:
+            self.send(sender, CREDIT, pack([0, os.getpid()]))
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_RECYCLE if self.recycling else 0
+
     def on_control(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "retire":  # the pool shrinks: no new work, finish, exit
-            self.retiring = True
-            for sender in self.senders:
-                self.send(sender, CREDIT, pack([0, os.getpid()]))
+            self.retire()
         elif msg.get("op") == "finish":
             seed = zlib.crc32(self.name.encode())
             for i, (stage, value) in enumerate(self.core.finish()):

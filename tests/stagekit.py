@@ -215,3 +215,15 @@ def stuck(request: dict[str, Any], ctx: Any) -> str:
     if path == "/sleep":
         time.sleep(float(request["query"]))
     return str(os.getpid())
+
+
+class Leak:
+    """HTTP test stage that keeps `kb` KiB of every request's answer forever (a leak); it
+    answers with its pid and how many MiB it holds."""
+
+    def setup(self, ctx: Any) -> None:
+        self.kept: list[bytes] = []
+
+    def handle(self, request: dict[str, Any], ctx: Any) -> str:
+        self.kept.append(os.urandom(int(ctx.options.get("kb", 1024)) << 10))
+        return f"{os.getpid()} {len(self.kept) * int(ctx.options.get('kb', 1024)) >> 10}"

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -524,3 +525,49 @@ def test_under_sped_a_stuck_call_takes_its_acceptor_which_comes_back(tmp_path: P
         wait_for(lambda: fetch(port, "/pid", timeout=5)[0] == 200, 20, "the new acceptor")
         stderr = stop(run)
     assert "ran over its timeout of 1 s" in stderr
+
+
+# ---------------------------------------------------------------- memory
+
+LEAK = """
+name: leak
+acceptor:
+  listen: 127.0.0.1:8080
+  protocol: http
+  entry: leak
+stages:
+  leak:
+    handler: stagekit:Leak
+    workers: 2
+    max_memory_mb: 96
+    options: {kb: 4096}
+"""
+
+
+def test_a_leaking_worker_is_recycled_and_its_memory_is_reported(tmp_path: Path) -> None:
+    """Each request leaks 4 MiB in its worker. Resident memory per worker is in
+    /api/status and /metrics; a worker over max_memory_mb (96) finishes what it holds and a
+    fresh process takes its place -- every request is still answered, and the recycling is
+    no crash (no backoff, not counted against the restart limit)."""
+    with SedaRun(tmp_path, LEAK, "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        pids, answers = set(), []
+        for _ in range(120):
+            status, body = fetch(port, "/", timeout=20)
+            answers.append(status)
+            pids.add(int(body.split()[0]))
+            time.sleep(0.02)
+        assert answers == [200] * 120
+        assert len(pids) >= 4, pids  # 120 x 4 MiB over 2 workers: some were replaced
+        snapshot = run.status()
+        rows = {row["name"]: row for row in snapshot["workers"]}
+        assert all(16 << 20 < row["rss"] < 400 << 20 for row in rows.values()), rows
+        assert snapshot["processes"]["acceptor.0"]["rss"] > 0
+        url = run.status_url()
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'seda_worker_rss_bytes{graph="leak",pool="leak",worker="leak.0"}' in metrics
+        stderr = stop(run)
+    assert "is over max_memory_mb (96)" in stderr
+    assert "restart limit" not in stderr and "restarting" not in stderr
+    balanced(stderr)
