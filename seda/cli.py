@@ -137,7 +137,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from seda.graph import check_file
     from seda.spec import parse_listen
-    from seda.status import status_access
+    from seda.statusserver import status_access
     from seda.supervisor import RunOptions, Supervisor
 
     checked = check_file(args.file, imports=True)

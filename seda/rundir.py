@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,29 @@ def is_live(path: Path) -> bool:
         return _start_time(int(pid_text)) == float(started)
     except (OSError, ValueError, psutil.Error):
         return False
+
+
+def is_private(path: Path) -> bool:
+    """Whether `path` is a run directory this user could have made: a real directory (not a
+    symlink) owned by us, closed to everyone else (no group or other bits). The temp folder
+    is shared: another local user can plant a `seda-NAME-x` there to catch what `seda top`
+    and `seda scale` send (the status token)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and \
+        info.st_mode & 0o077 == 0
+
+
+def private_file(path: Path) -> bool:
+    """A regular file (not a symlink) owned by us, in a private run directory."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and \
+        is_private(path.parent)
 
 
 def sweep(name: str) -> list[Path]:

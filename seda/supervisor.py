@@ -40,7 +40,8 @@ from seda.progress import Progress
 from seda.scaling import Scaler
 from seda.spawn import ForkServer, become_subreaper
 from seda.spec import GraphSpec
-from seda.status import Status, StatusServer
+from seda.status import Status
+from seda.statusserver import StatusServer
 from seda.watchdog import EXIT_RECYCLE, EXIT_STUCK, beat_path, read_note
 
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0

@@ -27,16 +27,23 @@ FIRST_FIGURES_WAIT = 5.0  # s: how long `--once` waits for a graph that has just
 
 
 def find_run(target: str | None) -> Path:
-    """The run directory of a running graph: `target` is a graph name or a run directory."""
+    """The run directory of a running graph: `target` is a graph name or a run directory.
+    Only private run directories of this user count (see rundir.is_private): a planted one
+    would receive the status token."""
     if target and Path(target, "status.url").is_file():
+        if not rundir.private_file(Path(target, "status.url")):
+            raise RunError(f"{target} is not a private run directory of this user (owned by "
+                           f"you, mode 0700): not trusted")
         return Path(target)
     pattern = f"seda-{target}-*" if target else "seda-*"
     found = sorted((p for p in Path(tempfile.gettempdir()).glob(f"{pattern}/status.url")
-                    if rundir.is_live(p.parent)), key=lambda p: p.stat().st_mtime)
+                    if rundir.private_file(p) and rundir.is_live(p.parent)),
+                   key=lambda p: p.stat().st_mtime)
     if not found:
         what = f"named '{target}'" if target else "at all"
-        raise RunError(f"no running graph {what} (looked for {tempfile.gettempdir()}/"
-                       f"{pattern}/status.url); give --url or a run directory")
+        raise RunError(f"no running graph {what} of this user (looked for "
+                       f"{tempfile.gettempdir()}/{pattern}/status.url); give --url or a run "
+                       f"directory")
     if len(found) > 1:
         runs = ", ".join(str(p.parent) for p in found)
         raise RunError(f"several running graphs match: {runs}; name one run directory")
@@ -49,7 +56,7 @@ def find_url(target: str | None) -> tuple[str, str]:
     run = find_run(target)
     token = run / "status.token"
     return ((run / "status.url").read_text().strip(),
-            token.read_text().strip() if token.is_file() else "")
+            token.read_text().strip() if rundir.private_file(token) else "")
 
 
 def _call(url: str, path: str, token: str, body: dict[str, Any] | None = None

@@ -7,14 +7,20 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
+import shutil
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -570,3 +576,124 @@ def test_a_leaking_worker_is_recycled_and_its_memory_is_reported(tmp_path: Path)
     assert "is over max_memory_mb (96)" in stderr
     assert "restart limit" not in stderr and "restarting" not in stderr
     balanced(stderr)
+
+
+# ---------------------------------------------------------------- the status server
+
+SCALED = """
+name: {name}
+acceptor:
+  listen: 127.0.0.1:8080
+  protocol: http
+  entry: web
+stages:
+  web:
+    handler: stagekit:web
+    workers: 1
+    scale: {{min: 1, max: 3, enabled: false}}
+"""
+
+
+def status_request(url: str, data: bytes) -> bytes:
+    """Raw bytes to the status server, its whole answer back (it closes or keeps alive)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        sock.settimeout(2)
+        out = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                out += chunk
+                if b"\r\n\r\n" in out and out.split(b"\r\n\r\n", 1)[1] and \
+                        b"content-length: 0\r\n" not in out:
+                    break
+    return out
+
+
+def test_the_status_server_refuses_cross_site_changes_and_foreign_hosts(tmp_path: Path
+                                                                        ) -> None:
+    """A page on another site may not resize pools (Origin, or a content type a form can
+    send); a request under another host name (DNS rebinding) is refused; a negative or huge
+    Content-Length is a 400/413, not a read without end. What `seda scale` sends works."""
+    with SedaRun(tmp_path, SCALED.format(name="csrf"), "--listen", "127.0.0.1:0") as run:
+        run.port()
+        url = run.status_url()
+        port = url.rsplit(":", 1)[1]
+        body = b'{"stage": "web", "workers": 3}'
+
+        def scale(*headers: str, data: bytes = body) -> bytes:
+            head = "".join(f"{h}\r\n" for h in headers)
+            return status_request(url, (f"POST /api/scale HTTP/1.1\r\n{head}Content-Length: "
+                                        f"{len(data)}\r\n\r\n").encode() + data)
+
+        host = f"Host: 127.0.0.1:{port}"
+        assert scale(host, "Content-Type: application/json",
+                     "Origin: http://evil.example").startswith(b"HTTP/1.1 403 ")
+        assert scale(host, "Content-Type: text/plain").startswith(b"HTTP/1.1 415 ")
+        assert scale(host).startswith(b"HTTP/1.1 415 ")
+        assert scale("Host: evil.example", "Content-Type: application/json").startswith(
+            b"HTTP/1.1 403 ")
+        assert status_request(url, f"GET /api/status HTTP/1.1\r\nHost: rebound.example:{port}"
+                                   f"\r\n\r\n".encode()).startswith(b"HTTP/1.1 403 ")
+        for length, status in (("-5", b"400"), ("99999999999", b"413")):
+            answer = status_request(url, f"POST /api/scale HTTP/1.1\r\n{host}\r\nContent-Type: "
+                                         f"application/json\r\nContent-Length: {length}\r\n\r\n"
+                                         f"{{}}".encode())
+            assert answer.startswith(b"HTTP/1.1 " + status), answer
+        assert run.status()["stages"]["web"]["workers"] == 1  # nothing above resized it
+        done = subprocess.run([sys.executable, "-m", "seda.cli", "scale", "--url", url,
+                               "web=2"], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and "web: 1 -> 2 workers" in done.stdout, done.stderr
+        stop(run)
+
+
+def test_idle_connections_to_the_status_server_hold_no_threads(tmp_path: Path) -> None:
+    """3,000 idle connections to the status port: the supervisor keeps a bounded number of
+    threads (one per connection before: 3,004), and a new client is still answered."""
+    import psutil
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    with SedaRun(tmp_path, SCALED.format(name="idle"), "--listen", "127.0.0.1:0") as run:
+        run.port()
+        url = run.status_url()
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        idle = []
+        try:
+            for _ in range(3000):
+                idle.append(socket.create_connection((host, int(port)), timeout=10))
+            threads = psutil.Process(run.pid).num_threads()
+            assert threads < 20, threads
+            with urllib.request.urlopen(f"{url}/api/status", timeout=10) as response:
+                assert response.status == 200
+        finally:
+            for sock in idle:
+                sock.close()
+        stop(run)
+
+
+def test_seda_top_trusts_only_private_run_directories_of_its_user(tmp_path: Path) -> None:
+    """Another local user can plant seda-NAME-x in the shared temp folder; `seda top NAME`
+    would send the status token to the URL found there. Only directories owned by the user,
+    closed to others (0700), are trusted."""
+    trap = socket.create_server(("127.0.0.1", 0))
+    trap.settimeout(0.2)
+    name = f"planted{os.getpid()}"
+    for owner, mode in ((65534, 0o755), (os.getuid(), 0o755), (65534, 0o700)):
+        planted = Path(tempfile.mkdtemp(prefix=f"seda-{name}-"))
+        try:
+            (planted / "status.url").write_text(
+                f"http://127.0.0.1:{trap.getsockname()[1]}\n")
+            (planted / "owner").write_text(f"{os.getpid()} "
+                                           f"{psutil.Process().create_time()!r}\n")
+            os.chown(planted, owner, -1)
+            os.chmod(planted, mode)
+            done = subprocess.run([sys.executable, "-m", "seda.cli", "top", "--once", name],
+                                  capture_output=True, text=True, timeout=30,
+                                  env={**os.environ, "SEDA_STATUS_TOKEN": "s" * 20})
+            assert done.returncode != 0 and "no running graph" in done.stderr, done.stderr
+            with pytest.raises(TimeoutError):
+                trap.accept()  # nobody came
+        finally:
+            shutil.rmtree(planted)
+    trap.close()
