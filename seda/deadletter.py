@@ -34,22 +34,62 @@ def record(graph: str, letter: DeadLetter) -> dict[str, Any]:
             "payload": _jsonable(env[PAYLOAD])}
 
 
-def append(path: str, graph: str, letters: list[DeadLetter]) -> None:
-    """Append `letters` to the file at `path` (created 0600 if missing)."""
+def append(path: str, graph: str, letters: list[DeadLetter]) -> str:
+    """Append `letters` to the file at `path` (created 0600 if missing). Returns why they
+    could not be written ("" when they were): a full disk or a folder gone must not take
+    the process that holds them down (the caller says so in its log and counts them)."""
     if not letters:
-        return
+        return ""
     data = "".join(json.dumps(record(graph, lt)) + "\n" for lt in letters).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut short before
+                data = b"\n" + data  # (ours starts on a line of its own)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"cannot write the dead-letter file {path}: {exc.strerror}"
+    return ""
 
 
 def read(path: str) -> list[dict[str, Any]]:
-    """All records of a dead-letter file (for tests and `seda` tooling)."""
+    """The records of a dead-letter file (for tests and tools). A line that is not a JSON
+    record (cut short by a full disk or a kill, or edited by hand) is skipped."""
+    records = []
     try:
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
     except FileNotFoundError:
         return []
+    return records
+
+
+def count(path: str) -> int:
+    """How many records the file holds (its non-empty lines; 0 when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+def check_place(path: str) -> str | None:
+    """Why dead letters could not be written at `path` (None: they can): its folder must
+    exist and be writable, and the path must not be a folder."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist"
+    if os.path.isdir(path):
+        return f"{path} is a folder"
+    if not os.access(folder, os.W_OK):
+        return f"the folder {folder} is not writable"
+    return None

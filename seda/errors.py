@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+_ONE_LINE = str.maketrans({"\n": "\\n", "\r": "\\r", "\x00": "\\x00"})
+
 
 class SedaError(Exception):
     """Root of every error seda raises on purpose."""
@@ -27,10 +29,12 @@ class Problem:
     severity: str = "error"  # "error" or "warning"
 
     def __str__(self) -> str:
+        """One line, always: a name or value that holds a line break (a stage named
+        "s\\n") is shown escaped."""
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         kind = "warning: " if self.severity == "warning" else ""
         field = f"{self.path}: " if self.path else ""
-        return f"{where}: {kind}{field}{self.message}"
+        return f"{where}: {kind}{field}{self.message}".translate(_ONE_LINE)
 
 
 class SpecError(SedaError):

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from seda import topology
+from seda import deadletter, topology
 from seda.errors import Problem, SpecError
-from seda.handler import HandlerImportError, resolve, search_path
+from seda.handler import HandlerImportError, import_timeout, resolve_in_time, search_path
 from seda.loader import FieldPath, LineMap, load_file, spec_from_data
 from seda.spec import GraphSpec
 
@@ -133,10 +133,11 @@ def check_imports(spec: GraphSpec, lines: LineMap, search: Sequence[str] = ()) -
         refs.append((("source", "handler"), spec.source.handler))
     refs += [(("stages", n, "handler"), s.handler) for n, s in spec.stages.items()]
     problems = []
+    seconds = import_timeout()
     with search_path(search):
         for path, ref in refs:
             try:
-                resolve(ref)
+                resolve_in_time(ref, seconds)
             except HandlerImportError as exc:
                 problems.append(lines.problem(path, str(exc)))
     return problems
@@ -152,12 +153,18 @@ class Checked:
 
 
 def check_file(path: str | Path, *, imports: bool = True) -> Checked:
-    """Load, validate fields and topology, and (optionally) import handlers. Raises SpecError."""
+    """Load, validate fields and topology, and (optionally) import handlers and check that
+    the dead-letter file can be written where a run from here would put it. Raises
+    SpecError."""
     spec, lines = load_file(path)
     problems = topology.check(spec, lines)
     if imports and not any(p.severity == "error" for p in problems):
         search = [str(Path(path).resolve().parent), str(Path.cwd())]
         problems += check_imports(spec, lines, search)
+        why = deadletter.check_place(str(Path.cwd() / spec.settings.dead_letter))
+        if why is not None:  # (found before any process starts, not inside one)
+            problems.append(lines.problem(("settings", "dead_letter"),
+                                          f"dead letters could not be written: {why}"))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise SpecError(errors)

@@ -7,7 +7,10 @@ pure spec and topology checks never do. Kept light: worker processes import it.
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +47,53 @@ def _import_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{at}"
 
 
+IMPORT_TIMEOUT = 30.0  # s a handler's module may take to import when a graph is checked
+
+
+class ImportTimeout(BaseException):
+    """Raised into an import that ran past its time (a BaseException: user code's
+    `except Exception` must not swallow it)."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise ImportTimeout in the main thread once `seconds` pass (SIGALRM: an import that
+    hangs in Python code, a sleep or a blocking call is interrupted). Elsewhere, no limit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(_signum: int, _frame: Any) -> None:
+        raise ImportTimeout
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def import_timeout() -> float:
+    """IMPORT_TIMEOUT, or $SEDA_IMPORT_TIMEOUT (seconds) when set."""
+    try:
+        return float(os.environ.get("SEDA_IMPORT_TIMEOUT", IMPORT_TIMEOUT))
+    except ValueError:
+        return IMPORT_TIMEOUT
+
+
+def resolve_in_time(ref: str, seconds: float) -> Any:
+    """`resolve`, failing with HandlerImportError when the import takes over `seconds`."""
+    try:
+        with time_limit(seconds):
+            return resolve(ref)
+    except ImportTimeout:
+        raise HandlerImportError(ref, f"importing '{ref.partition(':')[0]}' did not finish "
+                                      f"in {seconds:g} s (does it wait for something at "
+                                      f"import time?)") from None
+
+
 def resolve(ref: str) -> Any:
     """'pkg.mod:attr.sub' -> the object. Raises HandlerImportError with the module's error."""
     module_name, _, attr_path = ref.partition(":")
@@ -55,6 +105,9 @@ def resolve(ref: str) -> Any:
         raise HandlerImportError(ref, _import_reason(exc)) from None
     except Exception as exc:  # user code at import time: any error is the user's
         raise HandlerImportError(ref, _import_reason(exc)) from None
+    except SystemExit as exc:  # (it would end `seda validate` with the module's own code)
+        raise HandlerImportError(ref, f"importing '{module_name}' called sys.exit({exc.code!r})"
+                                 ) from None
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]

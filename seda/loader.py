@@ -8,7 +8,9 @@ comes from that map. No process is started and no handler imported here.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import types
 import typing
 from pathlib import Path
@@ -21,6 +23,12 @@ from seda.errors import Problem, SpecError, did_you_mean
 from seda.spec import GraphSpec
 
 FieldPath = tuple[str | int, ...]
+
+# A graph file is a few kB. These bounds stop hostile or mistaken YAML (an alias bomb, deep
+# nesting, a huge file or a device) before anything is built from it.
+MAX_GRAPH_BYTES = 1 << 20
+MAX_DEPTH = 64  # nested mappings and lists
+MAX_VALUES = 100_000  # values built, aliases expanded
 
 
 class LineMap:
@@ -49,13 +57,22 @@ def format_path(path: FieldPath) -> str:
 
 
 class _Builder:
-    """Turns a composed YAML node tree into plain data, filling a LineMap."""
+    """Turns a composed YAML node tree into plain data, filling a LineMap. Aliases are
+    expanded here (the node tree shares them), so the values built are counted: a few
+    hundred bytes of nested aliases would otherwise build billions."""
 
     def __init__(self, lines: LineMap) -> None:
         self.map = lines
         self.constructor = yaml.SafeLoader("")
+        self.built = 0
 
     def build(self, node: yaml.Node, path: FieldPath) -> Any:
+        self.node = node  # (for the line of a scalar that fails to convert)
+        self.built += 1
+        if self.built > MAX_VALUES:
+            raise SpecError([Problem(f"invalid YAML: expands to over {MAX_VALUES:,} values "
+                                     f"(aliases of aliases?)", self.map.file,
+                                     node.start_mark.line + 1)])
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
@@ -85,10 +102,30 @@ class _Builder:
         return out
 
 
+def _check_depth(text: str, file: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the event stream (which is not recursive)
+    before composing (which is, and ends in a RecursionError some 500 levels down)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise SpecError([Problem(f"invalid YAML: nested more than {MAX_DEPTH} levels "
+                                         f"deep", file, line)])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def parse_yaml(text: str, file: str = "<graph>") -> tuple[Any, LineMap]:
-    """YAML text -> (plain data, line map). Raises SpecError for syntax errors."""
+    """YAML text -> (plain data, line map). Raises SpecError for syntax errors and for
+    input past the bounds above (size, depth, values)."""
     lines = LineMap(file)
+    if len(text) > MAX_GRAPH_BYTES:
+        raise SpecError([Problem(f"a graph file of {len(text):,} characters is over the "
+                                 f"{MAX_GRAPH_BYTES:,} a graph may have", file)])
     try:
+        _check_depth(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -101,12 +138,16 @@ def parse_yaml(text: str, file: str = "<graph>") -> tuple[Any, LineMap]:
         raise SpecError([Problem(f"invalid YAML: {exc}", file, 1)]) from None
     if node is None:
         return None, lines
+    builder = _Builder(lines)
     try:
-        return _Builder(lines).build(node, ()), lines
+        return builder.build(node, ()), lines
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
         raise SpecError([Problem(f"invalid YAML: {exc.problem}", file, line)]) from None
+    except ValueError as exc:  # a scalar Python will not convert (an int of 5,000 digits)
+        raise SpecError([Problem(f"invalid YAML: {str(exc).partition(';')[0]}", file,
+                                 builder.node.start_mark.line + 1)]) from None
     except RecursionError:
         raise SpecError([Problem("invalid YAML: nested too deeply", file, 1)]) from None
 
@@ -216,12 +257,30 @@ def load_text(text: str, file: str = "<graph>") -> tuple[GraphSpec, LineMap]:
     return spec_from_data(data, lines), lines
 
 
-def load_file(path: str | Path) -> tuple[GraphSpec, LineMap]:
-    """Read and validate the fields of one graph file. Raises SpecError."""
+def read_graph_text(path: str | Path) -> str:
+    """The text of a graph file: a regular file (opening never blocks: a FIFO would wait
+    for a writer, /dev/zero never ends), at most MAX_GRAPH_BYTES, UTF-8. Raises SpecError."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SpecError([Problem(f"cannot read graph file: {reason}", name)]) from None
-    return load_text(text, name)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise SpecError([Problem(f"cannot read graph file: {exc.strerror}", name)]) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise SpecError([Problem(f"cannot read graph file: {what}", name)])
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_GRAPH_BYTES + 1)
+    if len(data) > MAX_GRAPH_BYTES:
+        raise SpecError([Problem(f"a graph file is at most {MAX_GRAPH_BYTES:,} bytes", name)])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(f"cannot read graph file: not UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start})", name)]) from None
+
+
+def load_file(path: str | Path) -> tuple[GraphSpec, LineMap]:
+    """Read and validate the fields of one graph file. Raises SpecError."""
+    return load_text(read_graph_text(path), str(path))

@@ -104,7 +104,8 @@ class Node:
         self.throttle = Throttle(f"seda: {name}: ")
         self.running = True
         self.rss = 0  # resident memory in bytes, as of the last report
-        self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0}
+        self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0,
+                                         "dead_letters_unwritten": 0}
         self.dropped: dict[str, dict[str, int]] = {}  # stage -> reason -> count (sent here)
         self.sent_to: dict[str, int] = {}  # stage -> messages sent to it (re-sends included)
         self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
@@ -536,7 +537,10 @@ class Node:
                         self.on_lost(items)
                     else:  # best effort: if this frame is lost, the request's deadline holds
                         self._send_rows(origin, LOST, items)
-            deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
+            why = deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
+            if why:
+                self.counters["dead_letters_unwritten"] += len(letters)
+                self.throttle.say("dead letters", f"{why}: {len(letters)} dead letters lost")
 
     def count_dropped(self, stage: str, reason: str, n: int = 1) -> None:
         reasons = self.dropped.setdefault(stage, {})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seda.errors import Problem, SpecError, did_you_mean
-from seda.names import MODELS, MP_DEFAULT_PROCESSES
+from seda.names import MAX_PROCESSES, MAX_WORKERS, MODELS, MP_DEFAULT_PROCESSES
 from seda.spec import GraphSpec
 
 SUPERVISOR = "supervisor"
@@ -153,9 +153,10 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
     if model not in MODELS:
         raise SpecError([Problem(f"unknown model '{model}'; models: "
                                  f"{', '.join(MODELS)}", file, None, "model")])
-    if processes is not None and processes < 1:
-        raise SpecError([Problem(f"--processes: expected a count >= 1, got {processes}",
-                                 "<command line>")])
+    most = MAX_PROCESSES.get(model, 1 << 30)  # (other models refuse it below)
+    if processes is not None and not 1 <= processes <= most:
+        raise SpecError([Problem(f"--processes: expected a count from 1 to {most}, got "
+                                 f"{processes}", "<command line>")])
     if model in ("sped", "symped", "mp"):
         if workers:
             raise SpecError([Problem(f"--workers: model '{model}' runs no worker pools "
@@ -167,7 +168,7 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
     pools = _pools(spec, model)
     known = set(pools) | set(spec.stages)
     for key, count in workers.items():
-        if key not in known or count < 1:
+        if key not in known or not 1 <= count <= MAX_WORKERS:
             raise _override_error(key, count, known)
     stage_pool = {s: pool for pool, stages in pools.items() for s in stages}
     run = Path(run_dir)
@@ -230,5 +231,5 @@ def _override_error(key: str, count: int, known: set[str]) -> SpecError:
     if key not in known:
         return SpecError([Problem(f"--workers: unknown stage or pool '{key}'"
                                   f"{did_you_mean(key, known)}", "<command line>")])
-    return SpecError([Problem(f"--workers: expected a count >= 1 for '{key}', got {count}",
-                              "<command line>")])
+    return SpecError([Problem(f"--workers: expected a count from 1 to {MAX_WORKERS} for "
+                              f"'{key}', got {count}", "<command line>")])

@@ -5,9 +5,9 @@ It only reads the latest snapshot (replaced whole by the supervisor) and calls t
 thread-safe `request`. Requests are framed by seda's own sans-IO HTTP codec.
 
 Resource handling: at most MAX_CONNECTIONS open connections (past it the one idle longest
-makes room for the new one), each closed after IDLE_TIMEOUT without a request; a request's head and body are
-bounded by the codec's limits (431/413), so no client can make it hold a thread, unbounded
-memory, or a read that waits for bytes that never come.
+makes room for the new one), each closed after IDLE_TIMEOUT without a request; a request's
+head and body are bounded by the codec's limits (431/413), so no client can make it hold a
+thread, unbounded memory, or a read that waits for bytes that never come.
 
 Error handling (who may ask what): beyond loopback every request needs the run's token
 (`status_access`). Without a token only the names a loopback client uses are accepted as

@@ -171,9 +171,12 @@ class Supervisor:
             self.plan = make_plan(spec, self.run_dir, model=options.model,
                                   workers=options.workers, base_dir=options.base_dir,
                                   processes=options.processes, file=options.file)
-        except BaseException:
+            self._prepare(spec, options)
+        except BaseException:  # (nothing may leave its run directory behind)
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+
+    def _prepare(self, spec: GraphSpec, options: RunOptions) -> None:
         self.plan.search_path = options.search_path
         self.plan.output = options.output
         self.children: dict[str, Child] = {}
@@ -199,7 +202,7 @@ class Supervisor:
         self.status_server: StatusServer | None = None
         self.listening = ""  # the 'listening on' line, until it is said
         self.next_status = 0.0
-        self.dead_before = len(deadletter.read(self.plan.dead_letter))
+        self.dead_before = deadletter.count(self.plan.dead_letter)
         self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
         self.lost_state: list[str] = []  # sink state that died with a worker (see _lost_state)
         self.forks: ForkServer | None = None
@@ -732,7 +735,7 @@ class Supervisor:
         errors = int(sum(v for k, v in totals.items() if k.endswith(".errors")))
         dups = int(sum(v for k, v in totals.items() if k.endswith(".duplicates")))
         dups += source.get("duplicates", 0)
-        dead = len(deadletter.read(self.plan.dead_letter)) - self.dead_before
+        dead = deadletter.count(self.plan.dead_letter) - self.dead_before
         read = self.waves[-1].get("source", {}).get("read", read) if self.waves else read
         word = "interrupted" if self.stop_signal else "finished"
         startup = time.monotonic() - self.started - elapsed if first else 0.0

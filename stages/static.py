@@ -3,8 +3,10 @@
 `serve` answers `{"file": path}`: the acceptor streams the file with sendfile(2), so it never
 travels between processes. `inline` reads the file and answers its bytes instead (what a
 handler without file replies has to do; `python tools/bench_files.py` compares the two).
-A path that leads outside the root (`..`, a symlink out) is 403; a directory serves its
-`index.html`. Used by graphs/static.yaml.
+A path that leads outside the root (`..`, a symlink out, a symlinked `index.html`) is 403;
+a directory serves its `index.html`. Used by graphs/static.yaml. A `{"file": path}` reply is
+a trusted path: the acceptor sends whatever regular file the handler names, so the handler
+is where paths are checked.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from urllib.parse import unquote
 
 
 def _target(request: dict[str, Any], ctx: Any) -> Path | None:
-    """The file a request names, or None when it is outside the root."""
+    """The file a request names, or None when it is outside the root. The check is made on
+    the final path, with every symlink resolved -- after a directory's `index.html` is added,
+    since that file may be a symlink out of the root too."""
     root = Path(ctx.options.get("root", ".")).resolve()
     target = (root / unquote(request["path"]).lstrip("/")).resolve()
+    if target.is_dir():
+        target = (target / "index.html").resolve()
     if target != root and root not in target.parents:
         return None
-    return target / "index.html" if target.is_dir() else target
+    return target
 
 
 def _type(path: Path) -> dict[str, str]:

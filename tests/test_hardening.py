@@ -697,3 +697,83 @@ def test_seda_top_trusts_only_private_run_directories_of_its_user(tmp_path: Path
         finally:
             shutil.rmtree(planted)
     trap.close()
+
+
+# ---------------------------------------------------------------- bad files and arguments
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 60,
+        **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "seda.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **env})
+
+
+def test_a_fifo_a_device_or_a_folder_as_the_graph_file_is_one_line_and_exit_2(
+        tmp_path: Path) -> None:
+    fifo = _fifo(tmp_path)
+    for path, why in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"),
+                      (str(tmp_path), "a directory")):
+        for command in ("validate", "run", "plan", "graph"):
+            done = cli(command, path, timeout=20)
+            assert done.returncode == 2, (command, path, done.stderr)
+            assert done.stderr == f"{path}: cannot read graph file: {why}\n"
+
+
+def test_an_import_that_hangs_fails_validate_in_bounded_time(tmp_path: Path) -> None:
+    (tmp_path / "hangs.py").write_text("import time\ntime.sleep(3600)\n\n\n"
+                                       "def handle(x, ctx):\n    return x\n")
+    (tmp_path / "g.yaml").write_text("name: h\nacceptor: {entry: s}\n"
+                                     "stages: {s: {handler: 'hangs:handle'}}\n")
+    for command in ("validate", "run"):
+        done = cli(command, str(tmp_path / "g.yaml"), cwd=tmp_path, timeout=30,
+                   SEDA_IMPORT_TIMEOUT="1")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (f"{tmp_path / 'g.yaml'}:3: stages.s.handler: cannot use "
+                               f"handler 'hangs:handle': importing 'hangs' did not finish in "
+                               f"1 s (does it wait for something at import time?)\n")
+
+
+POISON = """
+name: poison
+source:
+  handler: stagekit:numbers
+  to: [p]
+  options: {n: 20}
+stages:
+  p:
+    handler: stagekit:poison
+    to: [sink]
+    max_attempts: 1
+    options: {bad: 3}
+  sink:
+    handler: stagekit:echo
+    sink: true
+settings:
+  dead_letter: dead.jsonl
+"""
+
+
+def test_a_damaged_dead_letter_file_does_not_stop_later_runs(tmp_path: Path) -> None:
+    """A line cut short in the dead-letter file (a full disk, a kill) made every later run
+    from that folder crash with a traceback and leave its run directory behind."""
+    letters = tmp_path / "dead.jsonl"
+    letters.write_text('{"graph": "poison", "stage": "p", "id": 1}\n{"graph": "poi')
+    with SedaRun(tmp_path, POISON) as run:
+        assert run.wait(60) == 0, run.stderr
+        assert "Traceback" not in run.stderr
+        assert "1 dead-lettered" in run.stderr
+        assert sorted(run.results()) == [x for x in range(20) if x != 3]
+        assert run.run_dirs() == []
+    assert [r.get("payload") for r in deadletter.read(str(letters))] == [None, 3]
+
+
+def test_a_dead_letter_folder_that_is_missing_stops_the_run_before_it_starts(
+        tmp_path: Path) -> None:
+    graph = POISON.replace("dead_letter: dead.jsonl", "dead_letter: gone/dead.jsonl")
+    (tmp_path / "g.yaml").write_text(graph)
+    for command in ("validate", "run"):
+        done = cli(command, str(tmp_path / "g.yaml"), cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (f"{tmp_path / 'g.yaml'}:17: settings.dead_letter: dead "
+                               f"letters could not be written: the folder {tmp_path / 'gone'} "
+                               f"does not exist\n")

@@ -569,6 +569,8 @@ def test_the_static_files_stage_serves_under_its_root_only(tmp_path: Path, root:
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "index.html").write_text("<h1>hi</h1>\n")
     (tmp_path / "secret.txt").write_text("not for you\n")
+    (tmp_path / "site" / "trap").mkdir()  # a folder whose index.html leads out of the root
+    (tmp_path / "site" / "trap" / "index.html").symlink_to(tmp_path / "secret.txt")
     graph = (root / "graphs" / "static.yaml").read_text().replace(
         "root: .", f"root: {tmp_path / 'site'}")
     run, port = serve(tmp_path, graph)
@@ -578,6 +580,8 @@ def test_the_static_files_stage_serves_under_its_root_only(tmp_path: Path, root:
                                    ("/index.html", 200, b"<h1>hi</h1>\n"),
                                    ("/../secret.txt", 403, b"403 outside the root\n"),
                                    ("/%2e%2e/secret.txt", 403, b"403 outside the root\n"),
+                                   ("/trap/", 403, b"403 outside the root\n"),
+                                   ("/trap", 403, b"403 outside the root\n"),
                                    ("/missing", 404, b"404 No such file or directory\n")):
             conn.request("GET", path)
             answer = conn.getresponse()
