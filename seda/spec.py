@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Model = Literal["seda", "amped", "sped", "symped", "mp"]
 Protocol = Literal["http", "line", "length", "resp"]
 
+# a service's handler call past this (or past request_timeout, if longer) is stuck: its
+# worker is replaced (gunicorn's worker timeout has the same default; see docs/runtime.md)
+SERVICE_CALL_LIMIT = 30.0
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HOST_RE = re.compile(
@@ -232,10 +235,10 @@ class GraphSpec(_Spec):
         return self.acceptor is not None
 
     def call_limit(self, stage: str) -> float | None:
-        """The most one call of `stage`'s handler may take: its `timeout`; in a service by
-        default the acceptor's request_timeout (past it the client has had its 504); in a
-        pipeline by default none."""
+        """The most one call of `stage`'s handler may take: its `timeout`. By default, in a
+        service, the larger of the acceptor's request_timeout (a handler may take up to the
+        deadline) and SERVICE_CALL_LIMIT; in a pipeline, none."""
         own = self.stages[stage].timeout
         if own is not None or self.acceptor is None:
             return own
-        return self.acceptor.limits.request_timeout
+        return max(self.acceptor.limits.request_timeout, SERVICE_CALL_LIMIT)
