@@ -41,6 +41,19 @@ def pickle_uses(tmp: Path) -> str:
     return log.read_text() if log.exists() else ""
 
 
+def live_descendants() -> set[int]:
+    """Pids of this test process's descendants that are still running (not zombies). With
+    the test process a subreaper (conftest), this includes orphans of exited processes."""
+    out = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                out.add(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll `predicate` until it is truthy or `timeout` passes (then fail naming `what`)."""
     deadline = time.monotonic() + timeout
@@ -51,6 +64,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def summary_counts(stderr: str) -> dict[str, int]:
+    """A service summary's figures: {'requests': n, 'responses': n, 'rejected': n, ...}."""
+    line = next(ln for ln in stderr.splitlines() if "stopped after draining" in ln)
+    figures = line.split(": ", 2)[2]
+    return {part.split(" ", 1)[1].replace(" ", "_"): int(part.split(" ", 1)[0])
+            for part in figures.split(", ")}
+
+
+def balanced(stderr: str) -> dict[str, int]:
+    """Every request the service read got exactly one answer, by the summary's books:
+    requests == responses + rejected + timeouts + failed. Returns the figures."""
+    c = summary_counts(stderr)
+    assert c["requests"] == c["responses"] + c["rejected"] + c["timeouts"] + c["failed"], c
+    return c
 
 
 class SedaRun:
@@ -74,6 +103,15 @@ class SedaRun:
         self.pid = self.proc.pid
         self.seen: dict[int, psutil.Process] = {}
         self.stderr = ""
+        # every process of the run, seen while it is alive (a check after the run ends could
+        # not see what its parent left behind, nor what started and ended unseen)
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while self.proc.poll() is None:
+            self.tree()
+            time.sleep(0.1)
 
     def __enter__(self) -> SedaRun:
         return self
@@ -169,7 +207,7 @@ class SedaRun:
 
     def leftovers(self) -> list[int]:
         alive = []
-        for pid, proc in self.seen.items():
+        for pid, proc in list(self.seen.items()):
             try:
                 if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
                     alive.append(pid)
@@ -183,6 +221,7 @@ class SedaRun:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+        self._watcher.join(timeout=5)
         try:
             wait_for(lambda: not self.leftovers(), 3.0, "children to exit")
         except AssertionError:

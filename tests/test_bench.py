@@ -15,15 +15,16 @@ import pytest
 
 from seda import loadgen
 from seda.names import MODELS
+from tests.runkit import live_descendants
 
 
 def bench(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    before = live_descendants()
     done = subprocess.run(
         [sys.executable, "-m", "seda.cli", "bench", str(root / "graphs" / "work.yaml"),
          "--out", str(out), "--duration", "0.5", "--warmup", "0.2", *args],
         capture_output=True, text=True, timeout=240, cwd=root)
-    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    left = live_descendants() - before
     assert not left, f"the bench left processes running: {left}"
     return done
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import re
 import signal
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.runkit import SedaRun, SteadyClient, wait_for
+from tests.runkit import SedaRun, SteadyClient, balanced, wait_for
 from tests.test_run_faults import chain
 from tests.test_run_service import web
 
@@ -98,13 +99,15 @@ def test_a_worker_killed_every_second_under_load(tmp_path: Path) -> None:
         errors = [e for c in clients for e in c.errors]
         assert errors == [], errors[:5]  # no resets, no hangs
         answers = [a for c in clients for a in c.answers]
+        # no request is lost: 8 clients one request at a time never fill the entry queue
+        # (no 503), and a killed worker's requests go out again long before their 5 s
+        # deadline (no 504)
         statuses = {status for _, status, _ in answers}
-        assert statuses <= {200, 503, 504}, statuses
-        wrong = [(tag, body) for tag, status, body in answers
-                 if status == 200 and body != tag.encode()]
+        assert statuses == {200}, statuses
+        wrong = [(tag, body) for tag, status, body in answers if body != tag.encode()]
         assert wrong == [], wrong[:5]  # each answer is its own request's, never a duplicate
-        ok = sum(status == 200 for _, status, _ in answers)
-        assert ok >= 0.95 * len(answers) and ok > 500, (ok, len(answers))
+        ok = len(answers)
+        assert ok > 500, ok
         def outages() -> list[float]:  # each recorded once the new incarnation is ready
             return [o for p in run.status()["processes"].values() for o in p["outages"]]
 
@@ -117,12 +120,20 @@ def test_a_worker_killed_every_second_under_load(tmp_path: Path) -> None:
         assert back[-1] < 2.0, back
         run.signal(signal.SIGTERM)
         assert run.wait(30) == 0, run.stderr
+        counts = balanced(run.stderr)
+        assert counts["requests"] == counts["responses"] == len(answers), counts
 
 
 def test_a_pipeline_loses_nothing_with_a_worker_killed_every_second(tmp_path: Path) -> None:
+    """Every item is a result of its own, through two sink workers: a worker killed after
+    its outputs reached one sink worker has its inputs run again, and their outputs may
+    reach the other sink worker, which has not seen them -- those duplicates get as far as
+    the source, which must drop them. The output is compared whole: every item exactly
+    once."""
     n, kills = 20000, 15
     rng = random.Random(3)
-    with SedaRun(tmp_path, chain(n=n, gap=0.001, restarts=100)) as run:
+    graph = chain(n=n, gap=0.001, restarts=100, sink="echo", sinks=2)
+    with SedaRun(tmp_path, graph) as run:
         wait_for(lambda: len(run.workers("seda: worker double")) == 2, 30, "the workers")
         for _ in range(kills):
             time.sleep(1.0)
@@ -131,10 +142,12 @@ def test_a_pipeline_loses_nothing_with_a_worker_killed_every_second(tmp_path: Pa
             rng.choice(alive).send_signal(signal.SIGKILL)
         assert run.wait() == 0, run.stderr
     assert run.stderr.count("killed by SIGKILL; restarting") == kills
-    [total] = run.results()
-    assert total == {"count": n, "sum": 2 * sum(range(n))}
+    results = run.results()
+    assert len(results) == n and sorted(results) == [2 * i for i in range(n)]
     summary = run.stderr.strip().splitlines()[-1]
-    assert f"pipeline 'chain' finished: {n} items" in summary and "duplicates dropped" in summary
+    assert f"pipeline 'chain' finished: {n} items" in summary
+    dropped = int(re.search(r"(\d+) duplicates dropped", summary).group(1))  # type: ignore
+    assert dropped > 0, summary  # the kills did make duplicates, and they were dropped
     print(f"\n{summary}")
 
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from seda import deadletter
 from tests.conftest import ROOT
-from tests.runkit import SedaRun, wait_for
+from tests.runkit import SedaRun, balanced, summary_counts, wait_for
 
 SERVICE = """
 name: told
@@ -98,20 +98,6 @@ def stop(run: SedaRun) -> str:
     run.signal(signal.SIGTERM)
     assert run.wait(30) == 0, run.stderr
     return run.stderr
-
-
-def summary_counts(stderr: str) -> dict[str, int]:
-    """The service summary's figures: {'requests': n, 'responses': n, ...}."""
-    line = next(ln for ln in stderr.splitlines() if "stopped after draining" in ln)
-    figures = line.split(": ", 2)[2]
-    return {part.split(" ", 1)[1].replace(" ", "_"): int(part.split(" ", 1)[0])
-            for part in figures.split(", ")}
-
-
-def balanced(stderr: str) -> None:
-    """Every request the service read got exactly one answer (the summary's books)."""
-    c = summary_counts(stderr)
-    assert c["requests"] == c["responses"] + c["rejected"] + c["timeouts"] + c["failed"], c
 
 
 # ---------------------------------------------------------------- frames over the size limit

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 from seda.plan import Plan
-from tests.runkit import SedaRun, wait_for
+from tests.runkit import SedaRun, live_descendants, wait_for
 from tests.test_run_service import web
 
 
@@ -148,7 +148,7 @@ def test_a_sigterm_to_the_whole_process_group_stops_every_model_once(tmp_path: P
 
 def test_seda_plan_prints_the_processes_and_starts_nothing(root: Path) -> None:
     shop = str(root / "graphs" / "shop.yaml")
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    before = live_descendants()
     text = subprocess.run([sys.executable, "-m", "seda.cli", "plan", shop, "--model", "mp",
                            "--processes", "9"], capture_output=True, text=True, timeout=60)
     assert text.returncode == 0, text.stderr
@@ -168,4 +168,4 @@ def test_seda_plan_prints_the_processes_and_starts_nothing(root: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith(f"{root / 'graphs' / 'pipeline.yaml'}: model: model 'symped' "
                                  f"runs services")
-    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+    assert live_descendants() <= before
