@@ -10,6 +10,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,39 @@ def balanced(stderr: str) -> dict[str, int]:
     c = summary_counts(stderr)
     assert c["requests"] == c["responses"] + c["rejected"] + c["timeouts"] + c["failed"], c
     return c
+
+
+class Stream:
+    """A socket's one buffered reader, handed to every HTTPResponse in turn (which closes
+    what it was given once its body is read: here, that does nothing), so responses to
+    pipelined requests are read one after another from the same bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.file = sock.makefile("rb")
+
+    def makefile(self, *_args: Any, **_kw: Any) -> Stream:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+    def close(self) -> None:
+        pass
+
+
+def pipelined(port: int, requests: list[bytes], timeout: float = 20
+              ) -> list[tuple[int, bytes]]:
+    """Send `requests` (raw HTTP) in one write; read exactly one response per request, in
+    order: (status, body). Fails on a close or a timeout before every answer is in."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"".join(requests))
+        stream = Stream(sock)
+        out = []
+        for _ in requests:
+            response = http.client.HTTPResponse(stream)  # type: ignore[arg-type]
+            response.begin()
+            out.append((response.status, response.read()))
+        return out
 
 
 class SedaRun:

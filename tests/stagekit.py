@@ -227,3 +227,14 @@ class Leak:
     def handle(self, request: dict[str, Any], ctx: Any) -> str:
         self.kept.append(os.urandom(int(ctx.options.get("kb", 1024)) << 10))
         return f"{os.getpid()} {len(self.kept) * int(ctx.options.get('kb', 1024)) >> 10}"
+
+
+def hold(x: int, ctx: Any) -> int:
+    """Double; item `hold`, the first time it runs, writes this worker's pid to the file
+    `mark`, then takes `seconds` (so a test knows which worker holds it, and kills that one);
+    run again, it is as quick as the others."""
+    if x == ctx.options.get("hold") and not os.path.exists(ctx.options["mark"]):
+        with open(ctx.options["mark"], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(float(ctx.options.get("seconds", 5.0)))
+    return x * 2

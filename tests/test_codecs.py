@@ -43,8 +43,9 @@ def test_http_chunked_body() -> None:
     (b"GET / HTTP/1.1\r\nContent-Length: 100\r\n\r\n", 413),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n80\r\n" + b"a" * 128, 413),
     (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 600 + b"\r\n\r\n", 431),
+    (b"GET /" + b"p" * 600 + b" HTTP/1.1\r\n\r\n", 431),  # the request target is head
     (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400),
-])
+], ids=["method", "length", "chunked", "header", "target", "upgrade"])
 def test_http_faults_have_statuses(data: bytes, status: int) -> None:
     with pytest.raises(ProtocolError) as caught:
         http(max_request_bytes=64, max_header_bytes=512).feed(data)

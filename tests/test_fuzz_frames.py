@@ -4,7 +4,6 @@ shape or a ProtocolError, and a live worker counts the bad frame and goes on wor
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -68,13 +67,61 @@ def body(data: st.DataObject, kind: bytes) -> bytes:
     return mutate(data, e.pack(VALID.get(kind)))
 
 
+def _ints(v: Any) -> bool:
+    return type(v) is list and all(type(x) is int for x in v)
+
+
+def _envelope(v: Any) -> bool:
+    """[id, origin, attempt, deadline, payload, request, born], each of its type (what the
+    stage core and the dispatcher index and compute with)."""
+    return (type(v) is list and len(v) == 7 and type(v[0]) is int and type(v[1]) is str
+            and type(v[2]) is int and type(v[3]) in (int, float) and type(v[5]) is int
+            and type(v[6]) is int)
+
+
+def _result_rows(rows: Any) -> bool:
+    return type(rows) is list and all(
+        type(r) is list and len(r) in (3, 4) and type(r[0]) is int and type(r[2]) is int
+        and (len(r) == 3 or type(r[3]) is str) for r in rows)
+
+
+# what each decoder promises about what it returns: written here, apart from the decoders,
+# so that a decoder that stops checking a field is caught
+SHAPES: dict[bytes, Callable[[Any], bool]] = {
+    e.DATA: lambda d: (type(d) is tuple and type(d[0]) is str and type(d[1]) is list
+                       and all(map(_envelope, d[1])) and type(d[2]) is int and d[2] >= 0),
+    e.ACK: lambda d: type(d) is tuple and _ints(d[0]) and _ints(d[1]),
+    e.CREDIT: lambda d: type(d) is tuple and type(d[0]) is int and d[0] >= 0
+    and type(d[1]) is int,
+    e.FAIL: lambda d: type(d) is list and all(
+        type(r) is list and [type(x) for x in r] == [int, str, str] for r in d),
+    e.RESULT: lambda d: (type(d) is tuple and _result_rows(d[0]) and _result_rows(d[1])
+                         and _ints(d[2])),
+    e.LOST: lambda d: type(d) is list and all(
+        type(r) is list and [type(x) for x in r] == [int, str, int] for r in d),
+    e.CONTROL: lambda d: type(d) is dict and type(d.get("op")) is str,
+}
+
+
+def typed_data(data: st.DataObject) -> bytes:
+    """A DATA body of the right structure whose envelope fields hold values of any type --
+    what a peer with a bug would send, and what must never reach the stage core."""
+    field = values | st.integers(0, 1 << 40)
+    envs = data.draw(st.lists(st.lists(field, min_size=7, max_size=7), min_size=1, max_size=3))
+    return e.pack(["normalize", envs, data.draw(st.integers(-2, 5))])
+
+
 @pytest.mark.parametrize("kind", sorted(DECODERS))
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_a_decoder_gives_its_shape_or_a_protocol_error(kind: bytes, data: st.DataObject
                                                        ) -> None:
-    with contextlib.suppress(ProtocolError):
-        DECODERS[kind](body(data, kind), LIMIT)
+    raw = typed_data(data) if kind == e.DATA and data.draw(st.booleans()) else body(data, kind)
+    try:
+        decoded = DECODERS[kind](raw, LIMIT)
+    except ProtocolError:
+        return
+    assert SHAPES[kind](decoded), decoded
 
 
 @pytest.mark.parametrize("kind", sorted(DECODERS))
@@ -116,15 +163,36 @@ def test_a_worker_counts_bad_frames_and_keeps_working(worker: Worker, kind: byte
     usual = SENDS.get(kind, "tokenize.0")
     sender = data.draw(st.sampled_from([usual] * 4 + STRANGERS)).encode(
         "utf-8", "surrogateescape")
-    frames = [sender, kind, body(data, kind)][:data.draw(st.sampled_from([3, 3, 3, 2, 1]))]
+    raw = typed_data(data) if kind == e.DATA and data.draw(st.booleans()) else body(data, kind)
+    frames = [sender, kind, raw][:data.draw(st.sampled_from([3, 3, 3, 2, 1]))]
     frames += [b"extra"] * data.draw(st.sampled_from([0, 0, 0, 1]))
     before = worker.counters["malformed"]
     worker.take(frames)  # must not raise
-    if len(frames) != 3:
-        assert worker.counters["malformed"] == before + 1
-    worker.step()
-    worker.flush()
+    if bad_frame(frames):  # whatever else, a frame that cannot be read is counted
+        assert worker.counters["malformed"] == before + 1, frames
+    worker.step()  # and what was taken runs without an error (a wrongly typed envelope
+    worker.flush()  # that got past the decoder would raise here)
     assert worker.running
+
+
+def bad_frame(frames: list[bytes]) -> bool:
+    """A frame no worker can read: wrong part count, a sender that is not UTF-8, a kind that
+    does not exist, a body its kind's decoder rejects."""
+    if len(frames) != 3:
+        return True
+    sender, kind, raw = frames
+    try:
+        sender.decode()
+    except UnicodeDecodeError:
+        return True
+    if kind not in VALID:
+        return True
+    if kind in DECODERS:
+        try:
+            DECODERS[kind](raw, LIMIT)
+        except ProtocolError:
+            return True
+    return False
 
 
 def test_after_the_fuzz_a_good_frame_is_still_run(worker: Worker) -> None:

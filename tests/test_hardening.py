@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from seda import deadletter
 from tests.conftest import ROOT
-from tests.runkit import SedaRun, balanced, summary_counts, wait_for
+from tests.runkit import SedaRun, Stream, balanced, pipelined, summary_counts, wait_for
 
 SERVICE = """
 name: told
@@ -50,39 +50,6 @@ settings:
 
 def service(model: str = "seda", limit: int = 1 << 20) -> str:
     return SERVICE.format(model=model, limit=limit)
-
-
-class _Stream:
-    """A socket's one buffered reader, handed to every HTTPResponse in turn (which closes
-    what it was given once its body is read: here, that does nothing), so responses to
-    pipelined requests are read one after another from the same bytes."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.file = sock.makefile("rb")
-
-    def makefile(self, *_args: Any, **_kw: Any) -> _Stream:
-        return self
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.file, name)
-
-    def close(self) -> None:
-        pass
-
-
-def pipelined(port: int, requests: list[bytes], timeout: float = 20
-              ) -> list[tuple[int, bytes]]:
-    """Send `requests` (raw HTTP) in one write; read exactly one response per request, in
-    order: (status, body). Fails on a close or a timeout before every answer is in."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(b"".join(requests))
-        stream = _Stream(sock)
-        out = []
-        for _ in requests:
-            response = http.client.HTTPResponse(stream)  # type: ignore[arg-type]
-            response.begin()
-            out.append((response.status, response.read()))
-        return out
 
 
 def post(path: str, body: bytes) -> bytes:
@@ -418,7 +385,7 @@ def test_a_call_past_its_timeout_is_answered_504_and_its_worker_replaced(
             time.sleep(0.2)  # (the hangs are in the workers' hands before the others come)
             answers = [fetch(port, "/pid") for _ in range(10)]
             for sock in (a, b):
-                stream = _Stream(sock)
+                stream = Stream(sock)
                 for _ in range(2):
                     response = http.client.HTTPResponse(stream)  # type: ignore[arg-type]
                     response.begin()
@@ -463,7 +430,7 @@ def test_a_call_stuck_holding_the_gil_is_ended_from_outside(tmp_path: Path) -> N
             sock.sendall(get("/redos"))
             time.sleep(0.2)
             answers = [fetch(port, "/pid", timeout=10)[0] for _ in range(5)]
-            response = http.client.HTTPResponse(_Stream(sock))  # type: ignore[arg-type]
+            response = http.client.HTTPResponse(Stream(sock))  # type: ignore[arg-type]
             response.begin()
             assert response.status in (500, 504)
         assert answers == [200] * 5

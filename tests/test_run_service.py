@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.runkit import SedaRun, wait_for
+from tests.runkit import SedaRun, Stream, balanced, wait_for
 
 WEB = """
 name: web
@@ -50,8 +51,11 @@ def stop(run: SedaRun) -> None:
     assert code == 0 and "stopped after draining" in run.stderr, (code, run.stderr)
 
 
-def raw(port: int, data: bytes, wait: float = 3.0) -> bytes:
-    """Send `data`, read until the server closes or `wait` seconds pass."""
+def raw(port: int, data: bytes, wait: float = 3.0, closes: bool = True) -> bytes:
+    """Send `data`, read until the server closes the connection (a reset counts as a close:
+    it is how a refused connection may end). If it has not closed within `wait` seconds the
+    check fails -- a hang is not a close -- unless `closes` is False: then whatever came in
+    `wait` seconds is returned (for a connection the server keeps open)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(data)
         s.settimeout(wait)
@@ -59,9 +63,22 @@ def raw(port: int, data: bytes, wait: float = 3.0) -> bytes:
         try:
             while chunk := s.recv(65536):
                 out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass  # a reset is how a refused connection may end; the bytes so far count
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            if closes:
+                raise AssertionError(f"the server neither answered in full nor closed within "
+                                     f"{wait} s; got {out[:300]!r}") from None
     return out
+
+
+def server_read_all(port: int) -> bool:
+    """True once the server holds connections on `port` and has read everything sent on
+    them (`ss`: an empty receive queue on each of its sockets)."""
+    done = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+                          capture_output=True, text=True, timeout=10)
+    queues = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+    return bool(queues) and all(q == "0" for q in queues)
 
 
 def test_keep_alive_and_statuses_with_http_client(tmp_path: Path) -> None:
@@ -120,12 +137,17 @@ def test_malformed_request_gets_400_and_others_are_still_served(tmp_path: Path) 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"POST /echo HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", b"413"),
     (b"GET / HTTP/1.1\r\nX-Big: " + b"x" * 3000 + b"\r\n\r\n", b"431"),
-])
+    (b"GET /" + b"p" * (1 << 20) + b" HTTP/1.1\r\n\r\n", b"431"),  # the request target
+], ids=["body", "header", "target"])
 def test_size_limits(tmp_path: Path, request_bytes: bytes, status: bytes) -> None:
+    """Each answered at once with its status, the connection closed, nothing run (the
+    graph's limits: 4 KiB of body, 2 KiB of head -- the request target counts as head)."""
     run, port = serve(tmp_path, web())
     with run:
-        assert raw(port, request_bytes).startswith(b"HTTP/1.1 " + status)
+        answer = raw(port, request_bytes)
+        assert answer.startswith(b"HTTP/1.1 " + status) and answer.count(b"HTTP/1.1") == 1
         stop(run)
+        assert "0 responses" in run.stderr  # the handler never ran
 
 
 def test_slow_client_gets_408_while_others_are_served(tmp_path: Path) -> None:
@@ -289,7 +311,7 @@ def test_acceptor_restart_keeps_the_port(tmp_path: Path) -> None:
 def test_line_protocol(tmp_path: Path, root: Path) -> None:
     run, port = serve(tmp_path, (root / "graphs" / "echo.yaml").read_text())
     with run:
-        assert raw(port, b"hello\nworld\n", wait=1.0) == b"hello\nworld\n"
+        assert raw(port, b"hello\nworld\n", wait=1.0, closes=False) == b"hello\nworld\n"
         stop(run)
 
 
@@ -322,16 +344,21 @@ def test_listening_line_names_graph_and_model(tmp_path: Path) -> None:
         assert time.monotonic() - started < 10
 
 
-def test_a_thousand_keep_alive_connections(root: Path) -> None:
-    """The CI-sized smoke of tools/check_connections.py (10,000 is reported in docs)."""
+def test_ten_thousand_keep_alive_connections(root: Path) -> None:
+    """What the docs claim, at the size they claim it: 10,000 concurrent keep-alive
+    connections, every one answered, a new client still served, and the acceptor's memory
+    per connection within 8 KiB (measured: 3.8-3.9 KiB) -- tools/check_connections.py."""
     import sys
 
-    done = subprocess.run([sys.executable, "tools/check_connections.py", "1000"], cwd=root,
+    done = subprocess.run([sys.executable, "tools/check_connections.py", "10000"], cwd=root,
                           capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
-    assert "1000 concurrent keep-alive connections, 1000 answered 200" in done.stdout
+    assert "10000 concurrent keep-alive connections, 10000 answered 200" in done.stdout
     assert "a new client is served: b'hello, late\\n'" in done.stdout
+    per_connection = float(re.search(r"([\d.]+) KiB per connection", done.stdout)
+                           .group(1))  # type: ignore[union-attr]
+    assert per_connection <= 8.0, done.stdout
 
 
 def test_reuseport_lets_another_socket_share_the_port(tmp_path: Path) -> None:
@@ -431,8 +458,9 @@ def test_admission_by_response_time_sheds_load_with_503_and_retry_after(
         assert figures["statuses"].get("503", 0) > 100, figures
         assert figures["statuses"].get("200", 0) > 100, figures
         # without admission the entry queue (bound 1024) fills at ~100/s: answers wait for
-        # seconds; with it, the p90 of the 200s stays within a few times the 100 ms target
-        assert figures["ok_p90_ms"] < 1000, figures
+        # seconds; with it, the p90 of the 200s holds the 100 ms target (67 ms in three runs
+        # on the 2-core machine; the bound leaves room for a loaded one)
+        assert figures["ok_p90_ms"] < 250, figures
         with socket.create_connection(("127.0.0.1", port)) as s:  # while it is still cut
             s.sendall(b"GET /x HTTP/1.1\r\n\r\n" * 50)
             s.settimeout(5)
@@ -661,5 +689,42 @@ def test_an_acceptor_restarted_while_the_run_drains_takes_no_new_work(tmp_path: 
         wait_for(new_acceptor_ready, 15, "the new acceptor to report")
         time.sleep(0.3)
         assert not raw(port, b"GET /new HTTP/1.1\r\nConnection: close\r\n\r\n",
-                       wait=2).endswith(b"GET /new")
+                       wait=2, closes=False).endswith(b"GET /new")
         assert run.wait(30) == 0 and "stopped after draining" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("model", ["seda", "amped", "sped", "symped", "mp"])
+def test_a_drain_answers_every_request_in_flight(tmp_path: Path, model: str) -> None:
+    """SIGTERM while six requests are in flight (read by the server, pipelined on one
+    connection): each is answered, by its own reply, in order, before the run ends -- and
+    the summary's books balance. (A drain that dropped what was in flight passed every
+    service test before.)"""
+    run = SedaRun(tmp_path, web(workers=3), "--listen", "127.0.0.1:0", "--model", model,
+                  *(["--processes", "2"] if model in ("symped", "mp") else []))
+    port = run.port()
+    with run:
+        answers: list[tuple[int, bytes]] = []
+        sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        sock.sendall(b"".join(f"GET /sleep?s=0.{3 + i % 3} HTTP/1.1\r\nHost: t\r\n\r\n"
+                              .encode() for i in range(6)))
+
+        def read() -> None:
+            stream = Stream(sock)
+            for _ in range(6):
+                response = http.client.HTTPResponse(stream)  # type: ignore[arg-type]
+                response.begin()
+                answers.append((response.status, response.read()))
+
+        reading = threading.Thread(target=read)
+        reading.start()
+        # the six are read by the server once the kernel holds none of their bytes (under
+        # sped the acceptor's own figures wait until its loop is done with the handlers)
+        wait_for(lambda: server_read_all(port), 10, "the requests to be read")
+        run.signal(signal.SIGTERM)
+        reading.join(30)
+        sock.close()
+        assert answers == [(200, b"slept")] * 6, answers
+        assert run.wait(30) == 0, run.stderr
+        if model != "mp":  # (mp's connection processes count their own figures)
+            counts = balanced(run.stderr)
+            assert counts["responses"] == 6, counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +157,39 @@ def test_the_batching_controller_shrinks_the_window_under_a_light_load(
         assert all(1 <= w <= 32 for w in windows()), windows()
         run.signal(signal.SIGTERM)
         assert run.wait(30) == 0, run.stderr
+
+
+STARVED = """
+name: starved
+source:
+  handler: stagekit:forever
+  to: [double]
+  options: {gap: 0}
+stages:
+  double:
+    handler: stagekit:double
+    prefetch: 1
+    batching: {min: 1, max: 256, period: 0.25}
+    to: [collect]
+  collect:
+    handler: stagekit:Collect
+    sink: true
+"""
+
+
+def test_the_batching_controller_grows_a_window_its_senders_cannot_feed(
+        tmp_path: Path) -> None:
+    """A source far faster than a window of 1 lets it feed its worker: the source holds
+    work back for lack of credit and says so in its frames, the worker has time to spare, so
+    its window grows (doubling each period) -- in a real run, not the simulated one."""
+    with SedaRun(tmp_path, STARVED) as run:
+        def window() -> int:
+            rows = [r for r in run.status()["workers"] if r["pool"] == "double"]
+            return int(rows[0]["window"]) if rows else 0
+
+        wait_for(lambda: window() >= 16, 20, "the window to grow from 1")
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 128 + signal.SIGTERM, run.stderr
+    read = int(re.search(r"interrupted: (\d+) items", run.stderr).group(1))  # type: ignore
+    [total] = run.results()
+    assert total == {"count": read, "sum": 2 * sum(range(read))}

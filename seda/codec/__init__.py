@@ -27,6 +27,10 @@ class Codec(Protocol):
         """True while a request has started arriving but is not complete (header timeout)."""
         ...
 
+    def held(self) -> int:
+        """Bytes of a request still arriving that the codec holds (bounded by its limits)."""
+        ...
+
 
 class Buffered:
     """Base of the byte-buffer codecs (line, length, resp): one `feed` that keeps the requests
@@ -52,6 +56,9 @@ class Buffered:
 
     def partial(self) -> bool:
         return bool(self.buffer)
+
+    def held(self) -> int:
+        return len(self.buffer)
 
 
 BAD_REPLY = ProtocolError("the handler's reply could not be sent", 500)

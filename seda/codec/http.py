@@ -122,6 +122,11 @@ class HttpCodec:
     def partial(self) -> bool:
         return self.started
 
+    def held(self) -> int:
+        """The head and body bytes of the request being read (httptools itself keeps no
+        more than a header's worth)."""
+        return self.header_bytes + self.body_bytes if self.started else 0
+
     def encode(self, reply: Any, request: Any) -> tuple[bytes, bool]:
         close = not request.get("keep_alive", True)
         parts = _remembered(reply, close)
