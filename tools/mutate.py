@@ -27,9 +27,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from collections import Counter
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 STATES = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault")
