@@ -30,8 +30,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import tomllib
-
 ROOT = Path(__file__).resolve().parent.parent
 STATES = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault")
 
@@ -127,7 +125,9 @@ def main() -> int:
             [sys.executable, "-m", "mutmut", "--help"], capture_output=True).returncode != 0:
         print("mutate: mutmut is not installed (pip install -e '.[dev]')", file=sys.stderr)
         return 2
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    tests = re.search(r"(?m)^pytest_add_cli_args_test_selection = \[([^\]]*)\]",
+                      (ROOT / "pyproject.toml").read_text())
+    tested = tests.group(1).replace('"', "") if tests else "?"
     work = Path(tempfile.mkdtemp(prefix="seda-mutate-"))
     try:
         tree = work / "tree"
@@ -152,9 +152,9 @@ def main() -> int:
         print("\n".join(lines))
         survivors = sorted(m for m, s in states.items() if s in ("survived", "no tests"))
         if args.report:
-            body = [f"`python tools/mutate.py{' ' + ' '.join(args.modules) if args.modules else ''}`"
-                    f" (mutmut; tests: {', '.join(config['pytest_add_cli_args_test_selection'])})",
-                    "", *lines, "", "Survivors:", ""]
+            command = " ".join(["python tools/mutate.py", *args.modules])
+            body = [f"`{command}` (mutmut; tests: {tested})", "", *lines, "", "Survivors:",
+                    ""]
             changes = diffs(tree, survivors)
             body += [f"- `{m}` ({states[m]}): `{changes[m]}`" for m in survivors]
             Path(args.report).write_text("\n".join(body) + "\n")
