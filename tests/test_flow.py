@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from seda.envelope import ATTEMPT, ID
 from seda.flow import Dispatcher, SeenIds, Tracker
 
@@ -258,3 +260,230 @@ def test_seen_ids_window() -> None:
     assert not seen.first_time(1)
     assert seen.first_time(3)  # 1 falls out of the window
     assert seen.first_time(1)
+
+
+# ---------------------------------------------------------------- the details mutation testing
+# found unguarded (tools/mutate.py): each test below fails under a change no other test saw
+
+
+def by_stage(d: Dispatcher) -> None:
+    """A stage-dependent attempt budget: 'a' gets 1, 'b' gets 3 (so code that asks for the
+    wrong stage's budget is caught)."""
+    d.max_attempts = {"a": 1, "b": 3}.__getitem__
+
+
+def test_counters_and_views_of_a_dispatcher() -> None:
+    d, _ = make(workers=2)
+    assert (d.available(), d.backlog(), d.sent, d.waiting()) == (0, 0, 0, {})
+    d.grant("p.0", 3, pid=10)
+    d.grant("p.1", 2, pid=11)
+    assert d.available() == 5
+    for i in range(3):
+        d.submit("x", env(i))
+    d.submit("y", env(3))
+    assert d.waiting() == {"x": 3, "y": 1}
+    d.dispatch()
+    assert d.sent == 4 and d.available() == 1 and d.in_flight() == 4
+    d.submit("x", env(4))
+    d.dispatch()
+    assert d.sent == 5  # a running count, not the last batch's
+    d.down("p.0", pid=10)  # three suspects, plus what is queued
+    d.submit("x", env(5))
+    assert (len(d.queue), len(d.suspects), d.backlog()) == (1, 3, 4)
+    assert d.waiting() == {"x": 4}  # queued and suspects alike (y is at p.1)
+
+
+def test_a_worker_with_one_credit_left_still_gets_work() -> None:
+    d, _ = make(workers=2)
+    d.grant("p.0", 3, pid=10)
+    d.grant("p.1", 1, pid=11)
+    for i in range(4):
+        d.submit("s", env(i))
+    out = sent_ids(d.dispatch())
+    assert sorted(out["p.0"] + out["p.1"]) == [0, 1, 2, 3] and not d.queue
+
+
+def test_idle_workers_take_turns() -> None:
+    d, _ = make(workers=2)
+    d.grant("p.0", 4, pid=10)
+    d.grant("p.1", 4, pid=11)
+    got = []
+    for i in range(4):
+        d.submit("s", env(i))
+        [(worker, [msg])] = sent_ids(d.dispatch()).items()
+        d.done(worker, [msg])
+        got.append(worker)
+    assert got == ["p.0", "p.1", "p.0", "p.1"]
+
+
+def test_suspects_leave_one_free_worker_while_the_dead_one_comes_back() -> None:
+    """Four workers, one dies holding three: the three live ones are idle; suspects go out
+    one per worker, alone, but the last free worker is kept for normal work."""
+    d, _ = make(workers=4)
+    for i in range(4):
+        d.grant(f"p.{i}", 4, pid=10 + i)
+    for i in range(3):
+        d.submit("s", env(i))
+    d.links["p.1"].up = d.links["p.2"].up = d.links["p.3"].up = False
+    assert sent_ids(d.dispatch()) == {"p.0": [0, 1, 2]}
+    for i in (1, 2, 3):
+        d.links[f"p.{i}"].up = True
+    d.down("p.0", pid=10)
+    out = sent_ids(d.dispatch())
+    assert sorted(len(ids) for ids in out.values()) == [1, 1], out
+    assert len(d.suspects) == 1
+    assert sum(lk.isolated for lk in d.links.values()) == 2
+    free = [lk for lk in d.links.values() if lk.up and not lk.isolated]
+    assert len(free) == 1 and not free[0].pending
+
+
+def test_receipts_for_unknown_messages_or_workers_are_ignored() -> None:
+    d, clock = make(workers=1)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(1))
+    d.dispatch()
+    rtt = d.rtt
+    assert d.done("nobody", [1]) == 0
+    assert d.done("p.0", [99, 1, 98]) == 1  # only the one it holds
+    assert d.failed("nobody", 1, "e", "t") is None
+    assert d.failed("p.0", 99, "e", "t") is None
+    d.forget("p.0", 99)
+    d.forget("nobody", 1)
+    assert d.rtt == pytest.approx(0.9 * rtt)  # the sample: sent and done at the same instant
+    d.submit("s", env(2))
+    d.dispatch()
+    clock.now += 1.0
+    d.done("p.0", [2])
+    assert d.rtt == pytest.approx(0.9 * 0.9 * rtt + 0.1 * 1.0)
+
+
+def test_failures_are_charged_against_their_own_stage() -> None:
+    d, _ = make(workers=1)
+    by_stage(d)
+    d.grant("p.0", 8, pid=10)
+    d.submit("a", env(1))
+    d.submit("b", env(2))
+    d.dispatch()
+    letter = d.failed("p.0", 1, "a: boom", "tb-a")
+    assert letter is not None
+    assert (letter.stage, letter.env[ID], letter.error, letter.traceback) == (
+        "a", 1, "a: boom", "tb-a")
+    assert d.failed("p.0", 2, "b: boom", "tb-b") is None  # b has attempts left
+
+
+def test_a_grant_without_a_pid_or_with_the_same_one_changes_nothing_held() -> None:
+    d, _ = make(workers=1)
+    d.grant("p.0", 4)  # no pid known yet
+    d.grant("p.0", 4, pid=10)  # the first pid: not a new incarnation
+    d.submit("s", env(1))
+    d.dispatch()
+    assert d.grant("p.0", 8) == [] and d.grant("p.0", 8, pid=10) == []
+    assert d.in_flight() == 1 and not d.suspects and d.links["p.0"].window == 8
+
+
+def test_down_without_a_pid_takes_the_worker_down() -> None:
+    d, _ = make(workers=1)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(1))
+    d.dispatch()
+    d.down("p.0")
+    link = d.links["p.0"]
+    assert (link.up, link.window, link.isolated, len(link.pending)) == (False, 0, False, 0)
+    assert [e[ID] for _, e in d.suspects] == [1]
+
+
+def test_down_with_culprits_fails_them_and_sends_the_rest_again_uncharged() -> None:
+    d, _ = make(workers=1)
+    d.grant("p.0", 8, pid=10)
+    for i in (1, 2, 3, 4):
+        d.submit("s", env(i))
+    d.dispatch()
+    letters = d.down("p.0", pid=10, culprits={2, 4}, why="ran over")
+    assert [(lt.stage, lt.env[ID], lt.error, lt.status) for lt in letters] == [
+        ("s", 2, "ran over", 504), ("s", 4, "ran over", 504)]
+    assert [e[ID] for _, e in d.queue] == [1, 3] and not d.suspects
+    assert [e[ATTEMPT] for _, e in d.queue] == [1, 1]
+    assert d.down("p.0", pid=10, culprits=set()) == []  # (nothing held any more)
+    d.grant("p.0", 8, pid=11)
+    d.dispatch()
+    [letter] = d.down("p.0", pid=11, culprits={1})
+    assert letter.error == ""
+
+
+def test_a_suspect_alone_is_charged_by_its_own_stage_budget() -> None:
+    d, _ = make(workers=1)
+    by_stage(d)
+    d.grant("p.0", 4, pid=10)
+    d.submit("a", env(1))
+    d.submit("b", env(2))
+    d.dispatch()
+    d.down("p.0", pid=10)
+    d.grant("p.0", 4, pid=11)
+    assert sent_ids(d.dispatch()) == {"p.0": [1]}  # suspects go out in their order
+    [letter] = d.down("p.0", pid=11)  # a: 1 attempt
+    assert (letter.stage, letter.env[ID]) == ("a", 1)
+    for pid in (12, 13):
+        d.grant("p.0", 4, pid=pid)
+        assert sent_ids(d.dispatch()) == {"p.0": [2]}
+        assert d.down("p.0", pid=pid) == []  # b: 3 attempts
+    d.grant("p.0", 4, pid=14)
+    d.dispatch()
+    [letter] = d.down("p.0", pid=14)
+    assert (letter.stage, letter.env[ID], letter.env[ATTEMPT]) == ("b", 2, 4)
+
+
+def test_bounced_messages_are_charged_by_their_own_stage() -> None:
+    d, _ = make(workers=1)
+    by_stage(d)
+    d.grant("p.0", 4, pid=10)
+    d.submit("a", env(1))
+    d.submit("b", env(2))
+    d.dispatch()
+    [letter] = d.bounced("p.0")
+    assert (letter.stage, letter.env[ID]) == ("a", 1)
+    assert [(s, e[ID]) for s, e in d.queue] == [("b", 2)]
+
+
+def test_a_worker_is_stalled_only_past_its_limit() -> None:
+    d, clock = make(workers=1)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(1))
+    d.dispatch()
+    limit = max(d.STALL_FLOOR, d.STALL_FACTOR * d.rtt)
+    clock.now += limit
+    assert not d.stalled(d.links["p.0"], clock.now)
+    clock.now += 0.001
+    assert d.stalled(d.links["p.0"], clock.now)
+
+
+def test_an_unreachable_worker_offers_no_credit_and_keeps_suspects_apart() -> None:
+    d, _ = make(workers=2)
+    d.grant("p.0", 4, pid=10)
+    d.grant("p.1", 4, pid=11)
+    d.submit("s", env(1))
+    d.submit("s", env(2))
+    d.links["p.1"].up = False
+    d.dispatch()
+    d.down("p.0", pid=10)
+    d.links["p.1"].up = True
+    d.grant("p.0", 4, pid=12)
+    out = d.dispatch()  # a suspect, alone on a worker
+    [(worker, batch)] = [(w, b) for w, b in out.items() if len(b) == 1][:1]
+    assert d.links[worker].isolated
+    d.unreachable(worker, batch)
+    link = d.links[worker]
+    assert (link.up, link.isolated, link.available()) == (False, False, 0)
+    assert next(e[ID] for _, e, _ in batch) in [e[ID] for _, e in d.suspects]
+
+
+def test_tracker_groups_stay_apart_and_duplicates_in_flight_are_not_tracked_twice() -> None:
+    t = Tracker()
+    assert t.add("a.0", [1], [101]) == []
+    assert t.add("a.0", [2], [102]) == []
+    assert t.add("a.0", [3], [103]) == []
+    assert t.add("b.0", [9], [101]) == [9]  # its only output is already tracked: done now
+    assert t.add("b.0", [8], [101, 104]) == []  # one new output: waits for that one
+    assert [g.inputs for g in t.received([999, 102])] == [[2]]  # (an unknown one first)
+    assert [g.inputs for g in t.received([104])] == [[8]]
+    assert [g.inputs for g in t.received([101, 103])] == [[1], [3]]
+    assert len(t) == 0

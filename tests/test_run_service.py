@@ -129,6 +129,8 @@ def test_malformed_request_gets_400_and_others_are_still_served(tmp_path: Path) 
         out = raw(port, b"GET /ok HTTP/1.1\r\n\r\nNOT HTTP\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 200 OK")
         assert b"HTTP/1.1 400 Bad Request" in out and b"connection: close" in out
+        # closed right after its 400 -- not later, by the slow-client sweep (a 408 too)
+        assert out.count(b"HTTP/1.1 ") == 2, out
         assert raw(port, b"GET /next HTTP/1.1\r\nConnection: close\r\n\r\n").endswith(
             b"GET /next")
         stop(run)

@@ -1,0 +1,149 @@
+"""Break the runtime on purpose, one line at a time, and check that the test suite notices.
+
+    python tools/breaks.py              # every break below
+    python tools/breaks.py drain-pipeline source-dedup     # some of them, by name
+
+Each break is a one-line change to seda's code that keeps a promise of the docs from being
+kept (a drain that drops its tail, a dead worker's messages dropped, a limit removed, ...),
+with the tests that guard that promise. The break is applied to a temporary copy of the tree
+and those tests are run against it: the break must make them fail. Prints CAUGHT or MISSED
+per break; exits 1 if any was missed. Every break here was missed by the suite once
+(docs/testing.md). Slow (each runs real processes): not part of the test suite.
+
+mutmut (tools/mutate.py) does the same for the pure modules, automatically; these are the
+promises that only real processes can show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Break:
+    name: str
+    file: str
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+BREAKS = [
+    Break("target-limit", "seda/codec/http.py",
+          "self.header_bytes += len(url)\n        if self.header_bytes > self.max_header:",
+          "self.header_bytes += len(url)\n        if False:",
+          ("tests/test_run_service.py::test_size_limits",
+           "tests/test_codecs.py::test_http_faults_have_statuses")),
+    Break("source-dedup", "seda/source.py",
+          "if not self.seen.first_time(msg_id):", "if False:",
+          ("tests/test_chaos.py::test_a_pipeline_loses_nothing_with_a_worker_killed_every_second",)),
+    Break("drain-pipeline", "seda/supervisor.py",
+          "            if self._quiet():\n                self.phase = \"finishing\"",
+          "            if self.phase == \"draining\" or self._quiet():\n"
+          "                self.phase = \"finishing\"",
+          ("tests/test_run_faults.py::test_sigterm_drains_and_exits",)),
+    Break("drain-service", "seda/supervisor.py",
+          "if self.spec.is_service and self._quiet():", "if self.spec.is_service:",
+          ("tests/test_run_service.py::test_a_drain_answers_every_request_in_flight",)),
+    Break("envelope-types", "seda/envelope.py",
+          "        if (type(msg_id) is not int or type(origin) is not str",
+          "        if False and (type(msg_id) is not int or type(origin) is not str",
+          ("tests/test_fuzz_frames.py",)),
+    Break("redelivery", "seda/flow.py",
+          "            self.suspects.appendleft((stage, env))",
+          "            pass  # (dropped)",
+          ("tests/test_run_faults.py::test_sigkill_of_a_worker_mid_run_loses_nothing",
+           "tests/test_chaos.py::test_a_worker_killed_every_second_under_load")),
+    Break("close-after-400", "seda/acceptor.py",
+          "self.answer_now(self.codec.error_reply(exc), close=True)",
+          "self.answer_now(self.codec.error_reply(exc), close=False)",
+          ("tests/test_run_service.py::test_malformed_request_gets_400_and_others_are_still_served",)),
+    Break("line-limit", "seda/codec/simple.py",
+          "        if len(buf) > self.limit:\n            raise ProtocolError(f\"line over",
+          "        if False:\n            raise ProtocolError(f\"line over",
+          ("tests/test_codecs.py::test_line_codec", "tests/test_fuzz_codecs.py")),
+    Break("memory-per-connection", "seda/acceptor.py",
+          "        self.eof = False  # the client half-closed",
+          "        self.eof, self.scratch = False, bytearray(1 << 16)  # the client half-closed",
+          ("tests/test_run_service.py::test_ten_thousand_keep_alive_connections",)),
+    Break("admission-off", "seda/acceptor.py",
+          "admission is not None and not admission.admit(mono, reserve, len(slots))):",
+          "False):",
+          ("tests/test_run_service.py::"
+           "test_admission_by_response_time_sheds_load_with_503_and_retry_after",)),
+    Break("batching-never-changes", "seda/control.py",
+          "return now_window if now_window != before else None",
+          "return None",
+          ("tests/test_scale.py::test_the_batching_controller_grows_a_window_its_senders_"
+           "cannot_feed",)),
+    Break("leftover-process", "seda/worker.py",
+          "        self.core.setup()\n",
+          "        self.core.setup()\n        __import__('subprocess').Popen(['sleep', '60'], "
+          "start_new_session=True)\n",
+          ("tests/test_run_pipeline.py::test_word_count_is_exact",)),
+]
+
+
+def copy_tree(into: Path) -> None:
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, into / name)
+
+
+def apply(tree: Path, brk: Break) -> None:
+    path = tree / brk.file
+    text = path.read_text()
+    if text.count(brk.old) != 1:
+        raise SystemExit(f"breaks: '{brk.name}': the line to break occurs "
+                         f"{text.count(brk.old)} times in {brk.file} (the code moved?)")
+    path.write_text(text.replace(brk.old, brk.new))
+
+
+def check(brk: Break) -> tuple[bool, str, float]:
+    """(caught, last lines of the run, seconds)."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="seda-break-") as work:
+        tree = Path(work)
+        copy_tree(tree)
+        apply(tree, brk)
+        env = {**os.environ, "PYTHONPATH": str(tree), **dict(brk.env)}
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                               "no:cacheprovider", *brk.tests], cwd=tree, env=env,
+                              capture_output=True, text=True, timeout=1800)
+    tail = "\n".join(done.stdout.strip().splitlines()[-3:])
+    return done.returncode != 0, tail, time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="breaks to try (default: all)")
+    args = parser.parse_args()
+    chosen = [b for b in BREAKS if not args.names or b.name in args.names]
+    missed = []
+    for brk in chosen:
+        caught, tail, seconds = check(brk)
+        print(f"{'CAUGHT' if caught else 'MISSED'}  {brk.name:<24} {seconds:5.0f} s  "
+              f"{brk.file}: {brk.new.strip().splitlines()[0][:60]}", flush=True)
+        if not caught:
+            missed.append(brk.name)
+            print("        " + tail.replace("\n", "\n        "), flush=True)
+    print(f"{len(chosen) - len(missed)} of {len(chosen)} breaks caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
