@@ -62,7 +62,7 @@ def bounded(rows: list[T], body_of: Callable[[list[T]], bytes], limit: int
     single row over the limit comes back alone with an empty body: the caller fails it (a
     frame over the limit would be dropped by its receiver, and its messages with it)."""
     body = body_of(rows)
-    if len(body) <= limit:
+    if len(body) <= limit or not rows:  # (nothing to split: an empty frame is the least)
         return [(rows, body)]
     if len(rows) == 1:
         return [(rows, b"")]

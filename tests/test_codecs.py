@@ -200,3 +200,212 @@ def test_resp_values() -> None:
     assert encode_value(None) == b"$-1\r\n"
     assert encode_value("hi") == b"$2\r\nhi\r\n"
     assert encode_value(["a", 1]) == b"*2\r\n$1\r\na\r\n:1\r\n"
+
+
+# ---------------------------------------------------------------- exact bytes (mutation testing
+# found what the tests above did not pin down: default types, dropped headers, reason phrases)
+
+GET = {"method": "GET", "keep_alive": True}
+GOLDEN: list[tuple[object, dict[str, object], bytes, bool]] = [
+    ({"json": {"a": [1, 2]}}, GET, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+     b"content-length: 13\r\n\r\n{\"a\": [1, 2]}", False),
+    ({"body": "h\u00e9"}, GET, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8"
+     b"\r\ncontent-length: 3\r\n\r\nh\xc3\xa9", False),
+    ({"body": b"\x00\x01"}, GET, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; "
+     b"charset=utf-8\r\ncontent-length: 2\r\n\r\n\x00\x01", False),
+    ({"status": 201}, GET, b"HTTP/1.1 201 Created\r\ncontent-type: text/plain; charset=utf-8"
+     b"\r\ncontent-length: 0\r\n\r\n", False),
+    ({"status": 200, "body": "x"}, GET, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; "
+     b"charset=utf-8\r\ncontent-length: 1\r\n\r\nx", False),
+    ({"status": 599, "body": "x"}, GET, b"HTTP/1.1 599 Unknown\r\ncontent-type: text/plain; "
+     b"charset=utf-8\r\ncontent-length: 1\r\n\r\nx", False),
+    ({"status": 200, "headers": {"X-Bin": b"\xe9", "Content-Length": "5", "Connection": "x",
+                                 "x-n": 7}, "body": "ab"}, GET,
+     b"HTTP/1.1 200 OK\r\nx-bin: \xe9\r\nx-n: 7\r\ncontent-type: text/plain; charset=utf-8\r\n"
+     b"content-length: 2\r\n\r\nab", False),
+    ({"a": 1}, GET, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 8"
+     b"\r\n\r\n{\"a\": 1}", False),
+    ({"body": "x"}, {"method": "GET"}, b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; "
+     b"charset=utf-8\r\ncontent-length: 1\r\n\r\nx", False),  # keep-alive unless it says so
+    ({"body": "x"}, {"method": "GET", "keep_alive": False}, b"HTTP/1.1 200 OK\r\ncontent-type:"
+     b" text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: 1\r\n\r\nx", True),
+    ({"status": 404, "headers": {"content-type": "text/html"}, "body": "<p>"}, GET,
+     b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 3\r\n\r\n<p>",
+     False),
+    ({"status": 200, "headers": {"x-a": "1"}}, GET, b"HTTP/1.1 200 OK\r\nx-a: 1\r\n"
+     b"content-type: text/plain; charset=utf-8\r\ncontent-length: 0\r\n\r\n", False),
+]
+
+
+@pytest.mark.parametrize(("reply", "request_", "out", "close"), GOLDEN)
+def test_http_replies_byte_for_byte(reply: object, request_: dict[str, object], out: bytes,
+                                    close: bool) -> None:
+    for _ in range(2):  # made, then from the remembered heads
+        assert encode_reply(http(), reply, request_) == (out, close, "")
+
+
+def test_http_remembers_plain_heads_only_and_only_so_many() -> None:
+    import seda.codec.http as h
+
+    h._PREFIXES.clear()
+    http().encode({"status": 202, "headers": {"x-k": "v"}, "body": "b"}, GET)
+    assert (202, (("x-k", "v"),), False) in h._PREFIXES
+    http().encode({"status": 202, "headers": {"x-k": 1}, "body": "b"}, GET)
+    http().encode({"status": 202, "body": b"b"}, {"method": "GET", "keep_alive": False})
+    assert (202, (("x-k", 1),), False) not in h._PREFIXES  # not plain text: not shared
+    assert (202, (), True) in h._PREFIXES
+    for i in range(h._PREFIXES_MAX + 5):
+        http().encode({"status": 200, "headers": {"x-i": str(i)}, "body": ""}, GET)
+        assert len(h._PREFIXES) <= h._PREFIXES_MAX
+
+
+@pytest.mark.parametrize(("status", "ok"), [(200, True), (599, True), (199, False),
+                                            (600, False), (101, False)])
+def test_http_reply_statuses_from_200_to_599(status: int, ok: bool) -> None:
+    out, _close, why = encode_reply(http(), {"status": status, "body": ""}, GET)
+    assert out.startswith(b"HTTP/1.1 %d " % status if ok else b"HTTP/1.1 500 ")
+    assert (why == "") is ok
+
+
+@pytest.mark.parametrize(("status", "message", "out"), [
+    (503, "busy", b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8"
+     b"\r\nretry-after: 7\r\ncontent-length: 30\r\n\r\n503 Service Unavailable: busy\n"),
+    (500, "bad", b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; "
+     b"charset=utf-8\r\ncontent-length: 31\r\n\r\n500 Internal Server Error: bad\n"),
+    (599, "odd", b"HTTP/1.1 599 Unknown\r\ncontent-type: text/plain; charset=utf-8\r\n"
+     b"content-length: 15\r\n\r\n599 Error: odd\n"),
+    (400, "no", b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+     b"connection: close\r\ncontent-length: 20\r\n\r\n400 Bad Request: no\n"),
+])
+def test_http_error_replies_byte_for_byte(status: int, message: str, out: bytes) -> None:
+    assert http().error_reply(ProtocolError(message, status, 7)) == out
+
+
+def test_http_faults_say_what_was_wrong() -> None:
+    with pytest.raises(ProtocolError, match="^protocol upgrades are not supported$"):
+        http().feed(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+    with pytest.raises(ProtocolError, match="^malformed request: ") as caught:
+        http().feed(b"BREW /pot HTTP/1.1\r\n\r\n")
+    assert caught.value.status_hint == 400
+    codec = http()
+    assert not codec.partial() and codec.held() == 0
+    codec.feed(b"POST /p HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    assert codec.partial() and codec.held() > 3
+
+
+def test_http_header_values_as_bytes_are_latin_1_and_bad_header_types_are_named() -> None:
+    from seda.codec.http import status_and_headers
+
+    assert status_and_headers({"headers": {"X": b"caf\xe9"}}) == (200, {"x": "caf\u00e9"})
+    assert status_and_headers({}) == (200, {})
+    with pytest.raises(ValueError, match="^expected a mapping of headers, got list$"):
+        status_and_headers({"headers": [1]})
+    with pytest.raises(ValueError, match="^expected text or bytes for 'body', got int$"):
+        encode_reply_raising({"body": 5})
+
+
+def encode_reply_raising(reply: object) -> None:
+    http().encode(reply, GET)
+
+
+# ---------------------------------------------------------------- RESP, line, length: every fault
+# with its exact answer, and each limit exactly at and just past it
+
+@pytest.mark.parametrize(("data", "message", "status"), [
+    (b"*x\r\n", "expected a number for array length, got b'x'", 400),
+    (b"*70000\r\n", "array of 70000 items is not accepted", 400),
+    (b"*-2\r\n", "array of -2 items is not accepted", 400),
+    (b"*1\r\n:5\r\n", "expected a bulk string, got b':5'", 400),
+    (b"*1\r\n$x\r\n", "expected a number for bulk length, got b'x'", 400),
+    (b"*1\r\n$-1\r\n", "bulk string of -1 bytes is not accepted", 413),
+    (b"*1\r\n$300\r\n", "bulk string of 300 bytes is not accepted", 413),
+    (b"*1\r\n$1\r\nab\r\n", "bulk string not followed by CRLF", 400),
+])
+def test_resp_faults(data: bytes, message: str, status: int) -> None:
+    codec = RespCodec(Limits(max_request_bytes=256))
+    with pytest.raises(ProtocolError) as caught:
+        codec.feed(b"PING\r\n" + data)
+    assert (str(caught.value), caught.value.status_hint) == (message, status)
+    assert caught.value.requests == [["PING"]]  # what came before the fault is answered
+
+
+def test_resp_limits_exactly() -> None:
+    limit = 256
+    codec = RespCodec(Limits(max_request_bytes=limit))
+    assert codec.feed(b"*0\r\n*1\r\n$0\r\n\r\n") == [[""]]  # an empty array is no command
+    at = b"x" * limit
+    assert codec.feed(b"*1\r\n$%d\r\n%s\r\n" % (limit, at)) == [[at.decode()]]
+    head = b"*1\r\n$%d\r\n" % limit
+    partial = head + b"y" * (limit - len(head))  # a command still arriving, at the limit
+    assert codec.feed(partial) == [] and codec.held() == limit
+    with pytest.raises(ProtocolError, match=f"^request over {limit} bytes$") as caught:
+        codec.feed(b"y")
+    assert caught.value.status_hint == 413
+    line = RespCodec(Limits())
+    assert line.feed(b"P" * (64 * 1024)) == []  # an inline command of 64 KiB: waited for
+    with pytest.raises(ProtocolError, match="^line too long$") as caught:
+        line.feed(b"P")
+    assert caught.value.status_hint == 431
+    many = RespCodec(Limits())
+    args = b"*65536\r\n" + b"$0\r\n\r\n" * 65536
+    assert [len(c) for c in many.feed(args)] == [65536]  # MAX_ARGS is allowed
+
+
+def test_resp_inline_commands_start_anywhere() -> None:
+    codec = RespCodec(Limits())
+    assert codec.feed(b"\r\nPING\r\n  \r\nGET k\r\n") == [["PING"], ["GET", "k"]]
+    assert codec.feed(b"\r") == [] and codec.feed(b"\n") == []
+
+
+def test_resp_replies_and_errors_exactly() -> None:
+    codec = RespCodec(Limits())
+    assert codec.encode({"ok": "OK"}, ["SET"]) == (b"+OK\r\n", False)
+    assert codec.error_reply(ProtocolError("slow down", 503)) == b"-BUSY slow down\r\n"
+    assert codec.error_reply(ProtocolError("bad\r\nthing", 400)) == b"-ERR bad  thing\r\n"
+    assert codec.error_reply(ProtocolError("late", 504)) == b"-ERR late\r\n"
+    assert encode_value(True) == b":1\r\n" and encode_value(False) == b":0\r\n"
+    assert encode_value({"error": "WRONGTYPE no"}) == b"-WRONGTYPE no\r\n"
+    assert encode_value({"error": "Wrong"}) == b"-ERR Wrong\r\n"
+    assert encode_value({"x": 1}) == b"$8\r\n{'x': 1}\r\n"
+    assert encode_value("error") == b"$5\r\nerror\r\n"
+    assert encode_value(b"\xff") == b"$1\r\n\xff\r\n"
+    assert encode_value((1, "a")) == b"*2\r\n:1\r\n$1\r\na\r\n"
+
+
+def test_line_limits_and_faults_exactly() -> None:
+    codec = LineCodec(Limits(max_request_bytes=64))
+    assert codec.feed(b"\nab\r\n" + b"x" * 64 + b"\n") == ["", "ab", "x" * 64]
+    assert codec.feed(b"y" * 64) == [] and codec.held() == 64  # still arriving, at the limit
+    with pytest.raises(ProtocolError, match="^line over 64 bytes$") as caught:
+        codec.feed(b"y")
+    assert caught.value.status_hint == 413
+    with pytest.raises(ProtocolError, match="^line of 65 bytes is over the limit$") as caught:
+        LineCodec(Limits(max_request_bytes=64)).feed(b"ok\n" + b"z" * 65 + b"\n")
+    assert (caught.value.status_hint, caught.value.requests) == (413, ["ok"])
+    with pytest.raises(ProtocolError, match="^line is not UTF-8$") as caught:
+        LineCodec(Limits()).feed(b"\xff\n")
+    assert caught.value.status_hint == 400
+    assert codec.encode({"error": "no"}, None) == (b"ERROR no\n", False)
+    assert codec.encode("my error", None) == (b"my error\n", False)
+    assert codec.encode({"a": b"x"}, None) == (b"{\"a\": \"b'x'\"}\n", False)
+    assert codec.error_reply(ProtocolError("slow", 503)) == b"ERROR 503 slow\n"
+
+
+def test_length_limits_and_faults_exactly() -> None:
+    codec = LengthCodec(Limits(max_request_bytes=64))
+    frames = [b"a", b"", b"x" * 64]
+    data = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+    assert codec.feed(data[:11]) == [b"a", b""] and codec.held() == 2
+    assert codec.feed(data[11:]) == [b"x" * 64] and codec.held() == 0
+    with pytest.raises(ProtocolError, match="^frame of 65 bytes is over the limit$") as caught:
+        codec.feed(b"\x00\x00\x00\x41")
+    assert caught.value.status_hint == 413
+    assert codec.encode("hi", None) == (b"\x00\x00\x00\x02hi", False)
+    assert codec.error_reply(ProtocolError("x", 504)) == b"\x00\x00\x00\x0cERROR 504 x"
+
+
+def test_a_reply_that_cannot_be_encoded_says_why_in_one_short_line() -> None:
+    out, close, why = encode_reply(http(), {"status": "x" * 1000}, GET)
+    assert out.startswith(b"HTTP/1.1 500 ") and not close
+    assert why.startswith("ValueError: expected an int status from 200 to 599, got ")
+    assert len(why) <= 300

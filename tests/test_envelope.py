@@ -1,0 +1,134 @@
+"""The wire format, exactly: what each frame kind decodes to, every field it refuses, the
+size bounds, child ids, and how rows are split into frames by bytes (pure, no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from seda import envelope as e
+from seda.errors import ProtocolError
+
+LIMIT = 1 << 16
+ENV = [7, "source", 1, 0.0, {"k": [1, b"\x00"]}, 7, 0]
+
+
+def test_each_kind_decodes_to_exactly_what_was_sent() -> None:
+    assert e.unpack_data(e.pack(["s", [ENV], 3]), LIMIT) == ("s", [ENV], 3)
+    assert e.unpack_ack(e.pack([[1, 2], [3]]), LIMIT) == ([1, 2], [3])
+    assert e.unpack_credit(e.pack([0, 99]), LIMIT) == (0, 99)
+    assert e.unpack_fail(e.pack([[5, "err", "tb"]]), LIMIT) == [[5, "err", "tb"]]
+    kept, sent, done = [[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]
+    assert e.unpack_results(e.pack([kept, sent, done]), LIMIT) == (kept, sent, done)
+    assert e.unpack_lost(e.pack([[9, "why", 504]]), LIMIT) == [[9, "why", 504]]
+    assert e.unpack_control(e.pack({"op": "probe", "wave": 2}), LIMIT) == {"op": "probe",
+                                                                          "wave": 2}
+
+
+def test_bytes_stay_bytes_text_stays_text_and_int_keys_are_kept() -> None:
+    value = {"t": "text", "b": b"\xff\x00", 3: "int key", "n": [b"", ""]}
+    assert e.unpack(e.pack(value), LIMIT) == value
+    assert type(e.unpack(e.pack(b"x"), LIMIT)) is bytes
+    assert type(e.unpack(e.pack("x"), LIMIT)) is str
+
+
+def test_a_frame_is_refused_past_its_limit_and_accepted_at_it() -> None:
+    body = e.pack("x" * 100)
+    assert e.unpack(body, len(body)) == "x" * 100
+    with pytest.raises(ProtocolError, match=f"frame of {len(body)} bytes is over the "
+                                            f"{len(body) - 1}-byte limit"):
+        e.unpack(body, len(body) - 1)
+    with pytest.raises(ProtocolError, match=r"^malformed frame: \w+Error: "):
+        e.unpack(b"\xc1", LIMIT)
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    (0, "7"), (0, 7.0), (0, True), (1, 5), (1, b"source"), (2, "1"), (2, None),
+    (3, "0"), (3, None), (5, "7"), (5, 7.5), (6, None), (6, "0")])
+def test_every_envelope_field_is_type_checked(field: int, bad: Any) -> None:
+    env = list(ENV)
+    env[field] = bad
+    with pytest.raises(ProtocolError, match=r"^malformed DATA frame: expected \[stage, "
+                                            r"\[\[id, origin, attempt, deadline, payload, "
+                                            r"request, born\], \.\.\.\], held back\]$"):
+        e.unpack_data(e.pack(["s", [ENV, env], 0]), LIMIT)
+
+
+def test_a_deadline_may_be_an_int_or_a_float() -> None:
+    for deadline in (0, 12, 1.5):
+        env = list(ENV)
+        env[3] = deadline
+        assert e.unpack_data(e.pack(["s", [env], 0]), LIMIT)[1] == [env]
+
+
+@pytest.mark.parametrize("body", [
+    ["s", [ENV]], ["s", [ENV], 0, 1], [1, [ENV], 0], ["s", ENV, 0], ["s", [ENV[:6]], 0],
+    ["s", [ENV + [0]], 0], ["s", [ENV], -1], ["s", [ENV], "0"], {"s": 1}])
+def test_data_frames_of_another_shape_are_refused(body: Any) -> None:
+    with pytest.raises(ProtocolError, match="malformed DATA frame"):
+        e.unpack_data(e.pack(body), LIMIT)
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    ("ACK", [[1], [2], [3]]), ("ACK", [[1, "2"], []]), ("ACK", [[], ["2"]]), ("ACK", [[1]]),
+    ("CREDIT", [-1, 5]), ("CREDIT", [1]), ("CREDIT", [1, "p"]), ("CREDIT", ["1", 5]),
+    ("FAIL", [[5, "e"]]), ("FAIL", [[5, "e", 3]]), ("FAIL", [["5", "e", "t"]]), ("FAIL", 5),
+    ("RESULT", [[], []]), ("RESULT", [[[1, 2]], [], []]), ("RESULT", [[], [["1", 2, 3]], []]),
+    ("RESULT", [[[1, 2, 3, 4]], [], []]), ("RESULT", [[[1, 2, 3, "s", 5]], [], []]),
+    ("RESULT", [[], [], ["4"]]), ("RESULT", [[[1, 2, "3"]], [], []]),
+    ("LOST", [[9, "why"]]), ("LOST", [[9, "why", "504"]]), ("LOST", [["9", "why", 500]]),
+    ("CONTROL", ["op"]), ("CONTROL", {"op": 1}), ("CONTROL", {"wave": 1})])
+def test_frames_of_another_shape_are_refused_with_their_kind_named(kind: str, body: Any
+                                                                   ) -> None:
+    decode = {"ACK": e.unpack_ack, "CREDIT": e.unpack_credit, "FAIL": e.unpack_fail,
+              "RESULT": e.unpack_results, "LOST": e.unpack_lost,
+              "CONTROL": e.unpack_control}[kind]
+    with pytest.raises(ProtocolError, match=f"^malformed {kind} frame$"):
+        decode(e.pack(body), LIMIT)
+
+
+def test_a_credit_of_zero_is_a_window_of_zero() -> None:
+    assert e.unpack_credit(e.pack([0, 0]), LIMIT) == (0, 0)
+    assert e.unpack_credit(e.pack([3, -1]), LIMIT) == (3, -1)  # (a pid is the sender's word)
+
+
+def test_child_ids_are_deterministic_distinct_and_fit_63_bits() -> None:
+    """A re-run must make the same ids (that is how duplicates are known), siblings and
+    cousins must not collide, and ids stay positive int64s for msgpack."""
+    assert e.child_id(1, 0) == ((1 * 1_000_003) ^ (1 * e.ID_MIX)) & e.ID_MASK
+    assert [e.child_id(12345, i) for i in range(3)] == [
+        ((12345 * 1_000_003) ^ ((i + 1) * e.ID_MIX)) & e.ID_MASK for i in range(3)]
+    assert e.child_id(0, 0) == e.ID_MIX & e.ID_MASK  # the first child of 0 is not 0
+    ids = {e.child_id(p, i) for p in range(200) for i in range(50)}
+    assert len(ids) == 200 * 50
+    assert all(0 <= i < 1 << 63 for i in ids)
+    assert e.child_id((1 << 63) - 1, 7) < 1 << 63
+
+
+def test_packable_names_the_type_or_the_size() -> None:
+    assert e.packable({"a": [1, b"x"]}, 100) is None
+    assert e.packable(object(), 100) == ("TypeError: can not serialize 'object' object")
+    size = len(msgpack.packb("x" * 50))
+    assert e.packable("x" * 50, size) is None  # at the limit: fits
+    assert e.packable("x" * 50, size - 1) == (f"{size} bytes, over settings.max_message_bytes "
+                                              f"({size - 1})")
+
+
+def test_bounded_splits_rows_into_frames_no_larger_than_the_limit() -> None:
+    def body(rows: list[str]) -> bytes:
+        return e.pack(rows)
+
+    rows = [f"row{i:02}" * 10 for i in range(10)]  # 60 characters each
+    assert e.bounded(rows, body, 10_000) == [(rows, body(rows))]  # one frame when it fits
+    whole = len(body(rows))
+    assert e.bounded(rows, body, whole) == [(rows, body(rows))]  # at the limit: still one
+    parts = e.bounded(rows, body, 200)
+    assert [r for part, _ in parts for r in part] == rows  # every row once, in order
+    assert all(raw == body(part) and len(raw) <= 200 for part, raw in parts)
+    assert [len(part) for part, _ in parts] == [2, 3, 2, 3]  # halves of halves
+    big = ["x" * 300, "small", "y" * 300]
+    assert e.bounded(big, body, 200) == [(["x" * 300], b""), (["small"], body(["small"])),
+                                         (["y" * 300], b"")]
+    assert e.bounded([], body, 0) == [([], body([]))]  # (an empty list packs to one byte)
