@@ -401,7 +401,7 @@ def test_length_limits_and_faults_exactly() -> None:
         codec.feed(b"\x00\x00\x00\x41")
     assert caught.value.status_hint == 413
     assert codec.encode("hi", None) == (b"\x00\x00\x00\x02hi", False)
-    assert codec.error_reply(ProtocolError("x", 504)) == b"\x00\x00\x00\x0cERROR 504 x"
+    assert codec.error_reply(ProtocolError("x", 504)) == b"\x00\x00\x00\x0bERROR 504 x"
 
 
 def test_a_reply_that_cannot_be_encoded_says_why_in_one_short_line() -> None:
