@@ -282,9 +282,9 @@ def test_http_error_replies_byte_for_byte(status: int, message: str, out: bytes)
 
 
 def test_http_faults_say_what_was_wrong() -> None:
-    with pytest.raises(ProtocolError, match="^protocol upgrades are not supported$"):
+    with pytest.raises(ProtocolError, match=r"^protocol upgrades are not supported$"):
         http().feed(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
-    with pytest.raises(ProtocolError, match="^malformed request: ") as caught:
+    with pytest.raises(ProtocolError, match=r"^malformed request: ") as caught:
         http().feed(b"BREW /pot HTTP/1.1\r\n\r\n")
     assert caught.value.status_hint == 400
     codec = http()
@@ -298,9 +298,9 @@ def test_http_header_values_as_bytes_are_latin_1_and_bad_header_types_are_named(
 
     assert status_and_headers({"headers": {"X": b"caf\xe9"}}) == (200, {"x": "caf\u00e9"})
     assert status_and_headers({}) == (200, {})
-    with pytest.raises(ValueError, match="^expected a mapping of headers, got list$"):
+    with pytest.raises(ValueError, match=r"^expected a mapping of headers, got list$"):
         status_and_headers({"headers": [1]})
-    with pytest.raises(ValueError, match="^expected text or bytes for 'body', got int$"):
+    with pytest.raises(ValueError, match=r"^expected text or bytes for 'body', got int$"):
         encode_reply_raising({"body": 5})
 
 
@@ -343,7 +343,7 @@ def test_resp_limits_exactly() -> None:
     assert caught.value.status_hint == 413
     line = RespCodec(Limits())
     assert line.feed(b"P" * (64 * 1024)) == []  # an inline command of 64 KiB: waited for
-    with pytest.raises(ProtocolError, match="^line too long$") as caught:
+    with pytest.raises(ProtocolError, match=r"^line too long$") as caught:
         line.feed(b"P")
     assert caught.value.status_hint == 431
     many = RespCodec(Limits())
@@ -376,13 +376,13 @@ def test_line_limits_and_faults_exactly() -> None:
     codec = LineCodec(Limits(max_request_bytes=64))
     assert codec.feed(b"\nab\r\n" + b"x" * 64 + b"\n") == ["", "ab", "x" * 64]
     assert codec.feed(b"y" * 64) == [] and codec.held() == 64  # still arriving, at the limit
-    with pytest.raises(ProtocolError, match="^line over 64 bytes$") as caught:
+    with pytest.raises(ProtocolError, match=r"^line over 64 bytes$") as caught:
         codec.feed(b"y")
     assert caught.value.status_hint == 413
-    with pytest.raises(ProtocolError, match="^line of 65 bytes is over the limit$") as caught:
+    with pytest.raises(ProtocolError, match=r"^line of 65 bytes is over the limit$") as caught:
         LineCodec(Limits(max_request_bytes=64)).feed(b"ok\n" + b"z" * 65 + b"\n")
     assert (caught.value.status_hint, caught.value.requests) == (413, ["ok"])
-    with pytest.raises(ProtocolError, match="^line is not UTF-8$") as caught:
+    with pytest.raises(ProtocolError, match=r"^line is not UTF-8$") as caught:
         LineCodec(Limits()).feed(b"\xff\n")
     assert caught.value.status_hint == 400
     assert codec.encode({"error": "no"}, None) == (b"ERROR no\n", False)
@@ -397,7 +397,7 @@ def test_length_limits_and_faults_exactly() -> None:
     data = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
     assert codec.feed(data[:11]) == [b"a", b""] and codec.held() == 2
     assert codec.feed(data[11:]) == [b"x" * 64] and codec.held() == 0
-    with pytest.raises(ProtocolError, match="^frame of 65 bytes is over the limit$") as caught:
+    with pytest.raises(ProtocolError, match=r"^frame of 65 bytes is over the limit$") as caught:
         codec.feed(b"\x00\x00\x00\x41")
     assert caught.value.status_hint == 413
     assert codec.encode("hi", None) == (b"\x00\x00\x00\x02hi", False)

@@ -344,3 +344,127 @@ def test_a_lower_priority_waits_for_a_fuller_bucket() -> None:
     assert high >= 0.9 * 200 and low <= 0.1 * 200, (high, low)
     [alone] = run([0.5])
     assert alone >= 0.9 * 200, alone
+
+
+# ---------------------------------------------------------------- exact rules (mutation testing
+# found these unguarded: the bucket's arithmetic, the window's bookkeeping, the texts)
+
+from seda.control import (  # noqa: E402
+    BatchController,
+    Decision,
+    _lower,
+)
+
+
+def test_quantile_is_the_nearest_rank() -> None:
+    assert quantile([], 0.9) == 0.0
+    assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert quantile([float(i) for i in range(1, 11)], 0.9) == 9.0
+    assert quantile([5.0, 1.0], 1.0) == 5.0 and quantile([5.0, 1.0], 0.0) == 1.0
+
+
+def test_lower_means_tighter_and_none_is_no_limit() -> None:
+    assert _lower(1.0, None) and _lower(1.0, 2.0)
+    assert not _lower(None, None) and not _lower(None, 1.0) and not _lower(2.0, 2.0)
+
+
+def test_decisions_read_as_one_line() -> None:
+    assert Decision(0.0, "cut", 0.25, 12.34, 40.0).describe(0.1) == (
+        "admission: p90 250 ms against a 100 ms target -> cut to 12.3 req/s, at most 40 in "
+        "flight")
+    assert Decision(0.0, "open", 0.05, None).describe(0.1) == (
+        "admission: p90 50 ms against a 100 ms target -> open to no limit")
+
+
+@pytest.mark.parametrize(("rate", "wait"), [(None, 1), (1.0, 1), (2.5, 1), (0.9, 2),
+                                            (0.5, 2), (0.25, 4), (0.2, 5)])
+def test_retry_after_is_one_token_of_the_rate(rate: float | None, wait: int) -> None:
+    ctl = AdmissionController(target=0.1)
+    ctl.rate = rate
+    assert ctl.retry_after() == wait
+
+
+def test_the_bucket_spends_the_rate_exactly() -> None:
+    ctl = AdmissionController(target=0.1, burst=1.0)
+    assert all(ctl.admit(0.0) for _ in range(5)) and ctl.admitted == 5  # open: all in
+    ctl.rate, ctl.tokens, ctl.refilled = 2.0, 0.0, 0.0
+    assert not ctl.admit(0.4)  # 0.8 tokens
+    assert ctl.admit(0.5) and ctl.tokens == pytest.approx(0.0)  # exactly one: spent
+    assert not ctl.admit(0.5)
+    assert ctl.admit(2.0) and ctl.tokens == pytest.approx(1.0)  # the bucket holds 2: full
+    assert ctl.admitted == 7
+    ctl.rate, ctl.tokens = 0.5, 0.0  # a bucket of max(1, 0.5 x 1 s) = 1 token
+    assert ctl.admit(4.0) and ctl.tokens == pytest.approx(0.0)
+    ctl.rate, ctl.tokens, ctl.refilled = 4.0, 2.0, 10.0  # a reserve of a quarter: must leave
+    assert not ctl.admit(10.0, reserve=0.5)  # 2 tokens < 1 + 0.5 x 4
+    assert ctl.admit(10.0, reserve=0.25)  # 2 >= 1 + 0.25 x 4
+
+
+def test_the_in_flight_limit_keeps_its_reserve() -> None:
+    ctl = AdmissionController(target=0.1)
+    ctl.limit = 8.0
+    assert ctl.admit(0.0, 0.0, 7) and not ctl.admit(0.0, 0.0, 8)
+    assert not ctl.admit(0.0, 0.5, 4) and ctl.admit(0.0, 0.5, 3)  # half kept for others
+    ctl.limit = 0.5
+    assert ctl.admit(0.0, 0.0, 0) and not ctl.admit(0.0, 0.0, 1)  # never below one
+    assert ctl.capped == 3
+
+
+def test_a_window_is_judged_when_full_or_old_and_then_starts_afresh() -> None:
+    ctl = AdmissionController(target=0.1, samples=40, period=1.0)
+    assert ctl.tick(5.0) is None and ctl.window_start == 5.0  # the first look starts it
+    for i in range(39):  # fast answers, fewer than `samples`, before `period`: no judgement
+        assert ctl.observe(0.01, 5.0 + i * 0.01) is None
+    assert len(ctl.window) == 39 and ctl.answered == 39
+    ctl.tick(5.5)
+    assert len(ctl.window) == 39  # not yet judged: not full, not old
+    ctl.tick(6.0)  # a period old: judged (nothing to change), and a new window begins
+    assert (ctl.window, ctl.window_start, ctl.admitted, ctl.answered) == ([], 6.0, 0, 0)
+    assert ctl.tick(7.5) is None and ctl.window_start == 7.5  # an empty old window restarts
+
+
+def test_a_window_badly_over_the_target_is_judged_early() -> None:
+    ctl = AdmissionController(target=0.1, samples=100, period=10.0)
+    ctl.tick(0.0)
+    ctl.admitted = 60
+    decision = None
+    for i in range(20):  # 20 answers at 3x the target: judged at the 20th, not at 100
+        decision = ctl.observe(0.3, 0.1 + i * 0.01) or decision
+    assert decision is not None and decision.what == "cut"
+    assert decision.p90 == pytest.approx(0.3) and decision.at == pytest.approx(0.29)
+    served = 20 / 0.29
+    assert ctl.capacity == pytest.approx(served)
+    share = max(0.25, 0.9 * 0.1 / 0.3)  # headroom x target / p90, at least the deepest cut
+    assert decision.rate == pytest.approx(max(1.0, served * share))
+    assert decision.limit == pytest.approx(max(2.0, 0.8 * 0.1 * served))
+    assert ctl.changed == pytest.approx(0.29) and ctl.tokens <= 1.0
+    assert "cut to" in decision.describe(0.1)
+
+
+def test_after_a_cut_a_quick_window_raises_straight_back_then_probes() -> None:
+    ctl = AdmissionController(target=0.1, samples=10, period=1.0)
+    ctl.rate, ctl.capacity, ctl.best = 10.0, 100.0, 100.0
+    ctl.changed, ctl.window_start = 0.0, 0.0
+    decision = None
+    for i in range(10):  # answered as many as admitted, all quick
+        ctl.admitted += 1
+        assert ctl.observe(0.01, 0.5 + i * 0.01) is None
+    decision = ctl.tick(0.6)  # (the acceptor looks every 10 ms: a full window is judged)
+    assert decision is not None and decision.what == "raise"
+    assert decision.rate == pytest.approx(0.9 * 100.0)  # headroom x capacity
+    for i in range(10):
+        ctl.admitted += 1
+        ctl.observe(0.01, 1.0 + i * 0.01)
+    decision = ctl.tick(1.1)
+    assert decision is not None
+    assert decision.rate == pytest.approx(90.0 + (90.0 * 0.2 + 0.5) * (1.1 - 0.6))
+
+
+def test_batching_grows_fast_when_its_senders_hold_work_back() -> None:
+    ctl = BatchController(min=1, max=256, period=0.25, window=4.0)
+    assert ctl.observe(0.0, 0, 0.0, 0) is None  # starts the first period
+    assert ctl.observe(0.1, 10, 0.01, 1) is None  # not a period yet
+    assert ctl.observe(0.25, 10, 0.02, 1) == 8  # held back, time to spare: doubled
+    assert ctl.observe(0.5, 20, 0.04, 2) == 16
+    assert ctl.observe(0.75, 20, 0.04, 3) is None  # idle period: nothing to learn
+    assert ctl.window == pytest.approx(16.0)

@@ -269,3 +269,220 @@ def test_queue_wait_counts_from_birth_to_the_start_of_the_handler() -> None:
     ms = sorted(bucket_upper(k) / 1e6 for k, n in waits.items() for _ in range(n))
     assert 50 <= ms[0] <= 70 and 90 <= ms[2] <= 130, ms
     assert percentiles(waits)["p50"] >= 70
+
+
+# ---------------------------------------------------------------- exact books (what mutation
+# testing found unguarded: counters, histogram buckets, the fields of what a handler makes)
+
+from seda.core import Context, StageStats, bucket_upper, time_bucket  # noqa: E402
+from seda.envelope import (  # noqa: E402
+    ATTEMPT,
+    BORN,
+    DEADLINE,
+    ORIGIN,
+    REQUEST,
+    SAMPLE,
+    child_id,
+)
+
+
+def test_time_buckets_are_exact_below_8_and_within_a_quarter_above() -> None:
+    assert [time_bucket(ns) for ns in range(8)] == list(range(8))
+    assert [bucket_upper(k) for k in range(16)] == list(range(16))
+    assert [time_bucket(ns) for ns in (8, 16, 19, 20, 23, 24, 31, 32, 1000)] == [
+        16, 20, 20, 21, 21, 22, 23, 24, 43]
+    assert [bucket_upper(k) for k in (20, 21, 22, 23, 24, 43)] == [19, 23, 27, 31, 39, 1023]
+    for ns in range(1, 100_000, 37):  # every duration falls in the bucket that holds it
+        key = time_bucket(ns)
+        assert bucket_upper(key - 1) < ns <= bucket_upper(key), ns
+        assert bucket_upper(key) <= ns * 1.25 + 1
+
+
+class FakeClocks:
+    """perf_counter_ns steps by `step` on each reading; time_ns is fixed."""
+
+    def __init__(self, step: int) -> None:
+        self.now, self.step = 0, step
+
+    def perf(self) -> int:
+        self.now += self.step
+        return self.now
+
+
+def test_the_books_of_a_batch_add_up_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    clocks = FakeClocks(1000)
+    monkeypatch.setattr(time, "perf_counter_ns", clocks.perf)
+    monkeypatch.setattr(time, "time_ns", lambda: 7)
+
+    def a(x: int, ctx: Any) -> int | None:
+        if x == 3:
+            raise ValueError("three")
+        return x * 10 if x != 4 else None
+
+    c = core(chain(), ["a"], {"m:a": a}, now=1000.0)
+    born = int(1000.0 * 1e9) - 5000
+    batch = [env(1, 1), env(2, 2, deadline=999.0), env(3, 3), env(4, 4), env(5, 5)]
+    for e in batch:
+        e[BORN] = 0  # (only sampled messages carry a birth time)
+    batch[0][BORN] = born
+    for _ in range(2):  # the books accumulate
+        group = c.process("a", [list(e) for e in batch])
+    stats = c.stats["a"]
+    assert (stats.received, stats.completed, stats.errors, stats.expired, stats.emitted) == (
+        10, 6, 2, 2, 4)
+    assert stats.times[time_bucket(1000)] == 6  # one step of the fake clock per call
+    assert sum(stats.times) == 6 + 2 * 0  # (a failed call is not timed)
+    assert stats.waits[time_bucket(5000)] == 2 and sum(stats.waits) == 2
+    assert [(s, e[ID], e[ORIGIN], e[ATTEMPT], e[DEADLINE], e[PAYLOAD], e[REQUEST], e[BORN])
+            for s, e in group.emits] == [
+        ("b", cid, "source", 1, 0.0, p, r, 0 if cid & SAMPLE else 7)
+        for cid, p, r in ((child_id(1, 0), 10, 1), (child_id(5, 0), 50, 5))]
+    assert [e[ID] for e in group.dropped] == [2] and [f[0][ID] for f in group.failed] == [3]
+    assert c.running == ""  # between batches, nothing runs
+    figures = stats.figures()
+    assert figures["times"] == {time_bucket(1000): 6}
+    assert figures["waits"] == {time_bucket(5000): 2}
+    assert {k: v for k, v in figures.items() if k not in ("times", "waits", "busy")} == {
+        "received": 10, "completed": 6, "errors": 2, "emitted": 4, "results": 0,
+        "duplicates": 0, "expired": 2}
+
+
+def test_emits_and_replies_number_their_children_in_order() -> None:
+    def a(x: int, ctx: Any) -> None:
+        ctx.emit("b", "first")
+        ctx.emit("c", "second")
+
+    spec = (Graph("f").acceptor(entry="a", listen="127.0.0.1:0")
+            .stage("a", "m:a", to=["b", "c"]).stage("b", "m:b").stage("c", "m:c")).build()
+    c = core(spec, ["a"], {"m:a": a})
+    group = c.process("a", [[9, "acceptor.0", 2, 1055.0, "x", 41, 0]])
+    assert [(s, e[ID], e[ATTEMPT], e[DEADLINE], e[REQUEST]) for s, e in group.emits] == [
+        ("b", child_id(9, 0), 1, 1055.0, 41), ("c", child_id(9, 1), 1, 1055.0, 41)]
+    assert c.stats["a"].emitted == 2
+
+    def r(x: str, ctx: Any) -> None:
+        ctx.reply("one")
+        ctx.reply("two")
+
+    replies = core(spec, ["b"], {"m:b": r}).process("b", [[9, "acceptor.0", 2, 1055.0, "x",
+                                                           41, 0]])
+    assert [list(e) for e in replies.results] == [
+        [child_id(9, 0), "acceptor.0", 1, 0.0, "one", 41, 0],
+        [child_id(9, 1), "acceptor.0", 1, 0.0, "two", 41, 0]]
+
+
+def test_a_fused_stage_keeps_books_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    clocks = FakeClocks(500)
+    monkeypatch.setattr(time, "perf_counter_ns", clocks.perf)
+    handlers = {"m:a": lambda x, ctx: x + 1, "m:b": lambda x, ctx: x * 10}
+    c = core(chain(), ["a", "b"], handlers)
+    for _ in range(2):
+        c.process("a", [env(1, 1), env(2, 2)])
+    b = c.stats["b"]
+    assert (b.received, b.completed, b.emitted) == (4, 4, 4)
+    assert b.times[time_bucket(500)] == 4
+
+
+def test_a_batch_handler_keeps_exact_books(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    clocks = FakeClocks(3000)
+    monkeypatch.setattr(time, "perf_counter_ns", clocks.perf)
+    seen: list[Any] = []
+
+    class Batch:
+        def handle_batch(self, xs: list[Any], ctx: Any) -> list[Any]:
+            seen.append((list(xs), ctx.request_id))
+            return [None if x == 2 else x for x in xs]
+
+    spec = (Graph("s").acceptor(entry="r", listen="127.0.0.1:0").stage("r", "m:r")).build()
+    c = core(spec, ["r"], {"m:r": Batch}, now=1000.0)
+    batch = [[i, "acceptor.0", 1, 0.0 if i != 3 else 999.0, i, i, 0] for i in (1, 2, 3)]
+    batch[0][BORN] = int(1000.0 * 1e9) - 8000
+    for _ in range(2):
+        group = c.process("r", [list(e) for e in batch])
+    assert seen == [([1, 2], 1), ([1, 2], 1)]  # the expired one is not run; ctx is the first
+    stats = c.stats["r"]
+    assert (stats.received, stats.completed, stats.expired) == (6, 4, 2)
+    assert [e[PAYLOAD] for e in group.results] == [1, None]  # None: a reply all the same
+    assert [e[ID] for e in group.dropped] == [3]
+    assert stats.times[time_bucket(3000 // 2)] == 4  # the mean per message, for each
+    assert stats.waits[time_bucket(8000)] == 2
+    assert c.running == ""
+
+
+def test_a_failing_batch_handler_fails_its_whole_batch_with_its_error() -> None:
+    class Batch:
+        def handle_batch(self, xs: list[Any], ctx: Any) -> list[Any]:
+            raise KeyError("nope")
+
+    c = core(chain(), ["a"], {"m:a": Batch})
+    group = c.process("a", [env(1, 1), env(2, 2)])
+    assert [(e[ID], error) for e, error, _ in group.failed] == [
+        (1, "a: KeyError: 'nope'"), (2, "a: KeyError: 'nope'")]
+    assert all("Traceback (most recent call last)" in tb and "\n" in tb
+               for _, _, tb in group.failed)
+    assert group.inputs == [] and c.stats["a"].errors == 1
+
+
+def test_lifecycle_hooks_get_their_own_context_and_defaults() -> None:
+    calls: list[tuple[str, str, int, int, int]] = []
+
+    class Keep:
+        def setup(self, ctx: Any) -> None:
+            calls.append(("setup", ctx.stage, ctx.worker, ctx.request_id, ctx.attempt))
+
+        def handle(self, x: int, ctx: Any) -> None:
+            pass
+
+        def finish(self, ctx: Any) -> int:
+            calls.append(("finish", ctx.stage, ctx.worker, ctx.request_id, ctx.attempt))
+            return 1
+
+        def teardown(self, ctx: Any) -> None:
+            calls.append(("teardown", ctx.stage, ctx.worker, 0, 0))
+
+    c = StageCore(chain(), ["c"], 3, lambda ref: Keep)
+    c.setup()
+    assert c.keeps == ["c"]
+    assert c.finish() == [("c", 1)]
+    c.teardown()
+    assert calls == [("setup", "c", 3, 0, 1), ("finish", "c", 3, 0, 1),
+                     ("teardown", "c", 3, 0, 0)]
+
+
+def test_a_stage_without_routes_says_so_when_it_emits() -> None:
+    spec = (Graph("s").acceptor(entry="r", listen="127.0.0.1:0").stage("r", "m:r")).build()
+    c = core(spec, ["r"], {"m:r": lambda x, ctx: ctx.emit("x", x)})
+    [(_, error, _)] = c.process("r", [env(1, 1)]).failed
+    assert "stage 'r' has no route to 'x' (its routes: none)" in error
+
+
+def test_a_sink_in_a_service_answers_nobody() -> None:
+    spec = (Graph("s").acceptor(entry="r", listen="127.0.0.1:0")
+            .stage("r", "m:r", to=["log", "out"]).stage("log", "m:log", sink=True)
+            .stage("out", "m:out")).build()
+    c = core(spec, ["log"], {"m:log": lambda x, ctx: "ignored"})
+    group = c.process("log", [env(1, 1)])
+    assert group.results == [] and group.emits == [] and [e[ID] for e in group.inputs] == [1]
+
+
+def test_an_output_no_frame_can_carry_is_charged_once() -> None:
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: object() if x == 2 else x})
+    c.process("a", [env(1, 1), env(2, 2), env(3, 3)])
+    stats = c.stats["a"]
+    assert (stats.completed, stats.errors) == (2, 1)
+
+
+def test_a_fresh_context_and_fresh_stats() -> None:
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: x})
+    ctx = Context(c, "a", {"k": 1})
+    assert (ctx.request_id, ctx.attempt, ctx.stage, ctx.options, ctx.worker) == (
+        0, 1, "a", {"k": 1}, 0)
+    assert StageStats().figures() == {
+        "received": 0, "completed": 0, "errors": 0, "emitted": 0, "results": 0,
+        "duplicates": 0, "expired": 0, "busy": 0.0, "times": {}, "waits": {}}

@@ -65,7 +65,7 @@ def test_a_deadline_may_be_an_int_or_a_float() -> None:
 
 @pytest.mark.parametrize("body", [
     ["s", [ENV]], ["s", [ENV], 0, 1], [1, [ENV], 0], ["s", ENV, 0], ["s", [ENV[:6]], 0],
-    ["s", [ENV + [0]], 0], ["s", [ENV], -1], ["s", [ENV], "0"], {"s": 1}])
+    ["s", [[*ENV, 0]], 0], ["s", [ENV], -1], ["s", [ENV], "0"], {"s": 1}])
 def test_data_frames_of_another_shape_are_refused(body: Any) -> None:
     with pytest.raises(ProtocolError, match="malformed DATA frame"):
         e.unpack_data(e.pack(body), LIMIT)
