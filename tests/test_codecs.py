@@ -409,3 +409,92 @@ def test_a_reply_that_cannot_be_encoded_says_why_in_one_short_line() -> None:
     assert out.startswith(b"HTTP/1.1 500 ") and not close
     assert why.startswith("ValueError: expected an int status from 200 to 599, got ")
     assert len(why) <= 300
+
+
+def test_http_request_targets_of_every_form() -> None:
+    def one(data: bytes) -> dict[str, object]:
+        [request] = http().feed(data)
+        return {k: request[k] for k in ("method", "path", "query")}
+
+    assert one(b"GET /a?b=1#frag HTTP/1.1\r\n\r\n") == {"method": "GET", "path": "/a",
+                                                         "query": "b=1"}
+    assert one(b"GET /a#frag?x HTTP/1.1\r\n\r\n") == {"method": "GET", "path": "/a",
+                                                       "query": ""}
+    assert one(b"GET http://host/p?q=1#f HTTP/1.1\r\n\r\n") == {"method": "GET", "path": "/p",
+                                                                 "query": "q=1"}
+    assert one(b"GET http://host HTTP/1.1\r\n\r\n") == {"method": "GET", "path": "/",
+                                                        "query": ""}
+    assert one(b"OPTIONS * HTTP/1.1\r\n\r\n") == {"method": "OPTIONS", "path": "*",
+                                                  "query": ""}
+    assert one(b"PROPFIND /x HTTP/1.1\r\n\r\n")["method"] == "PROPFIND"
+    with pytest.raises(ProtocolError, match=r"^invalid request target$") as caught:
+        http().feed(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+    assert caught.value.status_hint == 400
+
+
+def test_http_head_limit_exactly_and_across_pieces() -> None:
+    """What counts: the request target, and each header's name and value plus 4 (': ' and
+    CRLF). A head of exactly the limit passes; one byte more is a 431 -- also when the
+    target or a header arrives in pieces."""
+    def head(url_len: int) -> bytes:
+        return b"GET /" + b"u" * (url_len - 1) + b" HTTP/1.1\r\nX: v\r\n\r\n"
+
+    assert len(http(max_header_bytes=256).feed(head(250))) == 1  # 250 + (1 + 1 + 4)
+    with pytest.raises(ProtocolError, match=r"^request headers too large$") as caught:
+        http(max_header_bytes=256).feed(head(251))
+    assert caught.value.status_hint == 431
+    codec = http(max_header_bytes=256)
+    data = head(251)
+    with pytest.raises(ProtocolError, match=r"^request headers too large$"):
+        for i in range(0, len(data), 10):
+            codec.feed(data[i:i + 10])
+    pieces = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 40)
+                                              for i in range(6)) + b"\r\n"
+    with pytest.raises(ProtocolError, match=r"^request headers too large$"):
+        http(max_header_bytes=256).feed(pieces)  # six headers of 47: only their sum is over
+    assert len(http(max_header_bytes=512).feed(pieces)) == 1
+
+
+def test_http_body_limit_exactly_and_across_chunks() -> None:
+    exact = b"POST /p HTTP/1.1\r\nContent-Length: 64\r\n\r\n" + b"b" * 64
+    [request] = http(max_request_bytes=64).feed(exact)
+    assert request["body"] == b"b" * 64
+    with pytest.raises(ProtocolError, match=r"^request body too large$") as caught:
+        http(max_request_bytes=64).feed(exact.replace(b": 64", b": 65") + b"b")
+    assert caught.value.status_hint == 413
+    chunked = (b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"20\r\n" + b"c" * 32 + b"\r\n") * 1
+    body = chunked + b"20\r\n" + b"d" * 32 + b"\r\n0\r\n\r\n"
+    [request] = http(max_request_bytes=64).feed(body)
+    assert request["body"] == b"c" * 32 + b"d" * 32  # two chunks, joined
+    with pytest.raises(ProtocolError, match=r"^request body too large$"):
+        http(max_request_bytes=64).feed(chunked * 1 + b"21\r\n" + b"e" * 33 + b"\r\n0\r\n\r\n")
+    codec = http()
+    [one] = codec.feed(b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+    assert one["body"] == b"abc" and codec.held() == 0 and not codec.partial()
+
+
+def test_http_file_heads() -> None:
+    codec = http()
+    assert codec.file_head({"file": "/f"}, GET, 1234) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1234"
+        b"\r\n\r\n", False, True)
+    assert codec.file_head({"file": "/f", "status": 206, "headers": {"Content-Type": "x/y"}},
+                           {"method": "HEAD", "keep_alive": False}, 5) == (
+        b"HTTP/1.1 206 Partial Content\r\ncontent-type: x/y\r\nconnection: close\r\n"
+        b"content-length: 5\r\n\r\n", True, False)
+    assert codec.file_head({"file": "/f"}, {"method": "GET"}, 0)[1] is False
+
+
+@pytest.mark.parametrize(("reply", "out"), [
+    ({"status": 201, "json": [1]}, b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n"
+     b"content-length: 3\r\n\r\n[1]"),
+    ({"body": "ignored", "json": 1}, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+     b"content-length: 1\r\n\r\n1"),
+    ({"status": 202, "file": "/x"}, b"HTTP/1.1 202 Accepted\r\ncontent-type: text/plain; "
+     b"charset=utf-8\r\ncontent-length: 0\r\n\r\n"),  # (a file reply outside the acceptor)
+])
+def test_http_json_wins_over_body_and_is_never_cached_as_one(reply: object, out: bytes
+                                                              ) -> None:
+    for _ in range(2):
+        assert encode_reply(http(), reply, GET)[0] == out

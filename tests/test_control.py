@@ -468,3 +468,23 @@ def test_batching_grows_fast_when_its_senders_hold_work_back() -> None:
     assert ctl.observe(0.5, 20, 0.04, 2) == 16
     assert ctl.observe(0.75, 20, 0.04, 3) is None  # idle period: nothing to learn
     assert ctl.window == pytest.approx(16.0)
+
+
+def test_a_request_goes_to_the_first_class_it_matches_after_those_it_does_not() -> None:
+    c = _classes({"name": "api", "priority": 0, "match": {"path": "/api"}},
+                {"name": "post", "priority": 1, "match": {"method": "POST"}},
+                {"name": "tagged", "priority": 2, "match": {"header": {"X-Tier": "gold"}}},
+                {"name": "redis", "priority": 1, "match": {"command": "get"}})
+    assert c.names == ["api", "post", "tagged", "redis", "default"]
+    assert c.priorities == [0, 1, 2, 1, 0] and c.levels == 3  # an implicit default: top
+    get = {"method": "GET", "path": "/x", "headers": {}}
+    assert c.classify({**get, "path": "/api/v1"}) == 0
+    assert c.classify({**get, "path": "/ap"}) == 4  # a prefix of the rule is not a match
+    assert c.classify({**get, "method": "POST"}) == 1  # after a rule it did not meet
+    assert c.classify({**get, "headers": {"x-tier": "gold"}}) == 2  # two rules later
+    assert c.classify({**get, "headers": {"x-tier": "tin"}}) == 4
+    assert c.classify({"method": "GET"}) == 4  # no path, no headers: no rule, no error
+    assert c.classify(["GET", "k"]) == 3 and c.classify(["get"]) == 3
+    assert c.classify(["SET", "k"]) == 4 and c.classify([]) == 4 and c.classify("x") == 4
+    assert [c.bound(i, 100) for i in range(5)] == [100, 66, 33, 66, 100]
+    assert c.bound(2, 1) == 1  # never below one
