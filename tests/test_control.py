@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from seda.control import AdmissionController, Classifier, quantile, simulate
+from seda.control import AdmissionController, Classifier, quantile
 from seda.spec import RequestClass
+from tests.simulated import simulate
 
 approx = partial(pytest.approx, rel=0.02)
 
@@ -488,3 +489,44 @@ def test_a_request_goes_to_the_first_class_it_matches_after_those_it_does_not() 
     assert c.classify(["SET", "k"]) == 4 and c.classify([]) == 4 and c.classify("x") == 4
     assert [c.bound(i, 100) for i in range(5)] == [100, 66, 33, 66, 100]
     assert c.bound(2, 1) == 1  # never below one
+
+
+def test_the_pool_controller_at_its_boundaries() -> None:
+    from seda.control import PoolController
+
+    ctl = PoolController(min=2, max=4, queue=10, after=1.0, idle=5.0)
+    assert ctl.observe(0.0, 0, 0.0, 1) == 1 and ctl.changed == 0.0  # below min: at once
+    assert ctl.observe(0.5, 0, 0.0, 1) == 0  # and not again before `after`
+    ctl = PoolController(min=1, max=2, queue=10, after=1.0, idle=5.0)
+    assert ctl.observe(0.0, 0, 0.0, 3) == -1 and ctl.changed == 0.0  # above max: at once
+    assert ctl.observe(1.0, 0, 0.0, 2) == 0  # `after` passed; calm only since now
+    ctl = PoolController(min=1, max=3, queue=10, after=1.0, idle=5.0)
+    assert ctl.observe(0.0, 10, 0.0, 1) == 0 and ctl.over_since is None  # at the queue bound
+    assert ctl.observe(0.0, 11, 0.0, 1) == 0 and ctl.over_since == 0.0  # over it: from now
+    assert ctl.observe(1.0, 11, 0.0, 1) == 1  # over for `after`: one more
+    ctl = PoolController(min=1, max=3, queue=10, after=1.0, idle=5.0)
+    ctl.observe(0.0, 0, 1.8, 2)  # busy exactly 0.9 x live: saturated
+    assert ctl.over_since == 0.0
+    ctl = PoolController(min=1, max=3, queue=10, after=1.0, idle=5.0)
+    ctl.observe(0.0, 0, 0.7, 2)  # one worker fewer would be exactly 70% busy: calm
+    assert ctl.calm_since == 0.0
+    assert ctl.observe(4.9, 0, 0.7, 2) == 0 and ctl.observe(5.0, 0, 0.7, 2) == -1
+    assert ctl.changed == 5.0 and ctl.calm_since is None
+    ctl = PoolController(min=2, max=3, queue=10, after=1.0, idle=5.0)
+    ctl.observe(0.0, 0, 0.0, 2)
+    assert ctl.observe(10.0, 0, 0.0, 2) == 0  # calm at min: stays
+
+
+def test_batching_restarts_from_max_on_a_sudden_change_of_load() -> None:
+    from seda.control import BatchController
+
+    ctl = BatchController(min=1, max=64, period=1.0, window=8.0)
+    ctl.observe(0.0, 0)
+    ctl.observe(1.0, 20)  # 20/s: the first rate seen
+    assert ctl.last_raw == 20.0 and ctl.counted == 20
+    assert ctl.observe(2.0, 20 + 61) == 64  # 61/s > 3 x 20/s, both periods >= 20: new load
+    assert ctl.best == 61.0 and ctl.last_rate == 61.0
+    ctl = BatchController(min=1, max=64, period=1.0, window=8.0)
+    ctl.observe(0.0, 0)
+    ctl.observe(1.0, 19)  # a period of 19: too few to call a change from
+    assert ctl.observe(2.0, 19 + 80) != 64
