@@ -486,3 +486,18 @@ def test_a_fresh_context_and_fresh_stats() -> None:
     assert StageStats().figures() == {
         "received": 0, "completed": 0, "errors": 0, "emitted": 0, "results": 0,
         "duplicates": 0, "expired": 0, "busy": 0.0, "times": {}, "waits": {}}
+
+
+def test_busy_results_duplicates_and_errors_accumulate(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    import time
+
+    ticks = iter(range(0, 10_000, 2))  # each reading 2 s after the last
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
+    c = core(chain(), ["c"], {"m:c": lambda x, ctx: x if x != "bad" else object()})
+    for k in (0, 10):
+        c.process("c", [env(1 + k, "x"), env(1 + k, "x"), env(2 + k, "bad"), env(3 + k, "y")])
+    stats = c.stats["c"]
+    assert stats.busy == pytest.approx(4.0)  # 2 s a batch, added up
+    # (a result that no frame can carry was made, so it is counted, and failed: an error)
+    assert (stats.results, stats.duplicates, stats.errors) == (6, 2, 2)
