@@ -127,9 +127,9 @@ def test_a_worker_killed_every_second_under_load(tmp_path: Path) -> None:
 def test_a_pipeline_loses_nothing_with_a_worker_killed_every_second(tmp_path: Path) -> None:
     """Every item is a result of its own, through two sink workers: a worker killed after
     its outputs reached one sink worker has its inputs run again, and their outputs may
-    reach the other sink worker, which has not seen them -- those duplicates get as far as
-    the source, which must drop them. The output is compared whole: every item exactly
-    once."""
+    reach the other sink worker, which has not seen them -- such duplicates get as far as
+    the source, which must drop them (test_source.py shows that without timing). The
+    output is compared whole: every item exactly once."""
     n, kills = 20000, 15
     rng = random.Random(3)
     graph = chain(n=n, gap=0.001, restarts=100, sink="echo", sinks=2)
