@@ -530,3 +530,68 @@ def test_batching_restarts_from_max_on_a_sudden_change_of_load() -> None:
     ctl.observe(0.0, 0)
     ctl.observe(1.0, 19)  # a period of 19: too few to call a change from
     assert ctl.observe(2.0, 19 + 80) != 64
+
+
+def window(ctl: AdmissionController, start: float, latencies: list[float], admitted: int,
+           capped: int = 0) -> Decision | None:
+    """Feed one window: `admitted` requests let in, answers with these latencies, `capped`
+    turned away by the in-flight limit; judged a period after `start`."""
+    ctl.window_start, ctl.admitted, ctl.capped = start, admitted, capped
+    ctl.answered += len(latencies)
+    ctl.window.extend(latencies)
+    return ctl.tick(start + ctl.period)
+
+
+def test_a_capped_window_measures_capacity_and_moves_the_limit_not_the_rate() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=1000)
+    ctl.rate, ctl.limit, ctl.changed = 50.0, 10.0, -10.0
+    decision = window(ctl, 0.0, [0.3] * 40, admitted=40, capped=5)  # over the target
+    assert ctl.capacity == pytest.approx(40.0)  # what it answered, the first time
+    assert decision is not None and decision.what == "cut"
+    assert decision.rate == 50.0  # the rate holds: the queue is the limit's to fix
+    assert decision.limit == pytest.approx(max(2.0, 0.8 * 0.1 * 40.0))
+    window(ctl, 1.0, [0.3] * 60, admitted=60, capped=5)
+    assert ctl.capacity == pytest.approx(0.7 * 40.0 + 0.3 * 60.0)  # then smoothed
+    ctl.limit = 8.0
+    decision = window(ctl, 2.0, [0.02] * 60, admitted=60, capped=3)  # quick, and capped
+    assert decision is not None and decision.limit == pytest.approx(8.0 * 1.2)
+    assert decision.what in ("raise", "cut") and ctl.limit == pytest.approx(9.6)
+    assert ctl.capped == 0 and ctl.window == [] and ctl.window_start == 3.0
+
+
+def test_a_backlog_building_holds_the_rate_and_one_draining_keeps_a_cut() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=1000)
+    ctl.rate, ctl.capacity, ctl.best, ctl.changed = 20.0, 100.0, 100.0, -10.0
+    # quick answers, but 40 more let in than answered: a backlog the p90 does not show yet
+    assert window(ctl, 0.0, [0.01] * 30, admitted=70) is None and ctl.rate == 20.0
+    # just within the tolerance (5% of the traffic + 1): it raises
+    tolerance = 0.05 * (31 + 30) / 2 + 1
+    assert tolerance > 31 - 30
+    decision = window(ctl, 1.0, [0.01] * 30, admitted=31)
+    assert decision is not None and decision.rate == pytest.approx(90.0)
+    # over the target while more is answered than let in: draining since the cut, hold it
+    ctl.rate = 30.0
+    decision = window(ctl, 2.0, [0.5] * 40, admitted=10)
+    assert decision is not None and decision.rate == 30.0  # (the limit is set: a cut)
+    assert decision.limit == pytest.approx(0.8 * 0.1 * 100.0)
+
+
+def test_a_raise_past_twice_the_best_opens_the_door_unless_there_is_a_ceiling() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=1000)
+    ctl.rate, ctl.capacity, ctl.best, ctl.changed = 95.0, 100.0, 50.0, -10.0
+    decision = window(ctl, 0.0, [0.01] * 10, admitted=10)  # 95 + 0.2 x 95 + 0.5 >= 2 x 50
+    assert decision is not None and decision.what == "open" and decision.rate is None
+    capped = AdmissionController(target=0.1, period=1.0, samples=1000, max_rate=100.0)
+    assert capped.rate == 100.0  # a ceiling from the start
+    capped.rate, capped.capacity, capped.best, capped.changed = 95.0, 100.0, 50.0, -10.0
+    decision = window(capped, 0.0, [0.01] * 10, admitted=10)
+    assert decision is not None and decision.rate == 100.0  # held to the ceiling
+    assert AdmissionController(target=0.1, rate=7.0, max_rate=100.0).rate == 7.0
+
+
+def test_the_boundary_of_the_last_change_is_judged() -> None:
+    ctl = AdmissionController(target=0.1, period=10.0, samples=1000)
+    ctl.changed, ctl.window_start = 5.0, 4.0
+    ctl.observe(2.0, 6.0)  # admitted at 4.0, before the change: counted, not judged
+    ctl.observe(1.0, 6.0)  # admitted at 5.0, exactly at the change: judged
+    assert ctl.answered == 2 and ctl.window == [1.0]
