@@ -266,10 +266,17 @@ def test_seen_ids_window() -> None:
 # found unguarded (tools/mutate.py): each test below fails under a change no other test saw
 
 
-def by_stage(d: Dispatcher) -> None:
-    """A stage-dependent attempt budget: 'a' gets 1, 'b' gets 3 (so code that asks for the
+def holding_a_and_b() -> Dispatcher:
+    """One worker (pid 10) holding message 1 of stage 'a' and message 2 of stage 'b', with
+    budgets that depend on the stage: 'a' gets 1 attempt, 'b' 3 (so code that asks for the
     wrong stage's budget is caught)."""
+    d, _ = make(workers=1)
     d.max_attempts = {"a": 1, "b": 3}.__getitem__
+    d.grant("p.0", 8, pid=10)
+    d.submit("a", env(1))
+    d.submit("b", env(2))
+    d.dispatch()
+    return d
 
 
 def test_counters_and_views_of_a_dispatcher() -> None:
@@ -358,12 +365,7 @@ def test_receipts_for_unknown_messages_or_workers_are_ignored() -> None:
 
 
 def test_failures_are_charged_against_their_own_stage() -> None:
-    d, _ = make(workers=1)
-    by_stage(d)
-    d.grant("p.0", 8, pid=10)
-    d.submit("a", env(1))
-    d.submit("b", env(2))
-    d.dispatch()
+    d = holding_a_and_b()
     letter = d.failed("p.0", 1, "a: boom", "tb-a")
     assert letter is not None
     assert (letter.stage, letter.env[ID], letter.error, letter.traceback) == (
@@ -411,12 +413,7 @@ def test_down_with_culprits_fails_them_and_sends_the_rest_again_uncharged() -> N
 
 
 def test_a_suspect_alone_is_charged_by_its_own_stage_budget() -> None:
-    d, _ = make(workers=1)
-    by_stage(d)
-    d.grant("p.0", 4, pid=10)
-    d.submit("a", env(1))
-    d.submit("b", env(2))
-    d.dispatch()
+    d = holding_a_and_b()
     d.down("p.0", pid=10)
     d.grant("p.0", 4, pid=11)
     assert sent_ids(d.dispatch()) == {"p.0": [1]}  # suspects go out in their order
@@ -433,12 +430,7 @@ def test_a_suspect_alone_is_charged_by_its_own_stage_budget() -> None:
 
 
 def test_bounced_messages_are_charged_by_their_own_stage() -> None:
-    d, _ = make(workers=1)
-    by_stage(d)
-    d.grant("p.0", 4, pid=10)
-    d.submit("a", env(1))
-    d.submit("b", env(2))
-    d.dispatch()
+    d = holding_a_and_b()
     [letter] = d.bounced("p.0")
     assert (letter.stage, letter.env[ID]) == ("a", 1)
     assert [(s, e[ID]) for s, e in d.queue] == [("b", 2)]
