@@ -70,6 +70,12 @@ class Source(Node):
                      for d in self.dispatchers.values())
         return min(credit, READ_AHEAD) - self.queued()
 
+    def held_back(self, dispatcher: Any) -> int:
+        """Items read and ready that wait for credit (the batching controller's sign that a
+        window keeps work from its worker: the source never reads further than credit
+        allows, so its queue alone would never show it)."""
+        return len(self.items) + self.inbound.qsize() * CHUNK if not self.exhausted else 0
+
     def has_work(self) -> bool:
         return not self.exhausted and self.room() > 0 and bool(self.items
                                                                or not self.inbound.empty())

@@ -183,11 +183,18 @@ def test_the_batching_controller_grows_a_window_its_senders_cannot_feed(
     work back for lack of credit and says so in its frames, the worker has time to spare, so
     its window grows (doubling each period) -- in a real run, not the simulated one."""
     with SedaRun(tmp_path, STARVED) as run:
+        seen: list[int] = []
+
         def window() -> int:
             rows = [r for r in run.status()["workers"] if r["pool"] == "double"]
-            return int(rows[0]["window"]) if rows else 0
+            seen.append(int(rows[0]["window"]) if rows else 0)
+            return seen[-1]
 
-        wait_for(lambda: window() >= 16, 20, "the window to grow from 1")
+        try:
+            wait_for(lambda: window() >= 16, 20, "the window to grow from 1")
+        except AssertionError:
+            raise AssertionError(f"windows seen: {sorted(set(seen))}; {run.err_file.read_text()}"
+                                 ) from None
         run.signal(signal.SIGTERM)
         assert run.wait(30) == 128 + signal.SIGTERM, run.stderr
     read = int(re.search(r"interrupted: (\d+) items", run.stderr).group(1))  # type: ignore
