@@ -151,9 +151,13 @@ def serve_amped_min(port: int) -> None:
             loop.add_reader(int(pull.getsockopt(zmq.FD)), answers)
             answers()  # re-arms the edge-triggered FD after the blocking recv above
             server = await loop.create_server(MinFront, "127.0.0.1", port)
-            await server.serve_forever()
+            stopped = loop.create_future()
+            # on the loop, between callbacks: sys.exit from a plain signal handler raises
+            # inside whatever callback runs, and uvloop swallows it in a protocol's callback
+            loop.add_signal_handler(signal.SIGTERM, stopped.set_result, None)
+            async with server:
+                await stopped
 
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             uvloop.run(main())
         finally:
