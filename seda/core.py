@@ -345,7 +345,7 @@ class StageCore:
                 times[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             except Exception as exc:
                 del emits[marks[0]:], results[marks[1]:]
-                group.failed.append((env, *self._failure(stage, exc)))
+                group.failed.append((env, *self._failure(exc)))
                 self.running = stage
                 last = clock()
         stats.completed += done
@@ -409,7 +409,7 @@ class StageCore:
         except Exception as exc:
             group.emits.clear()
             group.results.clear()
-            failure = self._failure(stage, exc)
+            failure = self._failure(exc)
             group.failed.extend((env, *failure) for env in batch)
 
     def _call(self, stage: str, env: Envelope, group: Group) -> None:
@@ -462,9 +462,10 @@ class StageCore:
             self.stats[stage].received += 1
             self._call(stage, env, group)
 
-    def _failure(self, stage: str, exc: Exception) -> tuple[str, str]:
-        """Count the error against the stage that raised; (message, traceback)."""
-        failed_in = self.running or stage
+    def _failure(self, exc: Exception) -> tuple[str, str]:
+        """Count the error against the stage that raised (the one running: a fused stage's
+        failure is its own); (message, traceback)."""
+        failed_in = self.running
         self._pending.clear()
         self.stats[failed_in].errors += 1
         message = f"{failed_in}: {type(exc).__name__}: {exc}"

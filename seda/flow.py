@@ -83,7 +83,7 @@ class Dispatcher:
         """A worker grants its window. A new incarnation (pid) means the old one died, even
         if the supervisor's word of it has not arrived yet."""
         link = self.links[worker]
-        dead = self.down(worker, link.pid) if pid and link.pid and pid != link.pid else []
+        dead = self.down(worker) if pid and link.pid and pid != link.pid else []
         link.window, link.up, link.pid = window, True, pid or link.pid
         return dead
 

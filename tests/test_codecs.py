@@ -498,3 +498,53 @@ def test_http_json_wins_over_body_and_is_never_cached_as_one(reply: object, out:
                                                               ) -> None:
     for _ in range(2):
         assert encode_reply(http(), reply, GET)[0] == out
+
+
+# ---------------------------------------------------------------- what mutation testing found
+# unguarded (see docs/testing.md)
+
+def test_http_holds_the_head_and_the_body_so_far_of_a_request_still_arriving() -> None:
+    codec = http()
+    codec.feed(b"POST /p HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    # the head: the target (2) and the header (14 + 2 + 4); the body so far: 3
+    assert codec.held() == 2 + 20 + 3
+    codec.feed(b"defg")
+    assert codec.held() == 2 + 20 + 7
+
+
+def test_http_a_target_alone_over_the_head_limit_is_a_431() -> None:
+    with pytest.raises(ProtocolError, match=r"^request headers too large$") as caught:
+        http(max_header_bytes=256).feed(b"GET /" + b"u" * 300 + b" HTTP/1.1\r\n\r\n")
+    assert caught.value.status_hint == 431
+
+
+def test_http_a_plain_object_reply_is_json_with_what_json_lacks_as_text() -> None:
+    out, close = http().encode({"raw": b"x", "n": 1}, GET)
+    assert out.endswith(b'\r\n\r\n{"raw": "b\'x\'", "n": 1}') and not close
+
+
+def test_a_reply_whose_encoding_fails_at_length_is_cut_to_300_characters() -> None:
+    class Loud:
+        def __str__(self) -> str:
+            raise ValueError("x" * 1000)
+
+    out, close, why = encode_reply(http(), {"v": Loud()}, GET)
+    assert out.startswith(b"HTTP/1.1 500 ") and not close
+    assert why == ("ValueError: " + "x" * 1000)[:300]
+
+
+def test_resp_errors_keep_an_upper_case_first_word_as_their_code() -> None:
+    assert encode_value({"error": "NOPERM not allowed"}) == b"-NOPERM not allowed\r\n"
+    assert encode_value({"error": "ABCDe went wrong"}) == b"-ERR ABCDe went wrong\r\n"
+    assert encode_value({"error": ""}) == b"-ERR \r\n"
+
+
+def test_line_codec_keeps_trailing_spaces_and_drops_only_the_cr() -> None:
+    assert LineCodec(Limits()).feed(b"a b  \r\n\tc\t\n") == ["a b  ", "\tc\t"]
+
+
+def test_length_codec_waits_for_a_body_that_follows_a_whole_frame() -> None:
+    codec = LengthCodec(Limits(max_request_bytes=64))
+    data = b"\x00\x00\x00\x02ab" + b"\x00\x00\x00\x0a" + b"012"
+    assert codec.feed(data) == [b"ab"] and codec.held() == 7
+    assert codec.feed(b"3456789") == [b"0123456789"] and codec.held() == 0

@@ -501,3 +501,105 @@ def test_busy_results_duplicates_and_errors_accumulate(monkeypatch: pytest.Monke
     assert stats.busy == pytest.approx(4.0)  # 2 s a batch, added up
     # (a result that no frame can carry was made, so it is counted, and failed: an error)
     assert (stats.results, stats.duplicates, stats.errors) == (6, 2, 2)
+
+
+def test_a_batch_handler_whose_reply_cannot_travel_fails_its_batch_naming_why() -> None:
+    class Batch:
+        def handle_batch(self, xs: list[Any], ctx: Any) -> list[Any]:
+            return [{1, 2} if x == "bad" else x for x in xs]
+
+    service = (Graph("s").acceptor(listen="127.0.0.1:0", protocol="line", entry="r")
+               .stage("r", "m:r")).build()
+    c = core(service, ["r"], {"m:r": Batch})
+    for _ in range(2):  # the errors accumulate
+        batch = [env(1, "ok"), env(2, "bad")]
+        group = c.process("r", batch)
+        assert group.inputs == [] and group.results == []
+        assert [f[0] for f in group.failed] == batch
+        assert all(f[1].startswith("r: HandlerUsageError: stage 'r' (or a stage fused with "
+                                   "it) sent a payload no frame can carry as a reply: ")
+                   for f in group.failed)
+    assert (c.stats["r"].errors, c.stats["r"].completed) == (4, 0)
+
+
+def test_every_child_of_one_input_has_its_own_id_and_every_result_is_counted() -> None:
+    def a(x: int, ctx: Any) -> None:
+        for i in range(3):
+            ctx.emit("b", i)
+
+    def r(x: int, ctx: Any) -> None:
+        for i in range(3):
+            ctx.reply(i)
+
+    spec = (Graph("f").acceptor(entry="a", listen="127.0.0.1:0")
+            .stage("a", "m:a", to=["b"]).stage("b", "m:b")).build()
+    emits = core(spec, ["a"], {"m:a": a}).process("a", [env(9, 0)]).emits
+    assert [e[ID] for _, e in emits] == [child_id(9, n) for n in range(3)]
+    c = core(spec, ["b"], {"m:b": r, "m:a": a})
+    for _ in range(2):
+        results = c.process("b", [env(9, 0), env(10, 0)]).results
+    assert [e[ID] for e in results] == [child_id(i, n) for i in (9, 10) for n in range(3)]
+    assert c.stats["b"].results == 12
+    returned = core(spec, ["b"], {"m:b": lambda x, ctx: x})  # the inlined route counts too
+    for _ in range(2):
+        returned.process("b", [env(1, 0), env(2, 0)])
+    assert returned.stats["b"].results == 4
+
+
+def test_sinks_count_every_duplicate() -> None:
+    c = core(chain(), ["c"], {"m:c": lambda x, ctx: x})
+    for _ in range(3):
+        c.process("c", [env(5, "x"), env(5, "x")])
+    assert (c.stats["c"].duplicates, c.stats["c"].results) == (5, 1)
+
+
+def test_children_born_of_sampled_ids_carry_their_birth_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queue wait is timed on a sample of messages: those whose id has no SAMPLE bit carry
+    the wall clock of their birth; the others carry 0 (no clock read). Both the inlined
+    route (a returned value) and ctx.emit stamp alike."""
+    import time
+
+    monkeypatch.setattr(time, "time_ns", lambda: 123_456)
+    ids = range(1, 200)
+    sampled = {i for i in ids if not child_id(i, 0) & SAMPLE}
+    assert sampled and len(sampled) < len(ids)  # the test sees both kinds
+    returned = core(chain(), ["a"], {"m:a": lambda x, ctx: x}).process(
+        "a", [env(i, i) for i in ids]).emits
+    emitted = core(chain(), ["a"], {"m:a": lambda x, ctx: ctx.emit("b", x)}).process(
+        "a", [env(i, i) for i in ids]).emits
+    for emits in (returned, emitted):
+        assert {e[PAYLOAD] for _, e in emits if e[BORN] == 123_456} == sampled
+        assert all(e[BORN] in (0, 123_456) for _, e in emits)
+
+
+def test_the_top_of_the_exact_buckets_meets_the_first_quarter_bucket() -> None:
+    assert bucket_upper(15) == 15 and bucket_upper(16) == 9
+    for key in range(16, 200):
+        assert time_bucket(bucket_upper(key)) == key, key
+
+
+@pytest.mark.parametrize("ns", [1, 2, 7, 8, 9, 13, 15, 16, 1500, 3100, 123_456_789])
+def test_the_hot_loop_files_each_time_and_wait_in_time_buckets_bucket(
+        monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    """The loop inlines time_bucket for speed: what it files must be what time_bucket
+    says, for the exact small buckets and the quarter buckets above them alike."""
+    import time
+
+    monkeypatch.setattr(time, "perf_counter_ns", FakeClocks(ns).perf)
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: x}, now=1000.0)
+    c.process("a", [[1, "source", 1, 0.0, 1, 1, int(1000.0 * 1e9) - ns]])  # waited ns
+    stats = c.stats["a"]
+    assert {k: n for k, n in enumerate(stats.times) if n} == {time_bucket(ns): 1}
+    assert {k: n for k, n in enumerate(stats.waits) if n} == {time_bucket(ns): 1}
+
+
+def test_busy_time_adds_up_over_batches_and_within_the_time_they_took() -> None:
+    import time
+
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: time.sleep(0.005)})
+    started = time.perf_counter()
+    for _ in range(3):
+        c.process("a", [env(1, 1), env(2, 2)])
+    took = time.perf_counter() - started
+    assert 6 * 0.005 <= c.stats["a"].busy <= took

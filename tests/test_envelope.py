@@ -132,3 +132,16 @@ def test_bounded_splits_rows_into_frames_no_larger_than_the_limit() -> None:
     assert e.bounded(big, body, 200) == [(["x" * 300], b""), (["small"], body(["small"])),
                                          (["y" * 300], b"")]
     assert e.bounded([], body, 0) == [([], body([]))]  # (an empty list packs to one byte)
+
+
+@pytest.mark.parametrize("envs", [{}, {"a": 1}, 5, "x", None])
+def test_data_frames_whose_envelopes_are_not_a_list_are_refused(envs: Any) -> None:
+    with pytest.raises(ProtocolError, match="malformed DATA frame"):
+        e.unpack_data(e.pack(["s", envs, 0]), 1 << 20)
+
+
+@pytest.mark.parametrize("rows", [{}, {"a": 1}, 5, "x", None])
+def test_result_frames_whose_rows_are_not_a_list_are_refused(rows: Any) -> None:
+    for frame in ([rows, [], []], [[], rows, []]):
+        with pytest.raises(ProtocolError, match="malformed RESULT frame"):
+            e.unpack_results(e.pack(frame), 1 << 20)

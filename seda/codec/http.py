@@ -32,7 +32,6 @@ class HttpCodec:
     name = "http"
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
         self.max_header = limits.max_header_bytes
         self.max_body = limits.max_request_bytes
         self.parser = httptools.HttpRequestParser(self)
@@ -87,7 +86,7 @@ class HttpCodec:
             try:
                 parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
-                raise ProtocolError("invalid request target", 400) from None
+                raise ProtocolError("invalid request target") from None
             target, query = parsed.path or b"/", parsed.query or b""
         body = self.body
         self.done.append({"method": self.method, "path": target.decode("latin-1"),
@@ -112,12 +111,12 @@ class HttpCodec:
         except ProtocolError:
             raise
         except httptools.HttpParserUpgrade:
-            raise ProtocolError("protocol upgrades are not supported", 400) from None
+            raise ProtocolError("protocol upgrades are not supported") from None
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, ProtocolError):  # raised inside a callback
                 raise cause from None
-            raise ProtocolError(f"malformed request: {exc}", 400) from None
+            raise ProtocolError(f"malformed request: {exc}") from None
 
     def partial(self) -> bool:
         return self.started
@@ -174,7 +173,7 @@ def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
             body = json.dumps(reply["json"]).encode()
             headers.setdefault("content-type", "application/json")
         else:
-            body = _body(reply.get("body", b""))
+            body = _body(reply.get("body"))
             headers.setdefault("content-type", "text/plain; charset=utf-8")
         if status in _NO_BODY:  # a body there would be read as the next response's start
             body = b""

@@ -2,7 +2,8 @@
 
 Requests are arrays of bulk strings (or inline commands); the payload given to the entry
 stage is a list of str (bytes where not UTF-8). Replies: {"ok": "OK"} -> +OK,
-{"error": "msg"} -> -ERR msg, int -> :n, None -> null bulk, str/bytes -> bulk string,
+{"error": "msg"} -> -ERR msg (an error whose first word is upper case, such as
+"WRONGTYPE ...", keeps it as its code), int -> :n, None -> null bulk, str/bytes -> bulk string,
 list -> array.
 """
 
@@ -144,8 +145,8 @@ def encode_value(value: Any) -> bytes:
     if isinstance(value, dict) and "ok" in value:  # a simple string: one line, always
         return f"+{_one_line(value['ok'])}\r\n".encode()
     if isinstance(value, dict) and "error" in value:
-        text = _one_line(value["error"])
-        return f"-{text if text[:4].isupper() else 'ERR ' + text}\r\n".encode()
+        text = _one_line(value["error"])  # an upper-case first word is the error's code
+        return f"-{text if text.split(' ', 1)[0].isupper() else 'ERR ' + text}\r\n".encode()
     if isinstance(value, (list, tuple)):
         return f"*{len(value)}\r\n".encode() + b"".join(encode_value(v) for v in value)
     data = value if isinstance(value, bytes) else str(value).encode()

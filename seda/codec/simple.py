@@ -45,7 +45,7 @@ class LineCodec(Buffered):
                 try:
                     out.append(line.decode())
                 except UnicodeDecodeError:
-                    raise ProtocolError("line is not UTF-8", 400) from None
+                    raise ProtocolError("line is not UTF-8") from None
         finally:
             if start:
                 del buf[:start]
