@@ -31,7 +31,7 @@ def bench(root: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]
 
 def test_bench_runs_every_model_and_writes_the_report(root: Path, tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
-        pytest.fail("wrk is not installed (.ci/run installs it)")
+        pytest.fail("wrk is not installed (tools/test installs it)")
     done = bench(root, tmp_path, "--connections", "1,4", "--path", "/hello", "--processes",
                  "2")
     assert done.returncode == 0, done.stderr

@@ -103,7 +103,7 @@ def test_keep_alive_and_statuses_with_http_client(tmp_path: Path) -> None:
 
 def test_curl(tmp_path: Path) -> None:
     if shutil.which("curl") is None:
-        pytest.fail("curl is not installed (.ci/run installs it)")
+        pytest.fail("curl is not installed (tools/test installs it)")
     run, port = serve(tmp_path, web())
     with run:
         done = subprocess.run(["curl", "-s", "-i", f"http://127.0.0.1:{port}/hello"],
@@ -319,7 +319,7 @@ def test_line_protocol(tmp_path: Path, root: Path) -> None:
 
 def test_kv_with_redis_cli(tmp_path: Path, root: Path) -> None:
     if shutil.which("redis-cli") is None:
-        pytest.fail("redis-cli is not installed (.ci/run installs redis-tools)")
+        pytest.fail("redis-cli is not installed (tools/test installs redis-tools)")
     run, port = serve(tmp_path, (root / "graphs" / "kv.yaml").read_text())
     with run:
         def cli(*args: str) -> str:

@@ -241,7 +241,7 @@ def dom_figures(dom: str) -> tuple[int, int]:
 
 def test_dashboard_in_headless_chromium_follows_the_load(tmp_path: Path) -> None:
     if shutil.which("chromium") is None:
-        pytest.fail("chromium is not installed (.ci/run installs it)")
+        pytest.fail("chromium is not installed (tools/test installs it)")
     run = SedaRun(tmp_path, DEPTH.replace("0.02", "0.03"), "--listen", "127.0.0.1:0")
     port = run.port()
     with run:
