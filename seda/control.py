@@ -16,11 +16,11 @@ if TYPE_CHECKING:
 
 
 def quantile(values: list[float], q: float) -> float:
-    """The q-quantile of `values` (nearest rank), 0.0 for none."""
+    """The q-quantile (0 <= q <= 1) of `values` (nearest rank), 0.0 for none."""
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 EARLY_EVERY = 20  # responses between looks at a window that is not yet full
@@ -146,9 +146,7 @@ class AdmissionController:
 
     def retry_after(self) -> int:
         """Whole seconds a rejected client should wait (HTTP Retry-After)."""
-        if self.rate is None or self.rate >= 1.0:
-            return 1
-        return max(1, math.ceil(1.0 / self.rate))
+        return 1 if self.rate is None else math.ceil(1.0 / self.rate)  # (rate > 0)
 
     def observe(self, latency: float, now: float) -> Decision | None:
         """An admitted request was answered after `latency` s; maybe adjust the rate."""

@@ -225,7 +225,6 @@ class StageCore:
         batch = self._fresh(stage, batch, group.dropped)
         started = time.perf_counter()
         runner = self.runners[stage]
-        self.running = ""
         if runner.batch is not None:
             batch = self._unexpired(stage, batch, group.dropped)
             self._run_batch(stage, runner, batch, group)
@@ -315,7 +314,7 @@ class StageCore:
             born = env[BORN]  # set on a sample of messages: their queue wait is timed
             if born:
                 ns = last + wall - born
-                if ns > 0:
+                if ns >= 0:  # (< 0: the wall clock was set back)
                     b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
                     waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             marks = len(emits), len(results)
@@ -391,7 +390,7 @@ class StageCore:
             assert runner.batch is not None
             waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
             for env in batch:
-                if env[BORN] and now > env[BORN]:
+                if env[BORN] and now >= env[BORN]:
                     waits[time_bucket(now - env[BORN])] += 1
             start = time.perf_counter_ns()
             values = runner.batch([env[PAYLOAD] for env in batch], ctx)

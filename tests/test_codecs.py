@@ -540,7 +540,7 @@ def test_resp_errors_keep_an_upper_case_first_word_as_their_code() -> None:
 
 
 def test_line_codec_keeps_trailing_spaces_and_drops_only_the_cr() -> None:
-    assert LineCodec(Limits()).feed(b"a b  \r\n\tc\t\n") == ["a b  ", "\tc\t"]
+    assert LineCodec(Limits()).feed(b"a b  \r\n\tc\t\nmaX\r\n") == ["a b  ", "\tc\t", "maX"]
 
 
 def test_length_codec_waits_for_a_body_that_follows_a_whole_frame() -> None:
@@ -548,3 +548,17 @@ def test_length_codec_waits_for_a_body_that_follows_a_whole_frame() -> None:
     data = b"\x00\x00\x00\x02ab" + b"\x00\x00\x00\x0a" + b"012"
     assert codec.feed(data) == [b"ab"] and codec.held() == 7
     assert codec.feed(b"3456789") == [b"0123456789"] and codec.held() == 0
+
+
+def test_http_statuses_up_to_599_are_checked_by_value() -> None:
+    from seda.codec.http import status_and_headers
+
+    assert status_and_headers({"status": 599}) == (599, {})
+    assert status_and_headers({"status": 200}) == (200, {})
+    with pytest.raises(ValueError, match="expected an int status from 200 to 599"):
+        status_and_headers({"status": 600})
+
+
+def test_http_a_target_exactly_at_the_head_limit_passes() -> None:
+    [request] = http(max_header_bytes=256).feed(b"GET /" + b"u" * 255 + b" HTTP/1.1\r\n\r\n")
+    assert len(request["path"]) == 256

@@ -353,6 +353,7 @@ def test_a_lower_priority_waits_for_a_fuller_bucket() -> None:
 from seda.control import (  # noqa: E402
     BatchController,
     Decision,
+    PoolController,
     _lower,
 )
 
@@ -595,3 +596,153 @@ def test_the_boundary_of_the_last_change_is_judged() -> None:
     ctl.observe(2.0, 6.0)  # admitted at 4.0, before the change: counted, not judged
     ctl.observe(1.0, 6.0)  # admitted at 5.0, exactly at the change: judged
     assert ctl.answered == 2 and ctl.window == [1.0]
+
+
+# ---------------------------------------------------------------- what mutation testing found
+# unguarded (see docs/testing.md)
+
+def test_no_limit_is_set_before_a_capacity_is_measured_and_a_slow_one_still_sets_it() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=1000, max_rate=50.0)
+    # over the target while draining, under a ceiling: the rate holds, nothing is measured
+    assert window(ctl, 0.0, [0.5] * 40, admitted=10) is None
+    assert ctl.capacity == 0.0 and ctl.limit is None
+    slow = AdmissionController(target=0.1, period=2.0, samples=1000)
+    decision = window(slow, 0.0, [0.5], admitted=1)  # one answer in 2 s: 0.5 req/s
+    assert slow.capacity == 0.5
+    assert decision is not None and decision.limit == 2.0 and decision.rate == 1.0
+
+
+def test_a_saturated_estimate_decays_by_a_tenth_a_window() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=1000)
+    ctl.rate, ctl.capacity, ctl.changed = 50.0, 100.0, -10.0
+    window(ctl, 0.0, [0.3] * 10, admitted=10)  # 10 answered: a backlog kept the p90 up
+    assert ctl.capacity == pytest.approx(90.0)
+
+
+@pytest.mark.parametrize(("admitted", "answered", "raises"), [(103, 97, True),
+                                                              (104, 97, False)])
+def test_the_backlog_tolerance_is_five_percent_of_the_traffic_plus_one(
+        admitted: int, answered: int, raises: bool) -> None:
+    """200 requests in and out: 6 more in than out is within 0.05 x 200 / 2 + 1 = 6; 201
+    with 7 more is over 6.025."""
+    ctl = AdmissionController(target=0.1, period=1.0, samples=1000)
+    ctl.rate, ctl.capacity, ctl.best, ctl.changed = 20.0, 100.0, 100.0, -10.0
+    decision = window(ctl, 0.0, [0.01] * answered, admitted=admitted)
+    assert (decision is not None and decision.rate == pytest.approx(90.0)) == raises
+    assert ctl.rate == (pytest.approx(90.0) if raises else 20.0)
+
+
+def test_a_cut_stays_under_the_ceiling() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=2000, max_rate=50.0)
+    window(ctl, 0.0, [0.2] * 1000, admitted=1000)  # 1,000/s measured: 450/s would do
+    assert ctl.capacity == 1000.0 and ctl.rate == 50.0
+
+
+def test_a_slow_rate_buckets_one_token_at_least_and_no_more() -> None:
+    ctl = AdmissionController(target=0.1, burst=0.1)
+    ctl.rate, ctl.tokens, ctl.refilled = 5.0, 0.0, 0.0  # 5 x 0.1 = half a token: one
+    assert ctl.admit(10.0) and not ctl.admit(10.0)
+
+
+def test_a_window_is_judged_when_its_period_is_over_with_few_answers() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=100)
+    for t in (0.0, 0.5):
+        assert ctl.observe(0.5, t) is None
+    decision = ctl.observe(0.5, 1.0)  # exactly a period: judged with 3 answers
+    assert decision is not None and decision.what == "cut" and decision.p90 == 0.5
+
+
+def test_an_empty_window_and_an_instant_one_start_afresh() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=20)
+    ctl.tick(0.0)
+    ctl.admitted, ctl.capped = 5, 3
+    assert ctl.tick(2.0) is None  # old, and nothing answered: nothing to judge
+    assert (ctl.window, ctl.window_start, ctl.admitted, ctl.answered, ctl.capped) == (
+        [], 2.0, 0, 0, 0)
+    for _ in range(20):  # a full window, all in one instant: no rate can be measured
+        assert ctl.observe(0.01, 2.0) is None
+    assert ctl.rate is None and ctl.window == [] and ctl.answered == 0
+
+
+def test_a_capped_window_under_the_target_raises_the_rate_and_says_so() -> None:
+    ctl = AdmissionController(target=0.1, period=1.0, samples=1000)
+    ctl.rate, ctl.capacity, ctl.best, ctl.limit, ctl.changed = 10.0, 100.0, 100.0, 8.0, -10.0
+    decision = window(ctl, 0.0, [0.08] * 60, admitted=60, capped=3)
+    assert ctl.capacity == pytest.approx(0.7 * 100.0 + 0.3 * 60.0)
+    assert decision is not None and decision.what == "raise" and decision.limit == 8.0
+    assert decision.rate == pytest.approx(0.9 * (0.7 * 100.0 + 0.3 * 60.0))
+
+
+def test_a_lower_rate_under_the_same_limit_is_a_cut_and_spends_the_bucket() -> None:
+    ctl = AdmissionController(target=0.001, period=1.0, samples=1000)
+    ctl.rate, ctl.capacity, ctl.limit, ctl.changed, ctl.tokens = 500.0, 100.0, 2.0, -10.0, 50.0
+    decision = window(ctl, 0.0, [0.01] * 50, admitted=50)
+    assert decision is not None and decision.what == "cut"
+    assert (decision.rate, decision.limit) == (pytest.approx(0.25 * 90.0), 2.0)
+    assert ctl.tokens == 1.0 and ctl.changed == 1.0
+
+
+def test_batching_measures_rates_per_second_over_periods_of_any_length() -> None:
+    ctl = BatchController(min=1, max=64, period=0.5, window=32.0)
+    ctl.observe(0.0, 0)
+    assert ctl.observe(0.5, 50) == round(32 / 1.2)  # 100/s
+    assert ctl.observe(1.5, 150) == round(32 / 1.2 / 1.2)  # 100/s again, over 1 s: no jump
+
+
+def test_batching_smooths_the_rate_over_periods() -> None:
+    ctl = BatchController(min=1, max=64, period=1.0)
+    ctl.observe(0.0, 0)
+    ctl.observe(1.0, 100)
+    assert ctl.last_rate == 100.0  # the first period as it is
+    ctl.observe(2.0, 300)
+    assert ctl.last_rate == pytest.approx(0.3 * 200 + 0.7 * 100)
+
+
+@pytest.mark.parametrize(("start", "end", "window"), [(0.0, 0.96, 7), (5.0, 5.2, 16)])
+def test_batching_measures_busy_time_from_the_start_of_the_first_period(
+        start: float, end: float, window: int) -> None:
+    """Held back while 96% busy: no time to spare, Sandstorm's rule shrinks the window;
+    20% busy: grow it fast."""
+    ctl = BatchController(min=1, max=64, period=1.0, window=8.0)
+    ctl.observe(0.0, 0, start, 0)
+    assert ctl.observe(1.0, 100, end, 1) == window
+
+
+def test_batching_measures_busy_time_from_a_period_that_had_none() -> None:
+    ctl = BatchController(min=1, max=64, period=1.0, window=8.0)
+    ctl.observe(0.0, 0, 0.0, 0)
+    assert ctl.observe(1.0, 100, 0.0, 0) == 7
+    assert ctl.observe(2.0, 200, 0.96, 1) == 6  # held, but 96% busy: the usual rule
+
+
+def test_batching_says_nothing_when_the_window_stays() -> None:
+    ctl = BatchController(min=1, max=64, period=1.0, window=64.0)
+    ctl.observe(0.0, 0, 0.0, 0)
+    assert ctl.observe(1.0, 100, 0.1, 1) is None and ctl.window == 64.0
+
+
+def test_batching_calls_a_drop_to_twenty_completions_a_new_load() -> None:
+    ctl = BatchController(min=1, max=64, period=1.0, window=8.0)
+    ctl.observe(0.0, 0)
+    assert ctl.observe(1.0, 100) == 7
+    assert ctl.observe(2.0, 120) == 64  # 20/s, under a third of 100/s, 20 completions
+
+
+def test_command_classes_are_tried_in_turn() -> None:
+    classes = [RequestClass(name="get", priority=1, match={"command": "GET"}),
+               RequestClass(name="set", priority=1, match={"command": "set"})]
+    rules = Classifier(classes)
+    assert [rules.classify(r) for r in (["GET", "k"], ["SET", "k", "v"], ["DEL", "k"])] == [
+        0, 1, 2]
+
+
+def test_decisions_give_the_target_in_ms() -> None:
+    assert Decision(0.0, "raise", 0.5, 3.0).describe(1.0) == (
+        "admission: p90 500 ms against a 1000 ms target -> raise to 3.0 req/s")
+
+
+def test_the_pool_waits_for_a_backlog_to_last_whatever_the_clock_reads() -> None:
+    ctl = PoolController(min=1, max=4, queue=10, after=1.0)
+    assert ctl.observe(100.0, 50, 0.0, 1) == 0  # over since now
+    assert ctl.observe(100.9, 50, 0.0, 1) == 0
+    assert ctl.observe(101.0, 50, 0.0, 1) == 1

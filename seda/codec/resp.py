@@ -146,7 +146,7 @@ def encode_value(value: Any) -> bytes:
         return f"+{_one_line(value['ok'])}\r\n".encode()
     if isinstance(value, dict) and "error" in value:
         text = _one_line(value["error"])  # an upper-case first word is the error's code
-        return f"-{text if text.split(' ', 1)[0].isupper() else 'ERR ' + text}\r\n".encode()
+        return f"-{text if text.partition(' ')[0].isupper() else 'ERR ' + text}\r\n".encode()
     if isinstance(value, (list, tuple)):
         return f"*{len(value)}\r\n".encode() + b"".join(encode_value(v) for v in value)
     data = value if isinstance(value, bytes) else str(value).encode()
