@@ -498,6 +498,7 @@ def test_the_pool_controller_at_its_boundaries() -> None:
     ctl = PoolController(min=2, max=4, queue=10, after=1.0, idle=5.0)
     assert ctl.observe(0.0, 0, 0.0, 1) == 1 and ctl.changed == 0.0  # below min: at once
     assert ctl.observe(0.5, 0, 0.0, 1) == 0  # and not again before `after`
+    assert ctl.observe(1.0, 0, 0.0, 1) == 1  # exactly `after` later: again
     ctl = PoolController(min=1, max=2, queue=10, after=1.0, idle=5.0)
     assert ctl.observe(0.0, 0, 0.0, 3) == -1 and ctl.changed == 0.0  # above max: at once
     assert ctl.observe(1.0, 0, 0.0, 2) == 0  # `after` passed; calm only since now

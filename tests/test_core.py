@@ -403,6 +403,7 @@ def test_a_batch_handler_keeps_exact_books(monkeypatch: pytest.MonkeyPatch) -> N
     c = core(spec, ["r"], {"m:r": Batch}, now=1000.0)
     batch = [[i, "acceptor.0", 1, 0.0 if i != 3 else 999.0, i, i, 0] for i in (1, 2, 3)]
     batch[0][BORN] = int(1000.0 * 1e9) - 8000
+    batch[1][BORN] = int(1000.0 * 1e9)  # born this very instant: a wait of 0, counted
     for _ in range(2):
         group = c.process("r", [list(e) for e in batch])
     assert seen == [([1, 2], 1), ([1, 2], 1)]  # the expired one is not run; ctx is the first
@@ -411,7 +412,8 @@ def test_a_batch_handler_keeps_exact_books(monkeypatch: pytest.MonkeyPatch) -> N
     assert [e[PAYLOAD] for e in group.results] == [1, None]  # None: a reply all the same
     assert [e[ID] for e in group.dropped] == [3]
     assert stats.times[time_bucket(3000 // 2)] == 4  # the mean per message, for each
-    assert stats.waits[time_bucket(8000)] == 2 and sum(stats.waits) == 2  # (unsampled: none)
+    assert stats.waits[time_bucket(8000)] == 2 and stats.waits[0] == 2
+    assert sum(stats.waits) == 4  # (the unsampled one: none)
     assert c.running == ""
 
 
