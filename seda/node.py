@@ -25,6 +25,7 @@ from setproctitle import setproctitle
 from seda import deadletter
 from seda.envelope import (
     ACK,
+    ATTEMPT,
     BOUNCE,
     CONTROL,
     CREDIT,
@@ -538,9 +539,23 @@ class Node:
                     else:  # best effort: if this frame is lost, the request's deadline holds
                         self._send_rows(origin, LOST, items)
             why = deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
+            for letter in letters:
+                self._say_dead(letter)
             if why:
                 self.counters["dead_letters_unwritten"] += len(letters)
                 self.throttle.say("dead letters", f"{why}: {len(letters)} dead letters lost")
+
+    def _say_dead(self, letter: DeadLetter) -> None:
+        """One line on stderr, with the traceback, per stage and error type every 10 s (the
+        rest are counted on the next line of their kind): a handler that fails is seen where
+        the run was started, not only in the dead-letter file."""
+        parts = letter.error.split(": ", 2)  # "stage: ErrorType: text" from a handler
+        kind = f"{letter.stage}: {parts[1] if len(parts) == 3 else letter.status}"
+        where = os.path.abspath(self.plan.dead_letter)
+        trace = "\n" + letter.traceback.rstrip() if letter.traceback else ""
+        self.throttle.say(kind, f"gave up on a message of stage '{letter.stage}' after "
+                                f"{letter.env[ATTEMPT] - 1} attempts: {letter.error} (dead "
+                                f"letter in {where}){trace}")
 
     def count_dropped(self, stage: str, reason: str, n: int = 1) -> None:
         reasons = self.dropped.setdefault(stage, {})

@@ -723,7 +723,9 @@ class Supervisor:
         figures = ", ".join(f"{sum(d.get(k, 0) for d in doors)} {k.replace('_', ' ')}"
                             for k in ("requests", "responses", "rejected", "timeouts",
                                       "failed", "protocol_errors"))
+        dead = deadletter.count(self.plan.dead_letter) - self.dead_before
         return (f"service '{self.spec.name}' stopped after draining: {figures}, "
+                f"{dead} dead-lettered{' -> ' + self.plan.dead_letter if dead else ''}, "
                 f"{self.restart_count} restarts")
 
     def _summary(self) -> str:

@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 
 
+MAX_KINDS = 256  # kinds remembered at once (more, and the table starts afresh)
+
+
 class Throttle:
     def __init__(self, prefix: str, every: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
@@ -33,5 +36,7 @@ class Throttle:
             return False
         more = f" ({held} more of this kind since the last line)" if held else ""
         self.write(f"{self.prefix}{text}{more}")
+        if len(self.kinds) >= MAX_KINDS and kind not in self.kinds:
+            self.kinds.clear()  # (kinds a handler names, such as error types, are many)
         self.kinds[kind] = (now, 0)
         return True

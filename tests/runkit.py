@@ -71,8 +71,9 @@ def summary_counts(stderr: str) -> dict[str, int]:
     """A service summary's figures: {'requests': n, 'responses': n, 'rejected': n, ...}."""
     line = next(ln for ln in stderr.splitlines() if "stopped after draining" in ln)
     figures = line.split(": ", 2)[2]
+    parts = [part.split(" -> ")[0] for part in figures.split(", ")]  # (" -> " a file)
     return {part.split(" ", 1)[1].replace(" ", "_"): int(part.split(" ", 1)[0])
-            for part in figures.split(", ")}
+            for part in parts}
 
 
 def balanced(stderr: str) -> dict[str, int]:

@@ -682,3 +682,13 @@ def test_emitting_where_no_route_goes_names_the_routes_there_are() -> None:
     [(_, error, _)] = core(spec, ["a"], {"m:a": lambda x, ctx: ctx.emit("z", x)}).process(
         "a", [env(1, 1)]).failed
     assert error == "a: HandlerUsageError: stage 'a' has no route to 'z' (its routes: b, c)"
+
+
+def test_a_batch_handler_times_no_wait_for_unsampled_messages() -> None:
+    class Batch:
+        def handle_batch(self, xs: list[Any], ctx: Any) -> list[Any]:
+            return xs
+
+    c = core(chain(), ["a"], {"m:a": Batch})
+    c.process("a", [[1, "source", 1, 0.0, 1, 1, 0], [2, "source", 1, 0.0, 2, 2, 0]])
+    assert sum(c.stats["a"].waits) == 0 and sum(c.stats["a"].times) == 2

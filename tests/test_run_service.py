@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.runkit import SedaRun, Stream, balanced, wait_for
+from tests.runkit import SedaRun, Stream, balanced, summary_counts, wait_for
 
 WEB = """
 name: web
@@ -227,6 +227,28 @@ def test_a_request_whose_handler_always_fails_is_answered_500_at_once(tmp_path: 
         assert snap["dead_letters"] == 1
         stop(run)
     assert "0 timeouts, 1 failed" in run.stderr
+
+
+def test_a_failing_handler_is_seen_on_the_console_once_a_while_and_in_the_summary(
+        tmp_path: Path) -> None:
+    """Its error and traceback are printed where seda was started, naming the dead-letter
+    file -- once per stage and error type in 10 s, however many requests fail so -- and the
+    summary counts the dead letters and names the file."""
+    run, port = serve(tmp_path, web(workers=2))
+    with run:
+        for _ in range(3):
+            answer = raw(port, b"GET /boom HTTP/1.1\r\nConnection: close\r\n\r\n", wait=15)
+            assert answer.startswith(b"HTTP/1.1 500"), answer
+        stop(run)
+    where = tmp_path / "dead-letter.jsonl"
+    said = [ln for ln in run.stderr.splitlines() if "gave up on a message" in ln]
+    assert said == [f"seda: acceptor.0: gave up on a message of stage 'web' after 3 attempts: "
+                    f"web: ValueError: boom (dead letter in {where})"], run.stderr
+    trace = run.stderr.split(said[0], 1)[1]
+    assert trace.startswith("\nTraceback (most recent call last):\n")
+    assert "ValueError: boom" in trace.split("\n\n")[0]
+    assert summary_counts(run.stderr)["dead-lettered"] == 3
+    assert f"3 failed, 0 protocol errors, 3 dead-lettered -> {where}, " in run.stderr
 
 
 def test_a_request_past_its_deadline_is_dropped_unrun(tmp_path: Path) -> None:
