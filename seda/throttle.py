@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable
 
-
 MAX_KINDS = 256  # kinds remembered at once (more, and the table starts afresh)
 
 
