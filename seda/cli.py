@@ -260,7 +260,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     url, token = _status_target(args, args.target)
     try:
         return top(url.rstrip("/"), args.once, args.interval, workers=args.workers,
-                   token=token)
+                   token=token, as_json=args.json)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true",
                    help="print one view and exit (a graph that has just started: once its "
                         "first figures are in, waiting up to 5 s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the snapshot as one JSON object (what /api/status serves) and "
+                        "exit, waiting for first figures as --once does")
     p.add_argument("--workers", action="store_true", help="also a row per worker process")
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between updates (default 1)")

@@ -23,6 +23,7 @@ from seda import rundir
 from seda.errors import RunError
 
 BARS = "▁▂▃▄▅▆▇█"
+PIPE_WIDTH = 1000  # columns of `seda top --once` written to a pipe or a file
 FIRST_FIGURES_WAIT = 5.0  # s: how long `--once` waits for a graph that has just started
 
 
@@ -168,15 +169,21 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
 
 
 def top(url: str, once: bool, interval: float, console: Console | None = None,
-        workers: bool = False, token: str = "") -> int:
-    console = console or Console()
+        workers: bool = False, token: str = "", as_json: bool = False) -> int:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: whole lines, not cut to 80 columns
+            console = Console(width=PIPE_WIDTH)
     snap = fetch(url, token)
-    if once:  # one view with figures: a graph that has just started has them within a second
+    if once or as_json:  # a graph that has just started has its figures within a second
         deadline = time.monotonic() + FIRST_FIGURES_WAIT
         while "stages" not in snap and time.monotonic() < deadline:
             time.sleep(0.1)
             snap = fetch(url, token)
-        console.print(render(snap, workers=workers))
+        if as_json:
+            print(json.dumps(snap), flush=True)  # the snapshot /api/status serves
+        else:
+            console.print(render(snap, workers=workers))
         return 0
     from rich.live import Live
 

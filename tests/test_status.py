@@ -360,6 +360,17 @@ def test_status_token_guards_every_page_and_seda_top_finds_it(tmp_path: Path) ->
         by_name = subprocess.run([*top, name], capture_output=True, text=True, timeout=30,
                                  env=env)
         assert by_name.returncode == 0 and f"graph {name}" in by_name.stdout, by_name.stderr
+        # into a pipe, with no COLUMNS: whole lines, not cut to 80 columns
+        piped = subprocess.run([*top, "--workers", name], capture_output=True, text=True,
+                               timeout=30, env={"PATH": ""})
+        assert piped.returncode == 0 and "…" not in piped.stdout, piped.stdout
+        assert max(map(len, piped.stdout.splitlines())) > 80, piped.stdout
+        for column in ("Completed", "Throughput history", "Memory", "Received"):
+            assert column in piped.stdout, piped.stdout
+        as_json = subprocess.run([*top, "--json", name], capture_output=True, text=True,
+                                 timeout=30, env={"PATH": ""})
+        snap = json.loads(as_json.stdout)
+        assert as_json.returncode == 0 and snap["graph"] == name and snap["stages"], snap
         no_token = subprocess.run([*top, "--url", url], capture_output=True, text=True,
                                   timeout=30, env=env)
         assert no_token.returncode != 0 and "401" in no_token.stderr
