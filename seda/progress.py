@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from rich.console import Console
@@ -10,16 +11,38 @@ from rich.progress import Progress as RichProgress
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 
-class Progress:
-    """A one-line live status: items read, in flight, rate, errors, dead letters, restarts."""
+RATE_OVER = 2.0  # s: the rate shown is that of the last this many seconds
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+
+def line(what: str, count: int, in_flight: int, rate: float, errors: int, dead: int,
+         restarts: int) -> str:
+    """The status line: `what` is "read" (a pipeline's items) or "requests" (a service's)."""
+    return (f"{what} {count:,} · in flight {in_flight:,} · {rate:,.0f}/s · errors {errors:,} · "
+            f"dead {dead:,} · restarts {restarts:,}")
+
+
+class Progress:
+    """A one-line live status: items read (or requests), in flight, the recent rate, errors,
+    dead letters, restarts."""
+
+    def __init__(self, enabled: bool, clock: Any = time.monotonic) -> None:
+        self.enabled, self.clock = enabled, clock
         self._bar: RichProgress | None = None
         self._task: Any = None
-        self._start = time.monotonic()
+        self._seen: deque[tuple[float, int]] = deque()  # (time, count) of recent updates
 
-    def update(self, **figures: int) -> None:
+    def rate(self, count: int) -> float:
+        """Per second over about the last RATE_OVER seconds (from the updates seen)."""
+        now = self.clock()
+        seen = self._seen
+        seen.append((now, count))
+        while len(seen) > 2 and now - seen[1][0] >= RATE_OVER:
+            seen.popleft()
+        then, before = seen[0]
+        return (count - before) / (now - then) if now > then else 0.0
+
+    def update(self, what: str, count: int, in_flight: int, errors: int, dead: int,
+               restarts: int) -> None:
         if not self.enabled:
             return
         if self._bar is None:
@@ -28,10 +51,7 @@ class Progress:
                                      transient=True)
             self._bar.start()
             self._task = self._bar.add_task("starting")
-        rate = figures.get("read", 0) / max(1e-9, time.monotonic() - self._start)
-        text = (f"read {figures.get('read', 0)} · in flight {figures.get('pending', 0)} · "
-                f"{rate:,.0f}/s · errors {figures.get('errors', 0)} · dead {figures.get('dead', 0)}"
-                f" · restarts {figures.get('restarts', 0)}")
+        text = line(what, count, in_flight, self.rate(count), errors, dead, restarts)
         self._bar.update(self._task, description=text)
 
     def close(self) -> None:

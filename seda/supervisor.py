@@ -639,11 +639,19 @@ class Supervisor:
         return out
 
     def _show_progress(self) -> None:
-        source = self.stats.get("source", {})
-        errors = sum(v for k, v in self.totals().items() if k.endswith(".errors"))
+        errors = int(sum(v for k, v in self.totals().items() if k.endswith(".errors")))
         dead = sum(m.get("dead_letters", 0) for m in self.stats.values())
-        self.progress.update(read=source.get("read", 0), pending=source.get("pending", 0),
-                             errors=int(errors), dead=dead, restarts=self.restart_count)
+        if self.spec.is_service:  # requests read by the front doors, and not answered yet
+            doors = [self.stats.get(n, {}) for n in self.plan.front_doors()]
+            count = sum(d.get("requests", 0) for d in doors)
+            answered = sum(d.get(k, 0) for d in doors
+                           for k in ("responses", "rejected", "timeouts", "failed"))
+            self.progress.update("requests", count, max(0, count - answered), errors, dead,
+                                 self.restart_count)
+        else:
+            source = self.stats.get("source", {})
+            self.progress.update("read", source.get("read", 0), source.get("pending", 0),
+                                 errors, dead, self.restart_count)
 
     def _tick(self, now: float) -> Outcome | None:
         if self.listening and all(c.ready for c in self._active().values()):
