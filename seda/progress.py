@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.progress import Progress as RichProgress
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
-
 RATE_OVER = 2.0  # s: the rate shown is that of the last this many seconds
 
 
