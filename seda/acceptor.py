@@ -27,11 +27,11 @@ from typing import Any, cast
 import zmq
 from setproctitle import setproctitle
 
-from seda.codec import BAD_REPLY, Codec, encode_reply, make_codec
+from seda.codec import BAD_REPLY, Codec, encode_reply, make_codec, repeatable
 from seda.codec.http import HttpCodec
 from seda.control import AdmissionController, Classifier, Decision
 from seda.core import StageCore
-from seda.envelope import ID, PAYLOAD, REQUEST, SAMPLE
+from seda.envelope import ID, ONCE, PAYLOAD, REQUEST, SAMPLE
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter, Dispatcher
 from seda.listener import tune
@@ -57,6 +57,7 @@ class Slot:
 
 
 LOST_TEXT = {500: "the handler failed", 504: "the handler ran over its time limit",
+             502: "a worker died while it held the request, which is not run twice",
              413: "the request is over the graph's settings.max_message_bytes"}
 SEND_EARLY = 16  # requests queued since the last send that go to the entry stage at once
 FD_RESERVE = 64  # descriptors kept free for the acceptor's own use (see connection_cap)
@@ -317,6 +318,7 @@ class Acceptor(Node):
         self.codes: dict[bytes, int] = {}
         self.busy_replies: dict[tuple[type, int], bytes] = {}  # (codec, Retry-After) -> 503
         self.http = self.protocol == "http"
+        self.repeatable = repeatable(self.protocol)
         rule = acc.admission
         self.admission = AdmissionController(
             rule.target, min_rate=rule.min_rate, max_rate=rule.max_rate) \
@@ -447,6 +449,7 @@ class Acceptor(Node):
         entry_queue, deadlines, entry, name = self.entry_queue, self.deadlines, self.entry, \
             self.name
         bound, reserve, kind, rejected = self.queue_bound, 0.0, 0, 0
+        repeatable = self.repeatable
         msg_id, admitted = self.next_id, 0
         for request in requests:
             slot = Slot(conn, request, b"", False, False, mono)
@@ -464,13 +467,14 @@ class Acceptor(Node):
                 self._overloaded(slot, admission.retry_after() if admission is not None else 1)
                 continue
             msg_id += 1
+            rid = msg_id if repeatable(request) else msg_id | ONCE  # (see envelope.ONCE)
             admitted += 1
             if admission is not None:
                 slot.timed = True
-            slots[msg_id] = slot
-            deadlines.append((expires, msg_id))
-            queue.append((entry, [msg_id, name, 1, deadline, request, msg_id,
-                                  0 if msg_id & SAMPLE else int(now * 1e9)]))
+            slots[rid] = slot
+            deadlines.append((expires, rid))
+            queue.append((entry, [rid, name, 1, deadline, request, rid,
+                                  0 if rid & SAMPLE else int(now * 1e9)]))
             # (a sample's queue wait is timed: see envelope.SAMPLE)
             if classes is not None:
                 self.held += 1

@@ -36,6 +36,11 @@ CONTROL = b"X"   # body: {"op": ...}                          supervisor -> proc
 STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
 
 SAMPLE = 7  # a message whose id & SAMPLE == 0 carries its birth time (one in eight)
+# in a request id (the REQUEST field, which every message a request causes carries): the
+# request may not be run twice -- an HTTP POST or PATCH, a RESP write, a line or length
+# request (nothing says they are idempotent). A stage with `retry: idempotent` (the default)
+# runs such a message again neither after its handler raised nor after its worker died.
+ONCE = 1 << 62
 ID_MASK = (1 << 63) - 1
 ID_MIX = 0x9E3779B97F4A7C15
 

@@ -66,8 +66,12 @@ class Dispatcher:
     # take a pool's last free worker
 
     def __init__(self, pool: str, workers: list[str], max_attempts: Callable[[str], int],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.pool, self.clock, self.max_attempts = pool, clock, max_attempts
+                 clock: Callable[[], float] = time.monotonic,
+                 rerun: Callable[[str, Envelope], bool] = lambda stage, env: True) -> None:
+        """`rerun(stage, env)`: may this message run again once it may have run (its
+        handler raised, or its worker died or lost frames while holding it)? Not: it fails
+        there (a dead letter; see the stage's `retry`)."""
+        self.pool, self.clock, self.max_attempts, self.rerun = pool, clock, max_attempts, rerun
         self.links = {w: Link(w) for w in workers}
         self.queue: deque[tuple[str, Envelope]] = deque()
         self.suspects: deque[tuple[str, Envelope]] = deque()  # held by a worker that died
@@ -97,7 +101,10 @@ class Dispatcher:
 
         `culprits` (not None): the cause is known -- the worker was ended because a call on
         these messages ran over its time limit (`why`). They fail at once, without a retry
-        (504); everything else it held goes out again uncharged, as no suspect."""
+        (504); everything else it held goes out again uncharged, as no suspect.
+
+        Either way, a message that may not run twice (`rerun`) fails instead of going out
+        again (502): the worker may have run it before it died."""
         link = self.links[worker]
         if pid and link.pid and pid != link.pid:
             return []
@@ -106,10 +113,19 @@ class Dispatcher:
         link.up, link.window, link.isolated = False, 0, False
         link.down_at = self.clock()
         link.pending.clear()
-        if culprits is not None:
-            self.queue.extendleft(reversed([(s, e) for s, e, _ in back if e[ID] not in culprits]))
-            return [DeadLetter(s, e, why, status=504) for s, e, _ in back if e[ID] in culprits]
         dead = []
+        if culprits is not None:
+            dead = [DeadLetter(s, e, why, status=504) for s, e, _ in back if e[ID] in culprits]
+            for letter in dead:
+                letter.env[ATTEMPT] += 1  # its run is over: it counts
+            back = [entry for entry in back if entry[1][ID] not in culprits]
+        once = self._once(back, f"worker {worker} died while it held it")
+        if once:  # (it may have run them: a batch runs one message after another)
+            dead += once
+            back = [entry for entry in back if self.rerun(entry[0], entry[1])]
+        if culprits is not None:
+            self.queue.extendleft(reversed([(s, e) for s, e, _ in back]))
+            return dead
         for stage, env, _ in reversed(back):
             if alone:
                 env[ATTEMPT] += 1
@@ -139,7 +155,11 @@ class Dispatcher:
             return []
         back = list(link.pending.values())
         link.pending.clear()
-        dead, again = [], []
+        dead = self._once(back, f"frames between this process and {worker} were dropped "
+                                f"while it held it")
+        if dead:
+            back = [entry for entry in back if self.rerun(entry[0], entry[1])]
+        again = []
         for stage, env, _ in back:
             env[ATTEMPT] += 1
             if env[ATTEMPT] > self.max_attempts(stage):
@@ -149,6 +169,16 @@ class Dispatcher:
             else:
                 again.append((stage, env))
         self.queue.extendleft(reversed(again))  # first in line again, in their order
+        return dead
+
+    def _once(self, held: list[Pending], what: str) -> list[DeadLetter]:
+        """The messages of `held` that may have run and may not run again: each fails, as a
+        502 to its client (a gateway whose upstream died, as nginx answers)."""
+        dead = [DeadLetter(stage, env, f"{what}; not run again (its request may not run "
+                                       f"twice: see the stage's retry)", status=502)
+                for stage, env, _ in held if not self.rerun(stage, env)]
+        for letter in dead:
+            letter.env[ATTEMPT] += 1  # (it may have run: count it)
         return dead
 
     def forget(self, worker: str, msg_id: int) -> None:
@@ -181,7 +211,7 @@ class Dispatcher:
             return None
         stage, env, _ = entry
         env[ATTEMPT] += 1
-        if env[ATTEMPT] > self.max_attempts(stage):
+        if env[ATTEMPT] > self.max_attempts(stage) or not self.rerun(stage, env):
             return DeadLetter(stage, env, error, tb)
         self.queue.append((stage, env))
         return None

@@ -36,6 +36,7 @@ from seda.envelope import (
     HELLO,
     ID,
     LOST,
+    ONCE,
     ORIGIN,
     PAYLOAD,
     REQUEST,
@@ -115,7 +116,9 @@ class Node:
                                                     else "acceptor")
         # results go to the origin; a front door is its own (symped has several)
         self.origin = name if self.me.role in FRONT_ROLES else plan.origin()
-        self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts)
+        self._retry = {s: st.retry for s, st in self.spec.stages.items()}
+        self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts,
+                                          rerun=self._rerun)
                             for p in self._downstream_pools()}
         # stage -> the queue of the dispatcher for its pool (the hot path appends to it)
         self._route = {s: self.dispatchers[p].queue for s, p in plan.stage_pool.items()
@@ -165,6 +168,11 @@ class Node:
     def _max_attempts(self, stage: str) -> int:
         own = self.spec.stages[stage].max_attempts
         return own if own is not None else self.spec.settings.max_attempts
+
+    def _rerun(self, stage: str, env: Envelope) -> bool:
+        """May `stage` run this message again (see the stage's `retry`, envelope.ONCE)?"""
+        retry = self._retry[stage]
+        return retry == "always" or (retry == "idempotent" and not env[REQUEST] & ONCE)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -553,9 +561,10 @@ class Node:
         kind = f"{letter.stage}: {parts[1] if len(parts) == 3 else letter.status}"
         where = os.path.abspath(self.plan.dead_letter)
         trace = "\n" + letter.traceback.rstrip() if letter.traceback else ""
+        runs = letter.env[ATTEMPT] - 1
         self.throttle.say(kind, f"gave up on a message of stage '{letter.stage}' after "
-                                f"{letter.env[ATTEMPT] - 1} attempts: {letter.error} (dead "
-                                f"letter in {where}){trace}")
+                                f"{runs} attempt{'' if runs == 1 else 's'}: {letter.error} "
+                                f"(dead letter in {where}){trace}")
 
     def count_dropped(self, stage: str, reason: str, n: int = 1) -> None:
         reasons = self.dropped.setdefault(stage, {})

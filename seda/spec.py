@@ -183,6 +183,9 @@ class StageSpec(_Spec):
     sink: bool = False
     pool: str | None = None
     max_attempts: int | None = Field(None, ge=1, le=100)
+    # run a message again after its handler raised or its worker died: "idempotent" (only
+    # when its request may be run twice: not a POST, PATCH or RESP write), "always", "never"
+    retry: Literal["idempotent", "always", "never"] = "idempotent"
     timeout: float | None = Field(None, gt=0, le=86_400)
     max_memory_mb: int | None = Field(None, ge=16, le=1 << 20)
     scale: ScaleSpec | None = None

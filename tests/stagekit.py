@@ -238,3 +238,18 @@ def hold(x: int, ctx: Any) -> int:
             f.write(str(os.getpid()))
         time.sleep(float(ctx.options.get("seconds", 5.0)))
     return x * 2
+
+
+def charge(request: dict[str, Any], ctx: Any) -> str:
+    """Counts its runs of each request in files under options['dir'] (a side effect a re-run
+    would repeat): /fail* raises on its first run, /die* kills its worker on its first run."""
+    from pathlib import Path
+
+    mark = Path(ctx.options["dir"]) / (request["method"] + request["path"].replace("/", "_"))
+    runs = int(mark.read_text()) + 1 if mark.exists() else 1
+    mark.write_text(str(runs))
+    if runs == 1 and request["path"].startswith("/fail"):
+        raise ValueError("a first run fails")
+    if runs == 1 and request["path"].startswith("/die"):
+        os._exit(9)
+    return f"{request['method']} {request['path']} run {runs}"

@@ -562,3 +562,15 @@ def test_http_statuses_up_to_599_are_checked_by_value() -> None:
 def test_http_a_target_exactly_at_the_head_limit_passes() -> None:
     [request] = http(max_header_bytes=256).feed(b"GET /" + b"u" * 255 + b" HTTP/1.1\r\n\r\n")
     assert len(request["path"]) == 256
+
+
+def test_which_requests_may_run_twice() -> None:
+    from seda.codec import repeatable
+
+    http_ok = repeatable("http")
+    assert [http_ok({"method": m}) for m in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST",
+                                             "PATCH", "PROPFIND")] == [True] * 5 + [False] * 3
+    resp_ok = repeatable("resp")
+    assert [resp_ok(r) for r in (["get", "k"], ["GET", "k"], ["SET", "k", "v"], ["INCR", "k"],
+                                 [b"GET", "k"], [])] == [True, True, False, False, False, False]
+    assert not repeatable("line")("anything") and not repeatable("length")(b"x")

@@ -479,3 +479,77 @@ def test_tracker_groups_stay_apart_and_duplicates_in_flight_are_not_tracked_twic
     assert [g.inputs for g in t.received([104])] == [[8]]
     assert [g.inputs for g in t.received([101, 103])] == [[1], [3]]
     assert len(t) == 0
+
+
+# ---------------------------------------------------------------- retry: what may run twice
+
+def once_env(i: int) -> list[object]:
+    """A message of a request that may not run twice (a POST): envelope.ONCE in REQUEST."""
+    from seda.envelope import ONCE
+
+    return [i, "acceptor.0", 1, 0.0, f"item {i}", i | ONCE, 1]
+
+
+def make_retry(policy: str, workers: int = 1) -> Dispatcher:
+    from seda.envelope import ONCE, REQUEST
+
+    def rerun(stage: str, env: list[object]) -> bool:
+        return policy == "always" or (policy == "idempotent"
+                                      and not env[REQUEST] & ONCE)  # type: ignore[operator]
+
+    return Dispatcher("p", [f"p.{i}" for i in range(workers)], lambda _s: 3, Clock(),
+                      rerun=rerun)
+
+
+@pytest.mark.parametrize(("policy", "once_again", "plain_again"), [
+    ("idempotent", False, True), ("always", True, True), ("never", False, False)])
+def test_a_handler_failure_runs_again_only_what_may_run_twice(
+        policy: str, once_again: bool, plain_again: bool) -> None:
+    d = make_retry(policy)
+    d.grant("p.0", 8, pid=10)
+    d.submit("s", once_env(1))
+    d.submit("s", env(2))
+    d.dispatch()
+    failed = {i: d.failed("p.0", i, "s: ValueError: x", "tb") for i in (1, 2)}
+    assert (failed[1] is None, failed[2] is None) == (once_again, plain_again)
+    for letter in filter(None, failed.values()):
+        assert (letter.status, letter.error, letter.env[ATTEMPT]) == (500, "s: ValueError: x", 2)
+    assert sorted(e[ID] for _, e in d.queue) == [i for i, again in
+                                                 ((1, once_again), (2, plain_again)) if again]
+
+
+def test_a_dead_worker_fails_what_may_not_run_twice_with_a_502() -> None:
+    d = make_retry("idempotent")
+    d.grant("p.0", 8, pid=10)
+    for e in (once_env(1), env(2), once_env(3)):
+        d.submit("s", e)
+    d.dispatch()
+    letters = d.down("p.0", pid=10)
+    assert [(lt.env[ID] & 0xFF, lt.status, lt.env[ATTEMPT]) for lt in letters] == [
+        (1, 502, 2), (3, 502, 2)]
+    assert letters[0].error == ("worker p.0 died while it held it; not run again (its request "
+                                "may not run twice: see the stage's retry)")
+    assert [e[ID] for _, e in d.suspects] == [2] and not d.queue  # the GET goes out again
+
+
+def test_a_timed_out_call_is_a_504_and_its_neighbours_that_may_not_run_twice_502() -> None:
+    d = make_retry("idempotent")
+    d.grant("p.0", 8, pid=10)
+    for e in (once_env(1), env(2), once_env(3), env(4)):
+        d.submit("s", e)
+    d.dispatch()
+    letters = d.down("p.0", pid=10, culprits={once_env(1)[0]}, why="ran over")
+    assert [(lt.env[ID] & 0xFF, lt.status) for lt in letters] == [(1, 504), (3, 502)]
+    assert all(lt.env[ATTEMPT] == 2 for lt in letters)
+    assert [e[ID] for _, e in d.queue] == [2, 4]
+
+
+def test_dropped_frames_fail_what_may_not_run_twice() -> None:
+    d = make_retry("idempotent")
+    d.grant("p.0", 8, pid=10)
+    d.submit("s", once_env(1))
+    d.submit("s", env(2))
+    d.dispatch()
+    [letter] = d.bounced("p.0")
+    assert (letter.env[ID] & 0xFF, letter.status) == (1, 502)
+    assert [(e[ID], e[ATTEMPT]) for _, e in d.queue] == [(2, 2)]

@@ -752,3 +752,50 @@ def test_a_drain_answers_every_request_in_flight(tmp_path: Path, model: str) -> 
         if model != "mp":  # (mp's connection processes count their own figures)
             counts = balanced(run.stderr)
             assert counts["responses"] == 6, counts
+
+
+CHARGE = """
+name: pay
+acceptor: {{listen: "127.0.0.1:0", protocol: http, entry: pay}}
+stages:
+  pay: {{handler: stagekit:charge, workers: 2, {retry}options: {{dir: "{dir}"}}}}
+"""
+
+
+@pytest.mark.parametrize(("retry", "expect"), [
+    ("", {("POST", "/fail"): (500, 1), ("GET", "/fail"): (200, 2), ("PUT", "/fail"): (200, 2),
+          ("POST", "/die"): (502, 1), ("PATCH", "/die"): (502, 1), ("GET", "/die"): (200, 2)}),
+    ("always", {("POST", "/fail"): (200, 2), ("POST", "/die"): (200, 2)}),
+    ("never", {("GET", "/fail"): (500, 1), ("GET", "/die"): (502, 1)}),
+])
+def test_a_request_that_may_not_run_twice_is_not_run_again(
+        tmp_path: Path, retry: str, expect: dict[tuple[str, str], tuple[int, int]]) -> None:
+    """A handler that raised, or whose worker died, on a POST or PATCH is not run again: its
+    client gets a 500 (or a 502: the worker died) and the side effect happened once. A GET or
+    PUT is run again (RFC 9110 idempotent). `retry: always` runs everything again, `never`
+    nothing."""
+    import http.client
+    import json
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    graph = CHARGE.format(retry=f"retry: {retry}, " if retry else "", dir=runs)
+    run, port = serve(tmp_path, graph)
+    with run:
+        got = {}
+        for method, path in expect:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request(method, path, body=b"{}" if method != "GET" else None)
+            answer = conn.getresponse()
+            answer.read()
+            conn.close()
+            ran = runs / (method + path.replace("/", "_"))
+            got[(method, path)] = (answer.status, int(ran.read_text()))
+        assert got == expect
+        stop(run)
+    balanced(run.stderr)
+    letters = [json.loads(line) for line in
+               (tmp_path / "dead-letter.jsonl").read_text().splitlines()] \
+        if (tmp_path / "dead-letter.jsonl").exists() else []
+    assert len(letters) == sum(status != 200 for status, _ in expect.values())
+    assert all(letter["attempts"] == 1 for letter in letters), letters

@@ -8,6 +8,7 @@ No sockets here. The acceptor owns one codec per connection and calls:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from seda.errors import ProtocolError
@@ -86,3 +87,32 @@ def make_codec(protocol: str, limits: Limits) -> Codec:
     from seda.codec.simple import LengthCodec, LineCodec
 
     return LineCodec(limits) if protocol == "line" else LengthCodec(limits)
+
+
+# HTTP methods that RFC 9110 makes idempotent, and RESP commands that only read: a request of
+# these may be run twice (again after a failure) without its client seeing a difference
+IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+READ_COMMANDS = frozenset((
+    "GET", "MGET", "EXISTS", "STRLEN", "GETRANGE", "TTL", "PTTL", "TYPE", "KEYS", "SCAN",
+    "DBSIZE", "PING", "ECHO", "TIME", "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN",
+    "HEXISTS", "LRANGE", "LLEN", "LINDEX", "SMEMBERS", "SISMEMBER", "SCARD", "ZRANGE",
+    "ZSCORE", "ZCARD", "ZRANK"))
+
+
+def _http_repeatable(request: Any) -> bool:
+    return request["method"] in IDEMPOTENT_METHODS
+
+
+def _resp_repeatable(request: Any) -> bool:
+    name = request[0] if request else None
+    return type(name) is str and name.upper() in READ_COMMANDS
+
+
+def repeatable(protocol: str) -> Callable[[Any], bool]:
+    """Whether a request of `protocol` may be run twice: an idempotent HTTP method, a RESP
+    command that only reads. A line or length request: nothing says, so no."""
+    if protocol == "http":
+        return _http_repeatable
+    if protocol == "resp":
+        return _resp_repeatable
+    return lambda request: False
