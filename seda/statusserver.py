@@ -75,7 +75,8 @@ class Pages:
     """What the server answers: a request (the codec's dict) in, a reply dict out. No IO."""
 
     def __init__(self, status: Status, token: str, port: int,
-                 scale: Callable[[str, int], dict[str, Any]] | None) -> None:
+                 scale: Callable[[str, int], dict[str, Any]] | None,
+                 ready: Callable[[], str] = lambda: "") -> None:
         from prometheus_client.registry import Collector, CollectorRegistry
 
         from seda.render import to_svg
@@ -85,6 +86,7 @@ class Pages:
                 return metric_families(status.snapshot)
 
         self.status, self.token, self.port, self.scale = status, token, port, scale
+        self.ready = ready  # "" when the graph is ready, else why not
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(Snapshot())
         self.dashboard = (resources.files("seda") / "web" / "dashboard.html").read_bytes()
@@ -92,12 +94,20 @@ class Pages:
         self.hosts = {f"{name}:{port}" for name in LOOPBACK_NAMES}
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        path = request["path"]
+        if path in ("/healthz", "/readyz") and request["method"] in ("GET", "HEAD"):
+            # probes (a load balancer, Kubernetes) reach the pod's address with no token:
+            # these say alive/ready and nothing else, so they need neither
+            if path == "/healthz":
+                return _answer(200, "ok\n")
+            why = self.ready()
+            return _answer(503, f"not ready: {why}\n") if why else _answer(200, "ready\n")
         headers = request["headers"]
         if not self.token and headers.get("host", "").lower() not in self.hosts:
             return _answer(403, "403 this status server answers to localhost only (Host)\n")
         if not self.allowed(headers, request["query"]):
             return _answer(401, "", **{"www-authenticate": 'Bearer realm="seda"'})
-        method, path = request["method"], request["path"]
+        method = request["method"]
         if method == "POST" and path == "/api/scale" and self.scale is not None:
             return self.resize(request)
         if method not in ("GET", "HEAD"):
@@ -112,7 +122,7 @@ class Pages:
             return _answer(200, self.dashboard, "text/html; charset=utf-8")
         if path == "/graph.svg":
             return _answer(200, self.drawing, "image/svg+xml")
-        return _answer(404, "404 try /, /api/status or /metrics\n")
+        return _answer(404, "404 try /, /api/status, /metrics, /healthz or /readyz\n")
 
     def allowed(self, headers: dict[str, str], query: str) -> bool:
         if not self.token:
@@ -198,7 +208,8 @@ class StatusServer:
     here, before the thread starts, so a bad address fails `seda run` at once."""
 
     def __init__(self, status: Status, listen: str, token: str = "",
-                 scale: Callable[[str, int], dict[str, Any]] | None = None) -> None:
+                 scale: Callable[[str, int], dict[str, Any]] | None = None,
+                 ready: Callable[[], str] = lambda: "") -> None:
         why = status_access(listen, token)
         if why is not None:
             raise RunError(f"--status {listen}: {why}")
@@ -211,7 +222,7 @@ class StatusServer:
         bound_host, bound_port = self.sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}"
-        self.pages = Pages(status, token, bound_port, scale)
+        self.pages = Pages(status, token, bound_port, scale, ready)
         self.connections: set[_Connection] = set()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._serve, name="status", daemon=True)

@@ -38,6 +38,7 @@ from seda.listener import address, bind, raise_fd_limit, url
 from seda.plan import SUPERVISOR, make_plan, not_applied, supervisor_endpoint
 from seda.progress import Progress
 from seda.scaling import Scaler
+from seda.sdnotify import Notifier
 from seda.spawn import ForkServer, become_subreaper
 from seda.spec import GraphSpec
 from seda.status import Status
@@ -201,6 +202,9 @@ class Supervisor:
         self.scaler = Scaler(self.plan, spec)
         self.status_server: StatusServer | None = None
         self.listening = ""  # the 'listening on' line, until it is said
+        self.notify = Notifier()  # systemd, when it asked (Type=notify)
+        self.ready_once = False  # every process was up once: READY=1 sent
+        self.readiness = "starting"  # why the graph is not ready now ("" when it is: /readyz)
         self.next_status = 0.0
         self.dead_before = deadletter.count(self.plan.dead_letter)
         self.listeners: dict[str, socket.socket] = {}  # front door -> its listening socket
@@ -312,11 +316,28 @@ class Supervisor:
         for what in not_applied(self.spec, self.plan.model):
             print(f"seda: warning: {what}", file=sys.stderr, flush=True)
 
+    def _check_ready(self) -> None:
+        """Ready: every process is up and the graph is not draining. Said once on stderr
+        (the 'listening on' line) and to systemd (READY=1); /readyz asks every time."""
+        if self.phase != "running":
+            return
+        down = [n for n, c in self._active().items() if not c.ready]
+        self.readiness = f"not up yet: {', '.join(sorted(down)[:5])}" if down else ""
+        if down or self.ready_once:
+            return
+        self.ready_once = True
+        if self.listening:
+            print(self.listening, file=sys.stderr, flush=True)
+            self.listening = ""
+        self.notify("READY=1", f"STATUS=graph {self.spec.name} running, model {self.plan.model}",
+                    f"MAINPID={os.getpid()}")
+
     def _serve_status(self) -> None:
         if not self.options.status:
             return
         self.status_server = StatusServer(self.status, self.options.status,
-                                          self.options.status_token, self.scaler.request)
+                                          self.options.status_token, self.scaler.request,
+                                          ready=lambda: self.readiness)
         run = Path(self.run_dir)
         if self.options.status_token:  # for `seda top NAME`; the run directory is 0700
             fd = os.open(run / "status.token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -654,9 +675,7 @@ class Supervisor:
                                  errors, dead, self.restart_count)
 
     def _tick(self, now: float) -> Outcome | None:
-        if self.listening and all(c.ready for c in self._active().values()):
-            print(self.listening, file=sys.stderr, flush=True)
-            self.listening = ""
+        self._check_ready()
         if (self.status_server is not None or self.scaler.controllers) and \
                 now >= self.next_status:
             self.next_status = now + STATUS_EVERY
@@ -665,6 +684,8 @@ class Supervisor:
             self._show_progress()
         if self.stop_signal and self.phase == "running":
             self.phase = "draining"
+            self.readiness = "draining"
+            self.notify("STOPPING=1", f"STATUS=draining ({signal.Signals(self.stop_signal).name})")
             self.finish_deadline = now + self.spec.settings.drain_timeout
             for door in self.plan.front_doors() or [self.plan.origin()]:
                 self.deliver(door, {"op": "stop_intake"})

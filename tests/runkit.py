@@ -120,12 +120,13 @@ def pipelined(port: int, requests: list[bytes], timeout: float = 20
 class SedaRun:
     """One `seda run` in a temporary folder. Use as a context manager."""
 
-    def __init__(self, tmp: Path, graph: str, *args: str, nofile: int = 0) -> None:
+    def __init__(self, tmp: Path, graph: str, *args: str, nofile: int = 0,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.graph = tmp / "graph.yaml"
         self.graph.write_text(graph)
         self.output = tmp / "out.jsonl"
-        env = run_env(tmp)
+        env = run_env(tmp, **(env or {}))
         self.err_file = tmp / "stderr.txt"
         with open(self.err_file, "w") as err:
             self.proc = subprocess.Popen(
