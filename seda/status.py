@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 from seda.core import bucket_upper
@@ -155,6 +156,7 @@ class Status:
                 mine["requests"] += int(figures["requests"])
                 mine["rejected"] += int(figures["rejected"])
         front["classes"] = classes or None
+        found = diagnosis(stages)
         snapshot = {
             "graph": self.plan.graph, "model": self.plan.model, "time": round(now, 3),
             "uptime": round(now - self.started, 1), "stages": stages,
@@ -173,7 +175,7 @@ class Status:
             "dead_letters": sum(int(r.get("dead_letters", 0)) for r in reports.values()),
             # frames dropped as malformed on internal sockets (by live incarnations)
             "malformed": sum(int(r.get("malformed", 0)) for r in reports.values()),
-            "bottleneck": bottleneck(stages),
+            "bottleneck": found["stage"] if found else None, "diagnosis": found,
         }
         self.past.append((now, totals))
         self.snapshot = snapshot
@@ -227,17 +229,39 @@ class Status:
         return self.peaks[key]
 
 
-def bottleneck(stages: dict[str, dict[str, Any]]) -> str | None:
-    """The stage that limits the graph now: the busiest (utilisation >= 0.8) with work
-    waiting, else the one with the most pending; None when all is quiet."""
-    loaded = [(s["utilisation"], s["pending"], name) for name, s in stages.items()
-              if s["pending"] > 0]
-    if not loaded:
-        return None
-    busy = [x for x in loaded if x[0] >= 0.8]
+BUSY = 0.8  # utilisation of a stage's workers that makes it a bottleneck, with work waiting
+TREND = 4  # updates (2 s) over which a queue that keeps growing is called growing
+
+
+def diagnosis(stages: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The stage that limits the graph now, why, and the knob to turn -- or None. Only a
+    stage with work waiting in front of it qualifies:
+    - *busy*: its workers are busy >= 80% of the time: the busiest such stage; more workers;
+    - else *starved*: its queue grew at every update of the last 2 s while its workers had
+      time to spare (the window keeps work away from them, or a sender is slow to feed them):
+      the one with the longest queue; a larger window (prefetch, or batching:).
+    A stage with work waiting but neither busy nor a growing queue is not the bottleneck:
+    its queue is a burst being worked off."""
+    busy = [(s["utilisation"], s["pending"], name) for name, s in stages.items()
+            if s["pending"] > 0 and s["utilisation"] >= BUSY]
     if busy:
-        return max(busy)[2]  # the busiest, then the most pending
-    return max(loaded, key=lambda x: (x[1], x[0]))[2]  # the most pending, then the busiest
+        share, pending, name = max(busy)  # the busiest, then the most pending
+        return {"stage": name, "reason": "busy",
+                "why": f"workers {share:.0%} busy, {pending:,} waiting",
+                "knob": "more workers (workers:, scale:, or seda scale)"}
+    starved = []
+    for name, s in stages.items():
+        queue = [pending for _, pending in s["history"][-TREND - 1:]]
+        if s["pending"] > 0 and len(queue) == TREND + 1 and all(
+                a < b for a, b in pairwise(queue)):
+            starved.append((s["pending"], name))
+    if starved:
+        pending, name = max(starved)
+        share = stages[name]["utilisation"]
+        return {"stage": name, "reason": "starved",
+                "why": f"queue growing to {pending:,} while its workers are {share:.0%} busy",
+                "knob": "a larger window (prefetch:, or batching:)"}
+    return None
 
 
 def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:

@@ -134,6 +134,10 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
                 f"{c['rejected']} rejected" for cls, c in front["classes"].items()))
     if snap.get("scaling"):
         header.append(f"\nlast pool change: {snap['scaling'][-1]}")
+    found = snap.get("diagnosis")
+    if found:
+        header.append(f"\nbottleneck: {found['stage']} -- {found['why']}; try "
+                      f"{found['knob']}", style="bold red")
     table = Table(expand=False)
     for column in ("Stage", "Workers", "Active", "Pending", "Peak", "Completed", "Blocked",
                    "Dropped", "Errors", "Done/s", "Service ms", "Wait ms",

@@ -273,12 +273,17 @@ def test_top_renders_a_snapshot_or_says_it_waits() -> None:
     console.print(render({}))
     assert "waiting for the graph's first figures" in console.export_text()
     spec, _ = load_text(DEPTH)
-    status = Status(make_plan(spec, "/run/x"), started=0.0)
-    snap = status.update(1.0, {"front.0": {"waiting": {"slow": 4}}},
-                         {"slow.completed": 3}, {}, {})
+    plan = make_plan(spec, "/run/x")
+    status = Status(plan, started=0.0)
+    alive = {n: 1 for n in plan.procs}
+    status.update(1.0, {}, {"slow.busy": 0.0}, {}, alive)
+    snap = status.update(1.5, {"front.0": {"waiting": {"slow": 4}}},
+                         {"slow.completed": 3, "slow.busy": 0.45}, {}, alive)
     console.print(render(snap))
     text = console.export_text()
     assert "slow ◀ bottleneck" in text and "front → slow 4 (peak 4)" in text
+    assert ("bottleneck: slow -- workers 90% busy, 4 waiting; try more workers (workers:, "
+            "scale:, or seda scale)") in text
     assert sparkline([0, 1, 2, 4]) == "▁▃▅█" and sparkline([0, 0]) == "▁▁"
 
 
@@ -390,3 +395,28 @@ def test_status_beyond_loopback_needs_a_token_before_anything_starts(tmp_path: P
         assert done.returncode == 2, done.stderr
         [line] = done.stderr.strip().splitlines()  # one line, and no process was started
         assert line.startswith("<command line>: --status ") and why in line, line
+
+
+def stage(utilisation: float, pending: list[int]) -> dict[str, Any]:
+    """What diagnosis reads of a stage: its workers' busy share now, its queue over time."""
+    return {"utilisation": utilisation, "pending": pending[-1],
+            "history": [(0.0, p) for p in pending]}
+
+
+def test_the_bottleneck_is_a_busy_stage_or_a_growing_queue_never_an_idle_one() -> None:
+    from seda.status import diagnosis
+
+    # the report of the issue: a stage 1% busy with work waiting was the "bottleneck"
+    assert diagnosis({"idle": stage(0.01, [50, 40, 45, 30, 40]), "quiet": stage(0.0, [0])}
+                     ) is None
+    busy = diagnosis({"a": stage(0.85, [9, 9, 9, 9, 9]), "b": stage(0.95, [1, 1, 1, 1, 2]),
+                      "c": stage(0.99, [0, 0, 0, 0, 0])})  # c: busy, but nothing waits
+    assert busy == {"stage": "b", "reason": "busy", "why": "workers 95% busy, 2 waiting",
+                    "knob": "more workers (workers:, scale:, or seda scale)"}
+    starved = diagnosis({"a": stage(0.1, [1, 2, 3, 4, 5]), "b": stage(0.3, [10, 20, 30, 40, 50]),
+                         "c": stage(0.5, [10, 20, 30, 30, 60])})  # c: not growing throughout
+    assert starved == {"stage": "b", "reason": "starved",
+                       "why": "queue growing to 50 while its workers are 30% busy",
+                       "knob": "a larger window (prefetch:, or batching:)"}
+    assert diagnosis({"new": stage(0.1, [1, 2, 3])}) is None  # 2 s of history first
+    assert diagnosis({"a": stage(0.9, [5]), "b": stage(0.1, [1, 2, 3, 4, 5])})["stage"] == "a"
