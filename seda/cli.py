@@ -254,6 +254,60 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    from seda import deadletter
+
+    path = Path(args.file)
+    if not path.is_file():
+        why = "no such file" if not path.exists() else "not a regular file"
+        print(f"seda deadletters: {args.file}: {why}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.last is not None and args.last < 1:
+        print(f"seda deadletters: --last must be 1 or more, got {args.last}", file=sys.stderr)
+        return EXIT_USAGE
+    records = deadletter.read(str(path))
+    shown = records[-args.last:] if args.last else records
+    for record in shown:
+        print(json.dumps(record) if args.json else
+              deadletter.show(record, traceback=args.traceback) + "\n")
+    if not args.json:
+        print(f"{len(shown)} of {len(records)} dead letters in {args.file}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from seda import ps, rundir
+
+    rows = [ps.describe(run) for run in rundir.live_runs()]
+    if args.json:
+        print(json.dumps(rows))
+    elif rows:
+        print(ps.table(rows))
+    else:
+        print("no graph of this user is running", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from seda import ps
+
+    if args.timeout <= 0:
+        print(f"seda stop: --timeout must be more than 0 s, got {args.timeout}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run = ps.find(args.target)
+    except RunError as exc:
+        print(f"seda stop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    name = ps.describe(run)["graph"]
+    if not ps.stop(run, args.timeout):
+        print(f"seda stop: '{name}' is still draining after {args.timeout:g} s "
+              f"(run directory {run})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"seda: stopped '{name}'", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     from seda.top import top
 
@@ -335,6 +389,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, metavar="S",
                    help="seconds between updates (default 1)")
     p.set_defaults(func=cmd_top)
+
+    p = commands.add_parser("deadletters", help="show a dead-letter file readably",
+                            description="The messages that failed for good (settings."
+                                        "dead_letter): when, stage, id, attempts, error, "
+                                        "payload.")
+    p.add_argument("file", metavar="FILE", help="a dead-letter file (JSON lines)")
+    p.add_argument("--traceback", action="store_true", help="with each one's traceback")
+    p.add_argument("--last", type=int, metavar="N", help="only the last N")
+    p.add_argument("--json", action="store_true", help="the records as JSON lines")
+    p.set_defaults(func=cmd_deadletters)
+
+    p = commands.add_parser("ps", help="list the graphs you run on this machine",
+                            description="The graphs this user runs on this machine: name, "
+                                        "supervisor pid, model, uptime, listen and status "
+                                        "URLs, run directory.")
+    p.add_argument("--json", action="store_true", help="one JSON list")
+    p.set_defaults(func=cmd_ps)
+
+    p = commands.add_parser("stop", help="drain and stop a running graph",
+                            description="SIGTERM a running graph's supervisor (it drains: "
+                                        "requests in flight are answered, a pipeline finishes "
+                                        "what it read) and wait for it to end.")
+    p.add_argument("target", metavar="NAME|RUN_DIR", help="the graph's name or run directory")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for the end (default 60); past it exit 1")
+    p.set_defaults(func=cmd_stop)
 
     p = commands.add_parser("scale", help="resize a running stage's pool (STAGE=N)",
                             description="Change how many worker processes a running stage "

@@ -93,3 +93,18 @@ def check_place(path: str) -> str | None:
     if not os.access(folder, os.W_OK):
         return f"the folder {folder} is not writable"
     return None
+
+
+def show(record: dict[str, Any], traceback: bool = False, width: int = 200) -> str:
+    """One record, readable: when, where, how often, the error, the payload (cut to `width`
+    characters), and the traceback if asked."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record.get("time") or 0)))
+    payload = json.dumps(record.get("payload"), ensure_ascii=False)
+    if len(payload) > width:
+        payload = payload[:width] + f"... ({len(payload):,} characters)"
+    lines = [f"{when}  graph {record.get('graph', '?')}  stage {record.get('stage', '?')}  "
+             f"id {record.get('id', '?')}  attempts {record.get('attempts', '?')}",
+             f"  error: {record.get('error', '')}", f"  payload: {payload}"]
+    if traceback and record.get("traceback"):
+        lines += ["  " + line for line in str(record["traceback"]).rstrip().splitlines()]
+    return "\n".join(lines)

@@ -78,3 +78,22 @@ def sweep(name: str) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def owner_pid(path: Path) -> int:
+    """The pid of the supervisor that made `path` (0 when unknown)."""
+    try:
+        return int(Path(path, OWNER).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def live_runs(name: str | None = None) -> list[Path]:
+    """This user's private run directories whose supervisor runs (of graph `name`, or all),
+    oldest first."""
+    pattern = f"seda-{name}-*" if name else "seda-*"
+    found = [p for p in Path(tempfile.gettempdir()).glob(pattern)
+             if is_private(p) and private_file(p / OWNER) and is_live(p)]
+    if name:  # (seda-web-* also matches a graph named web-api)
+        found = [p for p in found if p.name.rpartition("-")[0] == f"seda-{name}"]
+    return sorted(found, key=lambda p: p.stat().st_mtime)

@@ -309,6 +309,7 @@ class Supervisor:
         for name in doors[1:]:
             self.listeners[name] = bind(acc, address(first), reuseport=True)
         shared = f", {len(doors)} listeners" if many else ""
+        (Path(self.run_dir) / "listen.url").write_text(url(first, acc.protocol) + "\n")
         # said once every process is up (see _tick): the port is held from now on, but a
         # request sent before then waits for the workers to start (up to a second or two)
         self.listening = (f"seda: listening on {url(first, acc.protocol)} (graph "
