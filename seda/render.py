@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from html import escape
+from itertools import pairwise
 from typing import Any
 
 import networkx as nx
@@ -68,7 +69,9 @@ def layout(spec: GraphSpec) -> Layout:
         for u in forward.predecessors(n):
             layer[n] = max(layer[n], layer[u] + 1)
     boxes = []
-    for n in sorted(graph, key=lambda n: (layer[n], order[n])):
+    pool_of = {n: (spec.stages[n].pool or "") if n in spec.stages else "" for n in graph}
+    # in each column, a pool's members next to each other (so its drawing holds no other)
+    for n in sorted(graph, key=lambda n: (layer[n], pool_of[n], order[n])):
         if n == front:
             boxes.append(Box(n, kind, kind, detail, layer[n]))
         else:
@@ -195,20 +198,39 @@ def to_svg(spec: GraphSpec) -> str:
 
 
 def _svg_pools(lay: Layout) -> list[str]:
-    pools: dict[str, list[Box]] = {}
+    """A pool is a shaded region under its members and nothing else: a rectangle around its
+    members in each column (they are next to each other there, see layout), and between two
+    neighbouring columns a band across the gap, where only edges run. One bounding box
+    around them all would cross stages of other pools drawn between them."""
+    pools: dict[str, dict[int, list[Box]]] = {}
     for box in lay.boxes:
         if box.pool:
-            pools.setdefault(box.pool, []).append(box)
+            pools.setdefault(box.pool, {}).setdefault(box.layer, []).append(box)
     out = []
-    for pool, members in pools.items():
-        x0 = min(b.x for b in members) - 8
-        y0 = min(b.y for b in members) - 8
-        x1 = max(b.x for b in members) + NODE_W + 8
-        y1 = max(b.y for b in members) + NODE_H + 18
-        out.append(f'<g class="pool" data-id="{escape(pool)}"><rect x="{x0}" y="{y0}" '
-                   f'width="{x1 - x0}" height="{y1 - y0}" rx="10" fill="none" stroke="#999" '
-                   f'stroke-dasharray="5,4"/><text x="{x0 + 6}" y="{y1 - 4}" fill="#777" '
-                   f'font-size="11">pool {escape(pool)}</text></g>')
+    pad, below = 8, 18  # around the members; below them, room for the label
+    for pool, columns in pools.items():
+        rects = []
+        spans = []
+        for column in sorted(columns):
+            members = columns[column]
+            x0, y0 = members[0].x - pad, min(b.y for b in members) - pad
+            y1 = max(b.y for b in members) + NODE_H + below
+            rects.append((x0, y0, NODE_W + 2 * pad, y1 - y0))
+            spans.append((column, x0, y0, y1))
+        for (c0, x0, a0, a1), (c1, x1, b0, b1) in pairwise(spans):
+            if c1 != c0 + 1:
+                continue  # not neighbours: no band across another column
+            top, bottom = max(a0, b0), min(a1, b1)
+            if bottom - top < 24:  # (barely overlapping, or not: a band 24 high, centred)
+                middle = (max(a0, b0) + min(a1, b1)) // 2
+                top, bottom = middle - 12, middle + 12
+            rects.append((x0 + NODE_W + 2 * pad, top, x1 - x0 - NODE_W - 2 * pad,
+                          bottom - top))
+        shapes = "".join(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="#f1f1f1"/>'
+                         for x, y, w, h in rects)
+        _, x0, _, y1 = spans[0]
+        out.append(f'<g class="pool" data-id="{escape(pool)}">{shapes}<text x="{x0 + 6}" '
+                   f'y="{y1 - 4}" fill="#777" font-size="11">pool {escape(pool)}</text></g>')
     return out
 
 

@@ -80,3 +80,42 @@ def test_cli_writes_svg_file(root: Path, tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert ET.parse(out).getroot().tag == f"{SVG}svg"
+
+
+def _rects(group: ET.Element) -> list[tuple[float, float, float, float]]:
+    return [(float(r.get("x", 0)), float(r.get("y", 0)),
+             float(r.get("x", 0)) + float(r.get("width", 0)),
+             float(r.get("y", 0)) + float(r.get("height", 0)))
+            for r in group.iter(f"{SVG}rect")]
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(inner: tuple[float, ...], outer: tuple[float, ...]) -> bool:
+    return outer[0] <= inner[0] and inner[2] <= outer[2] and outer[1] <= inner[1] and \
+        inner[3] <= outer[3]
+
+
+def test_a_pool_is_drawn_around_its_own_stages_only(root: Path) -> None:
+    """graphs/shop.yaml: pool `front` is parse and catalog; checkout, in the same column as
+    catalog, was inside the pool's box. Also a graph with two pools side by side."""
+    two = (Graph("two").source("m:src", to=["a", "b"])
+           .stage("a", "m:a", to=["c"], pool="p").stage("b", "m:b", to=["d"], pool="q")
+           .stage("c", "m:c", pool="q", sink=True).stage("d", "m:d", pool="p", sink=True)
+           ).build()
+    for spec in (check_file(root / "graphs" / "shop.yaml").spec, two):
+        svg = ET.fromstring(to_svg(spec))
+        nodes = {g.get("data-id"): _rects(g)[0] for g in svg.findall(f"{SVG}g[@class='node']")}
+        pools = svg.findall(f"{SVG}g[@class='pool']")
+        assert pools
+        for group in pools:
+            pool = group.get("data-id")
+            shapes = _rects(group)
+            for name, box in nodes.items():
+                member = name in spec.stages and spec.stages[name].pool == pool
+                if member:
+                    assert any(_inside(box, shape) for shape in shapes), (pool, name)
+                else:
+                    assert not any(_overlap(box, shape) for shape in shapes), (pool, name)
