@@ -19,6 +19,7 @@ from seda import deadletter, topology
 from seda.errors import Problem, SpecError
 from seda.handler import HandlerImportError, import_timeout, resolve_in_time, search_path
 from seda.loader import FieldPath, LineMap, load_file, spec_from_data
+from seda.pygraph import is_python, load_python
 from seda.spec import GraphSpec
 
 
@@ -98,13 +99,28 @@ class Graph:
         self._data["settings"] = fields
         return self
 
+    @property
+    def lines(self) -> LineMap:
+        """Where each field was given (file and line of the calls), for error messages."""
+        return self._lines
+
     def build(self) -> GraphSpec:
         """Validate fields and topology; raise SpecError listing every error."""
         spec = spec_from_data(self._data, self._lines)
         errors = [p for p in topology.check(spec, self._lines) if p.severity == "error"]
         if errors:
             raise SpecError(errors)
+        _BUILT.append((spec, self._lines))
+        del _BUILT[:-16]
         return spec
+
+
+_BUILT: list[tuple[GraphSpec, LineMap]] = []  # the last specs built here, with their lines
+
+
+def built_lines(spec: GraphSpec) -> LineMap | None:
+    """The lines of a spec a Graph built in this process (for warnings that name them)."""
+    return next((lines for built, lines in _BUILT if built is spec), None)
 
 
 def amped(handler: str | Callable[..., Any], *, workers: int = 4, name: str = "amped",
@@ -156,7 +172,7 @@ def check_file(path: str | Path, *, imports: bool = True) -> Checked:
     """Load, validate fields and topology, and (optionally) import handlers and check that
     the dead-letter file can be written where a run from here would put it. Raises
     SpecError."""
-    spec, lines = load_file(path)
+    spec, lines = load_python(path) if is_python(path) else load_file(path)
     problems = topology.check(spec, lines)
     if imports and not any(p.severity == "error" for p in problems):
         search = [str(Path(path).resolve().parent), str(Path.cwd())]

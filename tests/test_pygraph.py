@@ -1,0 +1,104 @@
+"""Graphs written in Python, from the command line: `seda validate|graph|plan|run app.py`
+and `module:attribute`, from any directory; errors name the file and the line."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.runkit import run_env, wait_for
+
+APP = '''\
+from seda.graph import Graph
+
+
+def hello(request, ctx):
+    return "hello " + request["path"]
+
+
+graph = (Graph("pyapp").acceptor(entry="hello", listen="127.0.0.1:0")
+         .stage("hello", hello, workers=2).build())
+'''
+
+
+def seda(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "seda.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd, env=run_env(cwd))
+
+
+def test_a_python_graph_is_checked_drawn_and_planned_from_anywhere(tmp_path: Path) -> None:
+    app = tmp_path / "proj" / "pyapp_one.py"
+    app.parent.mkdir()
+    app.write_text(APP)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = seda("validate", str(app), cwd=elsewhere)
+    assert done.returncode == 0 and "ok: graph 'pyapp', 1 stage(s), 2 worker(s)" in done.stdout
+    assert "hello  [2 workers · replies]" in seda("graph", str(app), cwd=elsewhere).stdout
+    assert seda("plan", str(app), "--model", "amped", cwd=elsewhere).returncode == 0
+    by_name = seda("validate", "pyapp_one:graph", cwd=app.parent)
+    assert by_name.returncode == 0, by_name.stderr
+
+
+def test_a_python_graph_runs_from_another_directory(tmp_path: Path) -> None:
+    app = tmp_path / "proj" / "pyapp_two.py"
+    app.parent.mkdir()
+    app.write_text(APP)
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", str(app),
+                                 "--no-progress"], cwd=tmp_path, env=run_env(tmp_path),
+                                stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
+    try:
+        line = wait_for(lambda: next((ln for ln in err.read_text().splitlines()
+                                      if "listening on" in ln), None), 30, "listening")
+        port = int(line.rsplit(":", 1)[1].split()[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/x")
+        answer = conn.getresponse()
+        assert (answer.status, answer.read()) == (200, b"hello /x")
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, err.read_text()
+
+
+def test_errors_in_a_python_graph_name_its_file_and_line(tmp_path: Path) -> None:
+    cases = {
+        "pyerr_name.py": ("from seda.graph import Graph\n\nx = 1\ngraph = undefined_thing\n",
+                          ":4: NameError: name 'undefined_thing' is not defined"),
+        "pyerr_route.py": ("from seda.graph import Graph\n\n"
+                           "graph = (Graph('g').acceptor(entry='a', listen='127.0.0.1:0')\n"
+                           "         .stage('a', 'm:a', to=['nope'])\n"
+                           "         .build())\n",
+                           ":4: stages.a.to[0]: unknown stage 'nope'"),
+        "pyerr_none.py": ("x = 1\n", ": no graph in it: define `graph = Graph(...)...build()`"),
+        "pyerr_two.py": ("from seda.graph import amped\n\na = amped('m:f')\nb = amped('m:g')\n",
+                         ": several graphs (a, b): name one as "),
+        "pyerr_exit.py": ("import sys\nsys.exit(3)\n", ": importing it called sys.exit(3)"),
+        "json.py": ("graph = 1\n", ": a module named 'json' is already imported from "),
+    }
+    files = tmp_path / "files"  # (not the working directory: `python -m` puts that first
+    files.mkdir()               # on sys.path, where its json.py would shadow the stdlib's)
+    for name, (text, expect) in cases.items():
+        (files / name).write_text(text)
+        done = seda("validate", str(files / name), cwd=tmp_path)
+        assert done.returncode == 2, (name, done.stderr)
+        [line] = done.stderr.splitlines()  # one line, before any process starts
+        assert line.startswith(str(files / name)) and expect in line, (name, line)
+    (tmp_path / "pyerr_attr.py").write_text("graph = 42\n")
+    missing = tmp_path / "missing.py"
+    for target, expect in (
+            ("pyerr_attr:graph", "pyerr_attr:graph: 'graph' is not a graph (it is int): "
+                                 "expected Graph(...).build()"),
+            ("pyerr_attr:nothing", "pyerr_attr:nothing: 'pyerr_attr' has no attribute "
+                                   "'nothing'"),
+            ("no_such_module_x:graph", "no_such_module_x:graph: no module named "
+                                       "'no_such_module_x'"),
+            (str(missing), f"{missing}: cannot read graph file: No such file or directory")):
+        done = seda("validate", target, cwd=tmp_path)
+        assert (done.returncode, done.stderr) == (2, expect + "\n"), (target, done.stderr)
