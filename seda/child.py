@@ -14,9 +14,7 @@ import gc
 import os
 import signal
 import sys
-from contextlib import ExitStack
 from pathlib import Path
-from typing import IO
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -56,6 +54,10 @@ def main(argv: list[str]) -> int:
     sys.path[:0] = [p for p in plan.search_path if p not in sys.path]
     role = plan.procs[name].role
     tune_gc()
+    # what handlers print goes to stderr: stdout carries a pipeline's results alone (the
+    # source writes them to the stdout it was given, kept here as `results`)
+    results = os.dup(1)
+    os.dup2(2, 1)
     try:
         if role == "worker":
             from seda.worker import Worker
@@ -66,10 +68,9 @@ def main(argv: list[str]) -> int:
         elif role == "source":
             from seda.source import Source
 
-            with ExitStack() as stack:
-                out: IO[str] | None = None
-                if plan.output:
-                    out = stack.enter_context(open(plan.output, "a", encoding="utf-8"))
+            target: str | int = plan.output or results
+            with open(target, "a" if plan.output else "w", encoding="utf-8",
+                      closefd=bool(plan.output)) as out:
                 Source(plan, name, parent, resolve, out).run()
         elif role == "acceptor":
             from seda.acceptor import Acceptor
@@ -85,6 +86,8 @@ def main(argv: list[str]) -> int:
     except HandlerImportError as exc:
         print(f"seda: {name}: {exc}", file=sys.stderr)
         return 3
+    finally:
+        os.close(results)
     return 0
 
 

@@ -253,3 +253,9 @@ def charge(request: dict[str, Any], ctx: Any) -> str:
     if runs == 1 and request["path"].startswith("/die"):
         os._exit(9)
     return f"{request['method']} {request['path']} run {runs}"
+
+
+def chatty(x: int, ctx: Any) -> int:
+    """A handler that prints, as handlers do: it must not land among a pipeline's results."""
+    print(f"noise from the handler {x}")
+    return x

@@ -88,3 +88,25 @@ def test_busy_worker_does_not_collect_a_queue(tmp_path: Path) -> None:
              for x, r in sorted(results.items())]  # shown if an assertion fails
     assert all(r["pid"] != long["pid"] for r in results.values()), (long["pid"], table)
     assert max(r["end"] for r in results.values()) < long["end"], (long["end"] - t0, table)
+
+
+def test_what_handlers_print_stays_out_of_the_results(tmp_path: Path) -> None:
+    """Results go to stdout alone (one JSON value a line); a handler's print() goes to
+    stderr, where the run's own lines are."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.runkit import run_env
+
+    (tmp_path / "g.yaml").write_text(
+        "name: chatty\nsource: {handler: stagekit:numbers, to: [talk], options: {n: 50}}\n"
+        "stages:\n  talk: {handler: stagekit:chatty, workers: 2, to: [out]}\n"
+        "  out: {handler: stagekit:echo, sink: true}\n")
+    done = subprocess.run([sys.executable, "-m", "seda.cli", "run", "g.yaml", "--no-progress"],
+                          cwd=tmp_path, env=run_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(line) for line in done.stdout.splitlines()) == list(range(50))
+    assert sum(line.startswith("noise from the handler ") for line in
+               done.stderr.splitlines()) == 50
