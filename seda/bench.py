@@ -72,6 +72,7 @@ class BenchOptions:
     processes: int | None = None  # passed to symped and mp
     timeout: float = 5.0
     command: str = ""  # how the bench was invoked, for the report
+    app_dirs: list[str] = field(default_factory=list)  # --app-dir, passed on to each run
 
 
 def tree_cpu(pid: int) -> tuple[float, float, int]:
@@ -109,6 +110,8 @@ class Server:
                 "--listen", "127.0.0.1:0", "--no-progress"]
         if options.processes and model in ("symped", "mp"):
             args += ["--processes", str(options.processes)]
+        for folder in options.app_dirs:
+            args += ["--app-dir", folder]
         self.log = log
         with open(log, "w") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,

@@ -45,7 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for file in args.files:
         try:
-            checked = check_file(file, imports=not args.no_imports)
+            checked = check_file(file, imports=not args.no_imports, app_dirs=args.app_dir)
         except SpecError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
@@ -61,7 +61,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from seda.graph import check_file
     from seda.render import FORMATS
 
-    checked = check_file(args.file, imports=False)
+    checked = check_file(args.file, imports=False, app_dirs=args.app_dir)
     text = FORMATS[args.format](checked.spec)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -119,7 +119,7 @@ def _make_plan(args: argparse.Namespace) -> Plan:
     from seda.graph import check_file
     from seda.plan import make_plan
 
-    checked = check_file(args.file, imports=False)
+    checked = check_file(args.file, imports=False, app_dirs=args.app_dir)
     return make_plan(checked.spec, "RUN_DIR", model=args.model,
                      workers=dict(args.workers or []), processes=args.processes,
                      file=args.file)
@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from seda.statusserver import status_access
     from seda.supervisor import RunOptions, Supervisor
 
-    checked = check_file(args.file, imports=True)
+    checked = check_file(args.file, imports=True, app_dirs=args.app_dir)
     for warning in checked.warnings:
         print(warning, file=sys.stderr)
     spec = checked.spec
@@ -162,14 +162,33 @@ def cmd_run(args: argparse.Namespace) -> int:
                          output=str(Path(args.output).resolve()) if args.output else "",
                          progress=not args.no_progress and sys.stderr.isatty(),
                          base_dir=str(Path.cwd()),
-                         search_path=[str(Path(args.file).resolve().parent), str(Path.cwd())])
+                         search_path=[*args.app_dir, str(Path(args.file).resolve().parent),
+                                      str(Path.cwd())])
     outcome = Supervisor(spec, options).run()
     print(f"seda: {outcome.summary}", file=sys.stderr)
     return outcome.code
 
 
+def _app_dir(text: str) -> str:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a directory")
+    return str(path.resolve())
+
+
+def _file_options(p: argparse.ArgumentParser, files: str = "file") -> None:
+    """FILE (YAML, a .py file or module:attr) and --app-dir."""
+    if files == "files":
+        p.add_argument("files", nargs="+", metavar="FILE")
+    else:
+        p.add_argument("file", metavar="FILE")
+    p.add_argument("--app-dir", type=_app_dir, action="append", default=[], metavar="DIR",
+                   help="import handlers (and a module:attr graph) from DIR first; "
+                        "repeatable (default: the graph file's folder, then the current one)")
+
+
 def _deploy_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE")
+    _file_options(p)
     p.add_argument("--model", choices=list(MODELS),
                    help="deploy under this server model (default: the graph's)")
     p.add_argument("--workers", type=_workers, action="append", metavar="STAGE=N",
@@ -197,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     stop_on_sigterm()
 
-    checked = check_file(args.file, imports=True)
+    checked = check_file(args.file, imports=True, app_dirs=args.app_dir)
     if checked.spec.acceptor is None or checked.spec.acceptor.protocol != "http":
         raise SpecError([Problem("seda bench drives HTTP services: this graph has no http "
                                  "acceptor", args.file)])
@@ -209,7 +228,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            paths=args.path or ["/"], duration=args.duration,
                            warmup=args.warmup, rate=args.rate, loadgen=args.loadgen,
                            out=args.out, processes=args.processes, timeout=args.timeout,
-                           command="seda " + " ".join(sys.argv[1:]))
+                           command="seda " + " ".join(sys.argv[1:]), app_dirs=args.app_dir)
     run_bench(options)
     print(f"seda bench: report in {Path(args.out) / 'report.md'}", file=sys.stderr)
     return EXIT_OK
@@ -328,14 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("validate", help="check graph files (fields, topology, handlers)",
                             description="Check graph files: fields, topology and handler "
                                         "imports. Exit 0 if all are valid, 2 otherwise.")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    _file_options(p, "files")
     p.add_argument("--no-imports", action="store_true",
                    help="do not import handlers (skip running user code)")
     p.set_defaults(func=cmd_validate)
 
     p = commands.add_parser("graph", help="draw a graph's topology (text, dot, svg, json)",
                             description="Draw the static topology of a graph file.")
-    p.add_argument("file", metavar="FILE")
+    _file_options(p)
     p.add_argument("--format", "-f", choices=sorted(GRAPH_FORMATS), default="text")
     p.add_argument("--output", "-o", metavar="OUT", help="write to OUT instead of stdout")
     p.set_defaults(func=cmd_graph)
@@ -430,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Run an HTTP graph under each model in turn, drive it "
                                         "with a load generator at each connection count, and "
                                         "write a report (markdown, JSON, PNG/SVG plots).")
-    p.add_argument("file", metavar="FILE")
+    _file_options(p)
     p.add_argument("--models", default="all", metavar="M,M",
                    help=f"models to compare (default all: {','.join(MODELS)})")
     p.add_argument("--connections", "-c", type=_counts, default=[1, 16, 64, 256, 1024],

@@ -168,14 +168,15 @@ class Checked:
     warnings: list[Problem] = field(default_factory=list)
 
 
-def check_file(path: str | Path, *, imports: bool = True) -> Checked:
+def check_file(path: str | Path, *, imports: bool = True, app_dirs: Sequence[str] = ()
+               ) -> Checked:
     """Load, validate fields and topology, and (optionally) import handlers and check that
     the dead-letter file can be written where a run from here would put it. Raises
     SpecError."""
-    spec, lines = load_python(path) if is_python(path) else load_file(path)
+    spec, lines = load_python(path, app_dirs) if is_python(path) else load_file(path)
     problems = topology.check(spec, lines)
     if imports and not any(p.severity == "error" for p in problems):
-        search = [str(Path(path).resolve().parent), str(Path.cwd())]
+        search = [*app_dirs, str(Path(path).resolve().parent), str(Path.cwd())]
         problems += check_imports(spec, lines, search)
         why = deadletter.check_place(str(Path.cwd() / spec.settings.dead_letter))
         if why is not None:  # (found before any process starts, not inside one)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import re
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +27,21 @@ def is_python(target: str | Path) -> bool:
                                     and not Path(text).exists())
 
 
-def load_python(target: str | Path) -> tuple[GraphSpec, LineMap]:
-    """Import the module and return its graph, validated. Raises SpecError."""
+def load_python(target: str | Path, app_dirs: Sequence[str] = ()
+                ) -> tuple[GraphSpec, LineMap]:
+    """Import the module (from `app_dirs` first) and return its graph, validated. Raises
+    SpecError."""
     from seda.graph import Graph, built_lines
 
     text = str(target)
     if text.endswith(".py"):
         read_graph_text(text)  # a regular, readable file of bounded size (else SpecError)
         path = Path(text).resolve()
-        folder, name, attr, file = str(path.parent), path.stem, "", text
+        folders, name, attr, file = [str(path.parent)], path.stem, "", text
     else:
         name, _, attr = text.partition(":")
-        folder, path, file = str(Path.cwd()), None, text
-    module = _import(name, folder, path, file)
+        folders, path, file = [*app_dirs, str(Path.cwd())], None, text
+    module = _import(name, folders, path, file)
     obj: Any
     if attr:
         obj = module
@@ -66,10 +69,10 @@ def load_python(target: str | Path) -> tuple[GraphSpec, LineMap]:
                              f"{type(obj).__name__}): expected Graph(...).build()", file)])
 
 
-def _import(name: str, folder: str, path: Path | None, file: str) -> Any:
+def _import(name: str, folders: list[str], path: Path | None, file: str) -> Any:
     seconds = import_timeout()
     try:
-        with search_path([folder]), time_limit(seconds):
+        with search_path(folders), time_limit(seconds):
             module = importlib.import_module(name)
     except SpecError:
         raise

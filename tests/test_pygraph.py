@@ -102,3 +102,43 @@ def test_errors_in_a_python_graph_name_its_file_and_line(tmp_path: Path) -> None
             (str(missing), f"{missing}: cannot read graph file: No such file or directory")):
         done = seda("validate", target, cwd=tmp_path)
         assert (done.returncode, done.stderr) == (2, expect + "\n"), (target, done.stderr)
+
+
+def test_app_dir_is_where_handlers_are_imported_from(tmp_path: Path) -> None:
+    """The graph in one folder, its handlers' package in another, seda started in a third:
+    --app-dir names the second (as uvicorn's does), for validate and for the run's workers."""
+    code, graphs, here = tmp_path / "code", tmp_path / "graphs", tmp_path / "here"
+    for folder in (code / "appdir_pkg", graphs, here):
+        folder.mkdir(parents=True)
+    (code / "appdir_pkg" / "__init__.py").write_text("")
+    (code / "appdir_pkg" / "web.py").write_text(
+        "def handle(request, ctx):\n    return 'from app-dir ' + request['path']\n")
+    (graphs / "g.yaml").write_text(
+        "name: appdir\nacceptor: {listen: '127.0.0.1:0', protocol: http, entry: web}\n"
+        "stages:\n  web: {handler: 'appdir_pkg.web:handle'}\n")
+    without = seda("validate", str(graphs / "g.yaml"), cwd=here)
+    assert without.returncode == 2 and "no module named 'appdir_pkg'" in without.stderr
+    assert seda("validate", str(graphs / "g.yaml"), "--app-dir", str(code),
+                cwd=here).returncode == 0
+    bad = seda("validate", str(graphs / "g.yaml"), "--app-dir", str(tmp_path / "none"),
+               cwd=here)
+    assert bad.returncode == 2 and "is not a directory" in bad.stderr
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", str(graphs / "g.yaml"),
+                                 "--app-dir", str(code), "--no-progress"], cwd=here,
+                                env=run_env(tmp_path), stdout=subprocess.DEVNULL, stderr=out,
+                                start_new_session=True)
+    try:
+        line = wait_for(lambda: next((ln for ln in err.read_text().splitlines()
+                                      if "listening on" in ln), None), 30, "listening")
+        port = int(line.rsplit(":", 1)[1].split()[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/y")
+        answer = conn.getresponse()
+        assert (answer.status, answer.read()) == (200, b"from app-dir /y")
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code_ = proc.wait(30)
+    assert code_ == 0, err.read_text()
