@@ -14,6 +14,7 @@ import gc
 import os
 import signal
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -56,8 +57,12 @@ def main(argv: list[str]) -> int:
     tune_gc()
     # what handlers print goes to stderr: stdout carries a pipeline's results alone (the
     # source writes them to the stdout it was given, kept here as `results`)
-    results = os.dup(1)
-    os.dup2(2, 1)
+    try:
+        results = os.dup(1)
+    except OSError:  # (started with stdout closed)
+        results = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    with suppress(OSError):
+        os.dup2(2, 1)
     try:
         if role == "worker":
             from seda.worker import Worker
