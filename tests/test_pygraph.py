@@ -29,6 +29,30 @@ def seda(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, cwd=cwd, env=run_env(cwd))
 
 
+def served(tmp: Path, args: list[str], cwd: Path, path: str) -> tuple[int, bytes]:
+    """`seda run ARGS` started in `cwd`: GET `path` once it listens, then SIGTERM (it must
+    drain and exit 0); the answer's status and body."""
+    err = tmp / "stderr.txt"
+    with open(err, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", *args,
+                                 "--no-progress"], cwd=cwd, env=run_env(tmp),
+                                stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
+    try:
+        line = wait_for(lambda: next((ln for ln in err.read_text().splitlines()
+                                      if "listening on" in ln), None), 30, "listening")
+        conn = http.client.HTTPConnection("127.0.0.1", int(line.rsplit(":", 1)[1].split()[0]),
+                                          timeout=10)
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        got = answer.status, answer.read()
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, err.read_text()
+    return got
+
+
 def test_a_python_graph_is_checked_drawn_and_planned_from_anywhere(tmp_path: Path) -> None:
     app = tmp_path / "proj" / "pyapp_one.py"
     app.parent.mkdir()
@@ -47,24 +71,7 @@ def test_a_python_graph_runs_from_another_directory(tmp_path: Path) -> None:
     app = tmp_path / "proj" / "pyapp_two.py"
     app.parent.mkdir()
     app.write_text(APP)
-    err = tmp_path / "stderr.txt"
-    with open(err, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", str(app),
-                                 "--no-progress"], cwd=tmp_path, env=run_env(tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
-    try:
-        line = wait_for(lambda: next((ln for ln in err.read_text().splitlines()
-                                      if "listening on" in ln), None), 30, "listening")
-        port = int(line.rsplit(":", 1)[1].split()[0])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/x")
-        answer = conn.getresponse()
-        assert (answer.status, answer.read()) == (200, b"hello /x")
-        conn.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(30)
-    assert code == 0, err.read_text()
+    assert served(tmp_path, [str(app)], cwd=tmp_path, path="/x") == (200, b"hello /x")
 
 
 def test_errors_in_a_python_graph_name_its_file_and_line(tmp_path: Path) -> None:
@@ -123,22 +130,5 @@ def test_app_dir_is_where_handlers_are_imported_from(tmp_path: Path) -> None:
     bad = seda("validate", str(graphs / "g.yaml"), "--app-dir", str(tmp_path / "none"),
                cwd=here)
     assert bad.returncode == 2 and "is not a directory" in bad.stderr
-    err = tmp_path / "stderr.txt"
-    with open(err, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", str(graphs / "g.yaml"),
-                                 "--app-dir", str(code), "--no-progress"], cwd=here,
-                                env=run_env(tmp_path), stdout=subprocess.DEVNULL, stderr=out,
-                                start_new_session=True)
-    try:
-        line = wait_for(lambda: next((ln for ln in err.read_text().splitlines()
-                                      if "listening on" in ln), None), 30, "listening")
-        port = int(line.rsplit(":", 1)[1].split()[0])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/y")
-        answer = conn.getresponse()
-        assert (answer.status, answer.read()) == (200, b"from app-dir /y")
-        conn.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code_ = proc.wait(30)
-    assert code_ == 0, err.read_text()
+    assert served(tmp_path, [str(graphs / "g.yaml"), "--app-dir", str(code)], cwd=here,
+                  path="/y") == (200, b"from app-dir /y")
