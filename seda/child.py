@@ -11,6 +11,7 @@ the whole process group while a child starts is never the child's to act on.
 from __future__ import annotations
 
 import gc
+import io
 import os
 import signal
 import sys
@@ -63,6 +64,12 @@ def main(argv: list[str]) -> int:
         results = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     with suppress(OSError):
         os.dup2(2, 1)
+    # one write a line (also under PYTHONUNBUFFERED, which writes a print's text and its
+    # newline apart): lines from several processes never cut into each other, and none
+    # waits in a buffer when a process ends
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, write_through=False)
     try:
         if role == "worker":
             from seda.worker import Worker
