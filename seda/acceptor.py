@@ -17,7 +17,6 @@ import random
 import resource
 import socket
 import stat
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from seda.envelope import ID, ONCE, PAYLOAD, REQUEST, SAMPLE
 from seda.errors import ProtocolError
 from seda.flow import DeadLetter, Dispatcher
 from seda.listener import tune
+from seda.log import LOG
 from seda.node import Node
 from seda.plan import Plan
 from seda.status import FRONT_FIGURES
@@ -339,7 +339,7 @@ class Acceptor(Node):
         for key in FRONT_FIGURES:
             self.counters[key] = 0
         self.max_connections = self.connection_cap()
-        self.throttle = Throttle(f"seda: {name}: ")
+        self.throttle = Throttle()
 
     def targets(self) -> set[str]:
         acc = self.spec.acceptor
@@ -425,9 +425,9 @@ class Acceptor(Node):
             return wanted
         cap = max(0, min(wanted, soft - len(os.listdir("/proc/self/fd")) - FD_RESERVE))
         if cap < wanted:
-            print(f"seda: {self.name}: the descriptor limit (RLIMIT_NOFILE {soft}) holds "
-                  f"{cap} client connections, fewer than max_connections ({wanted}); raise "
-                  f"the hard limit (ulimit -Hn) to allow more", file=sys.stderr, flush=True)
+            LOG.warning(f"the descriptor limit (RLIMIT_NOFILE {soft}) holds {cap} client "
+                        f"connections, fewer than max_connections ({wanted}); raise the hard "
+                        f"limit (ulimit -Hn) to allow more")
         return cap
 
     def admit(self, conn: Connection) -> bool:
@@ -635,7 +635,7 @@ class Acceptor(Node):
             return
         self.last_decision = decision.describe(self.admission.target)
         if decision.what != "raise":
-            print(f"seda: {self.name}: {self.last_decision}", file=sys.stderr, flush=True)
+            LOG.info(self.last_decision)
 
     def sweep(self, now: float) -> None:
         """Close connections that sit idle, or dribble a request too slowly (slowloris)."""

@@ -47,6 +47,7 @@ def tune_gc() -> None:
 def main(argv: list[str]) -> int:
     ignore_stop_signals()
     from seda.handler import HandlerImportError, resolve
+    from seda.log import LOG, configure
     from seda.node import die_with_parent
     from seda.plan import Plan
 
@@ -55,6 +56,7 @@ def main(argv: list[str]) -> int:
     plan = Plan.from_json(Path(plan_path).read_text(encoding="utf-8"))
     sys.path[:0] = [p for p in plan.search_path if p not in sys.path]
     role = plan.procs[name].role
+    configure(name, plan.graph, plan.log_level, plan.log_format)
     tune_gc()
     # what handlers print goes to stderr: stdout carries a pipeline's results alone (the
     # source writes them to the stdout it was given, kept here as `results`)
@@ -93,10 +95,10 @@ def main(argv: list[str]) -> int:
 
             Master(plan, name, parent, int(argv[4]), resolve).run()
         else:
-            print(f"seda: {name}: unknown role '{role}'", file=sys.stderr)
+            LOG.error(f"unknown role '{role}'")
             return 3
     except HandlerImportError as exc:
-        print(f"seda: {name}: {exc}", file=sys.stderr)
+        LOG.error(str(exc))
         return 3
     finally:
         os.close(results)

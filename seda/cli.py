@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from seda import __version__
 from seda.errors import Problem, RunError, SpecError
+from seda.log import FORMATS, LEVELS
 from seda.names import GRAPH_FORMATS, MODELS, MP_DEFAULT_PROCESSES
 
 if TYPE_CHECKING:
@@ -135,7 +136,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
     from seda.graph import check_file
+    from seda.log import LOG, configure
     from seda.spec import parse_listen
     from seda.statusserver import status_access
     from seda.supervisor import RunOptions, Supervisor
@@ -156,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         why = status_access(args.status, token)
         if why is not None:
             raise SpecError([Problem(f"--status {args.status}: {why}", "<command line>")])
+    configure("supervisor", spec.name, args.log_level, args.log_format)
     options = RunOptions(listen=args.listen, model=args.model, workers=dict(args.workers or []),
                          processes=args.processes, file=args.file,
                          status=None if args.no_status else args.status, status_token=token,
@@ -163,9 +168,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress and sys.stderr.isatty(),
                          base_dir=str(Path.cwd()),
                          search_path=[*args.app_dir, str(Path(args.file).resolve().parent),
-                                      str(Path.cwd())])
+                                      str(Path.cwd())],
+                         log_level=args.log_level, log_format=args.log_format)
     outcome = Supervisor(spec, options).run()
-    print(f"seda: {outcome.summary}", file=sys.stderr)
+    LOG.log(logging.ERROR if outcome.code == EXIT_FAILED else logging.INFO, outcome.summary)
     return outcome.code
 
 
@@ -378,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE",
                    help="append pipeline results (JSON lines) to FILE instead of stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--log-level", choices=LEVELS, default="info",
+                   help="the least important lines shown, of every process (default info)")
+    p.add_argument("--log-format", choices=FORMATS, default="text",
+                   help="text (one line an event) or json (one object a line: time, level, "
+                        "graph, process, stage, request, message)")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="listen here instead of the graph's acceptor.listen (port 0: any)")
     p.add_argument("--status", metavar="HOST:PORT", default="127.0.0.1:0",

@@ -28,6 +28,7 @@ from seda.envelope import (
     ID,
     ID_MASK,
     ID_MIX,
+    ONCE,
     ORIGIN,
     PAYLOAD,
     REQUEST,
@@ -37,6 +38,7 @@ from seda.envelope import (
     packable,
 )
 from seda.flow import SeenIds
+from seda.log import StageLog
 from seda.spec import GraphSpec
 
 
@@ -114,7 +116,7 @@ _HISTOGRAMS = ("times", "waits")
 class Context:
     """What a handler sees as `ctx`: its options, and emit/reply for the current message."""
 
-    __slots__ = ("_core", "_env", "_group", "_n", "options", "stage", "worker")
+    __slots__ = ("_core", "_env", "_group", "_n", "log", "options", "stage", "worker")
 
     def __init__(self, core: StageCore, stage: str, options: dict[str, Any]) -> None:
         self._core, self.stage, self.options = core, stage, options
@@ -122,6 +124,8 @@ class Context:
         self._env: Envelope = [0, "", 1, 0.0, None, 0, 0]
         self._group = Group([])
         self._n = 0
+        # the stage's logger: each record says the stage and the current request (seda.log)
+        self.log = StageLog(stage, lambda: self._env[REQUEST] & ~ONCE)
 
     @property
     def request_id(self) -> int:

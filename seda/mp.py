@@ -54,7 +54,7 @@ class Connection:
         self.limits = master.limits
         self.codec: Codec = make_codec(master.protocol, master.limits)
         self.figures = dict.fromkeys(REPORTED, 0)
-        self.throttle = Throttle("seda: mp connection: ")
+        self.throttle = Throttle()
         self.stopping = False
         # SIGTERM (the drain) sets `stopping` and wakes the select below through this pipe
         self.wake, wake_w = os.pipe()

@@ -13,6 +13,7 @@ credit); the supervisor's CONTROL `peer_down` re-dispatches what a dead worker h
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import time
@@ -103,7 +104,7 @@ class Node:
         self.spec = plan.graph_spec()
         # the largest frame a receiver accepts, and so the largest a sender makes
         self.limit = self.spec.settings.max_message_bytes + FRAME_OVERHEAD
-        self.throttle = Throttle(f"seda: {name}: ")
+        self.throttle = Throttle()
         self.running = True
         self.rss = 0  # resident memory in bytes, as of the last report
         self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0,
@@ -564,7 +565,7 @@ class Node:
         runs = letter.env[ATTEMPT] - 1
         self.throttle.say(kind, f"gave up on a message of stage '{letter.stage}' after "
                                 f"{runs} attempt{'' if runs == 1 else 's'}: {letter.error} "
-                                f"(dead letter in {where}){trace}")
+                                f"(dead letter in {where}){trace}", logging.ERROR)
 
     def count_dropped(self, stage: str, reason: str, n: int = 1) -> None:
         reasons = self.dropped.setdefault(stage, {})

@@ -63,6 +63,8 @@ class Plan:
     processes: int = 0  # symped: event loops; mp: most connection processes alive at once
     initial: dict[str, int] = field(default_factory=dict)  # pool -> workers started at first
     # (the pool has more slots, up to its scale.max: the pool controller starts the rest)
+    log_level: str = "info"  # seda.log: every process's level and format (seda run's options)
+    log_format: str = "text"
 
     def parked(self) -> set[str]:
         """Worker slots not started at first (the pool controller may start them)."""

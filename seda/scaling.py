@@ -100,8 +100,8 @@ class Scaler:
             name = live.pop()
             self.retiring.add(name)
             actions.append(("retire", name))
-        log.append(f"seda: scale: {stage} {before} -> {workers} workers ({why})")
-        self.history.append(f"{time.strftime('%H:%M:%S')} {log[-1].removeprefix('seda: ')}")
+        log.append(f"scale: {stage} {before} -> {workers} workers ({why})")
+        self.history.append(f"{time.strftime('%H:%M:%S')} {log[-1]}")
 
     def exited(self, name: str) -> bool:
         """A worker exited: True if it was retiring (park it; do not restart it)."""

@@ -35,6 +35,7 @@ from seda import deadletter, rundir
 from seda.envelope import CONTROL, STATUS, pack, unpack
 from seda.errors import ProtocolError
 from seda.listener import address, bind, raise_fd_limit, url
+from seda.log import LOG
 from seda.plan import SUPERVISOR, make_plan, not_applied, supervisor_endpoint
 from seda.progress import Progress
 from seda.scaling import Scaler
@@ -69,6 +70,8 @@ class RunOptions:
     file: str = "<graph>"  # the graph file, named in errors
     status: str | None = "127.0.0.1:0"  # where /api/status and /metrics are served (None: off)
     status_token: str = ""  # required by the status endpoint when set (and beyond loopback)
+    log_level: str = "info"  # seda.log, for every process of the run
+    log_format: str = "text"
 
 
 @dataclass
@@ -180,6 +183,7 @@ class Supervisor:
     def _prepare(self, spec: GraphSpec, options: RunOptions) -> None:
         self.plan.search_path = options.search_path
         self.plan.output = options.output
+        self.plan.log_level, self.plan.log_format = options.log_level, options.log_format
         self.children: dict[str, Child] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}  # figures of dead incarnations (see totals)
@@ -312,10 +316,10 @@ class Supervisor:
         (Path(self.run_dir) / "listen.url").write_text(url(first, acc.protocol) + "\n")
         # said once every process is up (see _tick): the port is held from now on, but a
         # request sent before then waits for the workers to start (up to a second or two)
-        self.listening = (f"seda: listening on {url(first, acc.protocol)} (graph "
+        self.listening = (f"listening on {url(first, acc.protocol)} (graph "
                           f"{self.spec.name}, model {self.plan.model}{shared})")
         for what in not_applied(self.spec, self.plan.model):
-            print(f"seda: warning: {what}", file=sys.stderr, flush=True)
+            LOG.warning(what)
 
     def _check_ready(self) -> None:
         """Ready: every process is up and the graph is not draining. Said once on stderr
@@ -328,7 +332,7 @@ class Supervisor:
             return
         self.ready_once = True
         if self.listening:
-            print(self.listening, file=sys.stderr, flush=True)
+            LOG.info(self.listening)
             self.listening = ""
         self.notify("READY=1", f"STATUS=graph {self.spec.name} running, model {self.plan.model}",
                     f"MAINPID={os.getpid()}")
@@ -345,8 +349,8 @@ class Supervisor:
             with os.fdopen(fd, "w") as f:
                 f.write(self.options.status_token + "\n")
         (run / "status.url").write_text(self.status_server.url + "\n")
-        print(f"seda: status on {self.status_server.url} (dashboard; /api/status, /metrics; "
-              f"seda top {self.spec.name})", file=sys.stderr, flush=True)
+        LOG.info(f"status on {self.status_server.url} (dashboard; /api/status, /metrics; "
+                 f"seda top {self.spec.name})")
 
     def _update_status(self, now: float) -> None:
         alive = {n: c.pid for n, c in self.children.items() if c.alive()}
@@ -360,7 +364,7 @@ class Supervisor:
         actions, log = self.scaler.decide(snapshot, now)
         snapshot["scaling"] = list(self.scaler.history)
         for line in log:
-            print(line, file=sys.stderr, flush=True)
+            LOG.info(line)
         for what, name in actions:
             if what == "start":
                 self.children[name].start()
@@ -543,8 +547,8 @@ class Supervisor:
             why = (f"stage '{stage}': the handler ran over its timeout of {limit:g} s; its "
                    f"worker was replaced")
             down.update(timed_out=note.get("ids", []), sender=note.get("sender"), why=why)
-            print(f"seda: {title}: a call to stage '{stage}' ran over its timeout of "
-                  f"{limit:g} s: replacing the process", file=sys.stderr, flush=True)
+            LOG.warning(f"{title}: a call to stage '{stage}' ran over its timeout of "
+                        f"{limit:g} s: replacing the process")
         self.broadcast(down, reliable=True)
         self.wave_replies.clear()
         self.waves.clear()
@@ -576,11 +580,10 @@ class Supervisor:
                             f"{limit.within:g} s (settings.restarts allows {limit.max}); "
                             f"last: {what}")
             return
-        print(f"seda: {what}; restarting", file=sys.stderr)
+        LOG.warning(f"{what}; restarting")
         if lost:
             self.lost_state.append(f"{title} died holding {lost}")
-            print(f"seda: {lost} was lost with it: the pipeline's result will be incomplete",
-                  file=sys.stderr)
+            LOG.error(f"{lost} was lost with it: the pipeline's result will be incomplete")
         if now - child.started >= STABLE_AFTER:  # killed while doing well: not a crash loop
             child.failures = 0
         backoff = min(MAX_BACKOFF, FIRST_BACKOFF * (2 ** child.failures))
@@ -612,9 +615,8 @@ class Supervisor:
                 continue  # its watchdog has not started yet
             if age > limit + STUCK_GRACE:
                 title = self.plan.procs[name].title.removeprefix("seda: ")
-                print(f"seda: {title}: silent for {age:.1f} s, over its handler timeout of "
-                      f"{limit:g} s (a call that holds the GIL): killing it", file=sys.stderr,
-                      flush=True)
+                LOG.warning(f"{title}: silent for {age:.1f} s, over its handler timeout of "
+                            f"{limit:g} s (a call that holds the GIL): killing it")
                 child.signal(signal.SIGKILL)
 
     def _lost_state(self, name: str) -> str:

@@ -6,35 +6,32 @@ code, never by a peer, so the table stays small.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
+
+from seda.log import LOG
 
 MAX_KINDS = 256  # kinds remembered at once (more, and the table starts afresh)
 
 
 class Throttle:
-    def __init__(self, prefix: str, every: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 write: Callable[[str], None] | None = None) -> None:
-        self.prefix, self.every, self.clock = prefix, every, clock
-        self.write = write or self._stderr
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 write: Callable[[int, str], None] | None = None) -> None:
+        self.every, self.clock = every, clock
+        self.write = write or LOG.log  # (level, line)
         self.kinds: dict[str, tuple[float, int]] = {}  # kind -> (last said, held back since)
 
-    @staticmethod
-    def _stderr(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    def say(self, kind: str, text: str) -> bool:
-        """Write `prefix + text` unless a line of this kind went out less than `every`
-        seconds ago (then count it); True if written."""
+    def say(self, kind: str, text: str, level: int = logging.WARNING) -> bool:
+        """Log `text` unless a line of this kind went out less than `every` seconds ago
+        (then count it); True if written."""
         now = self.clock()
         last, held = self.kinds.get(kind, (float("-inf"), 0))
         if now - last < self.every:
             self.kinds[kind] = (last, held + 1)
             return False
         more = f" ({held} more of this kind since the last line)" if held else ""
-        self.write(f"{self.prefix}{text}{more}")
+        self.write(level, f"{text}{more}")
         if len(self.kinds) >= MAX_KINDS and kind not in self.kinds:
             self.kinds.clear()  # (kinds a handler names, such as error types, are many)
         self.kinds[kind] = (now, 0)

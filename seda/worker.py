@@ -8,7 +8,6 @@ restarts it.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import zlib
 from collections import deque
@@ -29,6 +28,7 @@ from seda.envelope import (
     pack,
     unpack_data,
 )
+from seda.log import LOG
 from seda.node import RESULTS, Node
 from seda.plan import Plan
 from seda.watchdog import EXIT_RECYCLE, Watchdog
@@ -169,10 +169,9 @@ class Worker(Node):
         """Over the pool's max_memory_mb: take no new work, finish (or hand back, as
         retiring does) what is held, then exit with EXIT_RECYCLE -- the supervisor starts a
         fresh process in this one's place at once, not counted as a crash."""
-        print(f"seda: {self.me.title.removeprefix('seda: ')}: resident memory "
-              f"{self.rss >> 20} MiB is over max_memory_mb ({self.max_rss >> 20}): it "
-              f"finishes what it holds, then a fresh process takes its place",
-              file=sys.stderr, flush=True)
+        LOG.info(f"resident memory {self.rss >> 20} MiB is over max_memory_mb "
+                 f"({self.max_rss >> 20}): it finishes what it holds, then a fresh process "
+                 f"takes its place")
         self.recycling = True
         self.retire()
 

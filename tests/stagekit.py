@@ -259,3 +259,11 @@ def chatty(x: int, ctx: Any) -> int:
     """A handler that prints, as handlers do: it must not land among a pipeline's results."""
     print(f"noise from the handler {x}")
     return x
+
+
+def logged(request: dict[str, Any], ctx: Any) -> str:
+    """Logs through ctx.log: each request at info, /warn at warning too."""
+    ctx.log.info("handled %s", request["path"])
+    if request["path"] == "/warn":
+        ctx.log.warning("careful with %s", request["path"])
+    return "ok"

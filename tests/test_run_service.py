@@ -242,7 +242,8 @@ def test_a_failing_handler_is_seen_on_the_console_once_a_while_and_in_the_summar
         stop(run)
     where = tmp_path / "dead-letter.jsonl"
     said = [ln for ln in run.stderr.splitlines() if "gave up on a message" in ln]
-    assert said == [f"seda: acceptor.0: gave up on a message of stage 'web' after 3 attempts: "
+    assert said == [f"seda: acceptor.0: error: gave up on a message of stage 'web' after 3 "
+                    f"attempts: "
                     f"web: ValueError: boom (dead letter in {where})"], run.stderr
     trace = run.stderr.split(said[0], 1)[1]
     assert trace.startswith("\nTraceback (most recent call last):\n")
