@@ -314,13 +314,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from seda import ps
+    from seda import ps, rundir
 
     if args.timeout <= 0:
         print(f"seda stop: --timeout must be more than 0 s, got {args.timeout}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        run = ps.find(args.target)
+        run = rundir.find(args.target)
     except RunError as exc:
         print(f"seda stop: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,7 +14,6 @@ from typing import Any
 import psutil
 
 from seda import rundir
-from seda.errors import RunError
 
 
 def describe(run: Path) -> dict[str, Any]:
@@ -52,24 +51,6 @@ def _duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else \
         f"{secs}s"
-
-
-def find(target: str) -> Path:
-    """The one running graph named `target` (or the run directory `target`)."""
-    path = Path(target)
-    if path.is_dir() and (path / rundir.OWNER).exists():
-        if not (rundir.is_private(path) and rundir.private_file(path / rundir.OWNER)):
-            raise RunError(f"{target} is not a private run directory of this user: not trusted")
-        if not rundir.is_live(path):
-            raise RunError(f"{target}: its graph is not running")
-        return path
-    runs = rundir.live_runs(target)
-    if not runs:
-        raise RunError(f"no running graph named '{target}' of this user (seda ps lists them)")
-    if len(runs) > 1:
-        raise RunError(f"several running graphs are named '{target}': "
-                       f"{', '.join(str(r) for r in runs)}; name one run directory")
-    return runs[0]
 
 
 def stop(run: Path, timeout: float) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from seda.errors import RunError
+
 OWNER = "owner"
 
 
@@ -97,3 +99,26 @@ def live_runs(name: str | None = None) -> list[Path]:
     if name:  # (seda-web-* also matches a graph named web-api)
         found = [p for p in found if p.name.rpartition("-")[0] == f"seda-{name}"]
     return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def find(target: str | None, needs: str = OWNER, hint: str = "") -> Path:
+    """The one running graph of this user that `target` names -- a graph name, a run
+    directory, or None for the only one -- among those whose run directory holds the file
+    `needs` (status.url: those that serve a status endpoint). RunError otherwise; `hint` is
+    added to the error when none is found."""
+    if target and Path(target, needs).is_file():  # a run directory
+        path = Path(target)
+        if not private_file(path / needs):
+            raise RunError(f"{target} is not a private run directory of this user (owned by "
+                           f"you, mode 0700): not trusted")
+        if not is_live(path):
+            raise RunError(f"{target}: its graph is not running")
+        return path
+    found = [run for run in live_runs(target) if private_file(run / needs)]
+    if not found:
+        what = f"named '{target}'" if target else "at all"
+        raise RunError(f"no running graph {what} of this user (seda ps lists them){hint}")
+    if len(found) > 1:
+        raise RunError(f"several running graphs match: {', '.join(str(r) for r in found)}; "
+                       f"name one run directory")
+    return found[0]

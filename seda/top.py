@@ -8,7 +8,6 @@ throughput per stage, the queue depth on every edge, the bottleneck highlighted.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,27 +27,10 @@ FIRST_FIGURES_WAIT = 5.0  # s: how long `--once` waits for a graph that has just
 
 
 def find_run(target: str | None) -> Path:
-    """The run directory of a running graph: `target` is a graph name or a run directory.
-    Only private run directories of this user count (see rundir.is_private): a planted one
-    would receive the status token."""
-    if target and Path(target, "status.url").is_file():
-        if not rundir.private_file(Path(target, "status.url")):
-            raise RunError(f"{target} is not a private run directory of this user (owned by "
-                           f"you, mode 0700): not trusted")
-        return Path(target)
-    pattern = f"seda-{target}-*" if target else "seda-*"
-    found = sorted((p for p in Path(tempfile.gettempdir()).glob(f"{pattern}/status.url")
-                    if rundir.private_file(p) and rundir.is_live(p.parent)),
-                   key=lambda p: p.stat().st_mtime)
-    if not found:
-        what = f"named '{target}'" if target else "at all"
-        raise RunError(f"no running graph {what} of this user (looked for "
-                       f"{tempfile.gettempdir()}/{pattern}/status.url); give --url or a run "
-                       f"directory")
-    if len(found) > 1:
-        runs = ", ".join(str(p.parent) for p in found)
-        raise RunError(f"several running graphs match: {runs}; name one run directory")
-    return found[0].parent
+    """The run directory of a running graph with a status endpoint: `target` is a graph
+    name or a run directory. Only private run directories of this user count (see
+    rundir.is_private): a planted one would receive the status token."""
+    return rundir.find(target, "status.url", "; give --url or a run directory")
 
 
 def find_url(target: str | None) -> tuple[str, str]:
