@@ -26,6 +26,7 @@ from typing import Any, cast
 import zmq
 from setproctitle import setproctitle
 
+from seda import access
 from seda.codec import BAD_REPLY, Codec, encode_reply, make_codec, repeatable
 from seda.codec.http import HttpCodec
 from seda.control import AdmissionController, Classifier, Decision
@@ -54,6 +55,7 @@ class Slot:
     start: float = 0.0  # monotonic, when the request was read
     timed: bool = False  # admitted: its response time goes to the admission controller
     file: tuple[int, int] | None = None  # (fd, size): a file that follows `out` (sendfile)
+    rid: int = 0  # its id in the graph (0: answered without entering it)
 
 
 LOST_TEXT = {500: "the handler failed", 504: "the handler ran over its time limit",
@@ -160,6 +162,7 @@ class Connection(asyncio.Protocol):
         self.max_inflight = acceptor.limits.max_inflight
         self.last_activity = self.partial_since = time.monotonic()
         self.eof = False  # the client half-closed: answer what it sent, then close
+        self.client = ""  # host:port, for the access log (found when first needed)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a
@@ -268,11 +271,21 @@ class Connection(asyncio.Protocol):
         """A reply is out: its response time is known; close if it asked. True if closed."""
         if slot.timed and self.acceptor.admission is not None:
             self.acceptor.answered(slot)
+        if self.acceptor.access_log:
+            self.log_access(slot)
         if slot.close and self.transport is not None:
             self.closed = True
             self.transport.close()
             return True
         return False
+
+    def log_access(self, slot: Slot) -> None:
+        if not self.client and self.transport is not None:
+            self.client = access.peer(self.transport.get_extra_info("peername"))
+        size = len(slot.out) + (slot.file[1] if slot.file is not None else 0)
+        took = time.monotonic() - slot.start if slot.start else 0.0
+        access.log(self.client, slot.request, slot.out, size, took, self.acceptor.http,
+                   slot.rid)
 
     def file_sent(self, slot: Slot) -> None:
         self.sending = None
@@ -318,6 +331,7 @@ class Acceptor(Node):
         self.codes: dict[bytes, int] = {}
         self.busy_replies: dict[tuple[type, int], bytes] = {}  # (codec, Retry-After) -> 503
         self.http = self.protocol == "http"
+        self.access_log = plan.access_log  # seda run --access-log (see seda.access)
         self.repeatable = repeatable(self.protocol)
         rule = acc.admission
         self.admission = AdmissionController(
@@ -471,6 +485,7 @@ class Acceptor(Node):
             admitted += 1
             if admission is not None:
                 slot.timed = True
+            slot.rid = rid
             slots[rid] = slot
             deadlines.append((expires, rid))
             queue.append((entry, [rid, name, 1, deadline, request, rid,

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     plan = Plan.from_json(Path(plan_path).read_text(encoding="utf-8"))
     sys.path[:0] = [p for p in plan.search_path if p not in sys.path]
     role = plan.procs[name].role
-    configure(name, plan.graph, plan.log_level, plan.log_format)
+    configure(name, plan.graph, plan.log_level, plan.log_format, plan.log_time)
     tune_gc()
     # what handlers print goes to stderr: stdout carries a pipeline's results alone (the
     # source writes them to the stdout it was given, kept here as `results`)

@@ -113,17 +113,19 @@ def describe_plan(plan: Plan) -> str:
         lines.append(f"listens on {spec.acceptor.protocol} {spec.acceptor.listen}: {how}")
         lines += [f"warning: {what}" for what in not_applied(spec, plan.model)]
     lines.append("endpoints: ipc://RUN_DIR/PROCESS (RUN_DIR is made at start, mode 0700)")
+    lines.append(f"dead letters: {plan.dead_letter} (seda run --output puts them beside "
+                 f"its file; --dead-letter FILE anywhere)")
     return "\n".join(lines) + "\n"
 
 
 def _make_plan(args: argparse.Namespace) -> Plan:
-    from seda.graph import check_file
+    from seda.graph import check_file, home
     from seda.plan import make_plan
 
     checked = check_file(args.file, imports=False, app_dirs=args.app_dir)
     return make_plan(checked.spec, "RUN_DIR", model=args.model,
                      workers=dict(args.workers or []), processes=args.processes,
-                     file=args.file)
+                     file=args.file, base_dir=str(home(args.file, args.app_dir)))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -138,13 +140,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
-    from seda.graph import check_file
+    from seda import deadletter
+    from seda.graph import check_file, home
     from seda.log import LOG, configure
     from seda.spec import parse_listen
     from seda.statusserver import status_access
     from seda.supervisor import RunOptions, Supervisor
 
-    checked = check_file(args.file, imports=True, app_dirs=args.app_dir)
+    if args.dead_letter:
+        why = deadletter.check_place(str(Path(args.dead_letter).resolve()))
+        if why is not None:
+            raise SpecError([Problem(f"--dead-letter {args.dead_letter}: {why}",
+                                     "<command line>")])
+    # relative paths of the run (the dead-letter file) are beside its output, if it has one,
+    # else in the graph's home: never wherever the command happens to be started
+    base = Path(args.output).resolve().parent if args.output else home(args.file, args.app_dir)
+    checked = check_file(args.file, imports=True, app_dirs=args.app_dir,
+                         dead_letter=_dead_letter_place(args, base))
     for warning in checked.warnings:
         print(warning, file=sys.stderr)
     spec = checked.spec
@@ -160,19 +172,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         why = status_access(args.status, token)
         if why is not None:
             raise SpecError([Problem(f"--status {args.status}: {why}", "<command line>")])
-    configure("supervisor", spec.name, args.log_level, args.log_format)
+    if args.access_log and spec.acceptor is None:
+        raise SpecError([Problem("--access-log: this graph has no acceptor (a pipeline's "
+                                 "results are its log)", args.file)])
+    configure("supervisor", spec.name, args.log_level, args.log_format, args.log_time)
     options = RunOptions(listen=args.listen, model=args.model, workers=dict(args.workers or []),
                          processes=args.processes, file=args.file,
                          status=None if args.no_status else args.status, status_token=token,
                          output=str(Path(args.output).resolve()) if args.output else "",
                          progress=not args.no_progress and sys.stderr.isatty(),
-                         base_dir=str(Path.cwd()),
+                         base_dir=str(base),
+                         dead_letter=_dead_letter_place(args, base),
                          search_path=[*args.app_dir, str(Path(args.file).resolve().parent),
                                       str(Path.cwd())],
-                         log_level=args.log_level, log_format=args.log_format)
+                         log_level=args.log_level, log_format=args.log_format,
+                         log_time=args.log_time, access_log=args.access_log)
     outcome = Supervisor(spec, options).run()
     LOG.log(logging.ERROR if outcome.code == EXIT_FAILED else logging.INFO, outcome.summary)
     return outcome.code
+
+
+def _dead_letter_place(args: argparse.Namespace, base: Path) -> str | None:
+    """--dead-letter (from here, like --output), or None: settings.dead_letter in `base`."""
+    return str(Path(args.dead_letter).resolve()) if args.dead_letter else None
 
 
 def _app_dir(text: str) -> str:
@@ -383,12 +405,20 @@ def build_parser() -> argparse.ArgumentParser:
     _deploy_options(p)
     p.add_argument("--output", "-o", metavar="FILE",
                    help="append pipeline results (JSON lines) to FILE instead of stdout")
+    p.add_argument("--dead-letter", metavar="FILE",
+                   help="append dead letters to FILE (default: settings.dead_letter, "
+                        "dead-letter.jsonl, beside --output if given, else in the graph "
+                        "file's folder)")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.add_argument("--log-level", choices=LEVELS, default="info",
                    help="the least important lines shown, of every process (default info)")
     p.add_argument("--log-format", choices=FORMATS, default="text",
                    help="text (one line an event) or json (one object a line: time, level, "
                         "graph, process, stage, request, message)")
+    p.add_argument("--log-time", action="store_true",
+                   help="start text lines with the time (UTC; json lines always have it)")
+    p.add_argument("--access-log", action="store_true",
+                   help="a service logs each answer: client, request, status, bytes, time")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="listen here instead of the graph's acceptor.listen (port 0: any)")
     p.add_argument("--status", metavar="HOST:PORT", default="127.0.0.1:0",

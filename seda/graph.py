@@ -168,17 +168,27 @@ class Checked:
     warnings: list[Problem] = field(default_factory=list)
 
 
-def check_file(path: str | Path, *, imports: bool = True, app_dirs: Sequence[str] = ()
-               ) -> Checked:
+def home(path: str | Path, app_dirs: Sequence[str] = ()) -> Path:
+    """A graph's project root: the folder of its file (a module:attr graph: the first
+    --app-dir, else the current folder). Handlers import from it, and the run's relative
+    paths (the dead-letter file) are resolved against it, wherever the command starts."""
+    if is_python(path) and not str(path).endswith(".py"):
+        return Path(app_dirs[0]) if app_dirs else Path.cwd()
+    return Path(path).resolve().parent
+
+
+def check_file(path: str | Path, *, imports: bool = True, app_dirs: Sequence[str] = (),
+               dead_letter: str | None = None) -> Checked:
     """Load, validate fields and topology, and (optionally) import handlers and check that
-    the dead-letter file can be written where a run from here would put it. Raises
-    SpecError."""
+    the dead-letter file can be written where the run will put it (`dead_letter`, default
+    settings.dead_letter in the graph's home). Raises SpecError."""
     spec, lines = load_python(path, app_dirs) if is_python(path) else load_file(path)
     problems = topology.check(spec, lines)
     if imports and not any(p.severity == "error" for p in problems):
-        search = [*app_dirs, str(Path(path).resolve().parent), str(Path.cwd())]
+        search = [*app_dirs, str(home(path, app_dirs)), str(Path.cwd())]
         problems += check_imports(spec, lines, search)
-        why = deadletter.check_place(str(Path.cwd() / spec.settings.dead_letter))
+        place = dead_letter or str(home(path, app_dirs) / spec.settings.dead_letter)
+        why = deadletter.check_place(place)
         if why is not None:  # (found before any process starts, not inside one)
             problems.append(lines.problem(("settings", "dead_letter"),
                                           f"dead letters could not be written: {why}"))

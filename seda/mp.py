@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 from setproctitle import setproctitle
 
+from seda import access
 from seda.codec import Codec, encode_reply, make_codec
 from seda.core import StageCore
 from seda.envelope import PAYLOAD, REQUEST
@@ -55,6 +56,13 @@ class Connection:
         self.codec: Codec = make_codec(master.protocol, master.limits)
         self.figures = dict.fromkeys(REPORTED, 0)
         self.throttle = Throttle()
+        self.client = ""
+        if master.plan.access_log:
+            try:
+                self.client = access.peer(sock.getpeername())
+            except OSError:  # gone already
+                self.client = "-"
+        self.read_at = 0.0  # when the requests being answered were read (the access log)
         self.stopping = False
         # SIGTERM (the drain) sets `stopping` and wakes the select below through this pipe
         self.wake, wake_w = os.pipe()
@@ -81,18 +89,19 @@ class Connection:
                     continue
                 if codec.partial() and not self.stopping:
                     self.write(codec.error_reply(ProtocolError("request not received in time",
-                                                               408)))
+                                                               408)), None)
                 return  # idle too long, or draining with nothing left to answer
             data = sock.recv(1 << 16)
             if not data:
                 return
+            self.read_at = time.monotonic()
             was_partial = codec.partial()
             try:
                 requests = codec.feed(data)
             except ProtocolError as exc:  # answer what came before the fault, then the error
                 self.figures["protocol_errors"] += 1
                 self.answer(exc.requests)
-                self.write(codec.error_reply(exc))
+                self.write(codec.error_reply(exc), None)
                 return
             if codec.partial() and (not was_partial or requests):
                 partial_since = time.monotonic()
@@ -131,11 +140,23 @@ class Connection:
             if close:
                 break
         self.figures["responses"] += len(out)
-        self.write(b"".join(out))
+        self.sock.sendall(b"".join(out))  # (a client that reads nothing is dropped at
+        # idle_timeout)
+        if self.client:
+            for request, data in zip(requests, out, strict=False):
+                self.log_access(request, data)
         return close
 
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(data)  # a client that reads nothing for idle_timeout is dropped
+    def write(self, data: bytes, request: Any) -> None:
+        """The server's own answer (400, 408): written, and logged."""
+        self.sock.sendall(data)
+        if self.client:
+            self.log_access(request, data)
+
+    def log_access(self, request: Any, data: bytes) -> None:
+        took = time.monotonic() - self.read_at if self.read_at else 0.0
+        access.log(self.client, request, data, len(data), took,
+                   self.master.protocol == "http")
 
 
 class Master(Node):

@@ -65,6 +65,8 @@ class Plan:
     # (the pool has more slots, up to its scale.max: the pool controller starts the rest)
     log_level: str = "info"  # seda.log: every process's level and format (seda run's options)
     log_format: str = "text"
+    access_log: bool = False  # acceptors log each answer (seda.access)
+    log_time: bool = False  # text lines start with the time
 
     def parked(self) -> set[str]:
         """Worker slots not started at first (the pool controller may start them)."""

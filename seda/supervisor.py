@@ -64,6 +64,7 @@ class RunOptions:
     output: str = ""
     progress: bool = False
     base_dir: str = "."  # where relative settings paths (dead letters) are resolved
+    dead_letter: str | None = None  # the dead-letter file, instead of settings.dead_letter
     search_path: list[str] = field(default_factory=list)
     listen: str | None = None  # overrides acceptor.listen
     processes: int | None = None  # symped: event loops; mp: cap on connection processes
@@ -72,6 +73,8 @@ class RunOptions:
     status_token: str = ""  # required by the status endpoint when set (and beyond loopback)
     log_level: str = "info"  # seda.log, for every process of the run
     log_format: str = "text"
+    access_log: bool = False
+    log_time: bool = False
 
 
 @dataclass
@@ -183,7 +186,10 @@ class Supervisor:
     def _prepare(self, spec: GraphSpec, options: RunOptions) -> None:
         self.plan.search_path = options.search_path
         self.plan.output = options.output
+        if options.dead_letter is not None:
+            self.plan.dead_letter = options.dead_letter
         self.plan.log_level, self.plan.log_format = options.log_level, options.log_format
+        self.plan.access_log, self.plan.log_time = options.access_log, options.log_time
         self.children: dict[str, Child] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}  # figures of dead incarnations (see totals)

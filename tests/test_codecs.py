@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from seda.codec import encode_reply
-from seda.codec.http import HttpCodec
+from seda.codec.http import HttpCodec, head
 from seda.codec.resp import RespCodec, encode_value
 from seda.codec.simple import LengthCodec, LineCodec
 from seda.errors import ProtocolError
@@ -484,6 +484,10 @@ def test_http_file_heads() -> None:
         b"HTTP/1.1 206 Partial Content\r\ncontent-type: x/y\r\nconnection: close\r\n"
         b"content-length: 5\r\n\r\n", True, False)
     assert codec.file_head({"file": "/f"}, {"method": "GET"}, 0)[1] is False
+    for status in (204, 304):  # no body: the file's bytes would start the next response
+        assert codec.file_head({"file": "/f", "status": status}, GET, 1234) == (
+            head(status, {"content-type": "application/octet-stream"}, 0, False), False,
+            False)
 
 
 @pytest.mark.parametrize(("reply", "out"), [

@@ -250,6 +250,21 @@ def test_any_reply_shape_gets_exactly_one_answer(tmp_path: Path) -> None:
         assert summary_counts(stderr)["requests"] == sent + 1
 
 
+def test_a_file_reply_with_a_status_that_has_no_body_sends_no_file(tmp_path: Path) -> None:
+    """{"file": path, "status": 204}: the head says no body, so the file's bytes after it
+    were read as the next response ("BadStatusLine: a regular file", found by the property
+    above in about one run of ten)."""
+    regular = tmp_path / "regular.txt"
+    regular.write_text("a regular file\n")
+    with SedaRun(tmp_path, service(), "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        for status in (204, 304):
+            reply = msgpack.packb({"file": str(regular), "status": status})
+            assert pipelined(port, [get("/plain"), post("/reply", reply), get("/plain")],
+                             timeout=5) == [(200, b"plain"), (status, b""), (200, b"plain")]
+        balanced(stop(run))
+
+
 def test_a_fifo_named_by_a_reply_does_not_block_the_loop(tmp_path: Path) -> None:
     """Opening a FIFO for reading blocks until a writer comes: on the acceptor's loop that
     stopped every connection. A FIFO is not a regular file: 403 at once."""

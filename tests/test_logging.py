@@ -3,20 +3,34 @@ line of every process one JSON object), --log-level, and the text format's shape
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import re
 import signal
+import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from seda.log import JsonFormatter, TextFormatter
-from tests.runkit import SedaRun, wait_for
+from tests.runkit import SedaRun, run_env, wait_for
 
 SERVICE = """
 name: logs
 acceptor: {listen: "127.0.0.1:0", protocol: http, entry: web}
 stages:
   web: {handler: stagekit:logged, workers: 1}
+"""
+
+PIPELINE = """
+name: numbers
+source: {handler: stagekit:numbers, options: {count: 3}, to: [double]}
+stages:
+  double: {handler: stagekit:double, sink: true}
 """
 
 
@@ -71,3 +85,80 @@ def test_the_log_level_hides_what_is_less_important(tmp_path: Path) -> None:
         run.signal(signal.SIGTERM)
         assert run.wait(30) == 0
     assert run.stderr.splitlines() == ["seda: web.0: warning: web: careful with /warn"]
+
+
+def test_text_lines_start_with_the_time_when_asked() -> None:
+    line = TextFormatter("web.0", timed=True).format(record("handled"))
+    stamp, rest = line.split(" ", 1)
+    assert rest == "seda: web.0: handled"
+    assert stamp.endswith("Z") and len(stamp) == 24 and stamp[10] == "T", stamp
+
+
+ACCESS = re.compile(r'^seda: (acceptor(#?\.?\d)?|master|acceptor\.\d+): '
+                    r'127\.0\.0\.1:\d+ "(.*)" (\d{3}) (\d+) B \d+\.\d ms$')
+
+
+@pytest.mark.parametrize("model", ["seda", "amped", "sped", "symped", "mp"])
+def test_the_access_log_has_a_line_per_answer_under_every_model(tmp_path: Path, model: str
+                                                                ) -> None:
+    """Each answer -- the handler's, a 500 after its error, the server's own 400 -- gets
+    one line: client, request (path and query), status, bytes written."""
+    graph = SERVICE.replace("stagekit:logged", "stagekit:web") + "settings: {max_attempts: 1}\n"
+    with SedaRun(tmp_path, graph, "--listen", "127.0.0.1:0", "--model", model,
+                 "--access-log") as run:
+        port = run.port()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        answers = []
+        for method, path in (("GET", "/a?x=1"), ("POST", "/echo"), ("GET", "/boom")):
+            conn.request(method, path, body=b"12345" if method == "POST" else None)
+            response = conn.getresponse()
+            answers.append((response.status, len(response.read())))
+        conn.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"NOT HTTP\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+        wait_for(lambda: sum(1 for ln in run.err_file.read_text().splitlines()
+                             if ACCESS.match(ln)) >= 4, 10, "four access lines")
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0
+    lines = [m for ln in run.stderr.splitlines() if (m := ACCESS.match(ln))]
+    assert [(m[3], int(m[4])) for m in lines] == [
+        ("GET /a?x=1", 200), ("POST /echo", 200), ("GET /boom", 500), ("-", 400)], run.stderr
+    assert [s for s, _ in answers] == [200, 200, 500]
+    assert all(int(m[5]) > n for m, (_, n) in zip(lines, answers, strict=False))  # head + body
+
+
+def test_a_json_access_line_carries_the_request_id_that_ctx_log_carries(tmp_path: Path
+                                                                       ) -> None:
+    with SedaRun(tmp_path, SERVICE, "--listen", "127.0.0.1:0", "--log-format", "json",
+                 "--access-log") as run:
+        port = run.port()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/a?q=2", timeout=10).read()
+        wait_for(lambda: '"client"' in run.err_file.read_text(), 10, "the access line")
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0
+    docs = [json.loads(line) for line in run.stderr.splitlines()]
+    [handled] = [d for d in docs if d.get("stage") == "web"]
+    [line] = [d for d in docs if "client" in d]
+    assert line["process"] == "acceptor.0" and line["level"] == "info"
+    assert (line["request"], line["status"], line["id"]) == ("GET /a?q=2", 200,
+                                                              handled["request"])
+    assert line["client"].startswith("127.0.0.1:") and line["bytes"] > 2
+    assert 0 <= line["ms"] < 10_000
+
+
+def test_the_access_log_is_off_unless_asked_and_refused_for_a_pipeline(tmp_path: Path
+                                                                      ) -> None:
+    with SedaRun(tmp_path, SERVICE, "--listen", "127.0.0.1:0") as run:
+        port = run.port()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/a", timeout=10).read()
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 0
+    assert '"GET /a"' not in run.stderr and "handled /a" in run.stderr
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    done = subprocess.run([sys.executable, "-m", "seda.cli", "run", "p.yaml", "--access-log"],
+                          cwd=tmp_path, env=run_env(tmp_path), capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("p.yaml: --access-log: this graph has no acceptor (a pipeline's "
+                           "results are its log)\n")

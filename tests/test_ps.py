@@ -9,7 +9,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from tests.runkit import SedaRun, wait_for
+from tests.runkit import SedaRun, run_env, wait_for
 
 SERVICE = """
 name: {name}
@@ -102,3 +102,48 @@ def test_deadletters_shows_a_file_readably(tmp_path: Path) -> None:
                       ([str(letters), "--last", "0"], "--last must be 1 or more")):
         bad = seda("deadletters", *args)
         assert bad.returncode == 2 and why in bad.stderr and bad.stderr.count("\n") == 1, bad
+
+
+POISONED = """
+name: dl-place
+source: {handler: stagekit:numbers, options: {n: 4}, to: [eat]}
+stages:
+  eat: {handler: stagekit:poison, options: {bad: 2}, sink: true}
+settings: {max_attempts: 1}
+"""
+
+
+def test_dead_letters_go_beside_the_output_or_the_graph_wherever_seda_starts(tmp_path: Path
+                                                                          ) -> None:
+    """Not in the folder the command happens to start in: beside --output's file if there is
+    one, else beside the graph file; --dead-letter puts them anywhere. A place where they
+    cannot be written stops the run before it starts."""
+    project, elsewhere, out = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "out"
+    for folder in (project, elsewhere, out):
+        folder.mkdir()
+    (project / "g.yaml").write_text(POISONED)
+    env = run_env(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "seda.cli", "run", str(project / "g.yaml"),
+                               "--no-progress", *args], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    def letters(path: Path) -> list[int]:
+        return [json.loads(line)["payload"] for line in path.read_text().splitlines()]
+
+    for args, place in (((), project / "dead-letter.jsonl"),
+                        (("-o", str(out / "results.jsonl")), out / "dead-letter.jsonl"),
+                        (("--dead-letter", "mine.jsonl"), elsewhere / "mine.jsonl")):
+        done = run(*args)
+        assert done.returncode == 0, done.stderr
+        assert letters(place) == [2], (args, place)
+        assert f"1 dead-lettered -> {place}" in done.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mine.jsonl"]
+    assert letters(project / "dead-letter.jsonl") == [2]  # each run wrote only its own place
+    missing = run("--dead-letter", "gone/d.jsonl")
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == (f"<command line>: --dead-letter gone/d.jsonl: the folder "
+                              f"{elsewhere / 'gone'} does not exist\n")
+    plan = seda("plan", str(project / "g.yaml"), cwd=elsewhere)
+    assert f"dead letters: {project / 'dead-letter.jsonl'} " in plan.stdout

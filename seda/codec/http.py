@@ -139,11 +139,13 @@ class HttpCodec:
     def file_head(self, reply: dict[str, Any], request: Any, size: int
                   ) -> tuple[bytes, bool, bool]:
         """The head of a `{"file": path}` reply whose file has `size` bytes: (head, close,
-        whether the file follows -- not for HEAD). ValueError: a status or header that
-        cannot be sent (see reply_parts)."""
+        whether the file follows -- not for HEAD, nor a 204 or 304, which have no body).
+        ValueError: a status or header that cannot be sent (see reply_parts)."""
         status, headers = status_and_headers(reply)
         headers.setdefault("content-type", "application/octet-stream")
         close = not request.get("keep_alive", True)
+        if status in _NO_BODY:  # (the file's bytes would be read as the next response)
+            return head(status, headers, 0, close), close, False
         return head(status, headers, size, close), close, request.get("method") != "HEAD"
 
     def error_reply(self, exc: ProtocolError) -> bytes:
