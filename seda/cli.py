@@ -303,8 +303,13 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
     from seda import deadletter
+    from seda.graph import check_file, home
 
     path = Path(args.file)
+    if path.suffix in (".yaml", ".yml", ".py"):  # a graph: the file its runs write to
+        checked = check_file(args.file, imports=False)
+        path = home(args.file) / checked.spec.settings.dead_letter
+        args.file = str(path)
     if not path.is_file():
         why = "no such file" if not path.exists() else "not a regular file"
         print(f"seda deadletters: {args.file}: {why}", file=sys.stderr)
@@ -454,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="The messages that failed for good (settings."
                                         "dead_letter): when, stage, id, attempts, error, "
                                         "payload.")
-    p.add_argument("file", metavar="FILE", help="a dead-letter file (JSON lines)")
+    p.add_argument("file", metavar="FILE",
+                   help="a dead-letter file (JSON lines), or a graph file: the one its runs "
+                        "write to when not told otherwise")
     p.add_argument("--traceback", action="store_true", help="with each one's traceback")
     p.add_argument("--last", type=int, metavar="N", help="only the last N")
     p.add_argument("--json", action="store_true", help="the records as JSON lines")

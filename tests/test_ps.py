@@ -145,5 +145,7 @@ def test_dead_letters_go_beside_the_output_or_the_graph_wherever_seda_starts(tmp
     assert (missing.returncode, missing.stdout) == (2, "")
     assert missing.stderr == (f"<command line>: --dead-letter gone/d.jsonl: the folder "
                               f"{elsewhere / 'gone'} does not exist\n")
+    shown = seda("deadletters", str(project / "g.yaml"), cwd=elsewhere)  # (the graph's)
+    assert shown.stderr == f"1 of 1 dead letters in {project / 'dead-letter.jsonl'}\n"
     plan = seda("plan", str(project / "g.yaml"), cwd=elsewhere)
     assert f"dead letters: {project / 'dead-letter.jsonl'} " in plan.stdout
