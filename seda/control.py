@@ -244,6 +244,9 @@ SMOOTHING = 0.3  # weight of the newest period in a smoothed throughput (batchin
 JUMP_COUNT = 20  # completions a period needs before a change of load can be called
 DEMAND_LIMITED = 0.5  # a worker busier than this share of a period may need bigger batches
 BUSY_FULL = 0.95  # a worker busy this share of a period has no time to spare
+WARM_PERIODS = 8  # a window is judged this many times a period while it starts (see below)
+WARM_FOR = 4  # periods from the first look during which it starts (unless it reached its cap)
+WINDOW_BYTES = 8 << 20  # what one window of messages may weigh, about (see BatchController)
 
 
 @dataclass
@@ -325,6 +328,20 @@ class BatchController:
       throughput there means less work came, so the window shrinks instead of growing;
     - an idle period (nothing completed) changes nothing.
 
+    Two caps bound the window whatever the rules say, so that the defaults suit cheap and
+    slow stages alike: it holds at most `budget` seconds of handler work (a stage taking
+    10 ms a message gets a window of 1, one taking 10 us up to 1,000: a cheap stage batches
+    hundreds, a slow one stays small for latency), and about WINDOW_BYTES of messages.
+
+    A worker whose outputs wait for the next stage's credit (`backlog`: half its window or
+    more) has time to spare only because of that: its window is not grown for it (a big
+    window there would only pile work up in front of the slow stage, and a drain must
+    finish it all).
+
+    It starts warm: for its first WARM_FOR periods, or until the window reaches its cap,
+    periods are `period / WARM_PERIODS` long, so a window that must grow from a small start
+    gets there in a fraction of a second (a 200,000-message pipeline lasts about two).
+
     So a saturated worker's window settles at the smallest that keeps it busy, and a worker
     that waits for work while its senders hold it back gets a bigger one at once.
     (Sandstorm's rule alone shrank the window of workers that an acceptor could not feed
@@ -335,6 +352,7 @@ class BatchController:
     min: int = 1
     max: int = 64
     period: float = 0.25
+    budget: float = 0.0  # s of handler work a window may hold (0: no such cap)
     factor: float = 1.2
     fast: float = 2.0
     keep: float = 0.9
@@ -348,22 +366,29 @@ class BatchController:
     done_at_start: int = 0
     busy_at_start: float = 0.0
     held_at_start: int = 0
+    warm_until: float | None = None  # short periods until then (see WARM_FOR)
+    cap: float = 0.0  # the caps' bound on the window (0: none known yet)
 
     def __post_init__(self) -> None:
         if not self.window:
             self.window = float(self.max)
 
     def observe(self, now: float, completed: int, busy: float | None = None,
-                held_back: int = 0) -> int | None:
+                held_back: int = 0, message_bytes: float = 0.0, backlog: int = 0
+                ) -> int | None:
         """`completed`: the worker's running total; `busy`: its running total of seconds in
         handlers, if known; `held_back`: running total of frames that came while their
-        sender held more for this pool. The new window when it changes."""
+        sender held more for this pool; `message_bytes`: the mean size of the messages it
+        receives, if known; `backlog`: its outputs that wait for credit now. The new window
+        when it changes."""
         if self.started is None:
             self.started, self.done_at_start = now, completed
             self.busy_at_start, self.held_at_start = busy or 0.0, held_back
+            self.warm_until = now + WARM_FOR * self.period
             return None
         elapsed = now - self.started
-        if elapsed < self.period:
+        warm = self.warm_until is not None and now < self.warm_until
+        if elapsed < (self.period / WARM_PERIODS if warm else self.period):
             return None
         count = completed - self.done_at_start
         rate = count / elapsed
@@ -380,19 +405,35 @@ class BatchController:
             (1 - SMOOTHING) * self.last_rate
         jumped = count >= JUMP_COUNT and self.counted >= JUMP_COUNT and (
             rate > self.jump * self.last_raw or rate * self.jump < self.last_raw)
+        top = self._top(count, share, elapsed, message_bytes)
         if jumped:
-            self.best, self.window, smooth = rate, float(self.max), rate  # a new load
-        elif held and (share is None or share < BUSY_FULL):
+            self.best, self.window, smooth = rate, top, rate  # a new load
+        elif held and (share is None or share < BUSY_FULL) and backlog * 2 < self.window:
             self.best = max(self.best, smooth)
-            self.window = min(float(self.max), self.window * self.fast)
+            self.window = min(top, self.window * self.fast)
         elif smooth >= self.keep * self.best or (share is not None and share < DEMAND_LIMITED):
             self.best = max(self.best, smooth)
             self.window = max(float(self.min), self.window / self.factor)
         else:
-            self.window = min(float(self.max), self.window * self.factor)
+            self.window = min(top, self.window * self.factor)
+        self.window = max(float(self.min), min(self.window, top))
+        if self.window >= top:
+            self.warm_until = None
         self.last_rate, self.last_raw, self.counted = smooth, rate, count
         now_window = round(self.window)
         return now_window if now_window != before else None
+
+    def _top(self, count: int, share: float | None, elapsed: float,
+             message_bytes: float) -> float:
+        """The largest window allowed now: `max`, the time budget at the handler's cost per
+        message in this period, and the bytes bound at the messages' mean size."""
+        top = float(self.max)
+        if self.budget and share is not None and share > 0:
+            top = min(top, self.budget / (share * elapsed / count))
+        if message_bytes > 0:
+            top = min(top, WINDOW_BYTES / message_bytes)
+        self.cap = max(float(self.min), top)
+        return self.cap
 
 
 class Classifier:

@@ -164,12 +164,15 @@ class ScaleSpec(_Bounded):
 
 class BatchingSpec(_Bounded):
     """The batching controller of a stage (docs/overload.md): adapts each worker's credit
-    window -- its batch size -- between `min` and `max`, starting from `prefetch`."""
+    window -- its batch size -- between `min` and `max`, starting from `prefetch`, holding
+    at most `budget` seconds of handler work. On by default for a stage that sets neither
+    `prefetch` nor `batching`."""
 
     enabled: bool = True
     min: int = Field(1, ge=1, le=10_000)
-    max: int = Field(64, ge=1, le=10_000)
+    max: int = Field(1024, ge=1, le=10_000)
     period: float = Field(0.25, gt=0)
+    budget: float = Field(0.01, ge=0, le=60)
 
 
 class StageSpec(_Spec):
@@ -196,6 +199,15 @@ class StageSpec(_Spec):
     @classmethod
     def _handler(cls, value: str) -> str:
         return _check_handler(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adaptive_by_default(cls, data: Any) -> Any:
+        """A stage that says nothing of its window gets the batching controller: `prefetch`
+        alone pins the window; `batching: null` (or `enabled: false`) turns it off."""
+        if isinstance(data, dict) and "prefetch" not in data and "batching" not in data:
+            return {**data, "batching": {}}
+        return data
 
 
 class Restarts(_Spec):

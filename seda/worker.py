@@ -48,8 +48,10 @@ class Worker(Node):
                  and r.enabled]
         self.batching = BatchController(
             min(r.min for r in rules), max(r.max for r in rules), min(r.period for r in rules),
+            budget=max(r.budget for r in rules),
             window=float(min(max(self.window, min(r.min for r in rules)),
                              max(r.max for r in rules)))) if rules else None
+        self.bytes_in = self.messages_in = 0  # DATA received: the messages' mean size
         if self.batching is not None:
             self.window = round(self.batching.window)
         self.work: deque[tuple[str, str, list[Envelope]]] = deque()
@@ -88,6 +90,8 @@ class Worker(Node):
                 return
             if held:
                 self.frames_held_back += 1
+            self.bytes_in += len(body)
+            self.messages_in += len(envs)
             if sender != self.origin:  # an origin tracks nothing: it needs no receipts
                 self.ack_received(sender, [env[ID] for env in envs])
             self.work.append((sender, stage, envs))
@@ -119,9 +123,14 @@ class Worker(Node):
             self._retire_when_done()
         elif self.batching is not None:
             stats = self.core.stats.values()
-            window = self.batching.observe(time.monotonic(), sum(st.completed for st in stats),
-                                           sum(st.busy for st in stats), self.frames_held_back)
+            window = self.batching.observe(
+                time.monotonic(), sum(st.completed for st in stats),
+                sum(st.busy for st in stats), self.frames_held_back,
+                self.bytes_in / self.messages_in if self.messages_in else 0.0,
+                self.backlog())
             if window is not None:  # a new window for every sender (absolute, not a delta)
+                LOG.debug(f"batching: window {self.window} -> {window} (cap "
+                          f"{self.batching.cap:.0f})")
                 self.window = window
                 for sender in self.senders:
                     self.send(sender, CREDIT, pack([window, os.getpid()]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -463,13 +464,39 @@ def test_after_a_cut_a_quick_window_raises_straight_back_then_probes() -> None:
 
 
 def test_batching_grows_fast_when_its_senders_hold_work_back() -> None:
+    """Warm for its first 4 periods (judged every period / 8), then every period."""
     ctl = BatchController(min=1, max=256, period=0.25, window=4.0)
     assert ctl.observe(0.0, 0, 0.0, 0) is None  # starts the first period
-    assert ctl.observe(0.1, 10, 0.01, 1) is None  # not a period yet
-    assert ctl.observe(0.25, 10, 0.02, 1) == 8  # held back, time to spare: doubled
-    assert ctl.observe(0.5, 20, 0.04, 2) == 16
-    assert ctl.observe(0.75, 20, 0.04, 3) is None  # idle period: nothing to learn
+    assert ctl.observe(0.03, 10, 0.001, 1) is None  # not a (warm) period yet: 0.25 / 8
+    assert ctl.observe(0.04, 10, 0.002, 1) == 8  # held back, time to spare: doubled
+    assert ctl.observe(0.08, 20, 0.004, 2) == 16
+    assert ctl.observe(0.12, 20, 0.004, 3) is None  # idle period: nothing to learn
     assert ctl.window == pytest.approx(16.0)
+    assert ctl.observe(1.0, 30, 0.006, 4) == 32  # the warm start is over:
+    assert ctl.observe(1.2, 40, 0.008, 5) is None  # a period is 0.25 s again
+    assert ctl.observe(1.25, 40, 0.008, 5) == 64
+
+
+def test_the_window_holds_at_most_its_budget_of_work_and_of_bytes() -> None:
+    """The senders always hold more and the worker has time to spare, so the window would
+    grow to max; but a window holds at most `budget` s of handler work (at the cost per
+    message seen in the last period) and about WINDOW_BYTES of messages."""
+    from seda.control import WINDOW_BYTES
+
+    def settled(cost: float, size: float = 100.0) -> int:
+        ctl = BatchController(min=1, max=1024, period=0.25, budget=0.01, window=8.0)
+        done, busy = 0, 0.0
+        for i in range(40):
+            ctl.observe(i * 0.05, done, busy, i, size)
+            count = max(1, int(0.05 * 0.5 / cost))  # busy half of each period
+            done, busy = done + count, busy + count * cost
+        return round(ctl.window)
+
+    assert settled(0.010) == 1  # 10 ms a message: one at a time
+    assert settled(0.002) == 5
+    assert settled(0.000_05) == 200
+    assert settled(0.000_005) == 1024  # cheap: the max
+    assert settled(0.000_005, size=64 << 10) == WINDOW_BYTES // (64 << 10)  # 128
 
 
 def test_a_request_goes_to_the_first_class_it_matches_after_those_it_does_not() -> None:
@@ -747,3 +774,22 @@ def test_the_pool_waits_for_a_backlog_to_last_whatever_the_clock_reads() -> None
     assert ctl.observe(100.0, 50, 0.0, 1) == 0  # over since now
     assert ctl.observe(100.9, 50, 0.0, 1) == 0
     assert ctl.observe(101.0, 50, 0.0, 1) == 1
+
+
+def test_a_window_grows_to_its_cap_within_a_period_and_not_while_its_outputs_wait() -> None:
+    """Warm start: looked at every 10 ms (judged every 40), a window of 8 whose senders hold
+    work back while it has time to spare reaches the max of 1024 in 0.3 s (seven
+    doublings). The same worker whose outputs wait for the next stage's credit (half its
+    window or more) has time to spare only because of that: its window does not grow."""
+    def grown(backlog_share: float) -> list[int]:
+        ctl = BatchController(min=1, max=1024, period=0.25, budget=0.01, window=8.0)
+        done, busy, seen = 0, 0.0, []
+        for i in range(31):
+            ctl.observe(i * 0.01, done, busy, i, 100.0, math.ceil(ctl.window * backlog_share))
+            done, busy = done + 500, busy + 0.002  # 4 us a message, busy a fifth
+            seen.append(round(ctl.window))
+        return seen
+
+    assert grown(0.0)[-1] == 1024 and grown(0.0)[3] < 1024
+    assert max(grown(0.5)) == 8
+    assert grown(0.25)[-1] == 1024  # (a backlog under half the window: grown)

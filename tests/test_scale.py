@@ -7,7 +7,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.runkit import SedaRun, wait_for
 from tests.test_status import pipelined_load
@@ -200,3 +204,60 @@ def test_the_batching_controller_grows_a_window_its_senders_cannot_feed(
     read = int(re.search(r"interrupted: (\d+) items", run.stderr).group(1))  # type: ignore
     [total] = run.results()
     assert total == {"count": read, "sum": 2 * sum(range(read))}
+
+
+
+CHEAP = """
+name: cheap
+source: {handler: stagekit:numbers, to: [double], options: {n: 10000000}}
+stages:
+  double: {handler: stagekit:double, to: [collect]}
+  collect: {handler: stagekit:Collect, sink: true}
+"""
+SLOW = CHEAP.replace("name: cheap", "name: slow").replace(
+    "to: [collect]}", "to: [slow]}\n  slow: {handler: stagekit:slow_double, to: [collect]}")
+
+
+def windows_until(run: SedaRun, seen: dict[str, set[int]],
+                  enough: Callable[[dict[str, set[int]]], bool], what: str) -> None:
+    """Add every worker window seen, by pool, to `seen` until `enough` of them are."""
+
+    def look() -> bool:
+        for row in run.status()["workers"]:
+            seen.setdefault(row["pool"], set()).add(int(row["window"]))
+        return enough(seen)
+
+    try:
+        wait_for(look, 20, what)
+    except AssertionError:
+        raise AssertionError(f"windows seen: {seen}; {run.err_file.read_text()}") from None
+
+
+@pytest.mark.parametrize("graph", [CHEAP, SLOW], ids=["cheap", "slow"])
+def test_with_the_defaults_a_cheap_stage_batches_hundreds_and_a_slow_one_stays_small(
+        tmp_path: Path, graph: str) -> None:
+    """No prefetch, no batching in the graph: every stage gets the batching controller.
+    Cheap: the stage's window grows from 8 to hundreds (its senders hold work back while
+    it has time to spare). Slow (a 20 ms stage after it): that stage's window is 1, its
+    time budget (10 ms of work a window), and the cheap stage in front of it stays small
+    too (at most twice what the slow one takes), so little waits in front of the slow
+    stage and the drain after SIGTERM ends in time. Nothing is lost."""
+    seen: dict[str, set[int]] = {}
+    with SedaRun(tmp_path, graph) as run:
+        if graph == CHEAP:
+            windows_until(run, seen, lambda s: max(s.get("double", {0})) >= 256,
+                          "the cheap stage's window to grow to hundreds")
+        else:
+            windows_until(run, seen, lambda s: 1 in s.get("slow", ()),
+                          "the slow stage's window to be 1")
+            until = time.monotonic() + 2  # what the windows do while the run goes on
+            windows_until(run, seen, lambda s: time.monotonic() > until, "2 s more")
+        run.signal(signal.SIGTERM)
+        assert run.wait(30) == 128 + signal.SIGTERM, run.stderr
+    if graph == SLOW:
+        assert max(seen["double"]) <= 8, seen  # (8: the window each starts with)
+        assert max(seen["slow"]) <= 8, seen
+    read = int(re.search(r"interrupted: (\d+) items", run.stderr).group(1))  # type: ignore
+    [total] = run.results()
+    factor = 4 if graph == SLOW else 2
+    assert total == {"count": read, "sum": factor * sum(range(read))}
