@@ -32,7 +32,7 @@ import bench_pipeline  # noqa: E402
 def steady_rate(tree: Path, items: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "graph.yaml"
-        graph.write_text(bench_pipeline.CHAIN.format(n=items))
+        graph.write_text(bench_pipeline.CHAIN.format(n=items, tune=bench_pipeline.TUNED))
         env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT / 'tools'}"}
         done = subprocess.run([sys.executable, "-m", "seda.cli", "run", str(graph),
                                "--no-progress", "--no-status", "-o", str(Path(tmp) / "out")],

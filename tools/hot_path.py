@@ -55,7 +55,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
     from seda.plan import make_plan
     from seda.worker import Worker
 
-    spec, _ = load_text(bench_pipeline.CHAIN.format(n=10))
+    spec, _ = load_text(bench_pipeline.CHAIN.format(n=10, tune=bench_pipeline.TUNED))
     with tempfile.TemporaryDirectory() as run_dir:
         worker = Worker(make_plan(spec, run_dir), "double.0", os.getpid(), resolve)
         sent: list[tuple[bytes, bytes]] = []
