@@ -63,6 +63,11 @@ ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded
 FRAME_MAX = 64  # messages per DATA frame (and at most `limit` bytes: see envelope.bounded)
 ERROR_MAX, TB_MAX = 4096, 32768  # characters of an error and its traceback that travel
 HELLO_EVERY = 0.1
+HELLO_EVERY_AT_START = 0.01  # ... for the first START_PHASE s: a peer not bound yet is soon
+START_PHASE = 2.0
+RECONNECT_IVL = (10, 100)  # ms: zmq's first retry to connect to a peer, doubling up to the
+# second (zmq's default, 100 ms flat, cost a pipeline's start-up up to 0.1 s: a process that
+# starts first connects to a peer's endpoint before the peer has bound it)
 STATS_EVERY = 0.5
 PARENT_CHECK_EVERY = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -138,6 +143,7 @@ class Node:
         self.replies: list[list[Any]] = []
         self.after_results: list[int] = []
         self._next_hello = self._next_stats = self._next_parent = 0.0
+        self.started_at = time.monotonic()
         self.zmq = zmq.Context()
         self.inbox = self._socket()
         self.inbox.bind(self.me.endpoint)
@@ -157,6 +163,8 @@ class Node:
         sock.setsockopt(zmq.SNDHWM, 0)  # credit bounds data; acks are bounded by data
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL[0])
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL[1])
         return sock
 
     def _downstream_pools(self) -> list[str]:
@@ -583,7 +591,8 @@ class Node:
     def _timers(self) -> None:
         now = time.monotonic()
         if now >= self._next_hello:
-            self._next_hello = now + HELLO_EVERY
+            self._next_hello = now + (HELLO_EVERY_AT_START if now - self.started_at < START_PHASE
+                                      else HELLO_EVERY)
             for dispatcher in self.dispatchers.values():
                 for link in dispatcher.links.values():
                     if not link.up:

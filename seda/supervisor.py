@@ -54,7 +54,7 @@ STUCK_GRACE = 2.0  # s a silent process gets beyond its handler timeout (see _st
 STATUS_EVERY = 0.5  # s between snapshots (children report every 0.5 s)
 WAVE_PATIENCE = 0.5  # s before a probe wave that has not completed is sent again
 TICK = 0.05  # s between the supervisor's rounds of checks
-TICK_ENDING = 0.01  # the same, once the source is exhausted or the run is ending
+TICK_ENDING = 0.005  # the same, once the source is exhausted or the run is ending
 
 
 @dataclass
@@ -197,6 +197,7 @@ class Supervisor:
         self.restart_count = 0
         self.stop_signal = 0
         self.exhausted = False
+        self.next_tick = 0.0  # when the loop next runs its checks (_tick)
         self.failure: str | None = None
         self.waves: list[dict[str, Any]] = []
         self.wave = self.wave_seq = 0
@@ -455,14 +456,14 @@ class Supervisor:
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> Outcome:
-        next_tick = 0.0
+        self.next_tick = 0.0
         while True:
             poller = zmq.Poller()
             poller.register(self.inbox, zmq.POLLIN)
             for child in self.children.values():
                 if child.pidfd >= 0:
                     poller.register(child.pidfd, zmq.POLLIN)
-            wait = min(20, max(0, math.ceil((next_tick - time.monotonic()) * 1000)))  # ms
+            wait = min(20, max(0, math.ceil((self.next_tick - time.monotonic()) * 1000)))  # ms
             events = dict(poller.poll(wait))
             if self.inbox in events:
                 self._read_status()
@@ -481,11 +482,11 @@ class Supervisor:
             if self.watched and now >= self.next_stuck:
                 self.next_stuck = now + 0.5
                 self._stuck()
-            if now >= next_tick:
+            if now >= self.next_tick:
                 # at the end of a run, every tick may be the one that sees it quiet: faster
                 # ticks then end a short pipeline ~0.3 s sooner
                 ending = self.exhausted or self.phase != "running"
-                next_tick = now + (TICK_ENDING if ending else TICK)
+                self.next_tick = now + (TICK_ENDING if ending else TICK)
                 outcome = self._tick(now)
                 if outcome is not None:
                     return outcome
@@ -532,6 +533,7 @@ class Supervisor:
             self.wave_replies[name] = msg
         elif op == "exhausted":
             self.exhausted = True
+            self.next_tick = 0.0  # the end of the run starts now: the probe waves at once
         elif op == "failed":
             self.failure = str(msg.get("error")).rstrip()
         elif op == "finished":
