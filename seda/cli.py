@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from seda import deadletter
     from seda.graph import check_file, home
     from seda.log import LOG, configure
-    from seda.spec import parse_listen
+    from seda.names import parse_listen
     from seda.statusserver import status_access
     from seda.supervisor import RunOptions, Supervisor
 

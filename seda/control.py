@@ -8,11 +8,12 @@ and its constants are in docs/overload.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from seda.spec import RequestClass
+    from seda.config import RequestClass
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -448,7 +449,7 @@ class Classifier:
     fills up when nobody more important spends it; the queue bound does not move).
     """
 
-    def __init__(self, classes: list[RequestClass]) -> None:
+    def __init__(self, classes: Sequence[RequestClass]) -> None:
         self.rules = [(c.match.path, c.match.method,
                        tuple((k.lower(), v) for k, v in c.match.header.items()),
                        c.match.command.upper() if c.match.command is not None else None)

@@ -22,6 +22,7 @@ from typing import Any
 
 from msgpack import packb
 
+from seda.config import Graph
 from seda.envelope import (
     BORN,
     DEADLINE,
@@ -39,7 +40,6 @@ from seda.envelope import (
 )
 from seda.flow import SeenIds
 from seda.log import StageLog
-from seda.spec import GraphSpec
 
 
 def _unpackable(emits: list[tuple[str, Envelope]], results: list[Envelope], limit: int
@@ -161,7 +161,7 @@ class _Runner:
         self.call: Callable[..., Any] = getattr(target, "handle", target)
 
 
-def return_route(spec: GraphSpec, stage: str) -> str:
+def return_route(spec: Graph, stage: str) -> str:
     """Where a handler's return value goes: '->next', 'reply', 'result', 'drop' or 'error'."""
     s = spec.stages[stage]
     if len(s.to) == 1:
@@ -177,7 +177,7 @@ class StageCore:
     """Runs the stages of one pool for one worker. `resolve` turns import strings into
     objects (injected so tests can pass plain functions)."""
 
-    def __init__(self, spec: GraphSpec, stages: Iterable[str], worker: int,
+    def __init__(self, spec: Graph, stages: Iterable[str], worker: int,
                  resolve: Callable[[str], Any], clock: Callable[[], float] = time.time,
                  dedup_window: int = 1 << 18) -> None:
         self.spec, self.worker, self.clock = spec, worker, clock

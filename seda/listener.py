@@ -7,11 +7,12 @@ import resource
 import socket
 import struct
 
+from seda.config import Acceptor
 from seda.errors import RunError
-from seda.spec import AcceptorSpec, parse_listen
+from seda.names import parse_listen
 
 
-def bind(acc: AcceptorSpec, listen: str | None = None, *, reuseport: bool = False
+def bind(acc: Acceptor, listen: str | None = None, *, reuseport: bool = False
          ) -> socket.socket:
     """Bind and listen on `listen` (or the spec's address). Raises RunError with the reason.
     `reuseport` forces SO_REUSEPORT (symped binds one socket per process on one port)."""
@@ -66,7 +67,7 @@ def raise_fd_limit(wanted: int) -> int:
     return soft
 
 
-def tune(sock: socket.socket | None, acc: AcceptorSpec) -> None:
+def tune(sock: socket.socket | None, acc: Acceptor) -> None:
     """Per-connection socket options from the spec (TCP_NODELAY, SO_LINGER); the congestion
     algorithm is set on the listening socket and inherited."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):

@@ -106,7 +106,7 @@ class Node:
     def __init__(self, plan: Plan, name: str, parent: int) -> None:
         self.plan, self.name, self.parent = plan, name, parent
         self.me = plan.procs[name]
-        self.spec = plan.graph_spec()
+        self.spec = plan.conf()
         # the largest frame a receiver accepts, and so the largest a sender makes
         self.limit = self.spec.settings.max_message_bytes + FRAME_OVERHEAD
         self.throttle = Throttle()

@@ -11,11 +11,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from seda import config
 from seda.errors import Problem, SpecError, did_you_mean
 from seda.names import MAX_PROCESSES, MAX_WORKERS, MODELS, MP_DEFAULT_PROCESSES
-from seda.spec import GraphSpec
+
+if TYPE_CHECKING:
+    from seda.spec import GraphSpec
 
 SUPERVISOR = "supervisor"
 SOURCE = "source"
@@ -100,7 +103,14 @@ class Plan:
         return cls(procs=procs, **doc)
 
     def graph_spec(self) -> GraphSpec:
+        """The spec, validated (the supervisor's side; children read `conf`)."""
+        from seda.spec import GraphSpec
+
         return GraphSpec.model_validate(self.spec)
+
+    def conf(self) -> config.Graph:
+        """The graph as a process reads it: plain records, no pydantic (seda.config)."""
+        return config.decode(config.Graph, self.spec)
 
 
 def supervisor_endpoint(run_dir: str) -> str:

@@ -6,46 +6,22 @@ Field-level rules live here (types, ranges, formats); rules that span fields or 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from seda.names import parse_listen
+
 Model = Literal["seda", "amped", "sped", "symped", "mp"]
 Protocol = Literal["http", "line", "length", "resp"]
 
-# a service's handler call past this (or past request_timeout, if longer) is stuck: its
-# worker is replaced (gunicorn's worker timeout has the same default; see docs/runtime.md)
-SERVICE_CALL_LIMIT = 30.0
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_HOST_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]+)*$")
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Split 'HOST:PORT' (or '[v6]:PORT') into its parts; ValueError says what was expected."""
-    expected = f"expected HOST:PORT with a port from 0 to 65535, got '{value}'"
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(expected)
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(expected)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"expected an IPv6 address in brackets, got '[{host}]'") from None
-    elif not _HOST_RE.fullmatch(host):
-        raise ValueError(f"expected a host name or IP address before ':', got '{host}'")
-    return host, port
 
 
 class Limits(_Spec):
@@ -248,12 +224,3 @@ class GraphSpec(_Spec):
     @property
     def is_service(self) -> bool:
         return self.acceptor is not None
-
-    def call_limit(self, stage: str) -> float | None:
-        """The most one call of `stage`'s handler may take: its `timeout`. By default, in a
-        service, the larger of the acceptor's request_timeout (a handler may take up to the
-        deadline) and SERVICE_CALL_LIMIT; in a pipeline, none."""
-        own = self.stages[stage].timeout
-        if own is not None or self.acceptor is None:
-            return own
-        return max(self.acceptor.limits.request_timeout, SERVICE_CALL_LIMIT)

@@ -32,15 +32,17 @@ from typing import Any, cast
 from urllib.parse import parse_qs
 
 from seda.codec.http import HttpCodec
+from seda.config import Limits
 from seda.errors import ProtocolError, RunError
-from seda.spec import Limits, parse_listen
+from seda.names import parse_listen
 from seda.status import Status, metric_families
 
 TOKEN_MIN = 16  # characters: a status token shorter than this is refused
 MAX_CONNECTIONS = 128
 IDLE_TIMEOUT = 15.0  # s without a request before a connection is closed
-LIMITS = Limits(max_request_bytes=4096, max_header_bytes=8192, max_inflight=8,
-                header_timeout=IDLE_TIMEOUT, idle_timeout=IDLE_TIMEOUT)
+LIMITS = Limits(max_connections=10_000, max_request_bytes=4096, max_header_bytes=8192,
+                max_inflight=8, header_timeout=IDLE_TIMEOUT, idle_timeout=IDLE_TIMEOUT,
+                request_timeout=30.0)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 

@@ -225,9 +225,10 @@ class Supervisor:
         self.undelivered: dict[str, list[dict[str, Any]]] = {}  # child -> see deliver
         self.heard: dict[str, float] = {}  # child -> when it last reported
         # processes with a watchdog (seda.watchdog) -> their longest handler call limit
+        conf = self.plan.conf()
         self.watched = {name: max(limits) for name, proc in self.plan.procs.items()
                         if proc.role in ("worker", "acceptor") and proc.stages and all(
-                            limits := [spec.call_limit(s) or 0.0 for s in proc.stages])}
+                            limits := [conf.call_limit(s) or 0.0 for s in proc.stages])}
         self.next_stuck = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -310,7 +311,7 @@ class Supervisor:
         return {n: c for n, c in self.children.items() if n not in self.scaler.parked}
 
     def _listen(self) -> None:
-        acc = self.spec.acceptor
+        acc = self.plan.conf().acceptor
         if acc is None:
             return
         raise_fd_limit(acc.limits.max_connections + 1024)

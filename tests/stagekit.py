@@ -267,3 +267,35 @@ def logged(request: dict[str, Any], ctx: Any) -> str:
     if request["path"] == "/warn":
         ctx.log.warning("careful with %s", request["path"])
     return "ok"
+
+
+HEAVY = ("pydantic", "networkx", "yaml")  # what a child must not import (seda.config)
+
+
+def heavy_modules() -> list[str]:
+    import sys
+
+    return [m for m in HEAVY if m in sys.modules]
+
+
+def modules_source(options: dict[str, Any]) -> Iterator[list[str]]:
+    """One item: the heavy modules loaded in the source process."""
+    yield heavy_modules()
+
+
+def modules_web(request: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """HTTP: the heavy modules loaded in the process that runs the handler."""
+    return {"json": {"pid": os.getpid(), "modules": heavy_modules()}}
+
+
+class Modules:
+    """Sink: what the source saw, and what this worker sees."""
+
+    def setup(self, ctx: Any) -> None:
+        self.source: list[str] = []
+
+    def handle(self, item: list[str], ctx: Any) -> None:
+        self.source = item
+
+    def finish(self, ctx: Any) -> dict[str, list[str]]:
+        return {"source": self.source, "worker": heavy_modules()}

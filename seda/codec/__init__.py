@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from seda.config import Limits
 from seda.errors import ProtocolError
-from seda.spec import Limits
 
 
 class Codec(Protocol):

@@ -18,8 +18,8 @@ from typing import Any
 
 import httptools
 
+from seda.config import Limits
 from seda.errors import ProtocolError
-from seda.spec import Limits
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _PREFIXES: dict[tuple[Any, ...], bytes] = {}  # (status, headers, close) -> head prefix

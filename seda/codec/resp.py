@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from seda.codec import Buffered
+from seda.config import Limits
 from seda.errors import ProtocolError
-from seda.spec import Limits
 
 MAX_ARGS = 1 << 16
 
