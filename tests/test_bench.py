@@ -252,3 +252,23 @@ def test_bench_http_reads_the_percentiles_not_a_stdev_column(root: Path) -> None
     finally:
         sys.path.remove(str(root / "tools"))
     assert bench_http.wrk_figures(WRK_OUTPUT) == (11428.36, 5.45, 0.87)
+
+
+def test_the_startup_and_pipeline_benchmarks_run_at_a_tiny_scale(root: Path) -> None:
+    """tools/bench_startup.py and tools/bench_pipeline.py still drive seda as they say (a
+    figure per line; no timing is checked)."""
+    done = subprocess.run([sys.executable, "tools/bench_startup.py", "--runs", "1"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    labels = [line.split(" median ")[0].strip() for line in done.stdout.splitlines()[1:]]
+    assert labels == ["python -c pass", "python -c 'import seda.cli'",
+                      "pipeline: 1 item, start to exit",
+                      *(f"service ({m}): first answer"
+                        for m in ("seda", "amped", "sped", "symped", "mp"))], done.stdout
+    done = subprocess.run([sys.executable, "tools/bench_pipeline.py", "--items", "2000",
+                           "--repeat", "1", "--no-pypeln"], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split()[0] for line in done.stdout.splitlines() if "msgs/s" not in line
+            and line.startswith("  ") and "without its start-up" not in line]
+    assert rows == ["seda", "seda-tuned", "zmq-batch", "mp-queue"] * 2, done.stdout
