@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 from setproctitle import setproctitle
 
-from seda import deadletter
+from seda import config, deadletter
 from seda.envelope import (
     ACK,
     ATTEMPT,
@@ -100,6 +100,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def route_bound(spec: config.Graph, pool: str, stages: list[str], workers: int) -> int:
+    """How many messages a service's process may hold for `pool` waiting for its credit
+    before it answers 503 instead: the largest `queue` of the pool's stages, by default the
+    entry queue's default, max(1024, 4 x workers x prefetch)."""
+    return max(st.queue if st.queue is not None else max(1024, 4 * workers * st.prefetch)
+               for st in (spec.stages[s] for s in stages))
+
+
 class Node:
     """Base of worker and source processes. Subclasses implement `step` and the hooks."""
 
@@ -133,6 +141,13 @@ class Node:
         for stage, pool in plan.stage_pool.items():
             stages_of.setdefault(pool, []).append(stage)
         self._only_stage = {p: ss[0] for p, ss in stages_of.items() if len(ss) == 1}
+        # a service's routes are bounded queues whose enqueue fails fast: past a stage's
+        # bound, what a handler emits to it is answered 503 at once, so a full route never
+        # holds this worker's window (and with it every other route) -- see route_bound
+        self._bounds = {s: (self.dispatchers[p], route_bound(self.spec, p, stages_of[p],
+                                                             len(plan.pool_procs[p])))
+                        for s, p in plan.stage_pool.items()
+                        if p in self.dispatchers} if self.spec.is_service else {}
         self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: ORIGIN_WINDOW)
         self.results.grant(self.origin, ORIGIN_WINDOW)
         self.tracker = Tracker()
@@ -368,6 +383,8 @@ class Node:
                        results: list[Envelope]) -> list[int]:
         """Queue a group's outputs for sending; returns their ids (for the tracker)."""
         route = self._route
+        if self._bounds:
+            emits = self._admit(emits)
         for item in emits:
             route[item[0]].append(item)
         ids = [env[ID] for _, env in emits]
@@ -375,6 +392,29 @@ class Node:
             self.results.queue.extend([(RESULTS, env) for env in results])
             ids.extend([env[ID] for env in results])
         return ids
+
+    def _admit(self, emits: list[tuple[str, Envelope]]) -> list[tuple[str, Envelope]]:
+        """A service's emits that their route's queue has room for; the others' requests
+        are answered 503 now (LOST rows to their origin), not queued."""
+        bounds, kept, refused = self._bounds, [], []
+        for item in emits:
+            dispatcher, bound = bounds[item[0]]
+            if dispatcher.backlog() >= bound:
+                refused.append(item)
+            else:
+                kept.append(item)
+        if refused:
+            rows: dict[str, list[list[Any]]] = {}
+            for stage, env in refused:
+                self.count_dropped(stage, "rejected")
+                rows.setdefault(env[ORIGIN], []).append(
+                    [env[REQUEST], f"stage '{stage}' is full", 503])
+            for origin, items in rows.items():
+                if origin == self.name:
+                    self.on_lost(items)
+                else:  # best effort: if this frame is lost, the request's deadline holds
+                    self._send_rows(origin, LOST, items)
+        return kept
 
     def send(self, peer: str, kind: bytes, body: bytes) -> bool:
         try:

@@ -52,6 +52,9 @@ class Worker(Node):
             window=float(min(max(self.window, min(r.min for r in rules)),
                              max(r.max for r in rules)))) if rules else None
         self.bytes_in = self.messages_in = 0  # DATA received: the messages' mean size
+        # what the senders were last granted: the window, and in a service as much again as
+        # this worker's outputs that wait for another stage's credit (see _grant)
+        self.granted = self.window
         if self.batching is not None:
             self.window = round(self.batching.window)
         self.work: deque[tuple[str, str, list[Envelope]]] = deque()
@@ -97,7 +100,7 @@ class Worker(Node):
             self.work.append((sender, stage, envs))
         elif kind == HELLO:
             self.senders.add(sender)
-            window = 0 if self.retiring else self.window
+            window = 0 if self.retiring else self.granted
             self.send(sender, CREDIT, pack([window, os.getpid()]))
         else:
             super().on_other(sender, kind, body)
@@ -128,12 +131,26 @@ class Worker(Node):
                 sum(st.busy for st in stats), self.frames_held_back,
                 self.bytes_in / self.messages_in if self.messages_in else 0.0,
                 self.backlog())
-            if window is not None:  # a new window for every sender (absolute, not a delta)
+            if window is not None:
                 LOG.debug(f"batching: window {self.window} -> {window} (cap "
                           f"{self.batching.cap:.0f})")
                 self.window = window
-                for sender in self.senders:
-                    self.send(sender, CREDIT, pack([window, os.getpid()]))
+        if not self.retiring:
+            self._grant()
+
+    def _grant(self) -> None:
+        """Grant every sender the window (absolute, not a delta) when it changed. In a
+        service, outputs that wait for another stage's credit do not count against it: an
+        input whose outputs wait is held here until they are received (so that it is sent
+        again if this worker dies), and in a full window of such inputs nothing else could
+        reach this worker -- a slow route (checkouts) held up every other (page views). The
+        route's bound (node.route_bound) caps what may wait."""
+        granted = self.window + (self.backlog() if self.spec.is_service else 0)
+        if granted != self.granted and (granted < self.granted or
+                                        granted - self.granted >= max(1, self.window // 4)):
+            self.granted = granted
+            for sender in self.senders:
+                self.send(sender, CREDIT, pack([granted, os.getpid()]))
 
     def _retire_when_done(self) -> None:
         """Exit once nothing is held and nothing came for a moment (a frame sent before our
