@@ -255,8 +255,8 @@ def test_bench_http_reads_the_percentiles_not_a_stdev_column(root: Path) -> None
 
 
 def test_the_startup_and_pipeline_benchmarks_run_at_a_tiny_scale(root: Path) -> None:
-    """tools/bench_startup.py and tools/bench_pipeline.py still drive seda as they say (a
-    figure per line; no timing is checked)."""
+    """tools/bench_startup.py, bench_pipeline.py and bench_routes.py still drive seda as
+    they say (a figure per line; no timing is checked)."""
     done = subprocess.run([sys.executable, "tools/bench_startup.py", "--runs", "1"], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -272,3 +272,9 @@ def test_the_startup_and_pipeline_benchmarks_run_at_a_tiny_scale(root: Path) -> 
     rows = [line.split()[0] for line in done.stdout.splitlines() if "msgs/s" not in line
             and line.startswith("  ") and "without its start-up" not in line]
     assert rows == ["seda", "seda-tuned", "zmq-batch", "mp-queue"] * 2, done.stdout
+    done = subprocess.run([sys.executable, "tools/bench_routes.py", "--runs", "1",
+                           "--seconds", "1", "--clients", "4"], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [run] = done.stdout.splitlines()[1:]
+    assert run.startswith("  run 1: GET /item/7: ") and "POST /checkout statuses {" in run, run
