@@ -72,8 +72,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from seda.spec import GraphSpec
+    from seda.spec import GraphSpec, reference
 
+    if args.markdown:
+        sys.stdout.write(reference())
+        return EXIT_OK
     schema = GraphSpec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "seda graph"
@@ -393,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_graph)
 
     p = commands.add_parser("schema", help="print the JSON Schema of graph files",
-                            description="Print the JSON Schema of graph files (for editors).")
+                            description="Print the JSON Schema of graph files (for editors), "
+                                        "or their field reference as Markdown.")
+    p.add_argument("--markdown", action="store_true",
+                   help="the field reference as Markdown (docs/spec-reference.md)")
     p.set_defaults(func=cmd_schema)
 
     p = commands.add_parser("plan", help="print the deployment plan of a graph under a model",

@@ -56,3 +56,26 @@ def test_the_spec_accepts_exactly_the_models_the_command_offers() -> None:
     from seda.spec import Model
 
     assert get_args(Model) == MODELS
+
+
+def test_every_field_is_described_and_the_reference_page_is_current() -> None:
+    """Every field of a graph file has a description (editors show it from `seda schema`),
+    and docs/spec-reference.md is what `seda schema --markdown` prints (regenerate it with
+    `seda schema --markdown > docs/spec-reference.md`)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    schema = json.loads(subprocess.run([sys.executable, "-m", "seda.cli", "schema"],
+                                       capture_output=True, text=True, check=True).stdout)
+    fields = [(where, name, prop) for where, section in
+              [("GraphSpec", schema), *schema["$defs"].items()]
+              for name, prop in section.get("properties", {}).items()]
+    assert len(fields) >= 70
+    assert [f"{w}.{n}" for w, n, p in fields if not p.get("description")] == []
+    page = subprocess.run([sys.executable, "-m", "seda.cli", "schema", "--markdown"],
+                          capture_output=True, text=True, check=True).stdout
+    root = Path(__file__).resolve().parent.parent
+    assert (root / "docs" / "spec-reference.md").read_text() == page
+    assert page.count("\n| `") == len(fields)  # a row per field
