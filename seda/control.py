@@ -247,6 +247,7 @@ DEMAND_LIMITED = 0.5  # a worker busier than this share of a period may need big
 BUSY_FULL = 0.95  # a worker busy this share of a period has no time to spare
 WARM_PERIODS = 8  # a window is judged this many times a period while it starts (see below)
 WARM_FOR = 4  # periods from the first look during which it starts (unless it reached its cap)
+SHRINK_FLOOR = 16  # with a time budget, rule 3 shrinks a window no lower (unless capped)
 WINDOW_BYTES = 8 << 20  # what one window of messages may weigh, about (see BatchController)
 
 
@@ -414,7 +415,9 @@ class BatchController:
             self.window = min(top, self.window * self.fast)
         elif smooth >= self.keep * self.best or (share is not None and share < DEMAND_LIMITED):
             self.best = max(self.best, smooth)
-            self.window = max(float(self.min), self.window / self.factor)
+            floor = min(float(SHRINK_FLOOR), top) if self.budget else float(self.min)
+            self.window = max(float(self.min), min(self.window, floor),
+                              self.window / self.factor)
         else:
             self.window = min(top, self.window * self.factor)
         self.window = max(float(self.min), min(self.window, top))

@@ -793,3 +793,23 @@ def test_a_window_grows_to_its_cap_within_a_period_and_not_while_its_outputs_wai
     assert grown(0.0)[-1] == 1024 and grown(0.0)[3] < 1024
     assert max(grown(0.5)) == 8
     assert grown(0.25)[-1] == 1024  # (a backlog under half the window: grown)
+
+
+def test_with_a_time_budget_a_light_load_shrinks_a_window_no_lower_than_16() -> None:
+    """A cheap stage under a light load: Sandstorm's rule alone shrinks its window to 1,
+    and every request then waits for a credit round trip (a page view in graphs/shop.yaml
+    waited up to 0.25 s behind checkouts at the acceptor). With a time budget the budget
+    already bounds the work a window holds, so the rule stops at 16 (or at the cap, if
+    lower: a slow stage still gets 1)."""
+    def final(budget: float, cost: float, window: float = 64.0) -> int:
+        ctl = BatchController(min=1, max=1024, period=0.25, budget=budget, window=window)
+        done, busy = 0, 0.0
+        for i in range(80):
+            ctl.observe(i * 0.25, done, busy, 0, 100.0)
+            done, busy = done + 25, busy + 25 * cost  # 100/s, busy a fraction
+        return round(ctl.window)
+
+    assert final(0.0, 0.0001) == 1  # no budget: Sandstorm's rule to the minimum
+    assert final(0.01, 0.0001) == 16  # cheap, with the budget: stops at 16
+    assert final(0.01, 0.0001, window=8.0) == 8  # (it does not grow a window to 16)
+    assert final(0.01, 0.005) == 2  # 5 ms a message: the budget's cap, below 16
