@@ -38,6 +38,7 @@ from seda.listener import address, bind, raise_fd_limit, url
 from seda.log import LOG
 from seda.plan import SUPERVISOR, make_plan, not_applied, supervisor_endpoint
 from seda.progress import Progress
+from seda.restarts import Backoff, Intensity
 from seda.scaling import Scaler
 from seda.sdnotify import Notifier
 from seda.spawn import ForkServer, become_subreaper
@@ -46,8 +47,6 @@ from seda.status import Status
 from seda.statusserver import StatusServer
 from seda.watchdog import EXIT_RECYCLE, EXIT_STUCK, beat_path, read_note
 
-FIRST_BACKOFF, MAX_BACKOFF = 0.05, 2.0
-STABLE_AFTER = 1.0  # an incarnation that lived this long ends a run of crashes (backoff resets)
 STOP_GRACE = 2.0
 SILENT_AFTER = 1.5  # s without a report after which a worker is taken to be inside a call
 STUCK_GRACE = 2.0  # s a silent process gets beyond its handler timeout (see _stuck)
@@ -86,7 +85,7 @@ class Child:
     popen: Any = None
     pidfd: int = -1
     ready: bool = False
-    failures: int = 0  # consecutive crashes, for the backoff
+    backoff: Backoff = field(default_factory=Backoff)  # its wait after a crash
     restarts: int = 0
     restart_at: float = 0.0
     forks: ForkServer | None = None  # workers are forked from it when it runs
@@ -193,7 +192,8 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}  # figures of dead incarnations (see totals)
-        self.restarts: deque[float] = deque()
+        limit = spec.settings.restarts
+        self.intensity = Intensity(limit.max, limit.within)  # crashes against settings.restarts
         self.restart_count = 0
         self.stop_signal = 0
         self.exhausted = False
@@ -579,26 +579,19 @@ class Supervisor:
             self.restart_count += 1
             return
         now = time.monotonic()
-        self.restarts.append(now)
         self.restart_count += 1
-        limit = self.spec.settings.restarts
-        while self.restarts and self.restarts[0] < now - limit.within:
-            self.restarts.popleft()
-        if len(self.restarts) > limit.max:
-            self.failure = (f"restart limit reached: {len(self.restarts)} restarts within "
-                            f"{limit.within:g} s (settings.restarts allows {limit.max}); "
-                            f"last: {what}")
+        if not self.intensity.crashed(now):
+            intensity = self.intensity
+            self.failure = (f"restart limit reached: {len(intensity)} restarts within "
+                            f"{intensity.within:g} s (settings.restarts allows "
+                            f"{intensity.max}); last: {what}")
             return
         LOG.warning(f"{what}; restarting")
         if lost:
             self.lost_state.append(f"{title} died holding {lost}")
             LOG.error(f"{lost} was lost with it: the pipeline's result will be incomplete")
-        if now - child.started >= STABLE_AFTER:  # killed while doing well: not a crash loop
-            child.failures = 0
-        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * (2 ** child.failures))
-        child.failures += 1
         child.restarts += 1
-        child.restart_at = now + backoff
+        child.restart_at = now + child.backoff.delay(now - child.started)
         child.down_at = child.down_at or now  # killed again before it was ready: one outage
         child.popen = None
 
