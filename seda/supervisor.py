@@ -31,7 +31,8 @@ import psutil
 import zmq
 from setproctitle import setproctitle
 
-from seda import deadletter, rundir
+from seda import deadletter, ending, rundir
+from seda.ending import Ending
 from seda.envelope import CONTROL, STATUS, pack, unpack
 from seda.errors import ProtocolError
 from seda.listener import address, bind, raise_fd_limit, url
@@ -203,10 +204,10 @@ class Supervisor:
         self.wave = self.wave_seq = 0
         self.wave_started = 0.0
         self.wave_replies: dict[str, dict[str, Any]] = {}
-        self.phase = "running"  # running -> draining -> finishing -> done
+        # the end of the run: running -> draining -> finishing -> done (seda.ending)
+        self.ending = Ending(spec.is_service, spec.settings.drain_timeout)
         self.finished: set[str] = set()
-        self.flushed = self.flush_sent = False
-        self.finish_deadline = 0.0
+        self.flushed = False
         self.started = time.monotonic()
         self.progress = Progress(enabled=options.progress)
         self.status = Status(self.plan, time.monotonic())
@@ -486,8 +487,8 @@ class Supervisor:
             if now >= self.next_tick:
                 # at the end of a run, every tick may be the one that sees it quiet: faster
                 # ticks then end a short pipeline ~0.3 s sooner
-                ending = self.exhausted or self.phase != "running"
-                self.next_tick = now + (TICK_ENDING if ending else TICK)
+                closing = self.exhausted or self.phase != "running"
+                self.next_tick = now + (TICK_ENDING if closing else TICK)
                 outcome = self._tick(now)
                 if outcome is not None:
                     return outcome
@@ -687,39 +688,44 @@ class Supervisor:
             self._update_status(now)
         if self.progress.enabled:
             self._show_progress()
-        if self.stop_signal and self.phase == "running":
-            self.phase = "draining"
+        workers = {w.name for w in self.plan.workers()} - self.scaler.parked
+        for action in self.ending.step(now, stopping=bool(self.stop_signal),
+                                       exhausted=self.exhausted, quiet=self._quiet,
+                                       workers_finished=workers <= self.finished,
+                                       flushed=self.flushed):
+            outcome = self._carry_out(action)
+            if outcome is not None:
+                return outcome
+        return None
+
+    def _carry_out(self, action: str) -> Outcome | None:
+        """Do what the end of the run asks (seda.ending); the Outcome if the run is over."""
+        if action == ending.DRAIN:
             self.readiness = "draining"
             self.notify("STOPPING=1", f"STATUS=draining ({signal.Signals(self.stop_signal).name})")
-            self.finish_deadline = now + self.spec.settings.drain_timeout
             for door in self.plan.front_doors() or [self.plan.origin()]:
                 self.deliver(door, {"op": "stop_intake"})
-        if self.phase in ("running", "draining") and (self.exhausted or self.phase == "draining"):
-            if self.spec.is_service and self._quiet():
-                self.phase = "done"
-                return Outcome(0, "")  # the summary is made once the front doors stopped
-            if self._quiet():
-                self.phase = "finishing"
-                self.finish_deadline = now + max(self.spec.settings.drain_timeout, 1.0)
-                self.broadcast({"op": "finish"}, reliable=True)
-            elif self.phase == "draining" and now > self.finish_deadline:
-                held = ", ".join(f"{n}: {m.get('pending')}{_held_by(m)}"
-                                 for n, m in self.stats.items() if m.get("pending"))
-                return Outcome(self._interrupted_code(), f"drain timeout: stopped with work "
-                                                         f"still in flight "
-                                                         f"({held or 'in transit'})")
-        if self.phase == "finishing":
-            workers = {w.name for w in self.plan.workers()} - self.scaler.parked
-            if workers <= self.finished and not self.flush_sent:
-                self.deliver(self.plan.origin(), {"op": "flush"})
-                self.flush_sent = True
-            if self.flushed:
-                self.phase = "done"
-                code = self._interrupted_code() or (1 if self.lost_state else 0)
-                return Outcome(code, self._summary())
-            if now > self.finish_deadline:
-                return Outcome(1, "sinks did not finish in time")
+        elif action == ending.FINISH:
+            self.broadcast({"op": "finish"}, reliable=True)
+        elif action == ending.FLUSH:
+            self.deliver(self.plan.origin(), {"op": "flush"})
+        elif action == ending.STOPPED:
+            return Outcome(0, "")  # the summary is made once the front doors stopped
+        elif action == ending.DRAIN_TIMEOUT:
+            held = ", ".join(f"{n}: {m.get('pending')}{_held_by(m)}"
+                             for n, m in self.stats.items() if m.get("pending"))
+            return Outcome(self._interrupted_code(), f"drain timeout: stopped with work still "
+                                                     f"in flight ({held or 'in transit'})")
+        elif action == ending.FINISHED:
+            code = self._interrupted_code() or (1 if self.lost_state else 0)
+            return Outcome(code, self._summary())
+        elif action == ending.SINKS_LATE:
+            return Outcome(1, "sinks did not finish in time")
         return None
+
+    @property
+    def phase(self) -> str:
+        return self.ending.phase
 
     def _interrupted_code(self) -> int:
         return 128 + self.stop_signal if self.stop_signal else 0
