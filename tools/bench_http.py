@@ -60,7 +60,12 @@ def serve_baseline(port: int) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Hello, "127.0.0.1", port)
-        await server.serve_forever()
+        stopped = loop.create_future()
+        # on the loop, between callbacks (see serve_amped_min): a SIGTERM that raised inside
+        # a protocol callback printed a traceback at the end of every benchmark
+        loop.add_signal_handler(signal.SIGTERM, stopped.set_result, None)
+        async with server:
+            await stopped
 
     uvloop.run(main())
 
