@@ -313,6 +313,9 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
         checked = check_file(args.file, imports=False)
         path = home(args.file) / checked.spec.settings.dead_letter
         args.file = str(path)
+        if not path.exists():  # (nothing failed for good yet: not an error)
+            print(f"0 dead letters: {path} does not exist yet", file=sys.stderr)
+            return EXIT_OK
     if not path.is_file():
         why = "no such file" if not path.exists() else "not a regular file"
         print(f"seda deadletters: {args.file}: {why}", file=sys.stderr)

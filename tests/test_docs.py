@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 from tests.runkit import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"^```(\w+)(?: (.+?))?\n(.*?)^```$", re.S | re.M)
+BLOCK = re.compile(r"^```(\w*)(?: (.+?))?\n(.*?)^```$", re.S | re.M)
 
 
 def free_port() -> int:
@@ -78,3 +79,106 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+# README commands that this test does not run, and why (any other command it meets and
+# does not know how to run fails the test, so a new command in the README gets run)
+EXEMPT = {
+    "tools/test": "the test suite itself (.ci/run runs it)",
+    "seda bench graphs/work.yaml --models all --path /mixed":
+        "every model under load for minutes; test_bench runs `seda bench` on all models",
+}
+
+
+def readme_commands(page: str) -> list[str]:
+    """Each command line of the README's sh blocks (comments kept: `# then:` matters), and
+    each `$ command` of its plain blocks."""
+    out = []
+    for lang, _info, text in blocks(page):
+        for line in text.splitlines():
+            if lang == "sh" and line.strip():
+                out.append(line.strip())
+            elif lang in ("", "text") and line.startswith("$ "):
+                out.append(line)
+    return out
+
+
+def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
+    """From a copy of the example graphs and stages: every command of README.md, with the
+    listen ports made free ones. A service is started in the background, its `# then:`
+    commands run against it, and the commands after it (top, ps, deadletters, plan) run
+    while the last one serves."""
+    page = (ROOT / "README.md").read_text()
+    for folder in ("graphs", "stages"):
+        shutil.copytree(ROOT / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "dead-letter.jsonl"))
+    shutil.copytree(ROOT / "tests" / "specs", tmp_path / "tests" / "specs")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "seda").write_text(f"#!/bin/sh\nexec {sys.executable} -m seda.cli \"$@\"\n")
+    (bin_dir / "seda").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    def sh(command: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["bash", "-ec", command], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == code, (command, done.stdout, done.stderr)
+        return done
+
+    python = [text for lang, _i, text in blocks(page) if lang == "python"]
+    assert python, "the README's Python example"
+    for code in python:
+        sh(f"{sys.executable} - <<'PY'\n{code}\nPY")
+    served: list[subprocess.Popen[str]] = []
+    ran = 0
+    try:
+        for line in readme_commands(page):
+            command, _, comment = line.partition("#")
+            command = command.strip()
+            if command in EXEMPT:
+                continue
+            if line.startswith("$ "):  # an example with its output, shown after it
+                expected = page.split(line + "\n", 1)[1].split("\n```", 1)[0]
+                done = sh(line[2:], code=2)
+                assert (done.stdout + done.stderr).rstrip("\n") == expected, done.stderr
+            elif command.startswith("pip install -e . && "):  # (installed already)
+                sh(command.removeprefix("pip install -e . && "))
+            elif re.fullmatch(r"seda run graphs/(hello|shop|kv)\.yaml.*", command):
+                for proc in served:  # one service at a time, stopped as `seda stop` does
+                    proc.send_signal(signal.SIGTERM)
+                    assert proc.wait(30) == 0
+                served.clear()
+                port = free_port()
+                log = tmp_path / f"serve{ran}.txt"
+                with open(log, "w") as err:
+                    proc = subprocess.Popen(["bash", "-c", f"exec {command} --listen "
+                                             f"127.0.0.1:{port}"], cwd=tmp_path, env=env,
+                                            stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                            start_new_session=True)
+                served.append(proc)
+                wait_for(lambda log=log, proc=proc: "listening on" in log.read_text()
+                         or proc.poll() is not None, 30, command)
+                assert proc.poll() is None, log.read_text()
+                then = comment.partition("then:")[2].strip()
+                if then:
+                    then = then.replace("localhost:8080", f"127.0.0.1:{port}").replace(
+                        "-p 6380", f"-p {port}")
+                    assert sh(then).stdout.strip(), then
+            elif command == "seda top shop":  # (a live view: once, as a script would)
+                assert "Stage" in sh("seda top shop --once").stdout
+            elif re.fullmatch(r"seda (validate|graph|schema|run graphs/pipeline\.yaml|ps|"
+                              r"deadletters|plan)\b.*", command):
+                sh(command)
+            else:
+                raise AssertionError(f"a README command this test cannot run: {line!r}")
+            ran += 1
+        assert ran >= 12, ran
+    finally:
+        for proc in served:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
