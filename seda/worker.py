@@ -52,11 +52,11 @@ class Worker(Node):
             window=float(min(max(self.window, min(r.min for r in rules)),
                              max(r.max for r in rules)))) if rules else None
         self.bytes_in = self.messages_in = 0  # DATA received: the messages' mean size
+        if self.batching is not None:
+            self.window = round(self.batching.window)
         # what the senders were last granted: the window, and in a service as much again as
         # this worker's outputs that wait for another stage's credit (see _grant)
         self.granted = self.window
-        if self.batching is not None:
-            self.window = round(self.batching.window)
         self.work: deque[tuple[str, str, list[Envelope]]] = deque()
         self.frames_held_back = 0  # frames that came while their sender held more for us
         self.finishing = self.finished = False
