@@ -714,8 +714,8 @@ class Supervisor:
         elif action == ending.DRAIN_TIMEOUT:
             held = ", ".join(f"{n}: {m.get('pending')}{_held_by(m)}"
                              for n, m in self.stats.items() if m.get("pending"))
-            return Outcome(self._interrupted_code(), f"drain timeout: stopped with work still "
-                                                     f"in flight ({held or 'in transit'})")
+            why = "drain timeout: stopped with work still in flight"
+            return Outcome(self._interrupted_code(), f"{why} ({held or 'in transit'})")
         elif action == ending.FINISHED:
             code = self._interrupted_code() or (1 if self.lost_state else 0)
             return Outcome(code, self._summary())

@@ -182,3 +182,21 @@ def test_the_readme_commands_run_as_written(tmp_path: Path) -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def test_the_messages_in_troubleshooting_are_ones_seda_prints() -> None:
+    """Each message the troubleshooting page quotes (its tables' first column, and the
+    bodies it names) is made of pieces found in seda's source: when a message changes, the
+    page must too. `...` marks the parts that vary."""
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    source = "\n".join(p.read_text() for p in (ROOT / "seda").rglob("*.py"))
+    quoted = re.findall(r"^\| `([^`]+)` \|", page, re.M) + re.findall(r"body: `([^`]+)`", page)
+    assert len(quoted) >= 18, quoted
+    system = ("Address already in use",  # (the OS's words, after seda's)
+              "503 Service Unavailable", "504 Gateway Timeout", "500 Internal Server Error",
+              "502 Bad Gateway")  # (HTTP's reason phrases)
+    pieces = [(message, piece.strip(" ':")) for message in quoted
+              for piece in message.split("...")]
+    missing = [(message, piece) for message, piece in pieces
+               if len(piece) >= 8 and piece not in source and piece not in system]
+    assert missing == [], missing
