@@ -100,10 +100,11 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def route_bound(spec: config.Graph, pool: str, stages: list[str], workers: int) -> int:
-    """How many messages a service's process may hold for `pool` waiting for its credit
-    before it answers 503 instead: the largest `queue` of the pool's stages, by default the
-    entry queue's default, max(1024, 4 x workers x prefetch)."""
+def route_bound(spec: config.Graph, stages: list[str], workers: int) -> int:
+    """How many messages a service's process may hold for a pool (its `stages`, `workers`
+    processes) waiting for its credit before it answers 503 instead: the largest `queue` of
+    the pool's stages, by default the entry queue's default, max(1024, 4 x workers x
+    prefetch)."""
     return max(st.queue if st.queue is not None else max(1024, 4 * workers * st.prefetch)
                for st in (spec.stages[s] for s in stages))
 
@@ -144,7 +145,7 @@ class Node:
         # a service's routes are bounded queues whose enqueue fails fast: past a stage's
         # bound, what a handler emits to it is answered 503 at once, so a full route never
         # holds this worker's window (and with it every other route) -- see route_bound
-        self._bounds = {s: (self.dispatchers[p], route_bound(self.spec, p, stages_of[p],
+        self._bounds = {s: (self.dispatchers[p], route_bound(self.spec, stages_of[p],
                                                              len(plan.pool_procs[p])))
                         for s, p in plan.stage_pool.items()
                         if p in self.dispatchers} if self.spec.is_service else {}

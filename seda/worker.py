@@ -124,28 +124,28 @@ class Worker(Node):
             self.report()  # final figures, so the run's summary is exact
         if self.retiring:
             self._retire_when_done()
-        elif self.batching is not None:
+            return
+        backlog = self.backlog()  # outputs waiting for another stage's credit
+        if self.batching is not None:
             stats = self.core.stats.values()
             window = self.batching.observe(
                 time.monotonic(), sum(st.completed for st in stats),
                 sum(st.busy for st in stats), self.frames_held_back,
-                self.bytes_in / self.messages_in if self.messages_in else 0.0,
-                self.backlog())
+                self.bytes_in / self.messages_in if self.messages_in else 0.0, backlog)
             if window is not None:
                 LOG.debug(f"batching: window {self.window} -> {window} (cap "
                           f"{self.batching.cap:.0f})")
                 self.window = window
-        if not self.retiring:
-            self._grant()
+        self._grant(backlog)
 
-    def _grant(self) -> None:
+    def _grant(self, backlog: int) -> None:
         """Grant every sender the window (absolute, not a delta) when it changed. In a
         service, outputs that wait for another stage's credit do not count against it: an
         input whose outputs wait is held here until they are received (so that it is sent
         again if this worker dies), and in a full window of such inputs nothing else could
         reach this worker -- a slow route (checkouts) held up every other (page views). The
         route's bound (node.route_bound) caps what may wait."""
-        granted = self.window + (self.backlog() if self.spec.is_service else 0)
+        granted = self.window + (backlog if self.spec.is_service else 0)
         if granted != self.granted and (granted < self.granted or
                                         granted - self.granted >= max(1, self.window // 4)):
             self.granted = granted
