@@ -28,15 +28,15 @@ __all__ = [
 
 # Imported on first use: worker processes import `seda.*` modules and should not pay for
 # the graph tooling (networkx, YAML) they never touch.
-_LAZY = {"Graph": "seda.graph", "amped": "seda.graph", "check_file": "seda.graph",
-         "to_yaml": "seda.graph",
-         "GraphSpec": "seda.spec", "ProtocolError": "seda.errors", "RunError": "seda.errors",
+_LAZY = {"Graph": "seda.spec.builder", "amped": "seda.spec.builder",
+         "check_file": "seda.spec.builder", "to_yaml": "seda.spec.builder",
+         "GraphSpec": "seda.spec.models", "ProtocolError": "seda.errors", "RunError": "seda.errors",
          "SedaError": "seda.errors", "SpecError": "seda.errors"}
 
 if TYPE_CHECKING:
     from seda.errors import ProtocolError, RunError, SedaError, SpecError
-    from seda.graph import Graph, amped, check_file, to_yaml
-    from seda.spec import GraphSpec
+    from seda.spec.builder import Graph, amped, check_file, to_yaml
+    from seda.spec.models import GraphSpec
 
 
 def __getattr__(name: str) -> Any:

@@ -20,8 +20,8 @@ from seda.log import FORMATS, LEVELS
 from seda.names import GRAPH_FORMATS, MODELS, MP_DEFAULT_PROCESSES
 
 if TYPE_CHECKING:
-    from seda.graph import Checked
-    from seda.plan import Plan
+    from seda.plan.deployment import Plan
+    from seda.spec.builder import Checked
 
 # The heavy modules (pydantic, networkx, zmq, rich) are imported by the commands that use
 # them: `seda --help`, `seda top` and `seda scale` start in a fraction of the time.
@@ -41,7 +41,7 @@ def _summary(file: str, checked: Checked) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from seda.graph import check_file
+    from seda.spec.builder import check_file
 
     status = EXIT_OK
     for file in args.files:
@@ -59,8 +59,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from seda.graph import check_file
-    from seda.render import FORMATS
+    from seda.spec.builder import check_file
+    from seda.spec.render import FORMATS
 
     checked = check_file(args.file, imports=False, app_dirs=args.app_dir)
     text = FORMATS[args.format](checked.spec)
@@ -72,7 +72,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from seda.spec import GraphSpec, reference
+    from seda.spec.models import GraphSpec, reference
 
     if args.markdown:
         sys.stdout.write(reference())
@@ -93,7 +93,7 @@ def _workers(text: str) -> tuple[str, int]:
 
 def describe_plan(plan: Plan) -> str:
     """A deployment plan as text: one row per process (what `seda plan` prints)."""
-    from seda.plan import SUPERVISOR, not_applied
+    from seda.plan.deployment import SUPERVISOR, not_applied
 
     spec = plan.graph_spec()
     rows = [("PROCESS", "ROLE", "STAGES", "SENDS TO")]
@@ -122,8 +122,8 @@ def describe_plan(plan: Plan) -> str:
 
 
 def _make_plan(args: argparse.Namespace) -> Plan:
-    from seda.graph import check_file, home
-    from seda.plan import make_plan
+    from seda.plan.deployment import make_plan
+    from seda.spec.builder import check_file, home
 
     checked = check_file(args.file, imports=False, app_dirs=args.app_dir)
     return make_plan(checked.spec, "RUN_DIR", model=args.model,
@@ -143,15 +143,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
-    from seda import deadletter
-    from seda.graph import check_file, home
     from seda.log import LOG, configure
     from seda.names import parse_listen
-    from seda.statusserver import status_access
-    from seda.supervisor import RunOptions, Supervisor
+    from seda.observe.statusserver import status_access
+    from seda.spec.builder import check_file, check_place, home
+    from seda.supervise.supervisor import RunOptions, Supervisor
 
     if args.dead_letter:
-        why = deadletter.check_place(str(Path(args.dead_letter).resolve()))
+        why = check_place(str(Path(args.dead_letter).resolve()))
         if why is not None:
             raise SpecError([Problem(f"--dead-letter {args.dead_letter}: {why}",
                                      "<command line>")])
@@ -241,9 +240,9 @@ def _counts(text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from seda.bench import BenchOptions, run_bench, stop_on_sigterm
-    from seda.graph import check_file
-    from seda.plan import make_plan
+    from seda.bench.harness import BenchOptions, run_bench, stop_on_sigterm
+    from seda.plan.deployment import make_plan
+    from seda.spec.builder import check_file
 
     stop_on_sigterm()
 
@@ -274,14 +273,14 @@ def _status_options(p: argparse.ArgumentParser) -> None:
 
 def _status_target(args: argparse.Namespace, target: str | None) -> tuple[str, str]:
     """(status URL, token) of the running graph the command names."""
-    from seda.top import find_url
+    from seda.observe.top import find_url
 
     url, saved = (args.url, "") if args.url else find_url(target)
     return url, args.token or os.environ.get("SEDA_STATUS_TOKEN", "") or saved
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from seda.top import post_scale
+    from seda.observe.top import post_scale
 
     items = list(args.items)
     target = items.pop(0) if items and "=" not in items[0] and len(items) > 1 else None
@@ -305,8 +304,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
-    from seda import deadletter
-    from seda.graph import check_file, home
+    from seda.runtime import deadletter
+    from seda.spec.builder import check_file, home
 
     path = Path(args.file)
     if path.suffix in (".yaml", ".yml", ".py"):  # a graph: the file its runs write to
@@ -334,7 +333,8 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from seda import ps, rundir
+    from seda.plan import rundir
+    from seda.supervise import ps
 
     rows = [ps.describe(run) for run in rundir.live_runs()]
     if args.json:
@@ -347,7 +347,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from seda import ps, rundir
+    from seda.plan import rundir
+    from seda.supervise import ps
 
     if args.timeout <= 0:
         print(f"seda stop: --timeout must be more than 0 s, got {args.timeout}", file=sys.stderr)
@@ -367,7 +368,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from seda.top import top
+    from seda.observe.top import top
 
     url, token = _status_target(args, args.target)
     try:

@@ -65,7 +65,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 doc[key] = value
         doc["message"] = record.getMessage()
-        fields = getattr(record, "fields", None)  # (an access line's: see seda.access)
+        fields = getattr(record, "fields", None)  # (an access line's: see seda.runtime.access)
         if fields:
             doc.update(fields)
         if record.exc_info:

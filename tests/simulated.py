@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from seda.control import AdmissionController, quantile
+from seda.engine.controllers import AdmissionController, quantile
 
 
 def simulate(ctl: AdmissionController | None, capacity: int, offered: int, seconds: int,

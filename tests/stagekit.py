@@ -269,7 +269,7 @@ def logged(request: dict[str, Any], ctx: Any) -> str:
     return "ok"
 
 
-HEAVY = ("pydantic", "networkx", "yaml")  # what a child must not import (seda.config)
+HEAVY = ("pydantic", "networkx", "yaml")  # what a child must not import (seda.engine.config)
 
 
 def heavy_modules() -> list[str]:

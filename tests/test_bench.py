@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from seda import loadgen
+from seda.bench import loadgen
 from seda.names import MODELS
 from tests.runkit import live_descendants
 

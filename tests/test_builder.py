@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from seda.errors import SpecError
-from seda.graph import Graph, check_file, handler_ref, to_yaml
-from seda.loader import load_text
+from seda.spec.builder import Graph, check_file, handler_ref, to_yaml
+from seda.spec.loader import load_text
 from stages import shop
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from seda.codec import encode_reply
-from seda.codec.http import HttpCodec, head
-from seda.codec.resp import RespCodec, encode_value
-from seda.codec.simple import LengthCodec, LineCodec
+from seda.engine.codec import encode_reply
+from seda.engine.codec.http import HttpCodec, head
+from seda.engine.codec.resp import RespCodec, encode_value
+from seda.engine.codec.simple import LengthCodec, LineCodec
 from seda.errors import ProtocolError
-from seda.spec import Limits
+from seda.spec.models import Limits
 
 
 def http(**limits: int) -> HttpCodec:
@@ -245,7 +245,7 @@ def test_http_replies_byte_for_byte(reply: object, request_: dict[str, object], 
 
 
 def test_http_remembers_plain_heads_only_and_only_so_many() -> None:
-    import seda.codec.http as h
+    import seda.engine.codec.http as h
 
     h._PREFIXES.clear()
     http().encode({"status": 202, "headers": {"x-k": "v"}, "body": "b"}, GET)
@@ -294,7 +294,7 @@ def test_http_faults_say_what_was_wrong() -> None:
 
 
 def test_http_header_values_as_bytes_are_latin_1_and_bad_header_types_are_named() -> None:
-    from seda.codec.http import status_and_headers
+    from seda.engine.codec.http import status_and_headers
 
     assert status_and_headers({"headers": {"X": b"caf\xe9"}}) == (200, {"x": "caf\u00e9"})
     assert status_and_headers({}) == (200, {})
@@ -555,7 +555,7 @@ def test_length_codec_waits_for_a_body_that_follows_a_whole_frame() -> None:
 
 
 def test_http_statuses_up_to_599_are_checked_by_value() -> None:
-    from seda.codec.http import status_and_headers
+    from seda.engine.codec.http import status_and_headers
 
     assert status_and_headers({"status": 599}) == (599, {})
     assert status_and_headers({"status": 200}) == (200, {})
@@ -569,7 +569,7 @@ def test_http_a_target_exactly_at_the_head_limit_passes() -> None:
 
 
 def test_which_requests_may_run_twice() -> None:
-    from seda.codec import repeatable
+    from seda.engine.codec import repeatable
 
     http_ok = repeatable("http")
     assert [http_ok({"method": m}) for m in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST",

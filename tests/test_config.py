@@ -1,4 +1,4 @@
-"""Children run from plain data (seda.config): the spec decoded without pydantic, and no
+"""Children run from plain data (seda.engine.config): the spec decoded without pydantic, and no
 child process importing pydantic, networkx or yaml (live, under several models)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from seda import config
-from seda.graph import check_file
-from seda.plan import make_plan
+from seda.engine import config
+from seda.plan.deployment import make_plan
+from seda.spec.builder import check_file
 from tests.runkit import SedaRun
 
 ROOT = Path(__file__).resolve().parent.parent

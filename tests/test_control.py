@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from seda.control import AdmissionController, Classifier, quantile
-from seda.spec import RequestClass
+from seda.engine.controllers import AdmissionController, Classifier, quantile
+from seda.spec.models import RequestClass
 from tests.simulated import simulate
 
 approx = partial(pytest.approx, rel=0.02)
@@ -151,7 +151,7 @@ def test_the_in_flight_limit_refuses_before_the_bucket_and_leaves_room_for_prior
 
 
 def test_pool_controller_adds_under_sustained_backlog_and_retires_when_idle() -> None:
-    from seda.control import PoolController
+    from seda.engine.controllers import PoolController
 
     pool = PoolController(min=1, max=3, queue=10, after=1.0, idle=5.0)
     live, t, steps = 1, 0.0, []
@@ -185,7 +185,7 @@ def test_pool_controller_adds_under_sustained_backlog_and_retires_when_idle() ->
 
 
 def test_pool_controller_holds_when_the_load_needs_the_workers() -> None:
-    from seda.control import PoolController
+    from seda.engine.controllers import PoolController
 
     pool = PoolController(min=1, max=4, queue=10)
     # 3 workers, nothing queued, but 1.5 busy on average: two workers would be 75% busy
@@ -196,7 +196,7 @@ def test_pool_controller_holds_when_the_load_needs_the_workers() -> None:
 
 
 def test_batch_controller_shrinks_while_throughput_holds_and_grows_when_it_falls() -> None:
-    from seda.control import BatchController
+    from seda.engine.controllers import BatchController
 
     ctl = BatchController(min=1, max=64, period=0.25)
     done, t, windows = 0, 0.0, []
@@ -225,7 +225,7 @@ def test_batch_controller_does_not_grow_a_worker_that_waits_for_work() -> None:
     """Less work came (the rate halves) while the worker was busy a fifth of the time: big
     batches cannot help, so the window goes on shrinking; the same trace without the busy
     figure grows it (throughput fell below 0.9 of the best)."""
-    from seda.control import BatchController
+    from seda.engine.controllers import BatchController
 
     def final(with_busy: bool) -> int:
         ctl = BatchController(min=1, max=64, period=1.0)
@@ -246,7 +246,7 @@ def test_batch_controller_grows_the_window_of_a_worker_its_senders_cannot_feed()
     where every smaller window costs it more frames per request. Throughput does not move
     with the window, so Sandstorm's rule alone would shrink it to 1; it grows to the
     maximum instead and stays there."""
-    from seda.control import BatchController
+    from seda.engine.controllers import BatchController
 
     ctl = BatchController(min=1, max=64, period=0.25, window=8.0)
     done, busy, held, windows = 0, 0.0, 0, []
@@ -269,7 +269,7 @@ def test_batch_controller_settles_a_saturated_worker_at_the_smallest_window_that
     more. Starting from 64, the window shrinks while throughput holds and settles at 2-6
     -- the queue of work moves to the senders, where any worker can take it -- at >= 90% of
     the worker's capacity."""
-    from seda.control import BatchController
+    from seda.engine.controllers import BatchController
 
     ctl = BatchController(min=1, max=64, period=0.25)
     done, busy, held, rates, windows = 0.0, 0.0, 0, [], []
@@ -285,7 +285,7 @@ def test_batch_controller_settles_a_saturated_worker_at_the_smallest_window_that
 
 
 def test_batch_controller_starts_over_on_a_sudden_change_of_load() -> None:
-    from seda.control import BatchController
+    from seda.engine.controllers import BatchController
 
     ctl = BatchController(min=1, max=32, period=1.0)
     done = 0
@@ -351,7 +351,7 @@ def test_a_lower_priority_waits_for_a_fuller_bucket() -> None:
 # ---------------------------------------------------------------- exact rules (mutation testing
 # found these unguarded: the bucket's arithmetic, the window's bookkeeping, the texts)
 
-from seda.control import (  # noqa: E402
+from seda.engine.controllers import (  # noqa: E402
     BatchController,
     Decision,
     PoolController,
@@ -481,7 +481,7 @@ def test_the_window_holds_at_most_its_budget_of_work_and_of_bytes() -> None:
     """The senders always hold more and the worker has time to spare, so the window would
     grow to max; but a window holds at most `budget` s of handler work (at the cost per
     message seen in the last period) and about WINDOW_BYTES of messages."""
-    from seda.control import WINDOW_BYTES
+    from seda.engine.controllers import WINDOW_BYTES
 
     def settled(cost: float, size: float = 100.0) -> int:
         ctl = BatchController(min=1, max=1024, period=0.25, budget=0.01, window=8.0)
@@ -520,7 +520,7 @@ def test_a_request_goes_to_the_first_class_it_matches_after_those_it_does_not() 
 
 
 def test_the_pool_controller_at_its_boundaries() -> None:
-    from seda.control import PoolController
+    from seda.engine.controllers import PoolController
 
     ctl = PoolController(min=2, max=4, queue=10, after=1.0, idle=5.0)
     assert ctl.observe(0.0, 0, 0.0, 1) == 1 and ctl.changed == 0.0  # below min: at once
@@ -547,7 +547,7 @@ def test_the_pool_controller_at_its_boundaries() -> None:
 
 
 def test_batching_restarts_from_max_on_a_sudden_change_of_load() -> None:
-    from seda.control import BatchController
+    from seda.engine.controllers import BatchController
 
     ctl = BatchController(min=1, max=64, period=1.0, window=8.0)
     ctl.observe(0.0, 0)

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from seda.core import StageCore
-from seda.envelope import ID, PAYLOAD
-from seda.graph import Graph
-from seda.spec import GraphSpec
+from seda.engine.envelope import ID, PAYLOAD
+from seda.engine.stage import StageCore
+from seda.spec.builder import Graph
+from seda.spec.models import GraphSpec
 
 
 def core(spec: GraphSpec, stages: list[str], handlers: dict[str, Any],
@@ -226,7 +226,7 @@ def test_finish_collects_sink_values() -> None:
 
 @pytest.mark.parametrize("bad", [b"", b"\xc1", b"\x93\x01\x02"])
 def test_malformed_frames_are_protocol_errors(bad: bytes) -> None:
-    from seda.envelope import unpack_data
+    from seda.engine.envelope import unpack_data
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError):
@@ -234,7 +234,7 @@ def test_malformed_frames_are_protocol_errors(bad: bytes) -> None:
 
 
 def test_oversized_frames_are_refused() -> None:
-    from seda.envelope import pack, unpack_data
+    from seda.engine.envelope import pack, unpack_data
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="over the 100-byte limit"):
@@ -258,8 +258,8 @@ def test_queue_wait_counts_from_birth_to_the_start_of_the_handler() -> None:
     before it (20 ms each here)."""
     import time as _time
 
-    from seda.core import bucket_upper
-    from seda.status import percentiles
+    from seda.engine.stage import bucket_upper
+    from seda.observe.status import percentiles
 
     c = StageCore(chain(), ["a"], 0, lambda ref: lambda m, ctx: _time.sleep(0.02))
     born = _time.time_ns() - 50_000_000
@@ -274,8 +274,7 @@ def test_queue_wait_counts_from_birth_to_the_start_of_the_handler() -> None:
 # ---------------------------------------------------------------- exact books (what mutation
 # testing found unguarded: counters, histogram buckets, the fields of what a handler makes)
 
-from seda.core import Context, StageStats, bucket_upper, time_bucket  # noqa: E402
-from seda.envelope import (  # noqa: E402
+from seda.engine.envelope import (  # noqa: E402
     ATTEMPT,
     BORN,
     DEADLINE,
@@ -284,6 +283,7 @@ from seda.envelope import (  # noqa: E402
     SAMPLE,
     child_id,
 )
+from seda.engine.stage import Context, StageStats, bucket_upper, time_bucket  # noqa: E402
 
 
 def test_time_buckets_are_exact_below_8_and_within_a_quarter_above() -> None:

@@ -1,11 +1,11 @@
-"""The end of a run (seda.ending): one test per row of its table, the clock and the facts
+"""The end of a run (seda.engine.ending): one test per row of its table, the clock and the facts
 passed in; `quiet` records whether it was asked (it runs the probe waves)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from seda.ending import (
+from seda.engine.ending import (
     DONE,
     DRAIN,
     DRAIN_TIMEOUT,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from seda.envelope import ATTEMPT, ID
-from seda.flow import Dispatcher, SeenIds, Tracker
+from seda.engine.credit import Dispatcher, SeenIds, Tracker
+from seda.engine.envelope import ATTEMPT, ID
 
 
 class Clock:
@@ -485,13 +485,13 @@ def test_tracker_groups_stay_apart_and_duplicates_in_flight_are_not_tracked_twic
 
 def once_env(i: int) -> list[object]:
     """A message of a request that may not run twice (a POST): envelope.ONCE in REQUEST."""
-    from seda.envelope import ONCE
+    from seda.engine.envelope import ONCE
 
     return [i, "acceptor.0", 1, 0.0, f"item {i}", i | ONCE, 1]
 
 
 def make_retry(policy: str, workers: int = 1) -> Dispatcher:
-    from seda.envelope import ONCE, REQUEST
+    from seda.engine.envelope import ONCE, REQUEST
 
     def rerun(stage: str, env: list[object]) -> bool:
         return policy == "always" or (policy == "idempotent"

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seda.codec import make_codec
+from seda.engine.codec import make_codec
 from seda.errors import ProtocolError
-from seda.spec import Limits
+from seda.spec.models import Limits
 
 VALID = {
     "http": b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /p HTTP/1.1\r\nContent-Length: 3\r\n"
@@ -108,7 +108,7 @@ def test_a_command_trickled_in_pieces_is_parsed_once(monkeypatch: pytest.MonkeyP
     """A RESP command of 20,000 arguments arriving in 300 pieces: each argument is decoded
     once (re-parsing from the start on every read decoded ~3 million, enough for a few
     clients trickling legal commands to take the acceptor's CPU)."""
-    import seda.codec.resp as resp
+    import seda.engine.codec.resp as resp
 
     decoded = 0
     real = resp._arg

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seda import envelope as e
+from seda.engine import envelope as e
 from seda.errors import ProtocolError
-from seda.graph import check_file
 from seda.handler import resolve
-from seda.plan import make_plan
-from seda.worker import Worker
+from seda.plan.deployment import make_plan
+from seda.runtime.worker import Worker
+from seda.spec.builder import check_file
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1 << 16

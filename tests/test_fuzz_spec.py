@@ -10,9 +10,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seda import topology
 from seda.errors import SpecError
-from seda.loader import load_text
+from seda.spec import topology
+from seda.spec.loader import load_text
 
 SHOP = Path(__file__).resolve().parent.parent / "graphs" / "shop.yaml"
 FIELDS = ["name", "stages", "acceptor", "source", "entry", "handler", "workers", "to", "sink",

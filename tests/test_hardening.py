@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seda import deadletter
+from seda.runtime import deadletter
 from tests.conftest import ROOT
 from tests.runkit import SedaRun, Stream, balanced, pipelined, summary_counts, wait_for
 

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from seda.sdnotify import Notifier
+from seda.supervise.sdnotify import Notifier
 from tests.runkit import SedaRun, wait_for
 
 SERVICE = """

@@ -11,8 +11,8 @@ import struct
 import subprocess
 from pathlib import Path
 
-from seda.listener import bind, tune
-from seda.spec import AcceptorSpec
+from seda.runtime.listener import bind, tune
+from seda.spec.models import AcceptorSpec
 from tests.runkit import SedaRun
 
 

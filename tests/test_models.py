@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from seda.plan import Plan
+from seda.plan.deployment import Plan
 from tests.runkit import SedaRun, live_descendants, wait_for
 from tests.test_run_service import web
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from seda.errors import SpecError
-from seda.graph import check_file
 from seda.names import MP_DEFAULT_PROCESSES
-from seda.plan import Plan, make_plan
+from seda.plan.deployment import Plan, make_plan
+from seda.spec.builder import check_file
 
 
 def pipeline(root: Path):  # type: ignore[no-untyped-def]
@@ -116,7 +116,7 @@ def test_model_misuse_is_a_clear_error(root: Path, model: str, kwargs: dict[str,
 
 
 def test_a_scaled_pool_has_slots_up_to_its_max_and_starts_its_workers_count() -> None:
-    from seda.loader import load_text
+    from seda.spec.loader import load_text
 
     spec, _ = load_text("""
 name: s
@@ -142,8 +142,8 @@ def test_what_mp_does_not_apply_is_said(root: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from seda.loader import load_text
-    from seda.plan import not_applied
+    from seda.plan.deployment import not_applied
+    from seda.spec.loader import load_text
 
     text = """
 name: s

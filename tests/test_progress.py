@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from seda.progress import Progress, line
+from seda.observe.progress import Progress, line
 from tests.runkit import live_descendants, run_env
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.runkit import run_env, wait_for
 
 APP = '''\
-from seda.graph import Graph
+from seda.spec.builder import Graph
 
 
 def hello(request, ctx):
@@ -76,15 +76,15 @@ def test_a_python_graph_runs_from_another_directory(tmp_path: Path) -> None:
 
 def test_errors_in_a_python_graph_name_its_file_and_line(tmp_path: Path) -> None:
     cases = {
-        "pyerr_name.py": ("from seda.graph import Graph\n\nx = 1\ngraph = undefined_thing\n",
+        "pyerr_name.py": ("from seda import Graph\n\nx = 1\ngraph = undefined_thing\n",
                           ":4: NameError: name 'undefined_thing' is not defined"),
-        "pyerr_route.py": ("from seda.graph import Graph\n\n"
+        "pyerr_route.py": ("from seda import Graph\n\n"
                            "graph = (Graph('g').acceptor(entry='a', listen='127.0.0.1:0')\n"
                            "         .stage('a', 'm:a', to=['nope'])\n"
                            "         .build())\n",
                            ":4: stages.a.to[0]: unknown stage 'nope'"),
         "pyerr_none.py": ("x = 1\n", ": no graph in it: define `graph = Graph(...)...build()`"),
-        "pyerr_two.py": ("from seda.graph import amped\n\na = amped('m:f')\nb = amped('m:g')\n",
+        "pyerr_two.py": ("from seda import amped\n\na = amped('m:f')\nb = amped('m:g')\n",
                          ": several graphs (a, b): name one as "),
         "pyerr_exit.py": ("import sys\nsys.exit(3)\n", ": importing it called sys.exit(3)"),
         "json.py": ("graph = 1\n", ": a module named 'json' is already imported from "),

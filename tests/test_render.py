@@ -8,8 +8,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from seda.graph import Graph, check_file
-from seda.render import layout, to_dot, to_json, to_svg, to_text
+from seda.spec.builder import Graph, check_file
+from seda.spec.render import layout, to_dot, to_json, to_svg, to_text
 
 SVG = "{http://www.w3.org/2000/svg}"
 

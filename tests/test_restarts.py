@@ -1,10 +1,10 @@
-"""Restart intensity and backoff (seda.restarts), with a clock the test moves."""
+"""Restart intensity and backoff (seda.engine.restarts), with a clock the test moves."""
 
 from __future__ import annotations
 
 import pytest
 
-from seda.restarts import FIRST, MOST, STABLE_AFTER, Backoff, Intensity
+from seda.engine.restarts import FIRST, MOST, STABLE_AFTER, Backoff, Intensity
 
 
 def test_more_crashes_than_max_within_the_window_stop_the_run() -> None:

@@ -474,7 +474,7 @@ def test_admission_by_response_time_sheds_load_with_503_and_retry_after(
 
     run, port = serve(tmp_path, ADMIT)
     with run:
-        gen = subprocess.run([sys.executable, "-m", "seda.loadgen",
+        gen = subprocess.run([sys.executable, "-m", "seda.bench.loadgen",
                               f"http://127.0.0.1:{port}/sleep?s=0.02", "-c", "8", "-r", "150",
                               "-d", "6", "-w", "2"], capture_output=True, text=True,
                              timeout=60)
@@ -532,7 +532,7 @@ def test_request_classes_turn_the_less_important_away_first(tmp_path: Path) -> N
 
     run, port = serve(tmp_path, CLASSES)
     with run:
-        gens = [subprocess.Popen([sys.executable, "-m", "seda.loadgen",
+        gens = [subprocess.Popen([sys.executable, "-m", "seda.bench.loadgen",
                                   f"http://127.0.0.1:{port}{path}", "-c", "16", "-d", "4",
                                   "-w", "0"], stdout=subprocess.PIPE, text=True)
                 for path in ("/gold", "/other")]
@@ -567,7 +567,7 @@ def test_request_classes_overtake_in_the_entry_queue(tmp_path: Path) -> None:
     graph = CLASSES.replace("queue: 16", "queue: 400")
     run, port = serve(tmp_path, graph)
     with run:
-        gens = [subprocess.Popen([sys.executable, "-m", "seda.loadgen",
+        gens = [subprocess.Popen([sys.executable, "-m", "seda.bench.loadgen",
                                   f"http://127.0.0.1:{port}{path}", "-c", "16", "-d", "4",
                                   "-w", "0", "-t", "30"], stdout=subprocess.PIPE, text=True)
                 for path in ("/gold", "/other")]

@@ -53,7 +53,7 @@ def test_the_spec_accepts_exactly_the_models_the_command_offers() -> None:
     from typing import get_args
 
     from seda.names import MODELS
-    from seda.spec import Model
+    from seda.spec.models import Model
 
     assert get_args(Model) == MODELS
 

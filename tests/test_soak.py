@@ -45,7 +45,7 @@ def test_a_minute_at_twice_capacity_keeps_memory_flat(tmp_path: Path) -> None:
     with SedaRun(tmp_path, SOAK, "--listen", "127.0.0.1:0") as run:
         port = run.port()
         load = subprocess.Popen(
-            [sys.executable, "-m", "seda.loadgen", f"http://127.0.0.1:{port}/sleep?s=0.01",
+            [sys.executable, "-m", "seda.bench.loadgen", f"http://127.0.0.1:{port}/sleep?s=0.01",
              "-c", "32", "-r", str(RATE), "-d", str(SECONDS), "-t", "10"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from seda import envelope as e
-from seda.graph import check_file
+from seda.engine import envelope as e
 from seda.handler import resolve
-from seda.plan import make_plan
-from seda.source import Source
+from seda.plan.deployment import make_plan
+from seda.runtime.source import Source
+from seda.spec.builder import check_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

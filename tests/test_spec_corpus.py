@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from seda.errors import SpecError
-from seda.graph import check_file
+from seda.spec.builder import check_file
 
 BAD = Path(__file__).parent / "specs" / "bad"
 CORPUS = sorted(BAD.glob("*.yaml"))

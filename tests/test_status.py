@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from seda.loader import load_text
-from seda.plan import make_plan
-from seda.status import Status, metric_families
+from seda.observe.status import Status, metric_families
+from seda.plan.deployment import make_plan
+from seda.spec.loader import load_text
 from tests.runkit import TESTS, SedaRun, wait_for
 
 DEPTH = """
@@ -98,8 +98,8 @@ def test_snapshot_counts_drops_by_reason_and_rows_per_worker() -> None:
 
 
 def test_service_time_buckets_and_percentiles() -> None:
-    from seda.core import bucket_upper, time_bucket
-    from seda.status import percentiles
+    from seda.engine.stage import bucket_upper, time_bucket
+    from seda.observe.status import percentiles
 
     for ns in (0, 1, 7, 8, 15, 16, 1000, 999_999, 20_000_000, 3 * 10**9):
         key = time_bucket(ns)
@@ -267,7 +267,7 @@ def test_dashboard_in_headless_chromium_follows_the_load(tmp_path: Path) -> None
 def test_top_renders_a_snapshot_or_says_it_waits() -> None:
     from rich.console import Console
 
-    from seda.top import render, sparkline
+    from seda.observe.top import render, sparkline
 
     console = Console(record=True, width=160)
     console.print(render({}))
@@ -291,7 +291,7 @@ def test_top_renders_a_snapshot_or_says_it_waits() -> None:
 def test_request_classes_add_up_over_front_doors_and_show_in_top() -> None:
     from rich.console import Console
 
-    from seda.top import render
+    from seda.observe.top import render
 
     spec, _ = load_text(DEPTH)
     status = Status(make_plan(spec, "/run/x", model="symped", processes=2), started=0.0)
@@ -315,8 +315,8 @@ def test_request_classes_add_up_over_front_doors_and_show_in_top() -> None:
 def test_top_shows_queue_wait_and_a_row_per_worker() -> None:
     from rich.console import Console
 
-    from seda.core import bucket_upper
-    from seda.top import render
+    from seda.engine.stage import bucket_upper
+    from seda.observe.top import render
 
     spec, _ = load_text(DEPTH)
     status = Status(make_plan(spec, "/run/x"), started=0.0)
@@ -404,7 +404,7 @@ def stage(utilisation: float, pending: list[int]) -> dict[str, Any]:
 
 
 def test_the_bottleneck_is_a_busy_stage_or_a_growing_queue_never_an_idle_one() -> None:
-    from seda.status import diagnosis
+    from seda.observe.status import diagnosis
 
     # the report of the issue: a stage 1% busy with work waiting was the "bottleneck"
     assert diagnosis({"idle": stage(0.01, [50, 40, 45, 30, 40]), "quiet": stage(0.0, [0])}

@@ -1,10 +1,10 @@
-"""Error lines a flood cannot turn into a flood (seda/throttle.py), on a fake clock."""
+"""Error lines a flood cannot turn into a flood (seda/engine/throttle.py), on a fake clock."""
 
 from __future__ import annotations
 
 import logging
 
-from seda.throttle import MAX_KINDS, Throttle
+from seda.engine.throttle import MAX_KINDS, Throttle
 
 
 def test_one_line_per_kind_per_period_and_the_rest_counted() -> None:

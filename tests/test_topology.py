@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from seda.errors import SpecError
-from seda.graph import Graph
-from seda.topology import check
+from seda.spec.builder import Graph
+from seda.spec.topology import check
 
 
 def fan_in() -> Graph:

@@ -34,9 +34,10 @@ from bench_http import wrk_seda, wrk_written  # noqa: E402
 
 # the per-request modules of the acceptor and the worker, and every class that derives from a
 # compiled one (an interpreted class cannot inherit from a compiled class)
-COMPILED = ["seda/codec/__init__.py", "seda/codec/http.py", "seda/envelope.py", "seda/flow.py",
-            "seda/node.py", "seda/acceptor.py", "seda/core.py", "seda/worker.py",
-            "seda/source.py", "seda/mp.py"]
+COMPILED = ["seda/engine/codec/__init__.py", "seda/engine/codec/http.py",
+            "seda/engine/envelope.py", "seda/engine/credit.py", "seda/engine/stage.py",
+            "seda/runtime/node.py", "seda/runtime/acceptor.py", "seda/runtime/worker.py",
+            "seda/runtime/source.py", "seda/runtime/mp.py"]
 
 
 def compiled_copy(where: Path) -> Path:

@@ -113,7 +113,7 @@ def _min_worker(inp: str, out: str, parent: int) -> None:
     import msgpack
     import zmq
 
-    from seda.node import die_with_parent
+    from seda.bench import die_with_parent
 
     die_with_parent(parent)  # never outlive the server, however it ends
     ctx = zmq.Context()

@@ -63,7 +63,7 @@ def main() -> int:
             start = time.monotonic()
             for rate, seconds in zip([args.low, args.high, args.low], phases, strict=True):
                 gen = subprocess.Popen(
-                    [sys.executable, "-m", "seda.loadgen", f"http://127.0.0.1:{port}/io",
+                    [sys.executable, "-m", "seda.bench.loadgen", f"http://127.0.0.1:{port}/io",
                      "-c", "32", "-r", str(rate), "-d", str(seconds), "-t", "10"],
                     stdout=subprocess.PIPE, text=True)
                 while gen.poll() is None:

@@ -49,11 +49,11 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
     """us per message in the chain's middle worker (best of reps)."""
     import bench_pipeline
 
-    from seda.envelope import ACK, DATA, ID, pack, unpack_data
+    from seda.engine.envelope import ACK, DATA, ID, pack, unpack_data
     from seda.handler import resolve
-    from seda.loader import load_text
-    from seda.plan import make_plan
-    from seda.worker import Worker
+    from seda.plan.deployment import make_plan
+    from seda.runtime.worker import Worker
+    from seda.spec.loader import load_text
 
     spec, _ = load_text(bench_pipeline.CHAIN.format(n=10, tune=bench_pipeline.TUNED))
     with tempfile.TemporaryDirectory() as run_dir:
@@ -90,11 +90,11 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
 
 def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
     """us per request in graphs/hello.yaml's acceptor under AMPED (best of reps)."""
-    from seda.acceptor import Acceptor, Connection
-    from seda.envelope import DATA, REQUEST, RESULT, pack, unpack_data
+    from seda.engine.envelope import DATA, REQUEST, RESULT, pack, unpack_data
     from seda.handler import resolve
-    from seda.loader import load_file
-    from seda.plan import make_plan
+    from seda.plan.deployment import make_plan
+    from seda.runtime.acceptor import Acceptor, Connection
+    from seda.spec.loader import load_file
 
     class Transport:
         written = 0

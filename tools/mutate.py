@@ -2,7 +2,7 @@
 is broken on purpose?
 
     python tools/mutate.py                  # every module in [tool.mutmut] (pyproject.toml)
-    python tools/mutate.py seda/flow.py     # one module (or several)
+    python tools/mutate.py seda/engine/credit.py     # one module (or several)
     python tools/mutate.py --report FILE    # also write the table and the survivors (markdown)
 
 mutmut changes one thing at a time in the code (an operator, a constant, a condition, a
@@ -72,7 +72,7 @@ def results(tree: Path) -> dict[str, str]:
 
 
 def module_of(mutant: str) -> str:
-    """'seda.flow.xǁDispatcherǁgrant__mutmut_1' -> 'seda/flow.py'."""
+    """'seda.engine.credit.xǁDispatcherǁgrant__mutmut_1' -> 'seda/engine/credit.py'."""
     dotted = mutant.split("__mutmut_")[0]
     parts = dotted.split(".")
     while parts and (parts[-1].startswith("x") or parts[-1][:1].isupper() or "ǁ" in parts[-1]):

@@ -1,0 +1,480 @@
+"""The sans-IO stage core: a batch of envelopes in, emits / results / failures out.
+
+Knows nothing of sockets or processes: the zmq worker drives it today; inline (`sped`, `mp`)
+execution can drive the same object. Stages fused into one pool call each other directly
+through a local FIFO (no serialisation, no recursion, so allowed cycles cannot blow the stack).
+
+Theory of operation: each input envelope is processed atomically. Everything it causes -- the
+handler's return value, `ctx.emit`, `ctx.reply`, and whatever fused stages do with those -- is
+collected in a `Group`. If any handler raises, the group's outputs are thrown away and the
+input is reported failed; a retry regenerates the same outputs with the same (deterministic)
+ids, so a receiver can recognise a duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from msgpack import packb
+
+from seda.engine.config import Graph
+from seda.engine.credit import SeenIds
+from seda.engine.envelope import (
+    BORN,
+    DEADLINE,
+    ID,
+    ID_MASK,
+    ID_MIX,
+    ONCE,
+    ORIGIN,
+    PAYLOAD,
+    REQUEST,
+    SAMPLE,
+    Envelope,
+    child_id,
+    packable,
+)
+from seda.log import StageLog
+
+
+def _unpackable(emits: list[tuple[str, Envelope]], results: list[Envelope], limit: int
+                ) -> str | None:
+    """Why a frame cannot carry one of these outputs' payloads, or None."""
+    for target, env in emits:
+        why = packable(env[PAYLOAD], limit)
+        if why is not None:
+            return f"to '{target}': {why}"
+    for env in results:
+        why = packable(env[PAYLOAD], limit)
+        if why is not None:
+            return f"as a reply: {why}"
+    return None
+
+
+class HandlerUsageError(Exception):
+    """A handler used the API wrongly (emit to a stage it has no route to, ...)."""
+
+
+@dataclass(slots=True)
+class Group:
+    """What one batch caused: the inputs handled, their outputs, and the inputs that failed
+    or were dropped (both are finished with at once; handled ones once outputs arrive)."""
+
+    inputs: list[Envelope]
+    emits: list[tuple[str, Envelope]] = field(default_factory=list)  # to other pools
+    results: list[Envelope] = field(default_factory=list)  # envelopes for the origin
+    failed: list[tuple[Envelope, str, str]] = field(default_factory=list)  # (env, error, tb)
+    dropped: list[Envelope] = field(default_factory=list)  # expired, or duplicate at a sink
+    # where each input's outputs start in emits and results (run one at a time)
+    starts: list[tuple[int, int]] = field(default_factory=list)
+
+
+# the figures a front door (acceptor, mp master) counts and reports, summed by the status
+FRONT_FIGURES = ("accepted", "refused", "requests", "responses", "rejected", "timeouts",
+                 "failed", "late", "protocol_errors", "idle_closed")
+
+
+def time_bucket(ns: int) -> int:
+    """Histogram bucket of a duration in ns: four per power of two (within 25%)."""
+    b = ns.bit_length()
+    return b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns
+
+
+def bucket_upper(key: int) -> int:
+    """The largest duration (ns) that falls in bucket `key`."""
+    if key < 16:
+        return key
+    b, sub = divmod(key, 4)
+    return ((5 + sub) << (b - 3)) - 1
+
+
+@dataclass(slots=True)
+class StageStats:
+    received: int = 0
+    completed: int = 0
+    errors: int = 0
+    emitted: int = 0
+    results: int = 0
+    duplicates: int = 0
+    expired: int = 0
+    busy: float = 0.0
+    times: list[int] = field(default_factory=lambda: [0] * 256)  # service: time_bucket -> n
+    waits: list[int] = field(default_factory=lambda: [0] * 256)  # queue wait: the same
+
+    def figures(self) -> dict[str, Any]:
+        """What a process reports: the counters, and the histograms' non-empty buckets."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)
+                               if f.name not in _HISTOGRAMS}
+        for f in _HISTOGRAMS:
+            out[f] = {k: n for k, n in enumerate(getattr(self, f)) if n}
+        return out
+
+
+_HISTOGRAMS = ("times", "waits")
+
+
+class Context:
+    """What a handler sees as `ctx`: its options, and emit/reply for the current message."""
+
+    __slots__ = ("_core", "_env", "_group", "_n", "log", "options", "stage", "worker")
+
+    def __init__(self, core: StageCore, stage: str, options: dict[str, Any]) -> None:
+        self._core, self.stage, self.options = core, stage, options
+        self.worker = core.worker
+        self._env: Envelope = [0, "", 1, 0.0, None, 0, 0]
+        self._group = Group([])
+        self._n = 0
+        # the stage's logger: each record says the stage and the current request (seda.log)
+        self.log = StageLog(stage, lambda: self._env[REQUEST] & ~ONCE)
+
+    @property
+    def request_id(self) -> int:
+        return int(self._env[ID])
+
+    @property
+    def attempt(self) -> int:
+        return int(self._env[2])
+
+    def emit(self, stage: str, payload: Any) -> None:
+        """Send `payload` to `stage`, which must be one of this stage's routes."""
+        if stage not in self._core.routes[self.stage]:
+            routes = ", ".join(self._core.routes[self.stage]) or "none"
+            raise HandlerUsageError(f"stage '{self.stage}' has no route to '{stage}' "
+                                    f"(its routes: {routes})")
+        self._core._emit(self, stage, payload)
+
+    def reply(self, payload: Any) -> None:
+        """Answer the origin of this message (the client, or the pipeline's output)."""
+        self._core._result(self, payload)
+
+
+class _Runner:
+    """One stage's handler, called the way it wants to be called."""
+
+    __slots__ = ("batch", "call", "ctx", "obj", "returns")
+
+    def __init__(self, obj: Any, ctx: Context, returns: str) -> None:
+        self.ctx, self.returns = ctx, returns
+        target = obj() if isinstance(obj, type) else obj  # a class: one instance per worker
+        self.obj = target
+        self.batch: Callable[..., Any] | None = getattr(target, "handle_batch", None)
+        self.call: Callable[..., Any] = getattr(target, "handle", target)
+
+
+def return_route(spec: Graph, stage: str) -> str:
+    """Where a handler's return value goes: '->next', 'reply', 'result', 'drop' or 'error'."""
+    s = spec.stages[stage]
+    if len(s.to) == 1:
+        return "->" + s.to[0]
+    if s.to:
+        return "error"
+    if s.sink:
+        return "result" if not spec.is_service else "drop"
+    return "reply"
+
+
+class StageCore:
+    """Runs the stages of one pool for one worker. `resolve` turns import strings into
+    objects (injected so tests can pass plain functions)."""
+
+    def __init__(self, spec: Graph, stages: Iterable[str], worker: int,
+                 resolve: Callable[[str], Any], clock: Callable[[], float] = time.time,
+                 dedup_window: int = 1 << 18) -> None:
+        self.spec, self.worker, self.clock = spec, worker, clock
+        self.local = tuple(stages)
+        self.routes = {s: tuple(spec.stages[s].to) for s in spec.stages}
+        self.stats = {s: StageStats() for s in self.local}
+        self.runners = {s: _Runner(resolve(spec.stages[s].handler),
+                                   Context(self, s, dict(spec.stages[s].options)),
+                                   return_route(spec, s)) for s in self.local}
+        self.sinks = {s for s in self.local if spec.stages[s].sink}
+        # sinks that build a value in memory for finish(): that state dies with the process
+        self.keeps = sorted(s for s in self.sinks if hasattr(self.runners[s].obj, "finish"))
+        self.seen = SeenIds(dedup_window)
+        self.max_bytes = spec.settings.max_message_bytes  # the most one payload may pack to
+        self._pending: deque[tuple[str, Envelope]] = deque()
+        # the stage whose handler runs now ('' between batches): the watchdog reads it, with
+        # that stage's ctx._env, to see how long one call has run (see seda.runtime.watchdog)
+        self.running = ""
+
+    # ---------------------------------------------------------------- lifecycle
+    def setup(self) -> None:
+        for runner in self.runners.values():
+            if hasattr(runner.obj, "setup"):
+                runner.obj.setup(runner.ctx)
+
+    def teardown(self) -> None:
+        for runner in self.runners.values():
+            if hasattr(runner.obj, "teardown"):
+                runner.obj.teardown(runner.ctx)
+
+    def finish(self) -> list[tuple[str, Any]]:
+        """End of a pipeline: each sink's `finish(ctx)` value, as (stage, value)."""
+        out = []
+        for stage in self.sinks:
+            runner = self.runners[stage]
+            if hasattr(runner.obj, "finish"):
+                value = runner.obj.finish(runner.ctx)
+                if value is not None:
+                    out.append((stage, value))
+        return out
+
+    # ---------------------------------------------------------------- processing
+    def process(self, stage: str, batch: list[Envelope]) -> Group:
+        """Run `batch` (all for `stage`, from outside this pool) and return what it caused.
+        Each input is atomic: a handler that raises takes back that input's outputs."""
+        stats = self.stats[stage]
+        stats.received += len(batch)
+        group = Group([])
+        batch = self._fresh(stage, batch, group.dropped)
+        started = time.perf_counter()
+        runner = self.runners[stage]
+        if runner.batch is not None:
+            batch = self._unexpired(stage, batch, group.dropped)
+            self._run_batch(stage, runner, batch, group)
+        else:
+            self._run_each(stage, runner, batch, group)
+        self.running = ""
+        if group.emits or group.results:
+            self._check_packable(stage, group)
+        stats.busy += time.perf_counter() - started
+        return group
+
+    def _check_packable(self, stage: str, group: Group) -> None:
+        """Every payload leaving this pool must be one a frame can carry: of a type msgpack
+        has, and no larger than settings.max_message_bytes. Checked once per batch (one
+        packb call, not one per message: that cost ~10% of a fast stage); if the batch does
+        not pack, or packs larger than one payload may be, the inputs whose outputs do not
+        fit are failed like any handler error (their outputs withdrawn), and the others go
+        on."""
+        try:
+            blob = packb([[e[PAYLOAD] for _, e in group.emits],
+                          [e[PAYLOAD] for e in group.results]], use_bin_type=True)
+            if len(blob) <= self.max_bytes:  # then every payload in it fits too
+                return
+        except (TypeError, ValueError, OverflowError):
+            pass
+        limit = self.max_bytes
+        if len(group.starts) != len(group.inputs):  # a batch handler's batch fails as one
+            why = _unpackable(group.emits, group.results, limit)
+            if why is not None:
+                for env in group.inputs:
+                    self._unpackable_input(stage, env, why, group)
+                group.inputs, group.emits, group.results = [], [], []
+            return
+        bounds = [*group.starts, (len(group.emits), len(group.results))]
+        inputs: list[Envelope] = []
+        emits: list[tuple[str, Envelope]] = []
+        results: list[Envelope] = []
+        starts: list[tuple[int, int]] = []
+        for i, env in enumerate(group.inputs):
+            (e0, r0), (e1, r1) = bounds[i], bounds[i + 1]
+            why = _unpackable(group.emits[e0:e1], group.results[r0:r1], limit)
+            if why is not None:
+                self._unpackable_input(stage, env, why, group)
+                continue
+            starts.append((len(emits), len(results)))
+            inputs.append(env)
+            emits.extend(group.emits[e0:e1])
+            results.extend(group.results[r0:r1])
+        group.inputs, group.emits, group.results, group.starts = inputs, emits, results, starts
+
+    def _unpackable_input(self, stage: str, env: Envelope, why: str, group: Group) -> None:
+        error = HandlerUsageError(f"stage '{stage}' (or a stage fused with it) sent a payload "
+                                  f"no frame can carry {why}")
+        self.stats[stage].errors += 1
+        self.stats[stage].completed -= 1
+        group.failed.append((env, f"{stage}: {type(error).__name__}: {error}", ""))
+
+    def _run_each(self, stage: str, runner: _Runner, batch: list[Envelope],
+                  group: Group) -> None:
+        """The hot loop: one handler call per message, locals hoisted out of the loop. A
+        returned value's usual routes -- on to a stage of another pool, or back to the
+        origin -- are inlined here (what _emit and _result do); the rest go through
+        _route_return."""
+        call, ctx, route = runner.call, runner.ctx, self._route_return
+        returns = runner.returns
+        replies = returns == "reply"  # a request always gets an answer here
+        onward = returns[2:] if returns[:2] == "->" and returns[2:] not in self.runners \
+            else ""
+        answers = replies or returns == "result"
+        emits, results, inputs, pending = group.emits, group.results, group.inputs, \
+            self._pending
+        starts = group.starts
+        stats = self.stats[stage]
+        times, waits, clock, wall_ns = stats.times, stats.waits, time.perf_counter_ns, \
+            time.time_ns
+        ctx._group = group
+        done = made = 0
+        last = clock()  # one clock read per message: the time since the previous one ended
+        wall = int(self.clock() * 1e9) - last  # + a perf_counter_ns reading = wall clock
+        self.running = stage
+        for env in batch:
+            due = env[DEADLINE]  # a message past its deadline is dropped, unrun
+            if due and due * 1e9 < last + wall:
+                stats.expired += 1
+                group.dropped.append(env)
+                continue
+            born = env[BORN]  # set on a sample of messages: their queue wait is timed
+            if born:
+                ns = last + wall - born
+                if ns >= 0:  # (< 0: the wall clock was set back)
+                    b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
+                    waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
+            marks = len(emits), len(results)
+            ctx._env, ctx._n = env, 0
+            try:
+                value = call(env[PAYLOAD], ctx)
+                if value is not None and (onward or answers):
+                    # child_id(env[ID], ctx._n), inlined
+                    cid = ((env[ID] * 1_000_003) ^ ((ctx._n + 1) * ID_MIX)) & ID_MASK
+                    if onward:
+                        emits.append((onward, [cid, env[ORIGIN], 1, due, value, env[REQUEST],
+                                               0 if cid & SAMPLE else wall_ns()]))
+                    else:
+                        results.append([cid, env[ORIGIN], 1, 0.0, value, env[REQUEST], 0])
+                    made += 1
+                elif value is not None or (replies and not ctx._n):
+                    route(stage, ctx, value)
+                done += 1
+                if pending:
+                    self._drain_local(group)
+                    self.running = stage
+                inputs.append(env)
+                starts.append(marks)
+                now = clock()
+                ns, last = now - last, now
+                b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
+                times[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
+            except Exception as exc:
+                del emits[marks[0]:], results[marks[1]:]
+                group.failed.append((env, *self._failure(exc)))
+                self.running = stage
+                last = clock()
+        stats.completed += done
+        if onward:
+            stats.emitted += made
+        else:
+            stats.results += made
+
+    def _fresh(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
+               ) -> list[Envelope]:
+        """Drop duplicates at sinks (a re-run upstream re-sends)."""
+        if stage not in self.sinks:
+            return batch
+        stats = self.stats[stage]
+        keep = []
+        for env in batch:
+            if self.seen.first_time(env[ID]):
+                keep.append(env)
+            else:
+                stats.duplicates += 1
+                dropped.append(env)
+        return keep
+
+    def _unexpired(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
+                   ) -> list[Envelope]:
+        """Drop messages past their deadline (a batch handler runs the rest at once; one
+        message at a time, each is checked as its turn comes)."""
+        now = self.clock()
+        keep = [env for env in batch if not env[DEADLINE] or env[DEADLINE] >= now]
+        if len(keep) < len(batch):
+            self.stats[stage].expired += len(batch) - len(keep)
+            dropped.extend(env for env in batch if env[DEADLINE] and env[DEADLINE] < now)
+        return keep
+
+    def _run_batch(self, stage: str, runner: _Runner, batch: list[Envelope],
+                   group: Group) -> None:
+        if not batch:
+            return
+        ctx = runner.ctx
+        ctx._env, ctx._group, ctx._n = batch[0], group, 0
+        self.running = stage
+        try:
+            assert runner.batch is not None
+            waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
+            for env in batch:
+                if env[BORN] and now >= env[BORN]:
+                    waits[time_bucket(now - env[BORN])] += 1
+            start = time.perf_counter_ns()
+            values = runner.batch([env[PAYLOAD] for env in batch], ctx)
+            key = time_bucket((time.perf_counter_ns() - start) // len(batch))  # the mean
+            self.stats[stage].times[key] += len(batch)
+            if values is not None:
+                replies = runner.returns == "reply"
+                for env, value in zip(batch, values, strict=True):
+                    if value is not None or replies:
+                        ctx._env = env
+                        self._route_return(stage, ctx, value)
+            self.stats[stage].completed += len(batch)
+            self._drain_local(group)
+            group.inputs.extend(batch)
+        except Exception as exc:
+            group.emits.clear()
+            group.results.clear()
+            failure = self._failure(exc)
+            group.failed.extend((env, *failure) for env in batch)
+
+    def _call(self, stage: str, env: Envelope, group: Group) -> None:
+        runner = self.runners[stage]
+        ctx = runner.ctx
+        ctx._env, ctx._group, ctx._n = env, group, 0
+        self.running = stage
+        start = time.perf_counter_ns()
+        value = runner.call(env[PAYLOAD], ctx)
+        self.stats[stage].times[time_bucket(time.perf_counter_ns() - start)] += 1
+        if value is not None or (runner.returns == "reply" and not ctx._n):
+            self._route_return(stage, ctx, value)
+        self.stats[stage].completed += 1
+
+    def _route_return(self, stage: str, ctx: Context, value: Any) -> None:
+        """Route a handler's value. None only gets here at a terminal stage of a service
+        whose handler neither replied nor emitted: it becomes an empty reply."""
+        route = self.runners[stage].returns
+        if route[:2] == "->":
+            self._emit(ctx, route[2:], value)
+        elif route == "reply" or route == "result":
+            self._result(ctx, value)
+        elif route == "error":
+            raise HandlerUsageError(f"stage '{stage}' returned a value but has several routes; "
+                                    f"use ctx.emit(stage, payload) to choose one")
+
+    def _emit(self, ctx: Context, stage: str, payload: Any) -> None:
+        env = ctx._env
+        cid = child_id(env[ID], ctx._n)
+        child = [cid, env[ORIGIN], 1, env[DEADLINE], payload, env[REQUEST],
+                 0 if cid & SAMPLE else time.time_ns()]
+        ctx._n += 1
+        self.stats[ctx.stage].emitted += 1
+        if stage in self.runners:
+            self._pending.append((stage, child))
+        else:  # msgpack must carry it: checked once per batch (see _check_packable)
+            ctx._group.emits.append((stage, child))
+
+    def _result(self, ctx: Context, payload: Any) -> None:
+        env = ctx._env
+        result_id = child_id(env[ID], ctx._n)
+        ctx._n += 1
+        self.stats[ctx.stage].results += 1
+        ctx._group.results.append([result_id, env[ORIGIN], 1, 0.0, payload, env[REQUEST], 0])
+
+    def _drain_local(self, group: Group) -> None:
+        """Run what fused stages emitted to each other, first in first out."""
+        while self._pending:
+            stage, env = self._pending.popleft()
+            self.stats[stage].received += 1
+            self._call(stage, env, group)
+
+    def _failure(self, exc: Exception) -> tuple[str, str]:
+        """Count the error against the stage that raised (the one running: a fused stage's
+        failure is its own); (message, traceback)."""
+        failed_in = self.running
+        self._pending.clear()
+        self.stats[failed_in].errors += 1
+        message = f"{failed_in}: {type(exc).__name__}: {exc}"
+        return message, "".join(traceback.format_exception(exc))

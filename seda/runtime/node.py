@@ -1,0 +1,650 @@
+"""The IO shell every data-plane process shares: mailboxes, credit, acks, control, stats.
+
+Resource handling: each process binds one ROUTER inbox at its ipc endpoint (routing id = its
+name) and owns one ROUTER outbox (same routing id, ROUTER_MANDATORY) connected to every peer
+it sends to. Every frame is [sender, kind, body]. A fresh zmq Context is made here, in the
+child, never inherited.
+
+Error handling: malformed frames are counted and dropped; a send to a peer that is not
+connected takes the messages back (they stay pending and go out again when the peer grants
+credit); the supervisor's CONTROL `peer_down` re-dispatches what a dead worker held.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import zmq
+from setproctitle import setproctitle
+
+from seda.engine import config
+from seda.engine.credit import DeadLetter, Dispatcher, Pending, Tracker
+from seda.engine.envelope import (
+    ACK,
+    ATTEMPT,
+    BOUNCE,
+    CONTROL,
+    CREDIT,
+    DATA,
+    FAIL,
+    FINAL,
+    FRAME_OVERHEAD,
+    HELLO,
+    ID,
+    LOST,
+    ONCE,
+    ORIGIN,
+    PAYLOAD,
+    REQUEST,
+    RESULT,
+    STATUS,
+    Envelope,
+    bounded,
+    pack,
+    unpack_ack,
+    unpack_control,
+    unpack_credit,
+    unpack_fail,
+    unpack_lost,
+    unpack_results,
+)
+from seda.engine.throttle import Throttle
+from seda.errors import ProtocolError
+from seda.plan.deployment import FRONT_ROLES, SUPERVISOR, Plan
+from seda.runtime import deadletter
+
+RESULTS = "@results"
+ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded upstream)
+FRAME_MAX = 64  # messages per DATA frame (and at most `limit` bytes: see envelope.bounded)
+ERROR_MAX, TB_MAX = 4096, 32768  # characters of an error and its traceback that travel
+HELLO_EVERY = 0.1
+HELLO_EVERY_AT_START = 0.01  # ... for the first START_PHASE s: a peer not bound yet is soon
+START_PHASE = 2.0
+RECONNECT_IVL = (10, 100)  # ms: zmq's first retry to connect to a peer, doubling up to the
+# second (zmq's default, 100 ms flat, cost a pipeline's start-up up to 0.1 s: a process that
+# starts first connects to a peer's endpoint before the peer has bound it)
+STATS_EVERY = 0.5
+PARENT_CHECK_EVERY = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (Linux: /proc/self/statm; 0 if unknown)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _data_frame(stage: str, held: int) -> Callable[[list[Envelope]], bytes]:
+    return lambda envs: pack([stage, envs, held])
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL us when the supervisor dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the periodic getppid() check still catches it
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def route_bound(spec: config.Graph, stages: list[str], workers: int) -> int:
+    """How many messages a service's process may hold for a pool (its `stages`, `workers`
+    processes) waiting for its credit before it answers 503 instead: the largest `queue` of
+    the pool's stages, by default the entry queue's default, max(1024, 4 x workers x
+    prefetch)."""
+    return max(st.queue if st.queue is not None else max(1024, 4 * workers * st.prefetch)
+               for st in (spec.stages[s] for s in stages))
+
+
+class Node:
+    """Base of worker and source processes. Subclasses implement `step` and the hooks."""
+
+    def __init__(self, plan: Plan, name: str, parent: int) -> None:
+        self.plan, self.name, self.parent = plan, name, parent
+        self.me = plan.procs[name]
+        self.spec = plan.conf()
+        # the largest frame a receiver accepts, and so the largest a sender makes
+        self.limit = self.spec.settings.max_message_bytes + FRAME_OVERHEAD
+        self.throttle = Throttle()
+        self.running = True
+        self.rss = 0  # resident memory in bytes, as of the last report
+        self.counters: dict[str, int] = {"malformed": 0, "dead_letters": 0, "unreachable": 0,
+                                         "dead_letters_unwritten": 0}
+        self.dropped: dict[str, dict[str, int]] = {}  # stage -> reason -> count (sent here)
+        self.sent_to: dict[str, int] = {}  # stage -> messages sent to it (re-sends included)
+        self.pool_of = {w: p for p, ws in plan.pool_procs.items() for w in ws}
+        # what an edge from this process starts from in the views: its pool, or its role
+        self.edge_from = self.pool_of.get(name) or ("source" if self.me.role == "source"
+                                                    else "acceptor")
+        # results go to the origin; a front door is its own (symped has several)
+        self.origin = name if self.me.role in FRONT_ROLES else plan.origin()
+        self._retry = {s: st.retry for s, st in self.spec.stages.items()}
+        self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts,
+                                          rerun=self._rerun)
+                            for p in self._downstream_pools()}
+        # stage -> the queue of the dispatcher for its pool (the hot path appends to it)
+        self._route = {s: self.dispatchers[p].queue for s, p in plan.stage_pool.items()
+                       if p in self.dispatchers}
+        stages_of: dict[str, list[str]] = {}
+        for stage, pool in plan.stage_pool.items():
+            stages_of.setdefault(pool, []).append(stage)
+        self._only_stage = {p: ss[0] for p, ss in stages_of.items() if len(ss) == 1}
+        # a service's routes are bounded queues whose enqueue fails fast: past a stage's
+        # bound, what a handler emits to it is answered 503 at once, so a full route never
+        # holds this worker's window (and with it every other route) -- see route_bound
+        self._bounds = {s: (self.dispatchers[p], route_bound(self.spec, stages_of[p],
+                                                             len(plan.pool_procs[p])))
+                        for s, p in plan.stage_pool.items()
+                        if p in self.dispatchers} if self.spec.is_service else {}
+        self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: ORIGIN_WINDOW)
+        self.results.grant(self.origin, ORIGIN_WINDOW)
+        self.tracker = Tracker()
+        self._acks: dict[str, tuple[list[int], list[int]]] = {}
+        self._fails: dict[str, list[list[Any]]] = {}
+        # inputs from the origin whose only outputs are results for it: their results go to
+        # it in one frame with their DONEs, and need no receipt (see flush, unpack_results)
+        self.replies: list[list[Any]] = []
+        self.after_results: list[int] = []
+        self._next_hello = self._next_stats = self._next_parent = 0.0
+        self.started_at = time.monotonic()
+        self.zmq = zmq.Context()
+        self.inbox = self._socket()
+        self.inbox.bind(self.me.endpoint)
+        self.outbox = self._socket()
+        self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        for peer in self.me.peers:
+            self.outbox.connect(plan.endpoint(peer))
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        sock = self.zmq.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        # a restarted peer (same routing id) takes over from its dead predecessor at once,
+        # even if the old connection is not yet torn down (restarts take ~0.1 s)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, 0)  # credit bounds data; acks are bounded by data
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL[0])
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL[1])
+        return sock
+
+    def _downstream_pools(self) -> list[str]:
+        return sorted({self.plan.stage_pool[t] for t in self.targets()})
+
+    def targets(self) -> set[str]:
+        """Stages outside this process that this process sends to."""
+        return set()
+
+    def _max_attempts(self, stage: str) -> int:
+        own = self.spec.stages[stage].max_attempts
+        return own if own is not None else self.spec.settings.max_attempts
+
+    def _rerun(self, stage: str, env: Envelope) -> bool:
+        """May `stage` run this message again (see the stage's `retry`, envelope.ONCE)?"""
+        retry = self._retry[stage]
+        return retry == "always" or (retry == "idempotent" and not env[REQUEST] & ONCE)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        setproctitle(self.me.title)
+        self.status({"op": "ready", "pid": os.getpid()})
+        try:
+            while self.running:
+                busy = self.has_work()
+                events = dict(self.poller.poll(0 if busy else 20))
+                if events:
+                    self._read_inbox()
+                    self._flush_acks()  # receipts go back before we spend time on work
+                self.step()
+                self.flush()
+                self._timers()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def close(self) -> None:
+        # the supervisor only stops us once nothing is in flight (or the drain gave up)
+        self.inbox.close(linger=0)
+        self.outbox.close(linger=200)  # time for the last report to reach the supervisor
+        self.zmq.term()
+
+    def _read_inbox(self, most: int = 256) -> None:
+        for _ in range(most):
+            try:
+                frames = self.inbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.take(frames)
+
+    def take(self, frames: list[bytes]) -> None:
+        """Act on one inbox message [sender, kind, body]. One that is malformed (wrong frame
+        count, a body that does not decode to its kind's shape, over the size limit) is
+        counted and dropped -- and accounted for, see `lost_frame`."""
+        try:
+            sender_b, kind, body = frames
+            sender = sender_b.decode()
+        except ValueError:  # UnicodeDecodeError is a ValueError
+            self.counters["malformed"] += 1
+            return
+        try:
+            self.on_frame(sender, kind, body)
+        except (ValueError, ProtocolError, KeyError, TypeError, IndexError) as exc:
+            self.lost_frame(sender, kind, exc)
+
+    def lost_frame(self, sender: str, kind: bytes, exc: Exception) -> None:
+        """A frame from `sender` was dropped. If the sender is a peer of ours, whatever the
+        frame carried (messages, receipts, results) may never be acknowledged: both sides
+        send again what the other has not confirmed -- we at once, the sender when our
+        BOUNCE reaches it -- so no message and no credit vanishes with a frame."""
+        self.counters["malformed"] += 1
+        known = sender in self.pool_of or sender == self.origin
+        self.throttle.say("dropped", f"dropped a {kind[:1]!r} frame from {sender[:40]!r}: "
+                                     f"{str(exc)[:200]}"
+                                     f"{'; both sides send again what it held' if known else ''}")
+        if known:
+            self.bounced(sender)
+            self.send(sender, BOUNCE, b"")
+
+    def bounced(self, peer: str) -> None:
+        """A frame between us and `peer` was lost: what `peer` holds of ours goes out again."""
+        if peer == self.origin and peer != self.name:
+            self.dead_letter(self.results.bounced(peer))
+        elif peer in self.pool_of and self.pool_of[peer] in self.dispatchers:
+            self.dead_letter(self.dispatchers[self.pool_of[peer]].bounced(peer))
+
+    def on_frame(self, sender: str, kind: bytes, body: bytes) -> None:
+        if kind == ACK:
+            received, done = unpack_ack(body, self.limit)
+            self.on_received(received)
+            self._dispatcher_of(sender).done(sender, done)
+        elif kind == CREDIT:
+            window, pid = unpack_credit(body, self.limit)
+            self.dead_letter(self._dispatcher_of(sender).grant(sender, window, pid))
+        elif kind == FAIL:
+            dispatcher = self._dispatcher_of(sender)
+            letters = []
+            for msg_id, error, tb in unpack_fail(body, self.limit):
+                letter = dispatcher.failed(sender, msg_id, error, tb)
+                if letter is not None:
+                    letters.append(letter)
+            self.dead_letter(letters)
+        elif kind == CONTROL and sender == SUPERVISOR:
+            self.on_control(unpack_control(body, self.limit))
+        elif kind == BOUNCE:
+            self.bounced(sender)
+        else:
+            self.on_other(sender, kind, body)
+
+    def _dispatcher_of(self, sender: str) -> Dispatcher:
+        if sender == self.origin:
+            return self.results
+        return self.dispatchers[self.pool_of[sender]]
+
+    def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
+        if kind == RESULT:  # only origins (source, acceptor) receive results
+            kept, sent, done = unpack_results(body, self.limit)
+            if kept:
+                ids = [item[0] for item in kept]
+                self.ack_received(sender, ids)  # received and done at once, sent with the
+                self._acks[sender][1].extend(ids)  # next flush
+                self.on_results(kept)
+            if sent:
+                self.on_results(sent)
+            if done:
+                self._dispatcher_of(sender).done(sender, done)
+        elif kind == LOST:
+            self.on_lost(unpack_lost(body, self.limit))
+        else:
+            self.counters["malformed"] += 1
+
+    def on_results(self, items: list[list[Any]]) -> None:
+        """Results [id, payload, request(, stage)] for an origin; others never get them."""
+        self.counters["malformed"] += len(items)
+
+    def on_lost(self, items: list[list[Any]]) -> None:
+        """[request, error] for work of this origin that was dead-lettered somewhere (an
+        acceptor answers its client; the dead-letter file already has the rest)."""
+
+    def on_control(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "peer_down":
+            name = msg["name"]
+            if name in self.pool_of and self.pool_of[name] in self.dispatchers:
+                dispatcher = self.dispatchers[self.pool_of[name]]
+                culprits: set[int] | None = None
+                if "timed_out" in msg:  # its watchdog ended it (see seda.runtime.watchdog)
+                    mine = msg.get("sender") == self.name
+                    culprits = set(msg["timed_out"]) if mine else set()
+                self.dead_letter(dispatcher.down(name, int(msg.get("pid", 0)), culprits,
+                                                 str(msg.get("why", ""))))
+            elif name == self.origin:
+                self.results.down(name)
+                self.results.grant(name, ORIGIN_WINDOW)
+        elif op == "probe":
+            self.status({"op": "probe", "wave": msg["wave"], "pending": self.pending(),
+                         "sent": self.sent_total(), **self.probe_extra()})
+        elif op == "stop":
+            self.stop()
+
+    def on_received(self, outputs: list[int]) -> None:
+        for group in self.tracker.received(outputs):
+            self.ack_done(group.sender, group.inputs)
+
+    # ------------------------------------------------------------------ hooks
+    def has_work(self) -> bool:
+        return False
+
+    def step(self) -> None:
+        """Do local work (run handlers, read the source); subclasses override."""
+
+    def probe_extra(self) -> dict[str, Any]:
+        return {}
+
+    def held_back(self, dispatcher: Dispatcher) -> int:
+        """Messages for the dispatcher's pool that this process holds outside its queue."""
+        return 0
+
+    def extra_waiting(self) -> dict[str, int]:
+        """stage -> messages this process holds for it outside its dispatchers (the
+        acceptor's request classes)."""
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------------ sending
+    def ack_received(self, sender: str, ids: Iterable[int]) -> None:
+        self._acks.setdefault(sender, ([], []))[0].extend(ids)
+
+    def ack_done(self, sender: str, ids: Iterable[int]) -> None:
+        self._acks.setdefault(sender, ([], []))[1].extend(ids)
+
+    def fail(self, sender: str, msg_id: int, error: str, tb: str) -> None:
+        # (an exception's text is the handler's to choose: a frame must still hold it)
+        self._fails.setdefault(sender, []).append([msg_id, error[:ERROR_MAX], tb[-TB_MAX:]])
+
+    def submit_outputs(self, emits: list[tuple[str, Envelope]],
+                       results: list[Envelope]) -> list[int]:
+        """Queue a group's outputs for sending; returns their ids (for the tracker)."""
+        route = self._route
+        if self._bounds:
+            emits = self._admit(emits)
+        for item in emits:
+            route[item[0]].append(item)
+        ids = [env[ID] for _, env in emits]
+        if results:
+            self.results.queue.extend([(RESULTS, env) for env in results])
+            ids.extend([env[ID] for env in results])
+        return ids
+
+    def _admit(self, emits: list[tuple[str, Envelope]]) -> list[tuple[str, Envelope]]:
+        """A service's emits that their route's queue has room for; the others' requests
+        are answered 503 now (LOST rows to their origin), not queued."""
+        bounds, kept, refused = self._bounds, [], []
+        for item in emits:
+            dispatcher, bound = bounds[item[0]]
+            if dispatcher.backlog() >= bound:
+                refused.append(item)
+            else:
+                kept.append(item)
+        if refused:
+            rows: dict[str, list[list[Any]]] = {}
+            for stage, env in refused:
+                self.count_dropped(stage, "rejected")
+                rows.setdefault(env[ORIGIN], []).append(
+                    [env[REQUEST], f"stage '{stage}' is full", 503])
+            for origin, items in rows.items():
+                if origin == self.name:
+                    self.on_lost(items)
+                else:  # best effort: if this frame is lost, the request's deadline holds
+                    self._send_rows(origin, LOST, items)
+        return kept
+
+    def send(self, peer: str, kind: bytes, body: bytes) -> bool:
+        try:
+            self.outbox.send_multipart([peer.encode(), kind, body], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                self.counters["unreachable"] += 1
+                return False
+            raise
+
+    def report(self) -> None:
+        links = {lk.name: [lk.up, lk.window, len(lk.pending), lk.isolated, lk.pid]
+                 for d in self.dispatchers.values() for lk in d.links.values()}
+        suspects = sum(len(d.suspects) for d in self.dispatchers.values())
+        waiting: dict[str, int] = {}
+        blocked: list[str] = []  # stages this process holds work for with no credit left
+        for dispatcher in self.dispatchers.values():
+            held = dispatcher.waiting()
+            waiting.update(held)
+            if held and dispatcher.available() == 0:
+                blocked.extend(held)
+        for stage, count in self.extra_waiting().items():
+            waiting[stage] = waiting.get(stage, 0) + count
+        figures = self.stats()
+        self.rss = rss()
+        stages = figures.setdefault("stages", {})
+        for stage, reasons in self.dropped.items():  # counted against the stage they were for
+            stages[stage] = {**stages.get(stage, {}), **reasons}
+        for stage, count in self.sent_to.items():  # merged per edge by the supervisor
+            stages.setdefault(stage, {})["sent_in"] = {self.edge_from: count}
+        self.status({"op": "stats", "pending": self.pending(), **self.counters, **figures,
+                     "rss": self.rss, "links": links, "suspects": suspects, "waiting": waiting,
+                     "blocked": blocked})
+
+    def status(self, msg: dict[str, Any]) -> None:
+        msg.setdefault("name", self.name)
+        self.send(SUPERVISOR, STATUS, pack(msg))
+
+    def _flush_acks(self) -> None:
+        """Send the receipts; one that cannot go now (the peer is not connected) is kept for
+        the next flush -- a lost receipt would leave its message pending at the sender."""
+        self._acks = {sender: acks for sender, acks in self._acks.items()
+                      if (acks[0] or acks[1]) and not self._send_acks(sender, acks)}
+
+    def _send_acks(self, sender: str, acks: tuple[list[int], list[int]]) -> bool:
+        body = pack(list(acks))
+        if len(body) <= self.limit:
+            return self.send(sender, ACK, body)
+        # (a receipt sent twice, after a partial failure, is ignored the second time)
+        received = bounded(acks[0], lambda ids: pack([ids, []]), self.limit)
+        done = bounded(acks[1], lambda ids: pack([[], ids]), self.limit)
+        return all(self.send(sender, ACK, part) for _, part in received + done)
+
+    def _send_rows(self, peer: str, kind: bytes, rows: list[Any]) -> bool:
+        """FAIL and LOST rows (each of bounded size: see fail, dead_letter), in frames no
+        larger than a receiver takes."""
+        return all(self.send(peer, kind, body)
+                   for _, body in bounded(rows, pack, self.limit))
+
+    def flush(self) -> None:
+        for dispatcher in self.dispatchers.values():
+            for worker, batch in dispatcher.dispatch().items():
+                self._send_data(dispatcher, worker, batch)
+        batches = self.results.dispatch()
+        if (self.replies or self.after_results) and self.origin not in batches:
+            batches[self.origin] = []
+        for origin, batch in batches.items():
+            # kept rows [id, payload, request] (+ [stage] for a sink's finish value), then
+            # the rows not kept and the DONEs that go with them (see unpack_results)
+            kept = [[env[ID], env[PAYLOAD], env[REQUEST], *env[FINAL:]] for _, env, _ in batch]
+            body = pack([kept, self.replies, self.after_results])
+            if len(body) > self.limit:
+                self._send_results(origin, batch, kept)
+            elif self.send(origin, RESULT, body):
+                self.replies, self.after_results = [], []
+            else:  # retried by _timers, not in a spin
+                self.results.unreachable(origin, batch)
+        self._flush_acks()
+        # like receipts, a failure report that cannot go now is kept for the next flush:
+        # lost, it would leave its message pending at the sender for good
+        self._fails = {sender: fails for sender, fails in self._fails.items()
+                       if not self._send_rows(sender, FAIL, fails)}
+
+    def _send_results(self, origin: str, batch: list[Pending], kept: list[list[Any]]) -> None:
+        """Results too many for one frame: kept rows, then the other rows, in frames of at
+        most `limit` bytes, and the DONEs of the inputs they answer last (frames on one
+        connection arrive in order). A row too large for any frame (a sink's finish value:
+        handlers' outputs are checked in the stage core) is dead-lettered. What cannot be sent
+        now is kept for the next flush."""
+        replies, done = self.replies, self.after_results
+        self.replies, self.after_results = [], []
+        frames: list[tuple[list[Pending], list[list[Any]], bytes]] = []
+        rows = list(zip(kept, batch, strict=True))
+        for part, body in bounded(rows, lambda r: pack([[k for k, _ in r], [], []]),
+                                  self.limit):
+            if body:
+                frames.append(([p for _, p in part], [], body))
+            else:
+                [(row, (_, env, _))] = part
+                self.results.forget(origin, env[ID])
+                self.dead_letter([self._too_large(self._stage_of(env), env, len(pack(row)))])
+        for reply_rows, body in bounded(replies, lambda r: pack([[], r, []]), self.limit):
+            if body:
+                frames.append(([], reply_rows, body))
+            else:
+                [row] = reply_rows
+                env = [row[0], origin, 1, 0.0, row[1], row[2], 0]
+                self.dead_letter([self._too_large(self._stage_of(env), env, len(pack(row)))])
+        frames += [([], [], body) for _, body in bounded(done, lambda d: pack([[], [], d]),
+                                                          self.limit)]
+        for i, (_, _, body) in enumerate(frames):
+            if not self.send(origin, RESULT, body):
+                self.results.unreachable(origin, [p for f in frames[i:] for p in f[0]])
+                self.replies = [r for f in frames[i:] for r in f[1]]
+                self.after_results = done
+                return
+
+    def _too_large(self, stage: str, env: Envelope, size: int) -> DeadLetter:
+        """A message no frame can carry: it fails alone, with a clear error (its payload is
+        not kept in the dead-letter file)."""
+        env[PAYLOAD] = {"omitted": f"{size} bytes"}
+        limit = self.spec.settings.max_message_bytes
+        return DeadLetter(stage, env, f"a message of {size} bytes is over "
+                                      f"settings.max_message_bytes ({limit})",
+                          status=self.too_large_status)
+
+    too_large_status = 500  # the answer a service's client gets; the acceptor says 413
+
+    def _stage_of(self, result: Envelope) -> str:
+        """The stage a result came from, for the books: a sink's finish value names it;
+        otherwise this process's first stage."""
+        if len(result) > FINAL:
+            return str(result[FINAL])
+        return self.me.stages[0] if self.me.stages else RESULTS
+
+    def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
+        """One DATA frame per stage and per FRAME_MAX messages, and at most `limit` bytes:
+        several frames in flight let the receiver start on the first while the rest
+        travel."""
+        only = self._only_stage.get(dispatcher.pool)
+        if only is not None:  # a pool of one stage (no need to sort by stage)
+            by_stage = {only: [env for _, env, _ in batch]}
+        else:
+            by_stage = {}
+            for stage, env, _ in batch:
+                by_stage.setdefault(stage, []).append(env)
+        held = dispatcher.backlog() + self.held_back(dispatcher)  # for the batching controller
+        limit = self.limit
+        for stage, envs in by_stage.items():
+            for start in range(0, len(envs), FRAME_MAX):
+                frame = envs[start:start + FRAME_MAX]
+                body = pack([stage, frame, held])
+                parts = [(frame, body)] if len(body) <= limit else bounded(
+                    frame, _data_frame(stage, held), limit)
+                for part, part_body in parts:
+                    if not part_body:  # one message over the limit: it fails alone
+                        dispatcher.forget(worker, part[0][ID])
+                        self.dead_letter([self._too_large(stage, part[0],
+                                                          len(pack(part[0])))])
+                        continue
+                    if not self.send(worker, DATA, part_body):
+                        dispatcher.unreachable(worker, batch)
+                        return
+                    self.sent_to[stage] = self.sent_to.get(stage, 0) + len(part)
+
+    def dead_letter(self, letters: list[DeadLetter]) -> None:
+        if letters:
+            self.counters["dead_letters"] += len(letters)
+            lost: dict[str, list[list[Any]]] = {}
+            for letter in letters:
+                self.count_dropped(letter.stage, "dead_letters")
+                lost.setdefault(letter.env[ORIGIN], []).append(
+                    [letter.env[REQUEST], letter.error[:ERROR_MAX], letter.status])
+            if self.spec.acceptor is not None:  # a service: its client is answered now
+                for origin, items in lost.items():
+                    if origin == self.name:
+                        self.on_lost(items)
+                    else:  # best effort: if this frame is lost, the request's deadline holds
+                        self._send_rows(origin, LOST, items)
+            why = deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
+            for letter in letters:
+                self._say_dead(letter)
+            if why:
+                self.counters["dead_letters_unwritten"] += len(letters)
+                self.throttle.say("dead letters", f"{why}: {len(letters)} dead letters lost")
+
+    def _say_dead(self, letter: DeadLetter) -> None:
+        """One line on stderr, with the traceback, per stage and error type every 10 s (the
+        rest are counted on the next line of their kind): a handler that fails is seen where
+        the run was started, not only in the dead-letter file."""
+        parts = letter.error.split(": ", 2)  # "stage: ErrorType: text" from a handler
+        kind = f"{letter.stage}: {parts[1] if len(parts) == 3 else letter.status}"
+        where = os.path.abspath(self.plan.dead_letter)
+        trace = "\n" + letter.traceback.rstrip() if letter.traceback else ""
+        runs = letter.env[ATTEMPT] - 1
+        self.throttle.say(kind, f"gave up on a message of stage '{letter.stage}' after "
+                                f"{runs} attempt{'' if runs == 1 else 's'}: {letter.error} "
+                                f"(dead letter in {where}){trace}", logging.ERROR)
+
+    def count_dropped(self, stage: str, reason: str, n: int = 1) -> None:
+        reasons = self.dropped.setdefault(stage, {})
+        reasons[reason] = reasons.get(reason, 0) + n
+
+    def pending(self) -> int:
+        """Messages this process is still responsible for (zero everywhere = finished)."""
+        queued = sum(d.backlog() + d.in_flight() for d in self.dispatchers.values())
+        return (queued + self.results.backlog() + self.results.in_flight() + len(self.tracker)
+                + len(self.after_results))
+
+    def sent_total(self) -> int:
+        return sum(d.sent for d in self.dispatchers.values()) + self.results.sent
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_hello:
+            self._next_hello = now + (HELLO_EVERY_AT_START if now - self.started_at < START_PHASE
+                                      else HELLO_EVERY)
+            for dispatcher in self.dispatchers.values():
+                for link in dispatcher.links.values():
+                    if not link.up:
+                        self.send(link.name, HELLO, b"")
+            if not self.results.links[self.origin].up:
+                self.results.grant(self.origin, ORIGIN_WINDOW)
+        if now >= self._next_stats:
+            self._next_stats = now + STATS_EVERY
+            self.report()
+        if now >= self._next_parent:
+            self._next_parent = now + PARENT_CHECK_EVERY
+            if os.getppid() != self.parent:
+                os._exit(1)  # the supervisor is gone: never outlive it

@@ -1,0 +1,241 @@
+"""A worker process: one member of a stage pool. Receives batches, runs the stage core, sends
+outputs on with credit, and acknowledges its inputs only once their outputs are received.
+
+Must not touch client sockets or decide its own lifetime: the supervisor starts, stops and
+restarts it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from seda.engine.controllers import BatchController
+from seda.engine.envelope import (
+    CREDIT,
+    DATA,
+    HELLO,
+    ID,
+    PAYLOAD,
+    REQUEST,
+    Envelope,
+    child_id,
+    pack,
+    unpack_data,
+)
+from seda.engine.stage import StageCore
+from seda.log import LOG
+from seda.plan.deployment import Plan
+from seda.runtime.node import RESULTS, Node
+from seda.runtime.watchdog import EXIT_RECYCLE, Watchdog
+
+STEP_SLICE = 0.002  # s of handler work per loop turn
+BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
+RETIRE_QUIET = 0.2  # s with nothing held and nothing arriving before a retiring worker exits
+
+
+class Worker(Node):
+    def __init__(self, plan: Plan, name: str, parent: int,
+                 resolve: Callable[[str], Any]) -> None:
+        super().__init__(plan, name, parent)
+        self.core = StageCore(self.spec, self.me.stages, self.me.index, resolve)
+        self.window = max(self.spec.stages[s].prefetch for s in self.me.stages)
+        rules = [r for s in self.me.stages if (r := self.spec.stages[s].batching) is not None
+                 and r.enabled]
+        self.batching = BatchController(
+            min(r.min for r in rules), max(r.max for r in rules), min(r.period for r in rules),
+            budget=max(r.budget for r in rules),
+            window=float(min(max(self.window, min(r.min for r in rules)),
+                             max(r.max for r in rules)))) if rules else None
+        self.bytes_in = self.messages_in = 0  # DATA received: the messages' mean size
+        if self.batching is not None:
+            self.window = round(self.batching.window)
+        # what the senders were last granted: the window, and in a service as much again as
+        # this worker's outputs that wait for another stage's credit (see _grant)
+        self.granted = self.window
+        self.work: deque[tuple[str, str, list[Envelope]]] = deque()
+        self.frames_held_back = 0  # frames that came while their sender held more for us
+        self.finishing = self.finished = False
+        self.senders: set[str] = set()  # who asked for credit (HELLO)
+        self.retiring = False
+        self.quiet_since: float | None = None
+        memory = [m for s in self.me.stages if (m := self.spec.stages[s].max_memory_mb)]
+        self.max_rss = min(memory) << 20 if memory else 0  # bytes; 0: no limit
+        self.recycling = False  # over max_rss: retiring, to be replaced (see recycle)
+        self.core.setup()
+        self.current: tuple[str, str, list[Envelope]] = ("", "", [])  # the frame being run
+        limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
+        if limits:
+            Watchdog(self.core, limits, plan.run_dir, name, self._culprits).start()
+
+    def _culprits(self) -> tuple[str, list[int]]:
+        """For the watchdog: who sent the call that runs now, and its messages (a batch
+        handler's call holds the whole frame)."""
+        sender, stage, envs = self.current
+        runner = self.core.runners[stage]
+        if runner.batch is not None:
+            return sender, [env[ID] for env in envs]
+        return sender, [runner.ctx._env[ID]]
+
+    def targets(self) -> set[str]:
+        mine = set(self.me.stages)
+        return {t for s in self.me.stages for t in self.spec.stages[s].to} - mine
+
+    def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
+        if kind == DATA:
+            stage, envs, held = unpack_data(body, self.limit)
+            if stage not in self.core.runners:
+                self.counters["malformed"] += 1
+                return
+            if held:
+                self.frames_held_back += 1
+            self.bytes_in += len(body)
+            self.messages_in += len(envs)
+            if sender != self.origin:  # an origin tracks nothing: it needs no receipts
+                self.ack_received(sender, [env[ID] for env in envs])
+            self.work.append((sender, stage, envs))
+        elif kind == HELLO:
+            self.senders.add(sender)
+            window = 0 if self.retiring else self.granted
+            self.send(sender, CREDIT, pack([window, os.getpid()]))
+        else:
+            super().on_other(sender, kind, body)
+
+    def backlog(self) -> int:
+        return sum(d.backlog() for d in self.dispatchers.values())
+
+    def has_work(self) -> bool:
+        return bool(self.work) and self.backlog() < BACKLOG_LIMIT
+
+    def step(self) -> None:
+        # a short slice, then the loop sends what it produced and reads what came in
+        until = time.perf_counter() + STEP_SLICE
+        while self.has_work() and time.perf_counter() < until:
+            sender, stage, envs = self.work.popleft()
+            self._run(sender, stage, envs)
+            if self.work:  # send what this frame made while the next one runs
+                self.flush()
+        if self.finishing and not self.finished and self.pending() == 0:
+            self.finished = True
+            self.report()  # final figures, so the run's summary is exact
+        if self.retiring:
+            self._retire_when_done()
+            return
+        backlog = self.backlog()  # outputs waiting for another stage's credit
+        if self.batching is not None:
+            stats = self.core.stats.values()
+            window = self.batching.observe(
+                time.monotonic(), sum(st.completed for st in stats),
+                sum(st.busy for st in stats), self.frames_held_back,
+                self.bytes_in / self.messages_in if self.messages_in else 0.0, backlog)
+            if window is not None:
+                LOG.debug(f"batching: window {self.window} -> {window} (cap "
+                          f"{self.batching.cap:.0f})")
+                self.window = window
+        self._grant(backlog)
+
+    def _grant(self, backlog: int) -> None:
+        """Grant every sender the window (absolute, not a delta) when it changed. In a
+        service, outputs that wait for another stage's credit do not count against it: an
+        input whose outputs wait is held here until they are received (so that it is sent
+        again if this worker dies), and in a full window of such inputs nothing else could
+        reach this worker -- a slow route (checkouts) held up every other (page views). The
+        route's bound (node.route_bound) caps what may wait."""
+        granted = self.window + (backlog if self.spec.is_service else 0)
+        if granted != self.granted and (granted < self.granted or
+                                        granted - self.granted >= max(1, self.window // 4)):
+            self.granted = granted
+            for sender in self.senders:
+                self.send(sender, CREDIT, pack([granted, os.getpid()]))
+
+    def _retire_when_done(self) -> None:
+        """Exit once nothing is held and nothing came for a moment (a frame sent before our
+        zero credit reached its sender may still be on its way; one that comes after we are
+        gone is sent again by its sender when the supervisor reports us down)."""
+        if self.work or self.pending():
+            self.quiet_since = None
+            return
+        now = time.monotonic()
+        if self.quiet_since is None:
+            self.quiet_since = now
+        elif now - self.quiet_since >= RETIRE_QUIET:
+            self.report()  # final figures: the supervisor keeps them in its totals
+            self.stop()
+
+    def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
+        self.current = (sender, stage, envs)
+        group = self.core.process(stage, envs)
+        for env, error, tb in group.failed:
+            self.fail(sender, env[ID], error, tb)
+        if group.dropped:  # (an empty entry would send an empty ACK frame)
+            self.ack_done(sender, [env[ID] for env in group.dropped])
+        if group.inputs:
+            if sender == self.origin and not group.emits:
+                # every output is a result for the sender itself: they go to it in one frame
+                # with the inputs' DONEs, so they need no receipt (see Node.flush)
+                self.replies.extend([env[ID], env[PAYLOAD], env[REQUEST]]
+                                    for env in group.results)
+                self.after_results.extend([env[ID] for env in group.inputs])
+                return
+            outputs = self.submit_outputs(group.emits, group.results)
+            done = self.tracker.add(sender, [env[ID] for env in group.inputs], outputs)
+            if done:
+                self.ack_done(sender, done)
+
+    def report(self) -> None:
+        super().report()
+        if self.max_rss and self.rss > self.max_rss and not self.retiring:
+            self.recycle()
+
+    def recycle(self) -> None:
+        """Over the pool's max_memory_mb: take no new work, finish (or hand back, as
+        retiring does) what is held, then exit with EXIT_RECYCLE -- the supervisor starts a
+        fresh process in this one's place at once, not counted as a crash."""
+        LOG.info(f"resident memory {self.rss >> 20} MiB is over max_memory_mb "
+                 f"({self.max_rss >> 20}): it finishes what it holds, then a fresh process "
+                 f"takes its place")
+        self.recycling = True
+        self.retire()
+
+    def retire(self) -> None:
+        """No new work (credit 0 to every sender), finish what is held, exit."""
+        self.retiring = True
+        for sender in self.senders:
+            self.send(sender, CREDIT, pack([0, os.getpid()]))
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_RECYCLE if self.recycling else 0
+
+    def on_control(self, msg: dict[str, Any]) -> None:
+        if msg.get("op") == "retire":  # the pool shrinks: no new work, finish, exit
+            self.retire()
+        elif msg.get("op") == "finish":
+            seed = zlib.crc32(self.name.encode())
+            for i, (stage, value) in enumerate(self.core.finish()):
+                final = [child_id(seed, i), self.origin, 1, 0.0, value, 0, 0, stage]
+                self.results.submit(RESULTS, final)
+            self.finishing = True
+        else:
+            super().on_control(msg)
+
+    def stats(self) -> dict[str, Any]:
+        stages = {s: st.figures()
+                  for s, st in self.core.stats.items()}
+        inbox: dict[str, dict[str, int]] = {}  # stage -> sender -> received, not yet run
+        for sender, stage, envs in self.work:
+            senders = inbox.setdefault(stage, {})
+            senders[sender] = senders.get(sender, 0) + len(envs)
+        return {"stages": stages, "queued": sum(len(w[2]) for w in self.work),
+                "finished": self.finished, "inbox": inbox, "window": self.window,
+                "keeps": self.core.keeps}
+
+    def close(self) -> None:
+        try:
+            self.core.teardown()
+        finally:
+            super().close()
