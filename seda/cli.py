@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from seda.log import LOG, configure
     from seda.names import parse_listen
     from seda.observe.statusserver import status_access
-    from seda.spec.builder import check_file, check_place, home
+    from seda.spec.builder import check_file, check_place, home, import_dirs
     from seda.supervise.supervisor import RunOptions, Supervisor
 
     if args.dead_letter:
@@ -185,8 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress and sys.stderr.isatty(),
                          base_dir=str(base),
                          dead_letter=_dead_letter_place(args, base),
-                         search_path=[*args.app_dir, str(Path(args.file).resolve().parent),
-                                      str(Path.cwd())],
+                         search_path=import_dirs(args.file, spec, args.app_dir),
                          log_level=args.log_level, log_format=args.log_format,
                          log_time=args.log_time, access_log=args.access_log)
     outcome = Supervisor(spec, options).run()

@@ -28,10 +28,10 @@ GUARDS = TESTS / "guards"  # sitecustomize.py: the no-pickle guard
 
 
 def run_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """The environment of a `seda run` in a test: the test handlers (stagekit) importable, and
-    the no-pickle guard loaded by every process, logging to tmp/pickle.log (see
-    pickle_uses)."""
-    path = [str(GUARDS), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    """The environment of a `seda run` in a test: the test handlers (stagekit) and the example
+    stages (the repository's `stages` package, which is not installed) importable, and the
+    no-pickle guard loaded by every process, logging to tmp/pickle.log (see pickle_uses)."""
+    path = [str(GUARDS), str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path),
             "SEDA_PICKLE_LOG": str(tmp / "pickle.log"), **extra}
 

@@ -13,7 +13,8 @@ from stages import shop
 
 
 def shop_in_python() -> Graph:
-    return (Graph("shop", description="parse -> catalog (fast) | checkout (slow, 50 ms)")
+    return (Graph("shop", description="parse -> catalog (fast) | checkout (slow, 50 ms)",
+                  path=[".."])
             .acceptor(listen="127.0.0.1:8080", protocol="http", entry="parse",
                       classes=[{"name": "checkout", "priority": 0,
                                 "match": {"path": "/checkout"}},

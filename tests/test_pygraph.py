@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.runkit import run_env, wait_for
 
 APP = '''\
-from seda.spec.builder import Graph
+from seda import Graph
 
 
 def hello(request, ctx):
@@ -132,3 +132,44 @@ def test_app_dir_is_where_handlers_are_imported_from(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "is not a directory" in bad.stderr
     assert served(tmp_path, [str(graphs / "g.yaml"), "--app-dir", str(code)], cwd=here,
                   path="/y") == (200, b"from app-dir /y")
+
+
+def test_a_graph_names_the_folders_its_handlers_import_from(tmp_path: Path) -> None:
+    """`path:` in the graph file (relative to it) does what --app-dir does, without a flag;
+    a folder that is not there is an error with the line, before anything starts."""
+    code, graphs, here = tmp_path / "code", tmp_path / "graphs", tmp_path / "here"
+    for folder in (code / "pathfield_pkg", graphs, here):
+        folder.mkdir(parents=True)
+    (code / "pathfield_pkg" / "__init__.py").write_text("")
+    (code / "pathfield_pkg" / "web.py").write_text(
+        "def handle(request, ctx):\n    return 'from path ' + request['path']\n")
+    body = ("acceptor: {listen: '127.0.0.1:0', protocol: http, entry: web}\n"
+            "stages:\n  web: {handler: 'pathfield_pkg.web:handle'}\n")
+    (graphs / "g.yaml").write_text("name: pathfield\npath: [../code]\n" + body)
+    assert seda("validate", str(graphs / "g.yaml"), cwd=here).returncode == 0
+    (graphs / "bad.yaml").write_text("name: pathfield\npath: [../nowhere]\n" + body)
+    bad = seda("validate", str(graphs / "bad.yaml"), cwd=here)
+    assert bad.returncode == 2
+    assert f"{graphs / 'bad.yaml'}:2: path[0]: no folder ../nowhere" in bad.stderr
+    assert served(tmp_path, [str(graphs / "g.yaml")], cwd=here,
+                  path="/z") == (200, b"from path /z")
+
+
+def test_the_example_stages_are_not_installed_and_the_example_graphs_find_them(
+        tmp_path: Path) -> None:
+    """The repository's `stages` package is not part of the installed seda: the example
+    graphs import it through their `path: [".."]`, from any working directory."""
+    root = Path(__file__).resolve().parent.parent
+    bare = {k: v for k, v in run_env(tmp_path).items() if k != "PYTHONPATH"}
+    probe = subprocess.run([sys.executable, "-c", "import stages"], cwd=tmp_path, env=bare,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 1 and "No module named 'stages'" in probe.stderr
+    for graph in sorted((root / "graphs").glob("*.yaml")):
+        done = subprocess.run([sys.executable, "-m", "seda.cli", "validate", str(graph)],
+                              cwd=tmp_path, env=bare, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, (graph.name, done.stderr)
+    run = subprocess.run([sys.executable, "-m", "seda.cli", "run",
+                          str(root / "graphs" / "pipeline.yaml"), "--no-progress"],
+                         cwd=tmp_path, env=bare, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and '"lines": 2000' in run.stdout, run.stderr

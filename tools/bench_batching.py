@@ -25,11 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seda.bench import BenchOptions, Server, drive, settle  # noqa: E402
+from seda.bench import BenchOptions, Server, drive, graph_data, settle  # noqa: E402
 
 
 def variants(graph: Path, folder: Path) -> dict[str, Path]:
-    spec = yaml.safe_load(graph.read_text())
+    spec = graph_data(graph)
     out = {"as is": graph}
     for name, change in (("prefetch 64", {"prefetch": 64}),
                          ("batching", {"batching": {"min": 1, "max": 64}})):

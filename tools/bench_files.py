@@ -18,7 +18,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml
 from bench_http import ROOT, free_port, seda, stop, wrk
+
+from seda.bench import graph_data
 
 SIZES = (4 << 10, 64 << 10, 1 << 20)
 
@@ -33,9 +36,10 @@ def main() -> None:
         graphs = {}
         for handler in ("serve", "inline"):
             graph = site / f"{handler}.yaml"
-            graph.write_text((ROOT / "graphs" / "static.yaml").read_text()
-                             .replace("root: .", f"root: {site}")
-                             .replace("stages.static:serve", f"stages.static:{handler}"))
+            spec = graph_data(ROOT / "graphs" / "static.yaml")
+            spec["stages"]["files"].update(handler=f"stages.static:{handler}")
+            spec["stages"]["files"]["options"]["root"] = str(site)
+            graph.write_text(yaml.safe_dump(spec, sort_keys=False))
             graphs[handler] = graph
         rows = []
         for size in SIZES:

@@ -31,11 +31,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seda.bench import BenchOptions, Server, drive, settle  # noqa: E402
+from seda.bench import BenchOptions, Server, drive, graph_data, settle  # noqa: E402
 
 
 def with_admission(graph: Path, target: float, folder: Path) -> Path:
-    spec = yaml.safe_load(graph.read_text())
+    spec = graph_data(graph)
     spec["acceptor"]["admission"] = {"target": target}
     out = folder / f"{graph.stem}-admission.yaml"
     out.write_text(yaml.safe_dump(spec, sort_keys=False))

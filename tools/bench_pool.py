@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seda.bench import BenchOptions, Server  # noqa: E402
+from seda.bench import BenchOptions, Server, graph_data  # noqa: E402
 
 
 def status(url: str) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def main() -> int:
     phases = [float(x) for x in args.phases.split(",")]
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    spec = yaml.safe_load((ROOT / "graphs" / "work.yaml").read_text())
+    spec = graph_data(ROOT / "graphs" / "work.yaml")
     spec["stages"]["work"].update(workers=1, scale={"min": 1, "max": 6, "after": 1.0,
                                                     "idle": 5.0})
     samples: list[dict[str, Any]] = []

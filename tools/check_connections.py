@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
+
+from seda.bench import graph_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +34,9 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * n + 1024), hard))
     with tempfile.TemporaryDirectory() as tmp:
         graph = Path(tmp) / "hello.yaml"
-        graph.write_text((ROOT / "graphs" / "hello.yaml").read_text().replace(
-            "  entry: hello", f"  entry: hello\n  limits: {{max_connections: {n + 10}}}"))
+        spec = graph_data(ROOT / "graphs" / "hello.yaml")
+        spec["acceptor"]["limits"] = {"max_connections": n + 10}
+        graph.write_text(yaml.safe_dump(spec, sort_keys=False))
         err_path = Path(tmp) / "stderr"
         with open(err_path, "w") as err:
             proc = subprocess.Popen([sys.executable, "-m", "seda.cli", "run", str(graph),

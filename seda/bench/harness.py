@@ -432,3 +432,14 @@ def plot(options: BenchOptions, rows: list[dict[str, Any]]) -> dict[str, list[st
             made[path].append(f"{stem}.{ext}")
         plt.close(fig)
     return made
+
+
+def graph_data(file: str | Path) -> dict[str, Any]:
+    """A YAML graph file as data to edit and write elsewhere (a benchmark's variant): its
+    `path` folders made absolute, so the copy imports the same handlers wherever it is."""
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load(Path(file).read_text())
+    home = Path(file).resolve().parent
+    data["path"] = [str((home / folder).resolve()) for folder in data.get("path", [])]
+    return data

@@ -52,7 +52,8 @@ def _user_line() -> int:
 class Graph:
     """Builder for a GraphSpec. Each method returns the builder, so calls chain."""
 
-    def __init__(self, name: str, *, description: str = "", model: str = "seda") -> None:
+    def __init__(self, name: str, *, description: str = "", model: str = "seda",
+                 path: Sequence[str] = ()) -> None:
         frame = sys._getframe(1)
         self._lines = LineMap(frame.f_code.co_filename)
         self._lines.lines[()] = frame.f_lineno
@@ -61,6 +62,8 @@ class Graph:
             self._data["description"] = description
         if model != "seda":
             self._data["model"] = model
+        if path:
+            self._data["path"] = list(path)
 
     def _mark(self, path: FieldPath, fields: dict[str, Any]) -> None:
         line = _user_line()
@@ -191,6 +194,14 @@ def check_place(path: str) -> str | None:
     return None
 
 
+def import_dirs(path: str | Path, spec: GraphSpec, app_dirs: Sequence[str] = ()) -> list[str]:
+    """Where a graph's handlers are imported from, first to last: --app-dir, the graph's
+    own `path` (relative to its home), its home, the working directory."""
+    root = home(path, app_dirs)
+    return [*app_dirs, *(str((root / folder).resolve()) for folder in spec.path), str(root),
+            str(Path.cwd())]
+
+
 def check_file(path: str | Path, *, imports: bool = True, app_dirs: Sequence[str] = (),
                dead_letter: str | None = None) -> Checked:
     """Load, validate fields and topology, and (optionally) import handlers and check that
@@ -199,8 +210,13 @@ def check_file(path: str | Path, *, imports: bool = True, app_dirs: Sequence[str
     spec, lines = load_python(path, app_dirs) if is_python(path) else load_file(path)
     problems = topology.check(spec, lines)
     if imports and not any(p.severity == "error" for p in problems):
-        search = [*app_dirs, str(home(path, app_dirs)), str(Path.cwd())]
-        problems += check_imports(spec, lines, search)
+        root = home(path, app_dirs)
+        for i, folder in enumerate(spec.path):
+            if not (root / folder).is_dir():
+                problems.append(lines.problem(
+                    ("path", i), f"no folder {folder} ({root / folder}): paths are relative "
+                    "to the graph file"))
+        problems += check_imports(spec, lines, import_dirs(path, spec, app_dirs))
         place = dead_letter or str(home(path, app_dirs) / spec.settings.dead_letter)
         why = check_place(place)
         if why is not None:  # (found before any process starts, not inside one)

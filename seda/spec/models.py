@@ -315,6 +315,10 @@ class GraphSpec(_Spec):
     """The stages, by name."""
     settings: Settings = Settings()
     """Graph-wide settings: dead letters, attempts, cycles, the drain, message size, restarts."""
+    path: list[str] = Field(default=[], max_length=64)
+    """Folders handlers are imported from, relative to this file (e.g. ['..'] for a graphs/
+    folder beside the stages' package); searched after seda run --app-dir and before the
+    graph's own folder and the working directory."""
 
     def entries(self) -> list[str]:
         """The stages that receive work from outside (acceptor entry or source routes)."""
