@@ -91,8 +91,9 @@ def _workers(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
-def describe_plan(plan: Plan) -> str:
-    """A deployment plan as text: one row per process (what `seda plan` prints)."""
+def describe_plan(plan: Plan, kinds: dict[str, str] | None = None) -> str:
+    """A deployment plan as text: one row per process (what `seda plan` prints); `kinds`
+    (stage -> async, sync, or why not imported) says what runs inline blocks."""
     from seda.plan.deployment import SUPERVISOR, not_applied
 
     spec = plan.graph_spec()
@@ -115,10 +116,30 @@ def describe_plan(plan: Plan) -> str:
                      f"alive"}.get(plan.model, "one socket, bound by the supervisor")
         lines.append(f"listens on {spec.acceptor.protocol} {spec.acceptor.listen}: {how}")
         lines += [f"warning: {what}" for what in not_applied(spec, plan.model)]
+        lines += _inline_notes(plan.model, kinds or {})
     lines.append("endpoints: ipc://RUN_DIR/PROCESS (RUN_DIR is made at start, mode 0700)")
     lines.append(f"dead letters: {plan.dead_letter} (seda run --output puts them beside "
                  f"its file; --dead-letter FILE anywhere)")
     return "\n".join(lines) + "\n"
+
+
+def _inline_notes(model: str, kinds: dict[str, str]) -> list[str]:
+    """Under sped and symped the handlers run on the acceptor's event loop, under mp in each
+    connection's process: which of them wait concurrently and which block."""
+    if model not in ("sped", "symped", "mp") or not kinds:
+        return []
+    where = "each connection's process" if model == "mp" else "the acceptor's event loop"
+    lines = [f"handlers run inline, in {where}:"]
+    runs = [s for s, k in kinds.items() if k == "async"]
+    blocks = [s for s, k in kinds.items() if k == "sync"]
+    if runs:
+        lines.append(f"  async ({', '.join(runs)}): many requests wait at once, up to the "
+                     f"stage's concurrency")
+    if blocks:
+        blocked = "that connection" if model == "mp" else "every connection of that loop"
+        lines.append(f"  sync ({', '.join(blocks)}): a call blocks {blocked} until it returns")
+    lines += [f"  {s}: {k}" for s, k in kinds.items() if k not in ("async", "sync")]
+    return lines
 
 
 def _make_plan(args: argparse.Namespace) -> Plan:
@@ -135,8 +156,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = _make_plan(args)
     if args.json:
         print(plan.to_json())
-    else:
-        sys.stdout.write(describe_plan(plan))
+        return EXIT_OK
+    kinds = None
+    if plan.model in ("sped", "symped", "mp"):
+        from seda.spec.builder import handler_kinds, import_dirs
+
+        spec = plan.graph_spec()
+        kinds = handler_kinds(spec, import_dirs(args.file, spec, args.app_dir))
+    sys.stdout.write(describe_plan(plan, kinds))
     return EXIT_OK
 
 

@@ -95,7 +95,17 @@ def resolve_in_time(ref: str, seconds: float) -> Any:
 
 
 def resolve(ref: str) -> Any:
-    """'pkg.mod:attr.sub' -> the object. Raises HandlerImportError with the module's error."""
+    """'pkg.mod:attr.sub' -> the object; 'asgi:pkg.mod:app' -> the ASGI app, as a handler
+    (seda.asgi.App). Raises HandlerImportError with the module's error."""
+    if ref.startswith("asgi:"):
+        from seda import asgi
+
+        app = resolve(ref[len("asgi:"):])
+        try:
+            asgi.check_app(app)
+        except asgi.NotAnASGIApp as exc:
+            raise HandlerImportError(ref, f"not an ASGI 3 app: {exc}") from None
+        return asgi.App(app)
     module_name, _, attr_path = ref.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
@@ -117,3 +127,4 @@ def resolve(ref: str) -> Any:
     if not callable(obj):
         raise HandlerImportError(ref, f"not callable (it is {type(obj).__name__})")
     return obj
+

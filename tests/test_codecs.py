@@ -304,6 +304,17 @@ def test_http_header_values_as_bytes_are_latin_1_and_bad_header_types_are_named(
         encode_reply_raising({"body": 5})
 
 
+def test_a_header_with_a_list_of_values_is_sent_once_per_value() -> None:
+    """set-cookie, repeated (what an ASGI app sends as two headers of one name); each value
+    is checked like any other."""
+    data, _ = http().encode({"status": 200, "headers": {"Set-Cookie": ["a=1", b"b=2"]},
+                             "body": "x"}, GET)
+    head_text = data.split(b"\r\n\r\n")[0].decode()
+    assert head_text.splitlines()[1:3] == ["set-cookie: a=1", "set-cookie: b=2"]
+    with pytest.raises(ValueError, match="response splitting"):
+        encode_reply_raising({"headers": {"set-cookie": ["a=1", "b=2\r\nx: y"]}})
+
+
 def encode_reply_raising(reply: object) -> None:
     http().encode(reply, GET)
 

@@ -19,7 +19,7 @@ def test_each_kind_decodes_to_exactly_what_was_sent() -> None:
     assert e.unpack_data(e.pack(["s", [ENV], 3]), LIMIT) == ("s", [ENV], 3)
     assert e.unpack_ack(e.pack([[1, 2], [3]]), LIMIT) == ([1, 2], [3])
     assert e.unpack_credit(e.pack([0, 99]), LIMIT) == (0, 99)
-    assert e.unpack_fail(e.pack([[5, "err", "tb"]]), LIMIT) == [[5, "err", "tb"]]
+    assert e.unpack_fail(e.pack([[5, "err", "tb", 504]]), LIMIT) == [[5, "err", "tb", 504]]
     kept, sent, done = [[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]
     assert e.unpack_results(e.pack([kept, sent, done]), LIMIT) == (kept, sent, done)
     assert e.unpack_lost(e.pack([[9, "why", 504]]), LIMIT) == [[9, "why", 504]]
@@ -74,7 +74,8 @@ def test_data_frames_of_another_shape_are_refused(body: Any) -> None:
 @pytest.mark.parametrize(("kind", "body"), [
     ("ACK", [[1], [2], [3]]), ("ACK", [[1, "2"], []]), ("ACK", [[], ["2"]]), ("ACK", [[1]]),
     ("CREDIT", [-1, 5]), ("CREDIT", [1]), ("CREDIT", [1, "p"]), ("CREDIT", ["1", 5]),
-    ("FAIL", [[5, "e"]]), ("FAIL", [[5, "e", 3]]), ("FAIL", [["5", "e", "t"]]), ("FAIL", 5),
+    ("FAIL", [[5, "e", "t"]]), ("FAIL", [[5, "e", 3, 0]]), ("FAIL", [["5", "e", "t", 0]]),
+    ("FAIL", [[5, "e", "t", "504"]]), ("FAIL", 5),
     ("RESULT", [[], []]), ("RESULT", [[[1, 2]], [], []]), ("RESULT", [[], [["1", 2, 3]], []]),
     ("RESULT", [[[1, 2, 3, 4]], [], []]), ("RESULT", [[[1, 2, 3, "s", 5]], [], []]),
     ("RESULT", [[], [], ["4"]]), ("RESULT", [[[1, 2, "3"]], [], []]),

@@ -111,7 +111,7 @@ def test_when_every_worker_is_stalled_work_still_flows() -> None:
     assert sent_ids(d.dispatch()) == {"p.0": [1]}
 
 
-def test_down_worker_messages_go_out_again_one_at_a_time_uncharged() -> None:
+def test_down_worker_messages_go_out_again_as_one_group_uncharged() -> None:
     d, clock = make()
     d.grant("p.0", 4, pid=10)
     for i in range(3):
@@ -125,10 +125,37 @@ def test_down_worker_messages_go_out_again_one_at_a_time_uncharged() -> None:
     assert sent_ids(d.dispatch()) == {"p.1": [3]}  # p.1 is the last free worker: kept free
     d.done("p.1", [3])
     clock.now += d.SPARE_WAIT  # p.0 is not coming back: the suspects take p.1 after all
-    assert sent_ids(d.dispatch()) == {"p.1": [0]}  # a suspect travels alone
-    assert d.dispatch() == {}
-    d.done("p.1", [0])
-    assert sent_ids(d.dispatch()) == {"p.1": [1]}
+    assert sent_ids(d.dispatch()) == {"p.1": [0, 1, 2]}  # the group, on a worker of its own
+    d.submit("s", env(4))
+    assert d.dispatch() == {}  # nothing joins it
+    d.done("p.1", [0, 1])
+    assert d.links["p.1"].isolated and d.dispatch() == {}
+    d.done("p.1", [2])  # the whole group is done: no poison among them
+    assert not d.links["p.1"].isolated and sent_ids(d.dispatch()) == {"p.1": [4]}
+
+
+def test_a_group_of_suspects_that_kills_again_is_halved_until_the_poison_is_alone() -> None:
+    """Bisection: eight suspects, one of them (5) kills whoever runs it. Only 5 is ever
+    charged, after log2(8) = 3 deaths of groups; the innocent ones all finish."""
+    d, _ = make(attempts=1)
+    d.grant("p.0", 8, pid=10)
+    for i in range(8):
+        d.submit("s", env(i))
+    d.dispatch()
+    assert d.down("p.0", pid=10) == [] and list(d.groups) == [8]
+    pid, done, letters = 11, [], []
+    while d.suspects:
+        d.grant("p.0", 8, pid=pid)
+        [ids] = sent_ids(d.dispatch()).values()
+        if 5 in ids:
+            letters += d.down("p.0", pid=pid)
+            pid += 1
+        else:
+            d.done("p.0", ids)
+            done += ids
+    [letter] = letters
+    assert letter.env[ID] == 5 and letter.env[ATTEMPT] == 2 and pid == 15  # 4 deaths
+    assert sorted(done) == [0, 1, 2, 3, 4, 6, 7]
 
 
 def test_a_suspect_that_kills_its_worker_alone_is_charged_then_dead_lettered() -> None:
@@ -138,6 +165,9 @@ def test_a_suspect_that_kills_its_worker_alone_is_charged_then_dead_lettered() -
     d.submit("s", env(8))
     d.dispatch()
     assert d.down("p.0", pid=10) == []  # held two: nobody charged
+    d.grant("p.0", 4, pid=11)
+    assert sent_ids(d.dispatch()) == {"p.0": [7, 8]}  # the two, as a group
+    assert d.down("p.0", pid=11) == []  # the group killed it: halves, nobody charged
     for pid in (12, 13):
         d.grant("p.0", 4, pid=pid)
         assert sent_ids(d.dispatch()) == {"p.0": [7]}
@@ -181,6 +211,18 @@ def test_handler_failure_retries_then_dead_letters() -> None:
     assert sent_ids(d.dispatch()) == {"p.0": [1]}
     letter = d.failed("p.0", 1, "s: ValueError: bad", "tb")
     assert letter is not None and letter.error == "s: ValueError: bad"
+
+
+def test_a_failure_with_a_status_is_not_retried() -> None:
+    """A call past its time limit (an async worker says 504) fails at once, attempts left
+    or not, and its client gets that status."""
+    d, _ = make(attempts=3)
+    d.grant("p.0", 4, pid=10)
+    d.submit("s", env(1))
+    d.dispatch()
+    letter = d.failed("p.0", 1, "s: the handler ran over its time limit (1 s)", "", 504)
+    assert letter is not None and letter.status == 504 and not d.queue
+    assert not d.dispatch()
 
 
 def test_a_new_incarnation_implies_the_old_one_died() -> None:
@@ -324,8 +366,9 @@ def test_idle_workers_take_turns() -> None:
 
 
 def test_suspects_leave_one_free_worker_while_the_dead_one_comes_back() -> None:
-    """Four workers, one dies holding three: the three live ones are idle; suspects go out
-    one per worker, alone, but the last free worker is kept for normal work."""
+    """Four workers, one dies holding three, then the group of three kills another: the
+    halves go out one per worker, alone, but the last free worker is kept for normal
+    work."""
     d, _ = make(workers=4)
     for i in range(4):
         d.grant(f"p.{i}", 4, pid=10 + i)
@@ -336,9 +379,13 @@ def test_suspects_leave_one_free_worker_while_the_dead_one_comes_back() -> None:
     for i in (1, 2, 3):
         d.links[f"p.{i}"].up = True
     d.down("p.0", pid=10)
+    [(again, ids)] = sent_ids(d.dispatch()).items()
+    assert ids == [0, 1, 2]
+    d.down(again, pid=d.links[again].pid)
+    d.grant("p.0", 4, pid=20)  # back: three live workers again
     out = sent_ids(d.dispatch())
-    assert sorted(len(ids) for ids in out.values()) == [1, 1], out
-    assert len(d.suspects) == 1
+    assert sorted(len(ids) for ids in out.values()) == [1, 2], out
+    assert not d.suspects
     assert sum(lk.isolated for lk in d.links.values()) == 2
     free = [lk for lk in d.links.values() if lk.up and not lk.isolated]
     assert len(free) == 1 and not free[0].pending
@@ -416,7 +463,10 @@ def test_a_suspect_alone_is_charged_by_its_own_stage_budget() -> None:
     d = holding_a_and_b()
     d.down("p.0", pid=10)
     d.grant("p.0", 4, pid=11)
-    assert sent_ids(d.dispatch()) == {"p.0": [1]}  # suspects go out in their order
+    assert sent_ids(d.dispatch()) == {"p.0": [1, 2]}  # one group
+    assert d.down("p.0", pid=11) == []  # halved
+    d.grant("p.0", 4, pid=11)
+    assert sent_ids(d.dispatch()) == {"p.0": [1]}  # the halves go out in their order
     [letter] = d.down("p.0", pid=11)  # a: 1 attempt
     assert (letter.stage, letter.env[ID]) == ("a", 1)
     for pid in (12, 13):
@@ -459,13 +509,13 @@ def test_an_unreachable_worker_offers_no_credit_and_keeps_suspects_apart() -> No
     d.down("p.0", pid=10)
     d.links["p.1"].up = True
     d.grant("p.0", 4, pid=12)
-    out = d.dispatch()  # a suspect, alone on a worker
-    [(worker, batch)] = [(w, b) for w, b in out.items() if len(b) == 1][:1]
+    out = d.dispatch()  # the suspects, as a group alone on a worker
+    [(worker, batch)] = [(w, b) for w, b in out.items() if len(b) == 2][:1]
     assert d.links[worker].isolated
     d.unreachable(worker, batch)
     link = d.links[worker]
     assert (link.up, link.isolated, link.available()) == (False, False, 0)
-    assert next(e[ID] for _, e, _ in batch) in [e[ID] for _, e in d.suspects]
+    assert [e[ID] for _, e in d.suspects] == [1, 2] and list(d.groups) == [2]
 
 
 def test_tracker_groups_stay_apart_and_duplicates_in_flight_are_not_tracked_twice() -> None:

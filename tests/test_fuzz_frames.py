@@ -29,7 +29,7 @@ VALID: dict[bytes, Any] = {
     e.DATA: ["normalize", [GOOD_ENV], 0],
     e.ACK: [[1, 2], [3]],
     e.CREDIT: [16, 1234],
-    e.FAIL: [[5, "ValueError: x", "Traceback ..."]],
+    e.FAIL: [[5, "ValueError: x", "Traceback ...", 0]],
     e.RESULT: [[[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]],
     e.LOST: [[9, "dead-lettered", 500]],
     e.HELLO: None,
@@ -94,7 +94,7 @@ SHAPES: dict[bytes, Callable[[Any], bool]] = {
     e.CREDIT: lambda d: type(d) is tuple and type(d[0]) is int and d[0] >= 0
     and type(d[1]) is int,
     e.FAIL: lambda d: type(d) is list and all(
-        type(r) is list and [type(x) for x in r] == [int, str, str] for r in d),
+        type(r) is list and [type(x) for x in r] == [int, str, str, int] for r in d),
     e.RESULT: lambda d: (type(d) is tuple and _result_rows(d[0]) and _result_rows(d[1])
                          and _ints(d[2])),
     e.LOST: lambda d: type(d) is list and all(

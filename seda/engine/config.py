@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 # a service's handler call past this (or past request_timeout, if longer) is stuck: its
 # worker is replaced (gunicorn's worker timeout has the same default; see docs/runtime.md)
 SERVICE_CALL_LIMIT = 30.0
+# messages an async stage runs at once per worker (its credit window) unless it says
+CONCURRENCY = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class Stage:
     max_attempts: int | None
     retry: str
     timeout: float | None
+    concurrency: int | None
     max_memory_mb: int | None
     batching: Batching | None
     options: dict[str, Any]

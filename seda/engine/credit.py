@@ -35,7 +35,7 @@ class Link:
     window: int = 0
     up: bool = False
     pid: int = 0  # incarnation that granted the window
-    isolated: bool = False  # holds one suspect and nothing else
+    isolated: bool = False  # holds one group of suspects and nothing else
     down_at: float = 0.0  # when it was last reported down (a restart is expected)
     pending: dict[int, Pending] = field(default_factory=dict)  # insertion order = age order
 
@@ -75,6 +75,8 @@ class Dispatcher:
         self.links = {w: Link(w) for w in workers}
         self.queue: deque[tuple[str, Envelope]] = deque()
         self.suspects: deque[tuple[str, Envelope]] = deque()  # held by a worker that died
+        # the suspects in groups, front to back: sizes that add up to len(suspects)
+        self.groups: deque[int] = deque()
         # smoothed round trip (send -> DONE). It starts where the stall limit is the floor,
         # and every sample moves it a tenth of the way: the first answer of a cold worker
         # (imports, caches) can be ten times the usual one and must not set it alone
@@ -93,8 +95,11 @@ class Dispatcher:
 
     def down(self, worker: str, pid: int = 0, culprits: Collection[int] | None = None,
              why: str = "") -> list[DeadLetter]:
-        """The worker died. What it held goes out again as *suspects*, one at a time, each
-        alone on a worker; only a message that was alone on a worker when it died is charged
+        """The worker died. What it held goes out again as a group of *suspects*, on a worker
+        that holds nothing else; if that worker dies too, the group is split in halves, each
+        sent the same way (a bisection: a poison message among n is alone after log2(n)
+        deaths, and n innocent ones need one run, not n one after another -- an async worker
+        holds hundreds). Only a message that was alone on a worker when it died is charged
         an attempt. So a poison message is caught without charging its innocent neighbours,
         and (see dispatch) without taking every worker of its pool down with it. A report
         about an older incarnation than the one we know is ignored.
@@ -109,7 +114,7 @@ class Dispatcher:
         if pid and link.pid and pid != link.pid:
             return []
         back = list(link.pending.values())
-        alone = link.isolated and len(back) == 1
+        alone, suspected = link.isolated and len(back) == 1, link.isolated
         link.up, link.window, link.isolated = False, 0, False
         link.down_at = self.clock()
         link.pending.clear()
@@ -126,6 +131,7 @@ class Dispatcher:
         if culprits is not None:
             self.queue.extendleft(reversed([(s, e) for s, e, _ in back]))
             return dead
+        count = 0
         for stage, env, _ in reversed(back):
             if alone:
                 env[ATTEMPT] += 1
@@ -134,12 +140,19 @@ class Dispatcher:
                                                        f"it (alone) {env[ATTEMPT] - 1} times"))
                     continue
             self.suspects.appendleft((stage, env))
+            count += 1
+        if count > 1 and suspected:  # a group that killed its worker: halves, in turn
+            self.groups.extendleft((count - count // 2, count // 2))
+        elif count:
+            self.groups.appendleft(count)
         return dead
 
     def unreachable(self, worker: str, batch: list[Pending]) -> None:
         """A send failed (the peer is not connected): take the batch back, wait for credit."""
         link = self.links[worker]
         back = self.suspects if link.isolated else self.queue
+        if link.isolated:
+            self.groups.appendleft(sum(env[ID] in link.pending for _, env, _ in batch))
         link.up, link.isolated = False, False
         for stage, env, _ in reversed(batch):
             if link.pending.pop(env[ID], None) is not None:  # (not one failed as too large)
@@ -198,19 +211,24 @@ class Dispatcher:
                 released += 1
                 last = entry
         if last is not None:  # one round-trip sample per acknowledgement frame
-            link.isolated = False
+            if not link.pending:  # its group of suspects is done: none of them is a poison
+                link.isolated = False
             sample = self.clock() - last[2]
             self.rtt = 0.9 * self.rtt + 0.1 * sample
         return released
 
-    def failed(self, worker: str, msg_id: int, error: str, tb: str) -> DeadLetter | None:
-        """The handler raised: retry elsewhere, or give up after max_attempts."""
+    def failed(self, worker: str, msg_id: int, error: str, tb: str,
+               status: int = 0) -> DeadLetter | None:
+        """The handler raised: retry elsewhere, or give up after max_attempts. A `status`
+        (504: the call ran past its time limit) fails it now, its client answered so."""
         link = self.links.get(worker)
         entry = link.pending.pop(msg_id, None) if link else None
         if entry is None:
             return None
         stage, env, _ = entry
         env[ATTEMPT] += 1
+        if status:
+            return DeadLetter(stage, env, error, tb, status=status)
         if env[ATTEMPT] > self.max_attempts(stage) or not self.rerun(stage, env):
             return DeadLetter(stage, env, error, tb)
         self.queue.append((stage, env))
@@ -263,7 +281,11 @@ class Dispatcher:
                     break
                 link.isolated = True
                 free -= 1
-                self._assign(link, self.suspects, 1, now, out)
+                group = self.groups.popleft()
+                take = min(group, link.available())
+                if group > take:
+                    self.groups.appendleft(group - take)
+                self._assign(link, self.suspects, take, now, out)
         ready = [lk for lk in ready if not lk.isolated]
         while self.queue and ready:
             # least loaded first; among equals, the one whose oldest message is youngest;

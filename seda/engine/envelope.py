@@ -26,7 +26,7 @@ Envelope = list[Any]
 # frame kinds
 DATA = b"D"      # body: [stage, [envelope, ...]]            sender -> worker
 ACK = b"A"       # body: [[received ids], [done ids]]         worker -> sender
-FAIL = b"F"      # body: [[id, error, traceback], ...]        worker -> sender (handler raised)
+FAIL = b"F"      # body: [[id, error, traceback, status], ...] worker -> sender (handler raised)
 CREDIT = b"C"    # body: window (int, absolute)               worker -> sender
 HELLO = b"H"     # body: nil                                  sender -> worker
 RESULT = b"R"    # body: [kept rows, sent rows, done ids]     any -> origin (see unpack_results)
@@ -147,8 +147,10 @@ def unpack_credit(body: bytes, limit: int) -> tuple[int, int]:
 
 
 def unpack_fail(body: bytes, limit: int) -> list[list[Any]]:
-    """[[id, error, traceback], ...]"""
-    return _rows(unpack(body, limit), (int, str, str), "FAIL")
+    """[[id, error, traceback, status], ...] (status 0: retried as the stage's `retry`
+    says; else the message fails now, its client answered with that status: 504 for a call
+    past its time limit)"""
+    return _rows(unpack(body, limit), (int, str, str, int), "FAIL")
 
 
 def _result_rows(rows: Any) -> bool:

@@ -4,6 +4,11 @@ Knows nothing of sockets or processes: the zmq worker drives it today; inline (`
 execution can drive the same object. Stages fused into one pool call each other directly
 through a local FIFO (no serialisation, no recursion, so allowed cycles cannot blow the stack).
 
+Async handlers (`async def`): a pool with one runs every message through `run_async`, a
+coroutine the runtime awaits on an event loop, many at once: each message gets a context of
+its own, and fused stages are called (and awaited) in turn. The engine never imports asyncio:
+it only awaits what handlers return; the runtime owns the loop, deadlines and time limits.
+
 Theory of operation: each input envelope is processed atomically. Everything it causes -- the
 handler's return value, `ctx.emit`, `ctx.reply`, and whatever fused stages do with those -- is
 collected in a `Group`. If any handler raises, the group's outputs are thrown away and the
@@ -13,6 +18,7 @@ ids, so a receiver can recognise a duplicate.
 
 from __future__ import annotations
 
+import inspect
 import time
 import traceback
 from collections import deque
@@ -22,6 +28,7 @@ from typing import Any
 
 from msgpack import packb
 
+from seda.calls import handler_is_async, is_coroutine
 from seda.engine.config import Graph
 from seda.engine.credit import SeenIds
 from seda.engine.envelope import (
@@ -70,6 +77,8 @@ class Group:
     results: list[Envelope] = field(default_factory=list)  # envelopes for the origin
     failed: list[tuple[Envelope, str, str]] = field(default_factory=list)  # (env, error, tb)
     dropped: list[Envelope] = field(default_factory=list)  # expired, or duplicate at a sink
+    # (env, error): ran past its stage's time limit (async: no retry, answered 504)
+    overran: list[tuple[Envelope, str]] = field(default_factory=list)
     # where each input's outputs start in emits and results (run one at a time)
     starts: list[tuple[int, int]] = field(default_factory=list)
 
@@ -121,7 +130,8 @@ _HISTOGRAMS = ("times", "waits")
 class Context:
     """What a handler sees as `ctx`: its options, and emit/reply for the current message."""
 
-    __slots__ = ("_core", "_env", "_group", "_n", "log", "options", "stage", "worker")
+    __slots__ = ("_core", "_env", "_group", "_log", "_n", "_pending", "options", "stage",
+                 "worker")
 
     def __init__(self, core: StageCore, stage: str, options: dict[str, Any]) -> None:
         self._core, self.stage, self.options = core, stage, options
@@ -129,8 +139,25 @@ class Context:
         self._env: Envelope = [0, "", 1, 0.0, None, 0, 0]
         self._group = Group([])
         self._n = 0
-        # the stage's logger: each record says the stage and the current request (seda.log)
-        self.log = StageLog(stage, lambda: self._env[REQUEST] & ~ONCE)
+        self._pending = core._pending  # what fused stages are sent, run in turn
+        self._log: StageLog | None = None
+
+    @property
+    def log(self) -> StageLog:
+        """The stage's logger: each record says the stage and the current request."""
+        if self._log is None:
+            self._log = StageLog(self.stage, lambda: self._env[REQUEST] & ~ONCE)
+        return self._log
+
+    def _fork(self, env: Envelope, group: Group,
+              pending: deque[tuple[str, Envelope]] | None = None) -> Context:
+        """A context for one message of an async pool: many run at once, each its own."""
+        ctx = Context.__new__(Context)
+        ctx._core, ctx.stage, ctx.options, ctx.worker = self._core, self.stage, self.options, \
+            self.worker
+        ctx._env, ctx._group, ctx._n, ctx._log = env, group, 0, None
+        ctx._pending = deque() if pending is None else pending
+        return ctx
 
     @property
     def request_id(self) -> int:
@@ -156,7 +183,7 @@ class Context:
 class _Runner:
     """One stage's handler, called the way it wants to be called."""
 
-    __slots__ = ("batch", "call", "ctx", "obj", "returns")
+    __slots__ = ("batch", "call", "ctx", "is_async", "obj", "returns")
 
     def __init__(self, obj: Any, ctx: Context, returns: str) -> None:
         self.ctx, self.returns = ctx, returns
@@ -164,6 +191,11 @@ class _Runner:
         self.obj = target
         self.batch: Callable[..., Any] | None = getattr(target, "handle_batch", None)
         self.call: Callable[..., Any] = getattr(target, "handle", target)
+        # handle (or handle_batch) is a coroutine function: the pool runs on an event loop
+        self.is_async = handler_is_async(target)
+
+
+LIFECYCLE = ("setup", "teardown", "finish")
 
 
 def return_route(spec: Graph, stage: str) -> str:
@@ -186,6 +218,7 @@ class StageCore:
                  resolve: Callable[[str], Any], clock: Callable[[], float] = time.time,
                  dedup_window: int = 1 << 18) -> None:
         self.spec, self.worker, self.clock = spec, worker, clock
+        self._pending: deque[tuple[str, Envelope]] = deque()
         self.local = tuple(stages)
         self.routes = {s: tuple(spec.stages[s].to) for s in spec.stages}
         self.stats = {s: StageStats() for s in self.local}
@@ -197,32 +230,50 @@ class StageCore:
         self.keeps = sorted(s for s in self.sinks if hasattr(self.runners[s].obj, "finish"))
         self.seen = SeenIds(dedup_window)
         self.max_bytes = spec.settings.max_message_bytes  # the most one payload may pack to
-        self._pending: deque[tuple[str, Envelope]] = deque()
         # the stage whose handler runs now ('' between batches): the watchdog reads it, with
         # that stage's ctx._env, to see how long one call has run (see seda.runtime.watchdog)
         self.running = ""
+        # an async handler anywhere in the pool: every message goes through run_async
+        self.is_async = any(r.is_async for r in self.runners.values())
+        # an async setup/teardown/finish: the runtime needs a loop for those, too
+        self.needs_loop = self.is_async or any(
+            is_coroutine(getattr(r.obj, name, None))
+            for r in self.runners.values() for name in LIFECYCLE)
 
     # ---------------------------------------------------------------- lifecycle
+    # An async setup/teardown/finish is left to the *_async twin, which the runtime awaits
+    # on its loop; the plain one calls the sync ones. A runtime with a loop calls both.
+    def _hooks(self, name: str, want_async: bool) -> list[tuple[str, Any]]:
+        return [(stage, getattr(r.obj, name)) for stage, r in self.runners.items()
+                if (name != "finish" or stage in self.sinks) and hasattr(r.obj, name)
+                and is_coroutine(getattr(r.obj, name)) == want_async]
+
     def setup(self) -> None:
-        for runner in self.runners.values():
-            if hasattr(runner.obj, "setup"):
-                runner.obj.setup(runner.ctx)
+        for stage, hook in self._hooks("setup", False):
+            hook(self.runners[stage].ctx)
+
+    async def setup_async(self) -> None:
+        for stage, hook in self._hooks("setup", True):
+            await hook(self.runners[stage].ctx)
 
     def teardown(self) -> None:
-        for runner in self.runners.values():
-            if hasattr(runner.obj, "teardown"):
-                runner.obj.teardown(runner.ctx)
+        for stage, hook in self._hooks("teardown", False):
+            hook(self.runners[stage].ctx)
+
+    async def teardown_async(self) -> None:
+        for stage, hook in self._hooks("teardown", True):
+            await hook(self.runners[stage].ctx)
 
     def finish(self) -> list[tuple[str, Any]]:
         """End of a pipeline: each sink's `finish(ctx)` value, as (stage, value)."""
-        out = []
-        for stage in self.sinks:
-            runner = self.runners[stage]
-            if hasattr(runner.obj, "finish"):
-                value = runner.obj.finish(runner.ctx)
-                if value is not None:
-                    out.append((stage, value))
-        return out
+        values = [(stage, hook(self.runners[stage].ctx))
+                  for stage, hook in self._hooks("finish", False)]
+        return [(stage, value) for stage, value in values if value is not None]
+
+    async def finish_async(self) -> list[tuple[str, Any]]:
+        values = [(stage, await hook(self.runners[stage].ctx))
+                  for stage, hook in self._hooks("finish", True)]
+        return [(stage, value) for stage, value in values if value is not None]
 
     # ---------------------------------------------------------------- processing
     def process(self, stage: str, batch: list[Envelope]) -> Group:
@@ -452,7 +503,7 @@ class StageCore:
         ctx._n += 1
         self.stats[ctx.stage].emitted += 1
         if stage in self.runners:
-            self._pending.append((stage, child))
+            ctx._pending.append((stage, child))
         else:  # msgpack must carry it: checked once per batch (see _check_packable)
             ctx._group.emits.append((stage, child))
 
@@ -470,11 +521,118 @@ class StageCore:
             self.stats[stage].received += 1
             self._call(stage, env, group)
 
-    def _failure(self, exc: Exception) -> tuple[str, str]:
+    def _failure(self, exc: Exception, failed_in: str = "") -> tuple[str, str]:
         """Count the error against the stage that raised (the one running: a fused stage's
         failure is its own); (message, traceback)."""
-        failed_in = self.running
-        self._pending.clear()
+        if not failed_in:  # (a sync batch: what it sent to fused stages is dropped)
+            failed_in = self.running
+            self._pending.clear()
         self.stats[failed_in].errors += 1
         message = f"{failed_in}: {type(exc).__name__}: {exc}"
         return message, "".join(traceback.format_exception(exc))
+
+    # ---------------------------------------------------------------- async pools
+    async def run_async(self, stage: str, env: Envelope) -> Group:
+        """One message through a pool with async handlers, awaited on the runtime's loop
+        (many at once: each has its own context). Like `process` for one input: its outputs,
+        or its failure, or its drop; a sync handler fused in the pool is called in turn.
+        Cancelling it (a deadline, a time limit) is the runtime's: CancelledError passes."""
+        group = Group([])
+        self.stats[stage].received += 1
+        if not self._fresh(stage, [env], group.dropped) or \
+                not self._unexpired(stage, [env], group.dropped):
+            return group
+        self._waited(stage, [env])
+        runner = self.runners[stage]
+        ctx = runner.ctx._fork(env, group)
+        at = stage
+        try:
+            await self._call_async(stage, runner, ctx, env)
+            while ctx._pending:  # what it sent to fused stages, first in first out
+                at, child = ctx._pending.popleft()
+                self.stats[at].received += 1
+                fused = self.runners[at]
+                await self._call_async(at, fused, fused.ctx._fork(child, group, ctx._pending),
+                                       child)
+            group.inputs.append(env)
+            group.starts.append((0, 0))
+        except Exception as exc:
+            group.emits.clear()
+            group.results.clear()
+            group.failed.append((env, *self._failure(exc, at)))
+        if group.emits or group.results:
+            self._check_packable(stage, group)
+        return group
+
+    async def run_batch_async(self, stage: str, batch: list[Envelope]) -> Group:
+        """A batch for a stage with `handle_batch` (async or not) in an async pool: one call,
+        failed as one, as `process` does."""
+        group = Group([])
+        self.stats[stage].received += len(batch)
+        batch = self._unexpired(stage, self._fresh(stage, batch, group.dropped), group.dropped)
+        if not batch:
+            return group
+        self._waited(stage, batch)
+        runner = self.runners[stage]
+        assert runner.batch is not None
+        ctx = runner.ctx._fork(batch[0], group)
+        at = stage
+        try:
+            start = time.perf_counter_ns()
+            values = runner.batch([env[PAYLOAD] for env in batch], ctx)
+            if inspect.isawaitable(values):
+                values = await values
+            key = time_bucket((time.perf_counter_ns() - start) // len(batch))
+            self.stats[stage].times[key] += len(batch)
+            if values is not None:
+                replies = runner.returns == "reply"
+                for env, value in zip(batch, values, strict=True):
+                    if value is not None or replies:
+                        ctx._env, ctx._n = env, 0
+                        self._route_return(stage, ctx, value)
+            self.stats[stage].completed += len(batch)
+            while ctx._pending:
+                at, child = ctx._pending.popleft()
+                self.stats[at].received += 1
+                fused = self.runners[at]
+                await self._call_async(at, fused, fused.ctx._fork(child, group, ctx._pending),
+                                       child)
+            group.inputs.extend(batch)
+        except Exception as exc:
+            group.emits.clear()
+            group.results.clear()
+            failure = self._failure(exc, at)
+            group.failed.extend((env, *failure) for env in batch)
+        if group.emits or group.results:
+            self._check_packable(stage, group)
+        return group
+
+    def _waited(self, stage: str, batch: list[Envelope]) -> None:
+        """Queue waits of the sampled messages (those with a birth time)."""
+        waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
+        for env in batch:
+            if env[BORN] and now >= env[BORN]:
+                waits[time_bucket(now - env[BORN])] += 1
+
+    async def _call_async(self, stage: str, runner: _Runner, ctx: Context,
+                          env: Envelope) -> None:
+        start = time.perf_counter_ns()
+        value = runner.call(env[PAYLOAD], ctx)
+        if inspect.isawaitable(value):
+            value = await value
+        self.stats[stage].times[time_bucket(time.perf_counter_ns() - start)] += 1
+        self.stats[stage].completed += 1
+        if value is not None or (runner.returns == "reply" and not ctx._n):
+            self._route_return(stage, ctx, value)
+
+    def overran(self, stage: str, env: Envelope, limit: float) -> Group:
+        """A message whose call (async) ran past its stage's time limit: it fails without
+        a retry (504 to its client), its outputs withdrawn."""
+        self.stats[stage].errors += 1
+        return Group([], overran=[(env, f"{stage}: the handler ran over its time limit "
+                                         f"({limit:g} s)")])
+
+    def expired(self, stage: str, env: Envelope) -> Group:
+        """A message whose deadline passed while its call (async) ran: cancelled, dropped."""
+        self.stats[stage].expired += 1
+        return Group([], dropped=[env])

@@ -28,15 +28,17 @@ from setproctitle import setproctitle
 
 from seda.engine.codec import BAD_REPLY, Codec, encode_reply, make_codec, repeatable
 from seda.engine.codec.http import HttpCodec
+from seda.engine.config import CONCURRENCY
 from seda.engine.controllers import AdmissionController, Classifier, Decision
 from seda.engine.credit import DeadLetter, Dispatcher
-from seda.engine.envelope import ID, ONCE, PAYLOAD, REQUEST, SAMPLE
-from seda.engine.stage import FRONT_FIGURES, StageCore
+from seda.engine.envelope import ID, ONCE, PAYLOAD, REQUEST, SAMPLE, Envelope
+from seda.engine.stage import FRONT_FIGURES, Group, StageCore
 from seda.engine.throttle import Throttle
 from seda.errors import ProtocolError
 from seda.log import LOG
 from seda.plan.deployment import Plan
 from seda.runtime import access
+from seda.runtime.aio import bounded
 from seda.runtime.listener import tune
 from seda.runtime.node import Node
 from seda.runtime.watchdog import Watchdog
@@ -356,6 +358,11 @@ class Acceptor(Node):
             self.counters[key] = 0
         self.max_connections = self.connection_cap()
         self.throttle = Throttle()
+        # async handlers run inline (sped, symped): tasks on this loop, at most this many
+        self.inline_tasks = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.concurrency = max((self.spec.stages[s].concurrency or CONCURRENCY
+                                for s in self.me.stages), default=CONCURRENCY)
 
     def targets(self) -> set[str]:
         acc = self.spec.acceptor
@@ -378,6 +385,8 @@ class Acceptor(Node):
 
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.core is not None:
+            await self.core.setup_async()
         self.loop.add_reader(int(self.inbox.getsockopt(zmq.FD)), self.pump)
         self.server = await self.loop.create_server(lambda: Connection(self),
                                                     sock=self.listen_sock,
@@ -396,6 +405,10 @@ class Acceptor(Node):
                 self.sweep(now)
             self._timers()
         self.server.close()
+        for task in list(self.tasks):  # (a drain waits for them: only a forced stop gets here)
+            task.cancel()
+        if self.core is not None:
+            await self.core.teardown_async()
         self.report()  # final figures for the supervisor's summary
         for conn in list(self.conns):
             if conn.transport is not None:
@@ -534,12 +547,40 @@ class Acceptor(Node):
 
     def run_inline(self, core: StageCore) -> None:
         """SPED: run the queued requests through the whole graph now, on this loop."""
+        if core.is_async:
+            self._start_inline(core)
+            return
         envs = [env for _, env in self.entry_queue]
         self.entry_queue.clear()
-        group = core.process(self.entry, envs)
+        self._settle_inline(core.process(self.entry, envs))
+
+    def _settle_inline(self, group: Group) -> None:
         self.on_results([[env[ID], env[PAYLOAD], env[REQUEST]] for env in group.results])
         self.dead_letter([DeadLetter(self.entry, env, error, tb)
-                          for env, error, tb in group.failed])
+                          for env, error, tb in group.failed] +
+                         [DeadLetter(self.entry, env, why, status=504)
+                          for env, why in group.overran])
+
+    def _start_inline(self, core: StageCore) -> None:
+        """SPED with async handlers: each request a task on this loop, at most `concurrency`
+        at once; the rest wait in the entry queue (bounded: past it, 503)."""
+        queue, batch = self.entry_queue, core.runners[self.entry].batch is not None
+        while queue and self.inline_tasks < self.concurrency:
+            envs = [queue.popleft()[1]] if not batch else \
+                [queue.popleft()[1] for _ in range(min(len(queue), self.concurrency))]
+            self.inline_tasks += 1
+            task = self.loop.create_task(self._inline(core, envs, batch))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _inline(self, core: StageCore, envs: list[Envelope], batch: bool) -> None:
+        try:
+            self._settle_inline(await bounded(core, self.entry, envs, batch,
+                                              self.spec.call_limit(self.entry)))
+        finally:
+            self.inline_tasks -= 1
+            if self.entry_queue:
+                self.soon()
 
     too_large_status = 413  # a request no frame can carry (see Node._too_large)
 

@@ -16,6 +16,7 @@ connection process SIGTERM, which finishes the request in hand, then closes.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import select
@@ -31,12 +32,13 @@ from setproctitle import setproctitle
 
 from seda.engine.codec import Codec, encode_reply, make_codec
 from seda.engine.credit import DeadLetter
-from seda.engine.envelope import PAYLOAD, REQUEST
-from seda.engine.stage import StageCore
+from seda.engine.envelope import PAYLOAD, REQUEST, Envelope
+from seda.engine.stage import Group, StageCore
 from seda.engine.throttle import Throttle
 from seda.errors import ProtocolError
 from seda.plan.deployment import Plan
 from seda.runtime import access
+from seda.runtime.aio import bounded, new_loop
 from seda.runtime.listener import tune
 from seda.runtime.node import Node, die_with_parent
 from seda.runtime.watchdog import Watchdog
@@ -117,7 +119,8 @@ class Connection:
         deadline = time.time() + self.limits.request_timeout
         envs = [[i, master.name, 1, deadline, request, i, 0]  # run at once: no queue wait
                 for i, request in enumerate(requests)]
-        group = master.core.process(master.entry, envs)
+        group = master.core.process(master.entry, envs) if master.loop is None else \
+            master.loop.run_until_complete(master.run_async(envs))
         replies: dict[int, tuple[bytes, bool]] = {}
         for env in group.results:
             if env[REQUEST] not in replies:  # the first reply to a request is its answer
@@ -132,6 +135,12 @@ class Connection:
             master.dead_letter([DeadLetter(master.entry, env, error, tb)])
             replies[env[REQUEST]] = codec.error_reply(ProtocolError("the handler failed", 500)), \
                 False
+        for env, why in group.overran:
+            self.figures["failed"] += 1
+            self.figures["dead_letters"] += 1
+            master.dead_letter([DeadLetter(master.entry, env, why, status=504)])
+            replies[env[REQUEST]] = codec.error_reply(ProtocolError(
+                "the handler ran over its time limit", 504)), False
         out, close = [], False
         for i in range(len(requests)):
             data, close = replies.get(i) or (codec.error_reply(ProtocolError("no reply", 504)),
@@ -171,6 +180,9 @@ class Master(Node):
             acc.entry
         self.core = StageCore(self.spec, self.me.stages, 0, resolve)
         self.core.setup()  # once, before any fork: connection processes start warm
+        # async handlers: each connection process makes its own event loop (a loop must not
+        # cross a fork) and runs the async setup there, before its first request
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.listen_sock = socket.socket(fileno=listen_fd)
         self.listen_sock.setblocking(False)
         self.cap = plan.processes
@@ -250,6 +262,9 @@ class Master(Node):
         if limits:  # a call past its limit ends this connection's process
             Watchdog(self.core, limits, "", self.name, lambda: ("", [])).start()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        if self.core.needs_loop:
+            self.loop = new_loop()
+            self.loop.run_until_complete(self.core.setup_async())
         try:
             sock.settimeout(self.limits.idle_timeout)  # bounds a send to a stalled client
             tune(sock, self.acc)
@@ -257,10 +272,27 @@ class Master(Node):
         except OSError:
             pass  # the client went away
         finally:
+            if self.loop is not None:
+                self.loop.run_until_complete(self.core.teardown_async())
             sock.close()
             values = [connection.figures[k] for k in REPORTED]
             os.write(self._report_w, REPORT.pack(*values))
         return 0
+
+    async def run_async(self, envs: list[Envelope]) -> Group:
+        """A connection's requests through an async graph, at once: one group of them all."""
+        core, entry, limit = self.core, self.entry, self.spec.call_limit(self.entry)
+        if core.runners[entry].batch is not None:
+            return await bounded(core, entry, envs, True, limit)
+        total = Group([])
+        for group in await asyncio.gather(*(bounded(core, entry, [env], False, limit)
+                                            for env in envs)):
+            total.inputs += group.inputs
+            total.results += group.results
+            total.failed += group.failed
+            total.overran += group.overran
+            total.dropped += group.dropped
+        return total
 
     def _reap(self) -> None:
         while self.children:

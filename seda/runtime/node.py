@@ -281,8 +281,8 @@ class Node:
         elif kind == FAIL:
             dispatcher = self._dispatcher_of(sender)
             letters = []
-            for msg_id, error, tb in unpack_fail(body, self.limit):
-                letter = dispatcher.failed(sender, msg_id, error, tb)
+            for msg_id, error, tb, status in unpack_fail(body, self.limit):
+                letter = dispatcher.failed(sender, msg_id, error, tb, status)
                 if letter is not None:
                     letters.append(letter)
             self.dead_letter(letters)
@@ -377,9 +377,10 @@ class Node:
     def ack_done(self, sender: str, ids: Iterable[int]) -> None:
         self._acks.setdefault(sender, ([], []))[1].extend(ids)
 
-    def fail(self, sender: str, msg_id: int, error: str, tb: str) -> None:
+    def fail(self, sender: str, msg_id: int, error: str, tb: str, status: int = 0) -> None:
         # (an exception's text is the handler's to choose: a frame must still hold it)
-        self._fails.setdefault(sender, []).append([msg_id, error[:ERROR_MAX], tb[-TB_MAX:]])
+        self._fails.setdefault(sender, []).append([msg_id, error[:ERROR_MAX], tb[-TB_MAX:],
+                                                   status])
 
     def submit_outputs(self, emits: list[tuple[str, Envelope]],
                        results: list[Envelope]) -> list[int]:

@@ -14,6 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import zmq
+
+from seda.engine.config import CONCURRENCY
 from seda.engine.controllers import BatchController
 from seda.engine.envelope import (
     CREDIT,
@@ -27,11 +30,12 @@ from seda.engine.envelope import (
     pack,
     unpack_data,
 )
-from seda.engine.stage import StageCore
+from seda.engine.stage import Group, StageCore
 from seda.log import LOG
 from seda.plan.deployment import Plan
+from seda.runtime.aio import Lane
 from seda.runtime.node import RESULTS, Node
-from seda.runtime.watchdog import EXIT_RECYCLE, Watchdog
+from seda.runtime.watchdog import EXIT_RECYCLE, EXIT_STUCK, Watchdog
 
 STEP_SLICE = 0.002  # s of handler work per loop turn
 BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
@@ -44,8 +48,16 @@ class Worker(Node):
         super().__init__(plan, name, parent)
         self.core = StageCore(self.spec, self.me.stages, self.me.index, resolve)
         self.window = max(self.spec.stages[s].prefetch for s in self.me.stages)
+        # async handlers run on an event loop of their own (see seda.runtime.aio); the
+        # credit window is then the messages in flight at once: the stages' concurrency
+        self.lane = Lane(self.core, self.spec) if self.core.needs_loop else None
+        if self.lane is not None:
+            self.poller.register(self.lane.wake_r, zmq.POLLIN)
+        if self.core.is_async:
+            self.window = max(self.spec.stages[s].concurrency or CONCURRENCY
+                              for s in self.me.stages)
         rules = [r for s in self.me.stages if (r := self.spec.stages[s].batching) is not None
-                 and r.enabled]
+                 and r.enabled and not self.core.is_async]
         self.batching = BatchController(
             min(r.min for r in rules), max(r.max for r in rules), min(r.period for r in rules),
             budget=max(r.budget for r in rules),
@@ -67,9 +79,13 @@ class Worker(Node):
         self.max_rss = min(memory) << 20 if memory else 0  # bytes; 0: no limit
         self.recycling = False  # over max_rss: retiring, to be replaced (see recycle)
         self.core.setup()
+        if self.lane is not None:
+            self.lane.run(self.core.setup_async())
         self.current: tuple[str, str, list[Envelope]] = ("", "", [])  # the frame being run
         limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
-        if limits:
+        # the longest a blocked event loop is waited for (see step)
+        self.loop_limit = min(limits.values()) if limits and self.core.is_async else 0.0
+        if limits and not self.core.is_async:
             Watchdog(self.core, limits, plan.run_dir, name, self._culprits).start()
 
     def _culprits(self) -> tuple[str, list[int]]:
@@ -112,13 +128,16 @@ class Worker(Node):
         return bool(self.work) and self.backlog() < BACKLOG_LIMIT
 
     def step(self) -> None:
-        # a short slice, then the loop sends what it produced and reads what came in
-        until = time.perf_counter() + STEP_SLICE
-        while self.has_work() and time.perf_counter() < until:
-            sender, stage, envs = self.work.popleft()
-            self._run(sender, stage, envs)
-            if self.work:  # send what this frame made while the next one runs
-                self.flush()
+        if self.lane is not None and self.core.is_async:
+            self._step_async(self.lane)
+        else:
+            # a short slice, then the loop sends what it produced and reads what came in
+            until = time.perf_counter() + STEP_SLICE
+            while self.has_work() and time.perf_counter() < until:
+                sender, stage, envs = self.work.popleft()
+                self._run(sender, stage, envs)
+                if self.work:  # send what this frame made while the next one runs
+                    self.flush()
         if self.finishing and not self.finished and self.pending() == 0:
             self.finished = True
             self.report()  # final figures, so the run's summary is exact
@@ -166,9 +185,32 @@ class Worker(Node):
             self.report()  # final figures: the supervisor keeps them in its totals
             self.stop()
 
+    def _step_async(self, lane: Lane) -> None:
+        """An async pool: hand every frame to the event loop at once (the window bounds how
+        many messages are in flight), settle what came back."""
+        while self.has_work():
+            sender, stage, envs = self.work.popleft()
+            lane.submit(sender, stage, envs)
+        for sender, group in lane.collect():
+            self._settle(sender, group)
+        if self.loop_limit and lane.in_flight and lane.stalled() > self.loop_limit:
+            LOG.error(f"the event loop was blocked for {lane.stalled():.1f} s, longer than "
+                      f"the time limit ({self.loop_limit:g} s): a sync call in an async "
+                      f"handler? The worker is replaced; what it held goes out again")
+            self.report()
+            os._exit(EXIT_STUCK)
+
+    def pending(self) -> int:
+        return super().pending() + (self.lane.in_flight if self.lane is not None else 0)
+
     def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
         self.current = (sender, stage, envs)
-        group = self.core.process(stage, envs)
+        self._settle(sender, self.core.process(stage, envs))
+
+    def _settle(self, sender: str, group: Group) -> None:
+        """Send on, acknowledge or fail what one batch (or one async message) caused."""
+        for env, why in group.overran:
+            self.fail(sender, env[ID], why, "", 504)
         for env, error, tb in group.failed:
             self.fail(sender, env[ID], error, tb)
         if group.dropped:  # (an empty entry would send an empty ACK frame)
@@ -216,7 +258,10 @@ class Worker(Node):
             self.retire()
         elif msg.get("op") == "finish":
             seed = zlib.crc32(self.name.encode())
-            for i, (stage, value) in enumerate(self.core.finish()):
+            values = self.core.finish()
+            if self.lane is not None:
+                values += self.lane.run(self.core.finish_async())
+            for i, (stage, value) in enumerate(values):
                 final = [child_id(seed, i), self.origin, 1, 0.0, value, 0, 0, stage]
                 self.results.submit(RESULTS, final)
             self.finishing = True
@@ -236,6 +281,11 @@ class Worker(Node):
 
     def close(self) -> None:
         try:
+            if self.lane is not None:
+                try:
+                    self.lane.run(self.core.teardown_async())
+                finally:
+                    self.lane.stop()
             self.core.teardown()
         finally:
             super().close()

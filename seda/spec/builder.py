@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from seda.calls import handler_is_async
 from seda.errors import Problem, SpecError
 from seda.handler import HandlerImportError, import_timeout, resolve_in_time, search_path
 from seda.spec import topology
@@ -157,10 +158,31 @@ def check_imports(spec: GraphSpec, lines: LineMap, search: Sequence[str] = ()) -
     with search_path(search):
         for path, ref in refs:
             try:
-                resolve_in_time(ref, seconds)
+                obj = resolve_in_time(ref, seconds)
             except HandlerImportError as exc:
                 problems.append(lines.problem(path, str(exc)))
+                continue
+            stage = spec.stages[path[1]] if path[0] == "stages" else None
+            if stage is not None and stage.concurrency is not None and \
+                    not handler_is_async(obj):
+                problems.append(lines.problem(
+                    ("stages", path[1], "concurrency"), "has no effect: the handler is not "
+                    "async (async def), so it runs one message at a time", "warning"))
     return problems
+
+
+def handler_kinds(spec: GraphSpec, search: Sequence[str] = ()) -> dict[str, str]:
+    """stage -> 'async', 'sync' or why its handler could not be imported (seda plan)."""
+    kinds = {}
+    with search_path(search):
+        for name, stage in spec.stages.items():
+            try:
+                obj = resolve_in_time(stage.handler, import_timeout())
+            except HandlerImportError as exc:
+                kinds[name] = f"not imported: {exc.reason}"
+                continue
+            kinds[name] = "async" if handler_is_async(obj) else "sync"
+    return kinds
 
 
 @dataclass

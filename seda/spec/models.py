@@ -19,7 +19,7 @@ Model = Literal["seda", "amped", "sped", "symped", "mp"]
 Protocol = Literal["http", "line", "length", "resp"]
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+HANDLER_RE = re.compile(r"^(asgi:)?[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class _Spec(BaseModel):
@@ -138,7 +138,8 @@ class AcceptorSpec(_Spec):
 
 def _check_handler(value: str) -> str:
     if not HANDLER_RE.fullmatch(value):
-        raise ValueError(f"expected an import string 'module:attribute', got '{value}'")
+        raise ValueError(f"expected an import string 'module:attribute' (or "
+                         f"'asgi:module:app' for an ASGI app), got '{value}'")
     return value
 
 
@@ -214,7 +215,9 @@ class StageSpec(_Spec):
 
     handler: str
     """'module:attribute' of a function handle(payload, ctx) or a class with
-    setup/handle/teardown (and finish for sinks); imported from the graph's folder."""
+    setup/handle/teardown (and finish for sinks), sync or async; or 'asgi:module:app', an
+    ASGI 3 application (Starlette, FastAPI) serving the stage's HTTP requests; imported from
+    the graph's folder."""
     workers: int = Field(1, ge=1, le=256)
     """Worker processes of the stage's pool at start."""
     prefetch: int = Field(8, ge=1, le=10_000)
@@ -242,6 +245,9 @@ class StageSpec(_Spec):
     """Seconds one handler call may take; past it the worker is replaced and the message fails
     without a retry (null: in a service, the larger of request_timeout and 30; in a
     pipeline, none)."""
+    concurrency: int | None = Field(None, ge=1, le=10_000)
+    """Async handlers (async def): messages one worker runs at once on its event loop, and
+    its credit window (null: 100). No effect on a sync handler, which runs one at a time."""
     max_memory_mb: int | None = Field(None, ge=16, le=1 << 20)
     """A worker whose resident memory passes this is recycled: it finishes what it holds and a
     fresh one takes its place (null: no limit)."""

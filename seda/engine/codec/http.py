@@ -158,7 +158,7 @@ class HttpCodec:
                     close=status < 500) + body
 
 
-def reply_parts(reply: Any) -> tuple[int, dict[str, str], bytes]:
+def reply_parts(reply: Any) -> tuple[int, dict[str, Any], bytes]:
     """A stage's reply -> (status, headers, body bytes). See the module docstring. A reply
     that cannot be sent as it is (a status that is not an int from 200 to 599, headers that
     are not a mapping of names to values, a header that would break the head: CR, LF or NUL,
@@ -189,9 +189,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BREAKS = re.compile(r"[\r\n\x00]")
 
 
-def status_and_headers(reply: dict[Any, Any]) -> tuple[int, dict[str, str]]:
+def status_and_headers(reply: dict[Any, Any]) -> tuple[int, dict[str, Any]]:
     """The status and headers of a dict reply (`file` replies too), checked; ValueError
-    says what is wrong."""
+    says what is wrong. A header's value may be a list: one line each (set-cookie)."""
     status = reply.get("status", 200)
     if type(status) is not int or not 200 <= status <= 599:
         raise ValueError(f"expected an int status from 200 to 599, got {status!r:.40}")
@@ -200,15 +200,22 @@ def status_and_headers(reply: dict[Any, Any]) -> tuple[int, dict[str, str]]:
         return status, {}
     if not isinstance(raw, dict):
         raise ValueError(f"expected a mapping of headers, got {type(raw).__name__}")
-    headers = {}
+    headers: dict[str, Any] = {}
     for key, value in raw.items():
         if type(key) is not str or not _TOKEN.fullmatch(key):
             raise ValueError(f"expected a header name (a token), got {key!r:.40}")
-        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        if _BREAKS.search(text):
-            raise ValueError(f"header '{key}' holds CR, LF or NUL (response splitting)")
-        headers[key.lower()] = text
+        if type(value) is list:
+            headers[key.lower()] = [_header_value(key, v) for v in value]
+        else:
+            headers[key.lower()] = _header_value(key, value)
     return status, headers
+
+
+def _header_value(key: str, value: Any) -> str:
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    if _BREAKS.search(text):
+        raise ValueError(f"header '{key}' holds CR, LF or NUL (response splitting)")
+    return text
 
 
 def _body(raw: Any) -> bytes:
@@ -254,15 +261,16 @@ def _remembered(reply: Any, close: bool) -> tuple[bytes, bytes] | None:
     return prefix, body
 
 
-def head(status: int, headers: dict[str, str], length: int, close: bool) -> bytes:
+def head(status: int, headers: dict[str, Any], length: int, close: bool) -> bytes:
     return _prefix(status, headers, close) + b"content-length: %d\r\n\r\n" % length
 
 
-def _prefix(status: int, headers: dict[str, str], close: bool) -> bytes:
+def _prefix(status: int, headers: dict[str, Any], close: bool) -> bytes:
     """A reply's head up to its content-length line (which the caller adds)."""
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-    lines += [f"{k}: {v}" for k, v in headers.items() if k not in ("content-length",
-                                                                    "connection")]
+    for k, v in headers.items():
+        if k not in ("content-length", "connection"):
+            lines += [f"{k}: {x}" for x in v] if type(v) is list else [f"{k}: {v}"]
     if close:
         lines.append("connection: close")
     lines.append("")

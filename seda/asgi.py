@@ -1,0 +1,172 @@
+"""An existing ASGI 3 application (Starlette, FastAPI, Quart, ...) as a seda stage.
+
+`handler: asgi:module:app` in a graph names the app; `seda.handler.resolve` wraps it in an
+`App`, an async handler class: each worker (or inline front door) runs the app's lifespan
+once (`setup`/`teardown`), and every HTTP request the acceptor gives the stage becomes an
+ASGI `http` scope with `receive`/`send`; what the app sends becomes the stage's reply.
+
+What it does not do (yet), said plainly:
+- a streamed response (several `http.response.body` messages) is collected and sent as one
+  reply when the app has sent its last part: the client gets it whole, not as it is made;
+- the request body arrives whole (the acceptor reads it before the stage runs), so
+  `receive()` gives it in one `http.request` message;
+- websockets are refused: the acceptor's HTTP codec answers an `Upgrade` request 400
+  ("protocol upgrades are not supported"), so no `websocket` scope is ever made;
+- the scope has no `client` (the acceptor does not pass the peer's address to stages);
+  repeated request headers arrive joined with ", " (seda's request payload is a mapping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from seda.calls import is_coroutine
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Message]],
+                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+PREFIX = "asgi:"
+LIFESPAN_TIMEOUT = 30.0  # s a lifespan startup or shutdown may take
+# headers the acceptor writes itself (the reply's length, the connection's fate)
+_OWN = frozenset((b"content-length", b"connection", b"transfer-encoding", b"keep-alive"))
+
+
+class NotAnASGIApp(ValueError):
+    """The object named is not an ASGI 3 application (why is in the message)."""
+
+
+def check_app(obj: Any) -> None:
+    """Refuse what is not an ASGI 3 app -- a class (ASGI 2 style, or an app not made yet),
+    a sync callable, one that does not take (scope, receive, send) -- with the reason."""
+    if isinstance(obj, type):
+        raise NotAnASGIApp("it is a class; name the application object (app = App()), "
+                           "an ASGI 3 callable app(scope, receive, send)")
+    if not is_coroutine(obj):
+        # (middleware stacks built by frameworks are objects with an async __call__)
+        raise NotAnASGIApp("it is not async: an ASGI 3 app is `async def app(scope, "
+                           "receive, send)` or an object with such a __call__")
+    try:
+        inspect.signature(obj).bind(None, None, None)
+    except (TypeError, ValueError) as exc:
+        raise NotAnASGIApp(f"it does not take (scope, receive, send): {exc}") from None
+
+
+class App:
+    """An ASGI app run as an async stage handler (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}  # the lifespan's state, given to every request
+        self.lifespan: asyncio.Task[None] | None = None
+        self.to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self.from_app: asyncio.Queue[Message] = asyncio.Queue()
+
+    # ------------------------------------------------------------ lifespan
+    async def setup(self, ctx: Any) -> None:
+        """Run the app's lifespan startup (an app without lifespan support is fine: like
+        uvicorn's `--lifespan auto`, an error before it answers means it has none)."""
+        self.to_app, self.from_app = asyncio.Queue(), asyncio.Queue()
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": self.state}
+        self.lifespan = asyncio.get_running_loop().create_task(self._lifespan(scope))
+        await self.to_app.put({"type": "lifespan.startup"})
+        answer = await asyncio.wait_for(self.from_app.get(), LIFESPAN_TIMEOUT)
+        if answer["type"] == "lifespan.startup.failed":
+            raise RuntimeError(f"the app's lifespan startup failed: "
+                               f"{answer.get('message', '')}")
+        if answer["type"] == "unsupported":
+            self.lifespan = None
+
+    async def _lifespan(self, scope: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self.app(scope, self.to_app.get, self._lifespan_send)
+        # it ended: before it answered the startup, it has no lifespan; after, this is
+        # read by nobody (or by teardown, as the end of the shutdown)
+        await self.from_app.put({"type": "unsupported"})
+
+    async def _lifespan_send(self, message: Message) -> None:
+        await self.from_app.put(message)
+
+    async def teardown(self, ctx: Any) -> None:
+        if self.lifespan is None or self.lifespan.done():
+            return
+        await self.to_app.put({"type": "lifespan.shutdown"})
+        try:
+            await asyncio.wait_for(self.from_app.get(), LIFESPAN_TIMEOUT)
+        finally:
+            self.lifespan.cancel()
+
+    # ------------------------------------------------------------ requests
+    async def handle(self, request: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if not isinstance(request, dict) or "method" not in request:
+            raise TypeError("an ASGI stage serves HTTP requests (acceptor protocol: http): "
+                            f"got {type(request).__name__}")
+        path = request.get("path") or "/"
+        headers = request.get("headers") or {}
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1", "method": request["method"], "scheme": "http",
+            "path": unquote(path), "raw_path": path.encode("latin-1", "replace"),
+            "query_string": (request.get("query") or "").encode("latin-1", "replace"),
+            "root_path": "", "client": None, "server": None, "state": dict(self.state),
+            "headers": [(k.encode("latin-1"), str(v).encode("latin-1", "replace"))
+                        for k, v in headers.items()],
+        }
+        body = request.get("body") or b""
+        done = asyncio.Event()
+        sent_body = False
+        status = 0
+        out_headers: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def receive() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()  # (the client is not read again: it is gone once answered)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = int(message["status"])
+                for name, value in message.get("headers", []):
+                    key = bytes(name).lower()
+                    if key in _OWN:
+                        continue
+                    text, known = bytes(value).decode("latin-1"), out_headers.get(
+                        key.decode("latin-1"))
+                    if known is None:
+                        out_headers[key.decode("latin-1")] = text
+                    else:  # repeated (set-cookie): each sent on a line of its own
+                        out_headers[key.decode("latin-1")] = [
+                            *(known if isinstance(known, list) else [known]), text]
+            elif kind == "http.response.body":
+                if not status:
+                    raise RuntimeError("the app sent a body before http.response.start")
+                chunks.append(bytes(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    done.set()
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            if not done.is_set():
+                raise  # no whole response: the stage fails (500, retried as `retry` says)
+            # the response was sent (a framework's error page): the client gets it, and
+            # the error is logged, as uvicorn does
+            ctx.log.exception(f"the app raised after its response to {request['method']} "
+                              f"{path}")
+        finally:
+            done.set()
+        if not status:
+            raise RuntimeError("the app returned without sending a response")
+        return {"status": status, "headers": out_headers, "body": b"".join(chunks)}

@@ -1,0 +1,161 @@
+"""The event loop of a worker whose pool has async handlers: a `Lane`.
+
+A worker's own loop is a ZeroMQ poll loop (its sockets belong to its main thread). A pool
+with an `async def` handler gets a second thread that runs an asyncio event loop (uvloop
+where installed): the worker hands it each frame's messages, the lane runs each as a task
+(up to the credit window at once: the stage's `concurrency`), and hands back, per message,
+the group of outputs it made -- or its failure, or its drop -- for the main thread to send
+and acknowledge exactly as a sync batch's. The hand-over is a deque each way and a pipe
+that wakes the main thread's poller when a group is ready (written once per burst).
+
+Time: a message's deadline (a service's request_timeout) and its stage's `timeout` both
+bound its task. Past the deadline it is cancelled and dropped (the client has had its 504
+from the acceptor); past the time limit it is cancelled and fails without a retry (504).
+A handler that blocks the loop (a sync call inside `async def`) stops every task of the
+worker: the lane's heartbeat stops, and the worker ends itself once it is older than the
+shortest time limit (see Worker.step); the supervisor starts a fresh one and what it held
+goes out again as suspects, so a message that blocks every time is caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from seda.engine.config import Graph
+from seda.engine.envelope import DEADLINE, Envelope
+from seda.engine.stage import Group, StageCore
+
+T = TypeVar("T")
+BEAT_EVERY = 0.05  # s between the loop's heartbeats
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Lane:
+    def __init__(self, core: StageCore, spec: Graph) -> None:
+        self.core = core
+        self.limits = {s: spec.call_limit(s) for s in core.local}
+        self.loop = new_loop()
+        self.done: deque[tuple[str, Group]] = deque()  # (sender, group), loop -> main
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.signalled = False  # a wake-up byte is in the pipe
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0  # messages handed over and not yet back (main thread's count)
+        self.beat = time.monotonic()
+        self.thread = threading.Thread(target=self._serve, name="seda-async", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------ main thread
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the lane's loop and wait for it (setup, finish, teardown)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def submit(self, sender: str, stage: str, envs: list[Envelope]) -> None:
+        self.in_flight += len(envs)
+        self.loop.call_soon_threadsafe(self._start, sender, stage, envs)
+
+    def collect(self) -> list[tuple[str, Group]]:
+        """The groups that are ready. (Order matters: the pipe is emptied, then the flag
+        cleared, then the deque: a group added meanwhile is either taken now or wakes the
+        poller again.)"""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
+        self.signalled = False
+        out = []
+        while self.done:
+            out.append(self.done.popleft())
+        self.in_flight -= sum(len(g.inputs) + len(g.failed) + len(g.dropped) + len(g.overran)
+                              for _, g in out)
+        return out
+
+    def stalled(self) -> float:
+        """Seconds since the loop's last heartbeat (more than a few ms: something blocks it)."""
+        return time.monotonic() - self.beat
+
+    def stop(self) -> None:
+        async def cancel() -> None:
+            for task in list(self.tasks):
+                task.cancel()
+
+        if self.thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(1.0)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(1.0)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    # ------------------------------------------------------------ the loop's thread
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._heartbeat)
+        self.loop.run_forever()
+
+    def _heartbeat(self) -> None:
+        self.beat = time.monotonic()
+        self.loop.call_later(BEAT_EVERY, self._heartbeat)
+
+    def _start(self, sender: str, stage: str, envs: list[Envelope]) -> None:
+        if self.core.runners[stage].batch is not None:  # handle_batch: one call, one task
+            self._spawn(self._run(sender, stage, envs, True))
+        else:
+            for env in envs:
+                self._spawn(self._run(sender, stage, [env], False))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, sender: str, stage: str, envs: list[Envelope], batch: bool) -> None:
+        group = await bounded(self.core, stage, envs, batch, self.limits[stage])
+        self.done.append((sender, group))
+        if not self.signalled:
+            self.signalled = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self.wake_w, b"!")
+
+
+async def bounded(core: StageCore, stage: str, envs: list[Envelope], batch: bool,
+                  limit: float | None) -> Group:
+    """`envs` through an async pool's `stage` (one message, or a batch for handle_batch),
+    within the earliest of their deadlines and the stage's time limit: past the deadline
+    they are dropped, past the limit they fail without a retry (504). For every runtime
+    that runs async pools: a worker's lane, an inline front door (sped, symped, mp)."""
+    due = min((env[DEADLINE] for env in envs if env[DEADLINE]), default=0.0)
+    left = due - time.time() if due else None
+    wait = min((t for t in (limit, left) if t is not None), default=None)
+    try:
+        async with asyncio.timeout(wait):
+            return await (core.run_batch_async(stage, envs) if batch
+                          else core.run_async(stage, envs[0]))
+    except TimeoutError:
+        group = Group([])
+        for env in envs:
+            if limit is not None and wait == limit:
+                group.overran += core.overran(stage, env, limit).overran
+            else:
+                group.dropped += core.expired(stage, env).dropped
+        return group
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the runtime stops
+        # the handler let a CancelledError of its own out: a failure like any other
+        core.stats[stage].errors += 1
+        return Group([], failed=[(env, f"{stage}: CancelledError: raised by the handler", "")
+                                 for env in envs])
