@@ -312,7 +312,7 @@ def test_a_header_with_a_list_of_values_is_sent_once_per_value() -> None:
     head_text = data.split(b"\r\n\r\n")[0].decode()
     assert head_text.splitlines()[1:3] == ["set-cookie: a=1", "set-cookie: b=2"]
     with pytest.raises(ValueError, match="response splitting"):
-        encode_reply_raising({"headers": {"set-cookie": ["a=1", "b=2\r\nx: y"]}})
+        encode_reply_raising({"body": "", "headers": {"set-cookie": ["a=1", "b=2\r\nx: y"]}})
 
 
 def encode_reply_raising(reply: object) -> None:
