@@ -6,6 +6,7 @@ serves the same app (tools/bench_asgi.py runs both)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -47,6 +48,15 @@ async def stream(request: Request) -> StreamingResponse:
     return StreamingResponse(parts(), media_type="text/plain")
 
 
+async def work(request: Request) -> JSONResponse:
+    """`ms` milliseconds of CPU (default 2): a route that costs what it says."""
+    ms = float(request.query_params.get("ms", "2"))
+    end, spins = time.perf_counter() + ms / 1000, 0
+    while time.perf_counter() < end:
+        spins += 1
+    return JSONResponse({"ms": ms, "spins": spins})
+
+
 async def cookies(request: Request) -> PlainTextResponse:
     response = PlainTextResponse("two cookies")
     response.set_cookie("a", "1")
@@ -63,6 +73,7 @@ app = Starlette(lifespan=lifespan, routes=[
     Route("/items/{item_id:int}", item),
     Route("/items", create, methods=["POST"]),
     Route("/stream", stream),
+    Route("/work", work),
     Route("/cookies", cookies),
     Route("/error", fail),
 ])
