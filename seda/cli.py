@@ -128,7 +128,8 @@ def _inline_notes(model: str, kinds: dict[str, str]) -> list[str]:
     connection's process: which of them wait concurrently and which block."""
     if model not in ("sped", "symped", "mp") or not kinds:
         return []
-    where = "each connection's process" if model == "mp" else "the acceptor's event loop"
+    where = {"mp": "each connection's process", "symped": "each acceptor's event loop"}.get(
+        model, "the acceptor's event loop")
     lines = [f"handlers run inline, in {where}:"]
     runs = [s for s, k in kinds.items() if k == "async"]
     blocks = [s for s, k in kinds.items() if k == "sync"]

@@ -200,3 +200,21 @@ def test_the_messages_in_troubleshooting_are_ones_seda_prints() -> None:
     missing = [(message, piece) for message, piece in pieces
                if len(piece) >= 8 and piece not in source and piece not in system]
     assert missing == [], missing
+
+
+def test_the_plan_shown_in_the_models_page_is_what_seda_plan_prints(tmp_path: Path) -> None:
+    """docs/models.md shows `seda plan` output: it is the command's output today (the
+    dead-letter path aside, which names the reader's folder)."""
+    page = (ROOT / "docs" / "models.md").read_text()
+    [shown] = [text for _, _, text in blocks(page)
+               if text.startswith("$ seda plan graphs/shop.yaml")]
+    command, _, expected = shown.partition("\n")
+    done = subprocess.run([sys.executable, "-m", "seda.cli", *command.split()[2:]],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+    def same(text: str) -> list[str]:
+        return [re.sub(r"dead letters: \S+", "dead letters: PATH", line)
+                for line in text.strip().splitlines()]
+
+    assert same(done.stdout) == same(expected)

@@ -3,6 +3,9 @@
     python tools/bench_asgi.py [--duration 5] [--connections 64] [--path /items/7?q=x]
                                [--overload-path /work?ms=2] [--target 0.1] [--out DIR]
 
+0. Waiting: graphs/waits.yaml (one worker, an async stage that awaits 50 ms,
+   `concurrency: 256`) under each seda model, wrk -t1 -c256: requests/s against the
+   ceiling, 256 / 0.05 s = 5,120/s.
 1. Closed loop (wrk -t1 -cC, after 1 s of the same load not counted): uvicorn with
    `--workers 1` and `--workers 2` (uvloop and httptools, access log off), seda `symped`
    (2 loops), `amped` (graphs/webapp.yaml's 2 workers) and `sped`. Requests/s, p50, p99, and
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from seda.bench import BenchOptions, Server, drive, graph_data, settle  # noqa: E402
 
 GRAPH = ROOT / "graphs" / "webapp.yaml"
+WAITS = ROOT / "graphs" / "waits.yaml"
 
 
 class Uvicorn:
@@ -93,7 +97,7 @@ def seda_server(name: str, graph: Path, log: Path) -> Server:
 def serve(name: str, graph: Path, logs: Path) -> Uvicorn | Server:
     log = logs / f"{name.replace(' ', '-')}.log"
     if name.startswith("uvicorn"):
-        return Uvicorn(int(name.split()[-1][0]), log)
+        return Uvicorn(int(name.split()[1]), log)
     return seda_server(name, graph, log)
 
 
@@ -133,9 +137,25 @@ def main() -> int:
     args = ap.parse_args()
     servers = ["uvicorn 1 worker", "uvicorn 2 workers", "seda symped", "seda amped",
                "seda sped"]
-    rows: dict[str, Any] = {"closed": {}, "peak": {}, "overload": {}}
+    rows: dict[str, Any] = {"waits": {}, "closed": {}, "peak": {}, "overload": {}}
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
+        print("waiting: graphs/waits.yaml, 1 worker awaiting 50 ms per request, concurrency "
+              f"256; wrk -t1 -c256 -d{args.duration:g}s (ceiling 5,120/s)")
+        for model in ("seda", "amped", "sped", "symped", "mp"):
+            server = Server(BenchOptions(str(WAITS), [model], [1]), model,
+                            logs / f"waits-{model}.log")
+            try:
+                port = server.start("/?s=0")
+                url = f"http://127.0.0.1:{port}/x?s=0.05"
+                drive("wrk", url, 256, 1.0, None, 5.0)
+                row = drive("wrk", url, 256, args.duration, None, 5.0)
+            finally:
+                server.stop()
+            rows["waits"][model] = row
+            print(f"  seda {model:7} {row['rps']:>7,.0f} req/s ({row['rps'] / 5120:.2f} of the "
+                  f"ceiling)  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
+                  f"errors {row['errors']}")
         admitted = logs / "webapp-admission.yaml"
         spec = graph_data(GRAPH)
         spec["acceptor"]["admission"] = {"target": args.target}
