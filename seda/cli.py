@@ -241,7 +241,8 @@ def _file_options(p: argparse.ArgumentParser, files: str = "file") -> None:
         p.add_argument("file", metavar="FILE")
     p.add_argument("--app-dir", type=_app_dir, action="append", default=[], metavar="DIR",
                    help="import handlers (and a module:attr graph) from DIR first; "
-                        "repeatable (default: the graph file's folder, then the current one)")
+                        "repeatable (then the folders of the graph's path:, the graph "
+                        "file's folder, the current one)")
 
 
 def _deploy_options(p: argparse.ArgumentParser) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from seda.engine.envelope import ID, PAYLOAD, REQUEST
 from seda.engine.stage import StageCore, is_coroutine
+from seda.engine.wire import ID, PAYLOAD, REQUEST
 from seda.spec.builder import Graph
 from seda.spec.models import GraphSpec
 from tests.test_core import chain, core, env

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from seda.engine.envelope import ID, PAYLOAD
 from seda.engine.stage import StageCore
+from seda.engine.wire import ID, PAYLOAD
 from seda.spec.builder import Graph
 from seda.spec.models import GraphSpec
 
@@ -226,7 +226,7 @@ def test_finish_collects_sink_values() -> None:
 
 @pytest.mark.parametrize("bad", [b"", b"\xc1", b"\x93\x01\x02"])
 def test_malformed_frames_are_protocol_errors(bad: bytes) -> None:
-    from seda.engine.envelope import unpack_data
+    from seda.engine.wire import unpack_data
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError):
@@ -234,7 +234,7 @@ def test_malformed_frames_are_protocol_errors(bad: bytes) -> None:
 
 
 def test_oversized_frames_are_refused() -> None:
-    from seda.engine.envelope import pack, unpack_data
+    from seda.engine.wire import pack, unpack_data
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="over the 100-byte limit"):
@@ -274,7 +274,8 @@ def test_queue_wait_counts_from_birth_to_the_start_of_the_handler() -> None:
 # ---------------------------------------------------------------- exact books (what mutation
 # testing found unguarded: counters, histogram buckets, the fields of what a handler makes)
 
-from seda.engine.envelope import (  # noqa: E402
+from seda.engine.stage import Context, StageStats, bucket_upper, time_bucket  # noqa: E402
+from seda.engine.wire import (  # noqa: E402
     ATTEMPT,
     BORN,
     DEADLINE,
@@ -283,7 +284,6 @@ from seda.engine.envelope import (  # noqa: E402
     SAMPLE,
     child_id,
 )
-from seda.engine.stage import Context, StageStats, bucket_upper, time_bucket  # noqa: E402
 
 
 def test_time_buckets_are_exact_below_8_and_within_a_quarter_above() -> None:

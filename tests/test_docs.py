@@ -5,6 +5,7 @@ tutorial's port 8080 becomes a free port; `seda` is this interpreter's."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -218,3 +219,17 @@ def test_the_plan_shown_in_the_models_page_is_what_seda_plan_prints(tmp_path: Pa
                 for line in text.strip().splitlines()]
 
     assert same(done.stdout) == same(expected)
+
+
+def test_the_container_example_uses_real_flags_and_a_real_graph() -> None:
+    """docs/deployment.md's Dockerfile: its CMD is a `seda run` whose every flag the command
+    has, on a graph of this repository."""
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    [dockerfile] = [text for lang, _, text in blocks(page) if lang == "dockerfile"]
+    [cmd] = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    argv = json.loads(cmd[len("CMD "):])
+    assert argv[:2] == ["seda", "run"] and (ROOT / argv[2]).is_file()
+    usage = subprocess.run([sys.executable, "-m", "seda.cli", "run", "--help"],
+                           capture_output=True, text=True, timeout=60).stdout
+    flags = [a for a in argv if a.startswith("--")]
+    assert flags and all(f"{flag} " in usage or f"{flag}\n" in usage for flag in flags), flags

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seda.engine import envelope as e
+from seda.engine import wire as e
 from seda.errors import ProtocolError
 from seda.handler import resolve
 from seda.plan.deployment import make_plan

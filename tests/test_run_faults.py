@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import zmq
 
-from seda.engine import envelope as e
+from seda.engine import wire as e
 from tests.runkit import SedaRun, wait_for
 
 CHAIN = """

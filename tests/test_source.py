@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from seda.engine import envelope as e
+from seda.engine import wire as e
 from seda.handler import resolve
 from seda.plan.deployment import make_plan
 from seda.runtime.source import Source

@@ -35,7 +35,7 @@ from bench_http import wrk_seda, wrk_written  # noqa: E402
 # the per-request modules of the acceptor and the worker, and every class that derives from a
 # compiled one (an interpreted class cannot inherit from a compiled class)
 COMPILED = ["seda/engine/codec/__init__.py", "seda/engine/codec/http.py",
-            "seda/engine/envelope.py", "seda/engine/credit.py", "seda/engine/stage.py",
+            "seda/engine/wire.py", "seda/engine/credit.py", "seda/engine/stage.py",
             "seda/runtime/node.py", "seda/runtime/acceptor.py", "seda/runtime/worker.py",
             "seda/runtime/source.py", "seda/runtime/mp.py"]
 

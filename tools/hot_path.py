@@ -49,7 +49,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
     """us per message in the chain's middle worker (best of reps)."""
     import bench_pipeline
 
-    from seda.engine.envelope import ACK, DATA, ID, pack, unpack_data
+    from seda.engine.wire import ACK, DATA, ID, pack, unpack_data
     from seda.handler import resolve
     from seda.plan.deployment import make_plan
     from seda.runtime.worker import Worker
@@ -90,7 +90,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
 
 def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
     """us per request in graphs/hello.yaml's acceptor under AMPED (best of reps)."""
-    from seda.engine.envelope import DATA, REQUEST, RESULT, pack, unpack_data
+    from seda.engine.wire import DATA, REQUEST, RESULT, pack, unpack_data
     from seda.handler import resolve
     from seda.plan.deployment import make_plan
     from seda.runtime.acceptor import Acceptor, Connection

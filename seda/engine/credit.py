@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from seda.engine.envelope import ATTEMPT, ID, Envelope
+from seda.engine.wire import ATTEMPT, ID, Envelope
 
 Pending = tuple[str, Envelope, float]  # (stage, envelope, sent at)
 

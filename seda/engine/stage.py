@@ -31,7 +31,7 @@ from msgpack import packb
 from seda.calls import handler_is_async, is_coroutine
 from seda.engine.config import Graph
 from seda.engine.credit import SeenIds
-from seda.engine.envelope import (
+from seda.engine.wire import (
     BORN,
     DEADLINE,
     ID,

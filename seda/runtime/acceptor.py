@@ -20,7 +20,6 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import zmq
@@ -31,9 +30,10 @@ from seda.engine.codec.http import HttpCodec
 from seda.engine.config import CONCURRENCY
 from seda.engine.controllers import AdmissionController, Classifier, Decision
 from seda.engine.credit import DeadLetter, Dispatcher
-from seda.engine.envelope import ID, ONCE, PAYLOAD, REQUEST, SAMPLE, Envelope
+from seda.engine.front import LOST_TEXT, Book, Slot, server_answer, take_ready, wants_close
 from seda.engine.stage import FRONT_FIGURES, Group, StageCore
 from seda.engine.throttle import Throttle
+from seda.engine.wire import ID, ONCE, PAYLOAD, REQUEST, SAMPLE, Envelope
 from seda.errors import ProtocolError
 from seda.log import LOG
 from seda.plan.deployment import Plan
@@ -43,26 +43,6 @@ from seda.runtime.listener import tune
 from seda.runtime.node import Node
 from seda.runtime.watchdog import Watchdog
 
-
-@dataclass(slots=True)
-class Slot:
-    """One request's place in its connection's reply order."""
-
-    conn: Connection
-    request: Any
-    out: bytes = b""
-    close: bool = False
-    done: bool = False
-    start: float = 0.0  # monotonic, when the request was read
-    timed: bool = False  # admitted: its response time goes to the admission controller
-    file: tuple[int, int] | None = None  # (fd, size): a file that follows `out` (sendfile)
-    rid: int = 0  # its id in the graph (0: answered without entering it)
-
-
-LOST_TEXT = {500: "the handler failed", 504: "the handler ran over its time limit",
-             502: "a worker died while it held the request, which is not run twice",
-             413: "the request is over the graph's settings.max_message_bytes",
-             503: "overloaded, try again"}
 SEND_EARLY = 16  # requests queued since the last send that go to the entry stage at once
 FD_RESERVE = 64  # descriptors kept free for the acceptor's own use (see connection_cap)
 CLASS_WEIGHT = 4  # turns a priority level gets for each turn of the next less important one
@@ -131,10 +111,6 @@ class FileSend:
         return True
 
 
-def _wants_close(slot: Slot) -> bool:
-    return type(slot.request) is dict and slot.request.get("keep_alive") is False
-
-
 def _what(request: Any) -> str:
     """A request named in a log line: 'GET /path', a RESP command's name, or its type."""
     if type(request) is dict:
@@ -142,14 +118,6 @@ def _what(request: Any) -> str:
     if type(request) is list and request:
         return f"command {str(request[0])[:40]}"
     return f"a {type(request).__name__} request"
-
-
-def _server_answer(slot: Slot, out: bytes) -> None:
-    """The server's own answer to a request (500, 503, 504): the connection stays open
-    unless the request asked to close it."""
-    slot.out = out
-    slot.close = _wants_close(slot)
-    slot.done = True
 
 
 class Connection(asyncio.Protocol):
@@ -249,24 +217,24 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
-        order, outs = self.order, []  # the finished replies go out in one write
-        while order and order[0].done and self.sending is None:
-            slot = order.popleft()
-            outs.append(slot.out)
-            if slot.file is not None or slot.close:  # what came before goes out first
-                transport.write(b"".join(outs))
-                outs = []
-                if slot.file is not None:
-                    send = FileSend(self, slot, transport.get_extra_info("socket"))
-                    if not send.done:  # the replies after it wait for the file
-                        self.sending = send
-                        return
-                    if self.closed:
-                        return
-            if self.sent(slot):
+        while self.sending is None:
+            ready = take_ready(self.order)  # (the finished replies go out in one write)
+            if not ready:
+                break
+            transport.write(ready[0].out if len(ready) == 1 else
+                            b"".join([slot.out for slot in ready]))
+            for slot in ready[:-1]:
+                self.sent(slot)  # (only the last may close the connection)
+            last = ready[-1]
+            if last.file is not None:
+                send = FileSend(self, last, transport.get_extra_info("socket"))
+                if not send.done:  # the replies after it wait for the file
+                    self.sending = send
+                    return
+                if self.closed:
+                    return
+            if self.sent(last):
                 return
-        if outs:
-            transport.write(outs[0] if len(outs) == 1 else b"".join(outs))
         self._flow()
         self.close_when_answered()
 
@@ -323,8 +291,7 @@ class Acceptor(Node):
         self.queue_bound = stage.queue or max(1024, 4 * workers * stage.prefetch)
         self.request_timeout = self.limits.request_timeout
         self.listen_sock = socket.socket(fileno=listen_fd)
-        self.slots: dict[int, Slot] = {}
-        self.deadlines: deque[tuple[float, int]] = deque()
+        self.book = Book()  # the requests in the graph, by id, and their deadlines
         self.conns: set[Connection] = set()
         self.next_id = random.getrandbits(40) << 20
         self.accepting = True
@@ -473,9 +440,9 @@ class Acceptor(Node):
         self.counters["requests"] += len(requests)
         now, mono = time.time(), time.monotonic()
         deadline, expires = now + self.request_timeout, mono + self.request_timeout
-        queue, order, slots, admission, classes = self.entry_queue, conn.order, self.slots, \
+        queue, order, slots, admission, classes = self.entry_queue, conn.order, self.book.slots, \
             self.admission, self.classes
-        entry_queue, deadlines, entry, name = self.entry_queue, self.deadlines, self.entry, \
+        entry_queue, deadlines, entry, name = self.entry_queue, self.book.deadlines, self.entry, \
             self.name
         bound, reserve, kind, rejected = self.queue_bound, 0.0, 0, 0
         repeatable = self.repeatable
@@ -590,7 +557,7 @@ class Acceptor(Node):
         large for a frame), not 504 at the deadline. The error itself stays in the
         dead-letter file, not in front of the client."""
         for request_id, _error, status in items:
-            slot = self.slots.pop(request_id, None)
+            slot = self.book.settle(request_id)
             if slot is not None:
                 self.counters[{504: "timeouts", 503: "rejected"}.get(status, "failed")] += 1
                 self.answer_error(slot, ProtocolError(LOST_TEXT.get(status, LOST_TEXT[500]),
@@ -598,7 +565,7 @@ class Acceptor(Node):
 
     def on_results(self, items: list[list[Any]]) -> None:
         for _, payload, request_id, *_ in items:
-            slot = self.slots.pop(request_id, None)
+            slot = self.book.settle(request_id)
             if slot is None:
                 self.counters["late"] += 1  # timed out already, or a duplicate
                 continue
@@ -613,7 +580,7 @@ class Acceptor(Node):
         else:
             slot.out, slot.close, why = encode_reply(conn.codec, payload, slot.request)
         if why:
-            slot.out, slot.close = conn.codec.error_reply(BAD_REPLY), _wants_close(slot)
+            slot.out, slot.close = conn.codec.error_reply(BAD_REPLY), wants_close(slot)
             self.throttle.say("bad reply", f"a reply to {_what(slot.request)} could not be "
                                            f"sent (answered 500): {why}")
         slot.done = True
@@ -672,21 +639,18 @@ class Acceptor(Node):
         if out is None:
             out = self.busy_replies[key] = codec.error_reply(
                 ProtocolError("overloaded, try again", 503, wait))
-        _server_answer(slot, out)
+        server_answer(slot, out)
 
     def answer_error(self, slot: Slot, exc: ProtocolError) -> None:
         """Answer a request with the server's error (500, 504) now."""
-        _server_answer(slot, slot.conn.codec.error_reply(exc))
+        server_answer(slot, slot.conn.codec.error_reply(exc))
         self.count_status(str(exc.status_hint))
         slot.conn.write_ready()
 
     def expire(self, now: float) -> None:
-        while self.deadlines and self.deadlines[0][0] <= now:
-            _, msg_id = self.deadlines.popleft()
-            slot = self.slots.pop(msg_id, None)
-            if slot is not None:
-                self.counters["timeouts"] += 1
-                self.answer_error(slot, ProtocolError("no reply in time", 504))
+        for slot in self.book.expired(now):
+            self.counters["timeouts"] += 1
+            self.answer_error(slot, ProtocolError("no reply in time", 504))
 
     def answered(self, slot: Slot) -> None:
         """An admitted request's answer was written (after those before it on its
@@ -733,7 +697,7 @@ class Acceptor(Node):
             super().close()
 
     def stats(self) -> dict[str, Any]:
-        figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.slots),
+        figures: dict[str, Any] = {"connections": len(self.conns), "in_flight": len(self.book),
                                    "statuses": {c.decode(): n for c, n in self.codes.items()}}
         if self.admission is not None:
             figures["admission"] = {"rate": self.admission.rate,
@@ -751,4 +715,4 @@ class Acceptor(Node):
         return figures
 
     def pending(self) -> int:
-        return super().pending() + len(self.slots)
+        return super().pending() + len(self.book)

@@ -29,8 +29,8 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from seda.engine.config import Graph
-from seda.engine.envelope import DEADLINE, Envelope
 from seda.engine.stage import Group, StageCore
+from seda.engine.wire import DEADLINE, Envelope
 
 T = TypeVar("T")
 BEAT_EVERY = 0.05  # s between the loop's heartbeats

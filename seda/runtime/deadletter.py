@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from seda.engine.credit import DeadLetter
-from seda.engine.envelope import ATTEMPT, ID, ORIGIN, PAYLOAD
+from seda.engine.wire import ATTEMPT, ID, ORIGIN, PAYLOAD
 
 
 def _jsonable(payload: Any) -> Any:

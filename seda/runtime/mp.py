@@ -32,9 +32,9 @@ from setproctitle import setproctitle
 
 from seda.engine.codec import Codec, encode_reply, make_codec
 from seda.engine.credit import DeadLetter
-from seda.engine.envelope import PAYLOAD, REQUEST, Envelope
 from seda.engine.stage import Group, StageCore
 from seda.engine.throttle import Throttle
+from seda.engine.wire import PAYLOAD, REQUEST, Envelope
 from seda.errors import ProtocolError
 from seda.plan.deployment import Plan
 from seda.runtime import access

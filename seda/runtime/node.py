@@ -25,7 +25,8 @@ from setproctitle import setproctitle
 
 from seda.engine import config
 from seda.engine.credit import DeadLetter, Dispatcher, Pending, Tracker
-from seda.engine.envelope import (
+from seda.engine.throttle import Throttle
+from seda.engine.wire import (
     ACK,
     ATTEMPT,
     BOUNCE,
@@ -54,7 +55,6 @@ from seda.engine.envelope import (
     unpack_lost,
     unpack_results,
 )
-from seda.engine.throttle import Throttle
 from seda.errors import ProtocolError
 from seda.plan.deployment import FRONT_ROLES, SUPERVISOR, Plan
 from seda.runtime import deadletter

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from seda.engine.credit import SeenIds
-from seda.engine.envelope import SAMPLE, child_id
+from seda.engine.wire import SAMPLE, child_id
 from seda.plan.deployment import Plan
 from seda.runtime.node import Node
 

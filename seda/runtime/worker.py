@@ -18,7 +18,8 @@ import zmq
 
 from seda.engine.config import CONCURRENCY
 from seda.engine.controllers import BatchController
-from seda.engine.envelope import (
+from seda.engine.stage import Group, StageCore
+from seda.engine.wire import (
     CREDIT,
     DATA,
     HELLO,
@@ -30,7 +31,6 @@ from seda.engine.envelope import (
     pack,
     unpack_data,
 )
-from seda.engine.stage import Group, StageCore
 from seda.log import LOG
 from seda.plan.deployment import Plan
 from seda.runtime.aio import Lane

@@ -33,8 +33,8 @@ from setproctitle import setproctitle
 
 from seda.engine import ending
 from seda.engine.ending import Ending
-from seda.engine.envelope import CONTROL, STATUS, pack, unpack
 from seda.engine.restarts import Backoff, Intensity
+from seda.engine.wire import CONTROL, STATUS, pack, unpack
 from seda.errors import ProtocolError
 from seda.log import LOG
 from seda.observe.progress import Progress

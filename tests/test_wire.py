@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from seda.engine import envelope as e
+from seda.engine import wire as e
 from seda.errors import ProtocolError
 
 LIMIT = 1 << 16
