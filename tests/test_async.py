@@ -235,3 +235,27 @@ def test_plan_says_what_blocks_the_loop_when_handlers_run_inline(tmp_path: Path)
     assert "async (lookup): many requests wait at once" in out
     assert "sync (parse, render): a call blocks every connection of that loop" in out
     assert "inline" not in seda(tmp_path, "plan", "g.yaml", "--model", "seda").stdout
+
+
+def test_the_live_view_counts_an_async_worker_with_every_slot_taken_as_busy(
+        tmp_path: Path) -> None:
+    """An async worker that awaits `concurrency` requests at once is 100% busy in the
+    status (its time is counted per slot), and the stage, with requests waiting for credit
+    in front of it, is named the bottleneck."""
+    graph = SERVICE.format(extra="", settings="").replace("concurrency: 256",
+                                                          "concurrency: 4")
+    with SedaRun(tmp_path, graph) as run:
+        port = run.port()
+        clients = threading.Thread(target=at_once, args=(port, ["/x?s=1"] * 24))
+        clients.start()
+
+        def busy() -> dict[str, Any] | None:
+            status = run.status()
+            stage = status["stages"]["wait"]
+            return status if stage["utilisation"] >= 0.7 and stage["pending"] > 0 else None
+
+        status = wait_for(busy, 8, "a busy async stage in the status")
+        assert status["bottleneck"] == "wait", status["diagnosis"]
+        clients.join(60)
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.stderr

@@ -29,7 +29,7 @@ from typing import Any
 from msgpack import packb
 
 from seda.calls import handler_is_async, is_coroutine
-from seda.engine.config import Graph
+from seda.engine.config import CONCURRENCY, Graph
 from seda.engine.credit import SeenIds
 from seda.engine.wire import (
     BORN,
@@ -235,6 +235,10 @@ class StageCore:
         self.running = ""
         # an async handler anywhere in the pool: every message goes through run_async
         self.is_async = any(r.is_async for r in self.runners.values())
+        # messages it runs at once (its credit window): a message's time counts as busy
+        # for 1/slots of the worker, so a worker with every slot taken is 100% busy
+        self.slots = max((spec.stages[s].concurrency or CONCURRENCY for s in self.local),
+                         default=CONCURRENCY)
         # an async setup/teardown/finish: the runtime needs a loop for those, too
         self.needs_loop = self.is_async or any(
             is_coroutine(getattr(r.obj, name, None))
@@ -545,7 +549,7 @@ class StageCore:
         self._waited(stage, [env])
         runner = self.runners[stage]
         ctx = runner.ctx._fork(env, group)
-        at = stage
+        at, started = stage, time.perf_counter()
         try:
             await self._call_async(stage, runner, ctx, env)
             while ctx._pending:  # what it sent to fused stages, first in first out
@@ -560,6 +564,8 @@ class StageCore:
             group.emits.clear()
             group.results.clear()
             group.failed.append((env, *self._failure(exc, at)))
+        finally:  # (a cancelled message held its slot too)
+            self.stats[stage].busy += (time.perf_counter() - started) / self.slots
         if group.emits or group.results:
             self._check_packable(stage, group)
         return group
@@ -576,7 +582,7 @@ class StageCore:
         runner = self.runners[stage]
         assert runner.batch is not None
         ctx = runner.ctx._fork(batch[0], group)
-        at = stage
+        at, started = stage, time.perf_counter()
         try:
             start = time.perf_counter_ns()
             values = runner.batch([env[PAYLOAD] for env in batch], ctx)
@@ -603,6 +609,8 @@ class StageCore:
             group.results.clear()
             failure = self._failure(exc, at)
             group.failed.extend((env, *failure) for env in batch)
+        finally:
+            self.stats[stage].busy += (time.perf_counter() - started) * len(batch) / self.slots
         if group.emits or group.results:
             self._check_packable(stage, group)
         return group
