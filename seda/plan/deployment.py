@@ -7,7 +7,6 @@ every child reads the same plan (as JSON) to find its stages and its peers.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from seda.engine import config
 from seda.errors import Problem, SpecError, did_you_mean
-from seda.names import MAX_PROCESSES, MAX_WORKERS, MODELS, MP_DEFAULT_PROCESSES
+from seda.names import MAX_PROCESSES, MAX_WORKERS, MODELS
 
 if TYPE_CHECKING:
     from seda.spec.models import GraphSpec
@@ -117,16 +116,6 @@ def supervisor_endpoint(run_dir: str) -> str:
     return f"ipc://{Path(run_dir) / 'supervisor'}"
 
 
-def _pools(spec: GraphSpec, model: str) -> dict[str, list[str]]:
-    """pool -> its stages, in spec order."""
-    if model == "amped":
-        return {AMPED_POOL: list(spec.stages)}
-    pools: dict[str, list[str]] = {}
-    for name, stage in spec.stages.items():
-        pools.setdefault(stage.pool or name, []).append(name)
-    return pools
-
-
 def _pool_size(spec: GraphSpec, pool: str, stages: list[str], workers: Mapping[str, int]) -> int:
     for key in (pool, *stages):
         if key in workers:
@@ -159,9 +148,12 @@ def not_applied(spec: GraphSpec, model: str) -> list[str]:
 def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
               workers: Mapping[str, int] | None = None, base_dir: str = ".",
               processes: int | None = None, file: str = "<graph>") -> Plan:
-    """Decide the processes for `spec`. `workers` overrides pool sizes by pool or stage name;
-    `processes` is symped's number of event loops (default: CPU count) or mp's cap. Problems
-    name `file` (the graph file)."""
+    """Decide the processes for `spec` under `model` (default: the graph's). `workers`
+    overrides pool sizes by pool or stage name; `processes` is symped's number of event
+    loops (default: CPU count) or mp's cap. Problems name `file` (the graph file). Each
+    model's own plan is in seda/plan/models/, a module per model."""
+    from seda.plan.models import PLANS
+
     model = model or spec.model
     workers = dict(workers or {})
     if model not in MODELS:
@@ -175,11 +167,22 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
         if workers:
             raise SpecError([Problem(f"--workers: model '{model}' runs no worker pools "
                                      f"(use --processes)", "<command line>")])
-        return _front_plan(spec, run_dir, base_dir, model, processes, file)
-    if processes is not None:
+        if spec.acceptor is None:
+            raise SpecError([Problem(f"model '{model}' runs services (graphs with an "
+                                     f"acceptor) only; a pipeline runs under seda or amped",
+                                     file, None, "model")])
+    elif processes is not None:
         raise SpecError([Problem(f"--processes: only models symped and mp take it (model "
                                  f"'{model}' sizes its pools with --workers)", "<command line>")])
-    pools = _pools(spec, model)
+    return PLANS[model](spec, run_dir, workers=workers, processes=processes,
+                        base_dir=base_dir)
+
+
+def pooled_plan(spec: GraphSpec, run_dir: str, pools: dict[str, list[str]], model: str,
+                workers: Mapping[str, int], base_dir: str, scaling: bool) -> Plan:
+    """The models with queues (seda, amped): an origin (source or acceptor) and a pool of
+    worker processes per entry of `pools` (pool -> its stages); with `scaling`, a pool has
+    slots up to its stages' scale.max (started on demand)."""
     known = set(pools) | set(spec.stages)
     for key, count in workers.items():
         if key not in known or not 1 <= count <= MAX_WORKERS:
@@ -187,7 +190,7 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
     stage_pool = {s: pool for pool, stages in pools.items() for s in stages}
     run = Path(run_dir)
     initial = {pool: _pool_size(spec, pool, stages, workers) for pool, stages in pools.items()}
-    slots = {pool: max(initial[pool], _scale_max(spec, stages) if model == "seda" else 0)
+    slots = {pool: max(initial[pool], _scale_max(spec, stages) if scaling else 0)
              for pool, stages in pools.items()}
     pool_procs = {pool: [f"{pool}.{i}" for i in range(slots[pool])] for pool in pools}
     origin = SOURCE if spec.source is not None else f"{ACCEPTOR}.0"
@@ -211,32 +214,11 @@ def make_plan(spec: GraphSpec, run_dir: str, *, model: str | None = None,
                 initial={p: n for p, n in initial.items() if n < slots[p]})
 
 
-def _front_plan(spec: GraphSpec, run_dir: str, base_dir: str, model: str,
-                processes: int | None, file: str) -> Plan:
-    """The models without queues: the front door runs the whole graph inline.
-
-    sped: one acceptor process; symped: N acceptors, each with its own listening socket on
-    one port (SO_REUSEPORT); mp: a master that forks a process per connection (up to a cap).
-    """
-    if spec.acceptor is None:
-        raise SpecError([Problem(f"model '{model}' runs services (graphs with an acceptor) "
-                                 f"only; a pipeline runs under seda or amped", file, None,
-                                 "model")])
-    stages = tuple(spec.stages)
-    run = Path(run_dir)
-    if model == "mp":
-        count = processes or MP_DEFAULT_PROCESSES
-        procs = {MASTER: ProcPlan(MASTER, "master", f"ipc://{run / MASTER}", stages=stages,
-                                  peers=(SUPERVISOR,))}
-    else:
-        count = 1 if model == "sped" else processes or os.cpu_count() or 1
-        if model == "sped" and processes not in (None, 1):
-            raise SpecError([Problem("--processes: model 'sped' is one process (symped runs "
-                                     "several)", "<command line>")])
-        names = [f"{ACCEPTOR}.{i}" for i in range(count)]
-        pool = ACCEPTOR if model == "symped" else ""
-        procs = {n: ProcPlan(n, "acceptor", f"ipc://{run / n}", pool, i, stages, (SUPERVISOR,))
-                 for i, n in enumerate(names)}
+def front_plan(spec: GraphSpec, run_dir: str, base_dir: str, model: str,
+               procs: dict[str, ProcPlan], count: int) -> Plan:
+    """The models without queues (sped, symped, mp): the front door processes `procs` run
+    the whole graph inline; `count` is how many event loops (symped) or connection
+    processes at most (mp) there are."""
     return Plan(spec.name, model, run_dir, procs, {}, {}, spec.model_dump(mode="json"),
                 str(Path(base_dir) / spec.settings.dead_letter), processes=count)
 
