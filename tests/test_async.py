@@ -259,3 +259,28 @@ def test_the_live_view_counts_an_async_worker_with_every_slot_taken_as_busy(
         clients.join(60)
         run.signal(signal.SIGTERM)
         assert run.wait() == 0, run.stderr
+
+
+def test_under_sped_a_handler_that_blocks_the_loop_gets_the_acceptor_replaced(
+        tmp_path: Path) -> None:
+    """The same blocking call under sped stops the acceptor's own loop: its watchdog sees
+    the loop stop turning for longer than the time limit and ends the process; a fresh
+    acceptor serves on the same port."""
+    graph = SERVICE.format(extra=", timeout: 1", settings="")
+    with SedaRun(tmp_path, graph, "--model", "sped") as run:
+        port = run.port()
+        try:
+            status, _ = get(port, "/block?s=4", timeout=20)
+        except (OSError, http.client.HTTPException):
+            status = 0  # the connection went with the acceptor
+        assert status in (0, 500, 502, 504)
+        def served() -> bool:
+            try:
+                return get(port, "/after?s=0", timeout=5)[0] == 200
+            except OSError:
+                return False  # (between the two acceptors)
+
+        assert wait_for(served, 30, "a fresh acceptor")
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.stderr
+    assert "a call to stage 'wait' ran over its timeout of 1 s" in run.stderr

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seda.bench import BenchOptions, Server, drive, graph_data, settle  # noqa: E402
+from seda.bench import (  # noqa: E402
+    BenchOptions,
+    Server,
+    drive,
+    graph_data,
+    settle,
+    stop_process,
+)
 
 GRAPH = ROOT / "graphs" / "webapp.yaml"
 WAITS = ROOT / "graphs" / "waits.yaml"
@@ -71,13 +77,7 @@ class Uvicorn:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def free_port() -> int:

@@ -2,10 +2,18 @@
 seda, besides the `seda` command itself, is re-exported here: a server under test
 (`Server`, `BenchOptions`), a load run (`drive`, `settle`), a graph file as data to write
 a variant of (`graph_data`), and process hygiene for the scripts (`stop_on_sigterm`,
-`die_with_parent`)."""
+`stop_process`, `die_with_parent`)."""
 
-from seda.bench.harness import BenchOptions, Server, drive, graph_data, settle, stop_on_sigterm
+from seda.bench.harness import (
+    BenchOptions,
+    Server,
+    drive,
+    graph_data,
+    settle,
+    stop_on_sigterm,
+    stop_process,
+)
 from seda.runtime.node import die_with_parent
 
 __all__ = ["BenchOptions", "Server", "die_with_parent", "drive", "graph_data", "settle",
-           "stop_on_sigterm"]
+           "stop_on_sigterm", "stop_process"]

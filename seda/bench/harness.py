@@ -141,13 +141,18 @@ class Server:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
-                self.proc.wait()
+        stop_process(self.proc)  # (its children die with it: PR_SET_PDEATHSIG)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
+    """SIGTERM (a server drains), then SIGKILL after `grace` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def pick_loadgen(options: BenchOptions) -> str:

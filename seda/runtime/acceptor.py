@@ -268,6 +268,7 @@ class Acceptor(Node):
     def __init__(self, plan: Plan, name: str, parent: int, listen_fd: int,
                  resolve: Callable[[str], Any]) -> None:
         super().__init__(plan, name, parent)
+        self.beat: float = time.monotonic()  # the loop's last turn (see the watchdog)
         # SPED: the whole graph runs here, inline, on the event loop (no queues, no workers)
         self.core = StageCore(self.spec, self.me.stages, 0, resolve) if self.me.stages \
             else None
@@ -275,7 +276,10 @@ class Acceptor(Node):
             self.core.setup()
             limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
             if limits:  # a call past its limit ends this process: the supervisor restarts it
-                Watchdog(self.core, limits, plan.run_dir, name, lambda: ("", [])).start()
+                # (async handlers: a loop that stops beating for that long is blocked)
+                beat = (lambda: self.beat) if self.core.is_async else None
+                Watchdog(self.core, limits, plan.run_dir, name, lambda: ("", []),
+                         beat=beat).start()
         acc = self.spec.acceptor
         assert acc is not None
         self.acc, self.limits, self.protocol = acc, acc.limits, acc.protocol
@@ -326,6 +330,7 @@ class Acceptor(Node):
         self.max_connections = self.connection_cap()
         self.throttle = Throttle()
         # async handlers run inline (sped, symped): tasks on this loop, at most this many
+        # messages at once
         self.inline_tasks = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.concurrency = max((self.spec.stages[s].concurrency or CONCURRENCY
@@ -362,6 +367,7 @@ class Acceptor(Node):
         next_sweep = 0.0
         while self.running:
             await asyncio.sleep(0.01)
+            self.beat = time.monotonic()
             self.pump()
             now = time.monotonic()
             self.expire(now)
@@ -533,9 +539,10 @@ class Acceptor(Node):
         at once; the rest wait in the entry queue (bounded: past it, 503)."""
         queue, batch = self.entry_queue, core.runners[self.entry].batch is not None
         while queue and self.inline_tasks < self.concurrency:
-            envs = [queue.popleft()[1]] if not batch else \
-                [queue.popleft()[1] for _ in range(min(len(queue), self.concurrency))]
-            self.inline_tasks += 1
+            envs = [queue.popleft()[1]] if not batch else [
+                queue.popleft()[1]
+                for _ in range(min(len(queue), self.concurrency - self.inline_tasks))]
+            self.inline_tasks += len(envs)
             task = self.loop.create_task(self._inline(core, envs, batch))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -545,7 +552,7 @@ class Acceptor(Node):
             self._settle_inline(await bounded(core, self.entry, envs, batch,
                                               self.spec.call_limit(self.entry)))
         finally:
-            self.inline_tasks -= 1
+            self.inline_tasks -= len(envs)
             if self.entry_queue:
                 self.soon()
 

@@ -60,10 +60,14 @@ class Watchdog(threading.Thread):
 
     def __init__(self, core: Any, limits: dict[str, float], run_dir: str, name: str,
                  culprits: Callable[[], tuple[str, list[int]]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 beat: Callable[[], float] | None = None) -> None:
         super().__init__(name="seda-watchdog", daemon=True)
         self.core, self.limits, self.run_dir, self.proc = core, limits, run_dir, name
         self.culprits, self.clock = culprits, clock
+        # an event loop's last turn (async handlers run inline): silent for longer than the
+        # shortest limit, something blocks the loop (a sync call in an async handler)
+        self.beat = beat
         self.period = min(0.5, max(0.01, min(limits.values()) / 10))
 
     def run(self) -> None:
@@ -80,6 +84,9 @@ class Watchdog(threading.Thread):
             stage = self.core.running
             runner = self.core.runners.get(stage) if stage else None
             now = self.clock()
+            if self.beat is not None and now - self.beat() > min(self.limits.values()):
+                blocked = next((s for s, r in self.core.runners.items() if r.is_async), "")
+                self.stuck(blocked, min(self.limits.values()), now - self.beat())
             if runner is None:
                 last = ("", None)
                 continue
