@@ -284,3 +284,12 @@ def test_under_sped_a_handler_that_blocks_the_loop_gets_the_acceptor_replaced(
         run.signal(signal.SIGTERM)
         assert run.wait() == 0, run.stderr
     assert "a call to stage 'wait' ran over its timeout of 1 s" in run.stderr
+
+
+def test_validate_says_prefetch_does_nothing_for_an_async_handler(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text(MIXED.replace("pool: back, concurrency: 32",
+                                                   "pool: back, prefetch: 16"))
+    done = seda(tmp_path, "validate", "g.yaml")
+    assert done.returncode == 0
+    assert ("g.yaml:5: warning: stages.lookup.prefetch: has no effect: the handler is async, "
+            "and an async stage's window is its concurrency") in done.stderr, done.stderr

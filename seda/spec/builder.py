@@ -163,11 +163,16 @@ def check_imports(spec: GraphSpec, lines: LineMap, search: Sequence[str] = ()) -
                 problems.append(lines.problem(path, str(exc)))
                 continue
             stage = spec.stages[path[1]] if path[0] == "stages" else None
-            if stage is not None and stage.concurrency is not None and \
-                    not handler_is_async(obj):
+            if stage is None:
+                continue
+            if stage.concurrency is not None and not handler_is_async(obj):
                 problems.append(lines.problem(
                     ("stages", path[1], "concurrency"), "has no effect: the handler is not "
                     "async (async def), so it runs one message at a time", "warning"))
+            if handler_is_async(obj) and "prefetch" in stage.model_fields_set:
+                problems.append(lines.problem(
+                    ("stages", path[1], "prefetch"), "has no effect: the handler is async, "
+                    "and an async stage's window is its concurrency", "warning"))
     return problems
 
 
