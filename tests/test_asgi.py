@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["seda", "amped", "sped", "symped", "mp"]
 
 
-def graph(tmp: Path) -> str:
+def graph() -> str:
     """graphs/webapp.yaml, on a free port, its handlers found from the repository."""
     text = (ROOT / "graphs" / "webapp.yaml").read_text()
     return text.replace('path: [".."]', f'path: ["{ROOT}"]').replace(
@@ -43,7 +43,7 @@ def ask(port: int, method: str, path: str, body: bytes | None = None,
 
 @pytest.mark.parametrize("model", MODELS)
 def test_a_starlette_app_answers_alike_under_every_model(tmp_path: Path, model: str) -> None:
-    with SedaRun(tmp_path, graph(tmp_path), "--model", model) as run:
+    with SedaRun(tmp_path, graph(), "--model", model) as run:
         port = run.port()
         assert ask(port, "GET", "/")[::2] == (200, b"hello, world")
         status, _, body = ask(port, "GET", "/items/7?q=blue")

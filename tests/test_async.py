@@ -112,9 +112,12 @@ def test_a_killed_async_worker_loses_none_of_its_requests(tmp_path: Path) -> Non
         for t in threads:
             t.start()
         pid = int(wait_for(lambda: mark.exists() and mark.read_text(), 30, "a held request"))
-        wait_for(lambda: run.status()["workers"][0]["queued"] == 0 and
-                 len(run.status()["edges"]) and run.status()["front"]["in_flight"] >= 100,
-                 30, "100 requests in flight")
+        def held() -> bool:  # all 100 unanswered, none left in the worker's inbox
+            status = run.status()
+            return bool(status["front"]["in_flight"] >= 100
+                        and status["workers"][0]["queued"] == 0)
+
+        wait_for(held, 30, "100 requests in flight")
         victim = psutil.Process(pid)
         assert "seda: worker wait#" in " ".join(victim.cmdline())
         victim.send_signal(signal.SIGKILL)

@@ -166,7 +166,7 @@ def test_async_lifecycle_hooks_are_left_to_the_async_twins() -> None:
 
 def test_overran_and_expired_groups_say_what_happened() -> None:
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: x})
-    over = c.overran("a", env(1, 1), 2.5)
+    over = c.overran("a", [env(1, 1)], 2.5)
     assert over.overran == [(env(1, 1), "a: the handler ran over its time limit (2.5 s)")]
-    assert c.expired("a", env(2, 2)).dropped == [env(2, 2)]
+    assert c.expired("a", [env(2, 2)]).dropped == [env(2, 2)]
     assert c.stats["a"].errors == 1 and c.stats["a"].expired == 1

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from bench_http import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -78,14 +79,6 @@ class Uvicorn:
 
     def stop(self) -> None:
         stop_process(self.proc)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def seda_server(name: str, graph: Path, log: Path) -> Server:

@@ -70,9 +70,7 @@ def take_ready(order: deque[Slot]) -> list[Slot]:
 
 
 class Book:
-    """The requests a front door has in the graph, by id, with their deadlines. The hot
-    path (the acceptor's submit) may add to `slots` and `deadlines` itself, as `enter`
-    does."""
+    """The requests a front door has in the graph, by id, with their deadlines."""
 
     __slots__ = ("deadlines", "slots")
 

@@ -452,10 +452,7 @@ class StageCore:
         self.running = stage
         try:
             assert runner.batch is not None
-            waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
-            for env in batch:
-                if env[BORN] and now >= env[BORN]:
-                    waits[time_bucket(now - env[BORN])] += 1
+            self._waited(stage, batch)
             start = time.perf_counter_ns()
             values = runner.batch([env[PAYLOAD] for env in batch], ctx)
             key = time_bucket((time.perf_counter_ns() - start) // len(batch))  # the mean
@@ -633,14 +630,14 @@ class StageCore:
         if value is not None or (runner.returns == "reply" and not ctx._n):
             self._route_return(stage, ctx, value)
 
-    def overran(self, stage: str, env: Envelope, limit: float) -> Group:
-        """A message whose call (async) ran past its stage's time limit: it fails without
-        a retry (504 to its client), its outputs withdrawn."""
-        self.stats[stage].errors += 1
-        return Group([], overran=[(env, f"{stage}: the handler ran over its time limit "
-                                         f"({limit:g} s)")])
+    def overran(self, stage: str, envs: list[Envelope], limit: float) -> Group:
+        """Messages whose call (async) ran past their stage's time limit: they fail without
+        a retry (504 to their clients), their outputs withdrawn."""
+        self.stats[stage].errors += len(envs)
+        why = f"{stage}: the handler ran over its time limit ({limit:g} s)"
+        return Group([], overran=[(env, why) for env in envs])
 
-    def expired(self, stage: str, env: Envelope) -> Group:
-        """A message whose deadline passed while its call (async) ran: cancelled, dropped."""
-        self.stats[stage].expired += 1
-        return Group([], dropped=[env])
+    def expired(self, stage: str, envs: list[Envelope]) -> Group:
+        """Messages whose deadline passed while their call (async) ran: cancelled, dropped."""
+        self.stats[stage].expired += len(envs)
+        return Group([], dropped=list(envs))

@@ -448,7 +448,7 @@ class Acceptor(Node):
         deadline, expires = now + self.request_timeout, mono + self.request_timeout
         queue, order, slots, admission, classes = self.entry_queue, conn.order, self.book.slots, \
             self.admission, self.classes
-        entry_queue, deadlines, entry, name = self.entry_queue, self.book.deadlines, self.entry, \
+        entry_queue, enter, entry, name = self.entry_queue, self.book.enter, self.entry, \
             self.name
         bound, reserve, kind, rejected = self.queue_bound, 0.0, 0, 0
         repeatable = self.repeatable
@@ -473,9 +473,7 @@ class Acceptor(Node):
             admitted += 1
             if admission is not None:
                 slot.timed = True
-            slot.rid = rid
-            slots[rid] = slot
-            deadlines.append((expires, rid))
+            enter(slot, rid, expires)
             queue.append((entry, [rid, name, 1, deadline, request, rid,
                                   0 if rid & SAMPLE else int(now * 1e9)]))
             # (a sample's queue wait is timed: see envelope.SAMPLE)

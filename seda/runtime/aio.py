@@ -144,13 +144,9 @@ async def bounded(core: StageCore, stage: str, envs: list[Envelope], batch: bool
             return await (core.run_batch_async(stage, envs) if batch
                           else core.run_async(stage, envs[0]))
     except TimeoutError:
-        group = Group([])
-        for env in envs:
-            if limit is not None and wait == limit:
-                group.overran += core.overran(stage, env, limit).overran
-            else:
-                group.dropped += core.expired(stage, env).dropped
-        return group
+        if limit is not None and wait == limit:
+            return core.overran(stage, envs, limit)
+        return core.expired(stage, envs)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
