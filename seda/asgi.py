@@ -104,7 +104,7 @@ class App:
 
     # ------------------------------------------------------------ requests
     async def handle(self, request: dict[str, Any], ctx: Any) -> dict[str, Any]:
-        if not isinstance(request, dict) or "method" not in request:
+        if type(request) is not dict or "method" not in request:
             raise TypeError("an ASGI stage serves HTTP requests (acceptor protocol: http): "
                             f"got {type(request).__name__}")
         path = request.get("path") or "/"
@@ -112,61 +112,81 @@ class App:
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": "1.1", "method": request["method"], "scheme": "http",
-            "path": unquote(path), "raw_path": path.encode("latin-1", "replace"),
+            "path": unquote(path) if "%" in path else path,
+            "raw_path": path.encode("latin-1", "replace"),
             "query_string": (request.get("query") or "").encode("latin-1", "replace"),
-            "root_path": "", "client": None, "server": None, "state": dict(self.state),
-            "headers": [(k.encode("latin-1"), str(v).encode("latin-1", "replace"))
-                        for k, v in headers.items()],
+            "root_path": "", "client": None, "server": None, "state": self.state.copy(),
+            "headers": [(k.encode("latin-1"), (v if type(v) is str else str(v)).encode(
+                "latin-1", "replace")) for k, v in headers.items()],
         }
-        body = request.get("body") or b""
-        done = asyncio.Event()
-        sent_body = False
-        status = 0
-        out_headers: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def receive() -> Message:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await done.wait()  # (the client is not read again: it is gone once answered)
-            return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            nonlocal status
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = int(message["status"])
-                for name, value in message.get("headers", []):
-                    key = bytes(name).lower()
-                    if key in _OWN:
-                        continue
-                    text, known = bytes(value).decode("latin-1"), out_headers.get(
-                        key.decode("latin-1"))
-                    if known is None:
-                        out_headers[key.decode("latin-1")] = text
-                    else:  # repeated (set-cookie): each sent on a line of its own
-                        out_headers[key.decode("latin-1")] = [
-                            *(known if isinstance(known, list) else [known]), text]
-            elif kind == "http.response.body":
-                if not status:
-                    raise RuntimeError("the app sent a body before http.response.start")
-                chunks.append(bytes(message.get("body", b"")))
-                if not message.get("more_body", False):
-                    done.set()
-
+        exchange = _Exchange(request.get("body") or b"")
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, exchange.receive, exchange.send)
         except Exception:
-            if not done.is_set():
+            if not exchange.done:
                 raise  # no whole response: the stage fails (500, retried as `retry` says)
             # the response was sent (a framework's error page): the client gets it, and
             # the error is logged, as uvicorn does
             ctx.log.exception(f"the app raised after its response to {request['method']} "
                               f"{path}")
         finally:
-            done.set()
-        if not status:
+            exchange.finish()
+        if not exchange.status:
             raise RuntimeError("the app returned without sending a response")
-        return {"status": status, "headers": out_headers, "body": b"".join(chunks)}
+        return {"status": exchange.status, "headers": exchange.headers,
+                "body": b"".join(exchange.chunks)}
+
+
+class _Exchange:
+    """One request's `receive` and `send`: the body given once, the response collected.
+    (A small object rather than closures and an asyncio.Event per request: this runs for
+    every request, and an app rarely calls receive() a second time.)"""
+
+    __slots__ = ("body", "chunks", "done", "headers", "status", "waiter")
+
+    def __init__(self, body: bytes) -> None:
+        self.body: bytes | None = body  # None once given to the app
+        self.done = False  # the whole response is in
+        self.status = 0
+        self.headers: dict[str, Any] = {}
+        self.chunks: list[bytes] = []
+        self.waiter: asyncio.Future[None] | None = None  # a receive() after the body
+
+    async def receive(self) -> Message:
+        body = self.body
+        if body is not None:
+            self.body = None
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not self.done:  # (the client is not read again: it is gone once answered)
+            if self.waiter is None or self.waiter.done():  # (done: one that was cancelled)
+                self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        return {"type": "http.disconnect"}
+
+    def finish(self) -> None:
+        self.done = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.status:
+                raise RuntimeError("the app sent a body before http.response.start")
+            body = message.get("body", b"")
+            self.chunks.append(body if type(body) is bytes else bytes(body))
+            if not message.get("more_body", False):
+                self.finish()
+        elif kind == "http.response.start":
+            self.status = int(message["status"])
+            out = self.headers
+            for name, value in message.get("headers", ()):
+                key = bytes(name).lower()
+                if key in _OWN:
+                    continue
+                field, text = key.decode("latin-1"), bytes(value).decode("latin-1")
+                known = out.get(field)
+                if known is None:
+                    out[field] = text
+                else:  # repeated (set-cookie): each sent on a line of its own
+                    out[field] = [*(known if isinstance(known, list) else [known]), text]

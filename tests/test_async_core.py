@@ -170,3 +170,76 @@ def test_overran_and_expired_groups_say_what_happened() -> None:
     assert over.overran == [(env(1, 1), "a: the handler ran over its time limit (2.5 s)")]
     assert c.expired("a", [env(2, 2)]).dropped == [env(2, 2)]
     assert c.stats["a"].errors == 1 and c.stats["a"].expired == 1
+
+
+def test_cutoffs_cut_only_the_calls_past_their_limit_or_deadline() -> None:
+    """One timer of the loop for every call's cutoff (seda.runtime.aio.Cutoffs): past the
+    stage's time limit a call fails without a retry, past its message's deadline it is
+    dropped; the calls that end in time keep their results and leave nothing behind."""
+    import time
+
+    from seda.runtime.aio import Cutoffs
+
+    async def a(x: Any, ctx: Any) -> Any:
+        await asyncio.sleep(x)
+        return x
+
+    c = core(chain(), ["a"], {"m:a": a})
+
+    async def run() -> tuple[list[Any], Cutoffs, float]:
+        cutoffs = Cutoffs(asyncio.get_running_loop())
+        began = time.monotonic()
+        groups = await asyncio.gather(
+            cutoffs.run(c, "a", [env(1, 0.01)], False, 0.3),     # in time
+            cutoffs.run(c, "a", [env(2, 5.0)], False, 0.3),      # past the limit
+            cutoffs.run(c, "a", [env(3, 5.0, time.time() + 0.1)], False, 0.3),  # deadline
+            cutoffs.run(c, "a", [env(4, 0.05)], False, None))    # no limit at all
+        return list(groups), cutoffs, time.monotonic() - began
+
+    (done, over, late, free), cutoffs, took = asyncio.run(run())
+    assert [e[PAYLOAD] for e in done.results] == [] and done.inputs == [env(1, 0.01)]
+    assert over.overran == [(env(2, 5.0), "a: the handler ran over its time limit (0.3 s)")]
+    assert [e[ID] for e in late.dropped] == [3] and not late.overran
+    assert free.inputs == [env(4, 0.05)]
+    assert took < 2.0  # cut at 0.3 s, not run for their 5 s
+    assert cutoffs.calls == {} and cutoffs.fired == {}
+    assert c.stats["a"].errors == 1 and c.stats["a"].expired == 1
+
+
+def test_cutoffs_tell_their_cut_from_a_stop_and_from_a_handlers_own_cancel() -> None:
+    from seda.runtime.aio import Cutoffs
+
+    async def swallow(x: Any, ctx: Any) -> Any:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return "kept"  # a handler that will not be cancelled
+
+    async def own(x: Any, ctx: Any) -> Any:
+        raise asyncio.CancelledError  # its own, not the runtime's
+
+    async def wait(x: Any, ctx: Any) -> Any:
+        await asyncio.sleep(5)
+
+    async def run() -> tuple[Any, Any, bool]:
+        cutoffs = Cutoffs(asyncio.get_running_loop())
+        kept = await cutoffs.run(core(chain(), ["a"], {"m:a": swallow}), "a", [env(1, 0)],
+                                 False, 0.1)
+        failed = await cutoffs.run(core(chain(), ["a"], {"m:a": own}), "a", [env(2, 0)],
+                                   False, 0.1)
+        task = asyncio.ensure_future(cutoffs.run(
+            core(chain(), ["a"], {"m:a": wait}), "a", [env(3, 0)], False, 10))
+        await asyncio.sleep(0.05)
+        task.cancel()  # the runtime stops: this is not a cutoff
+        try:
+            await task
+            stopped = False
+        except asyncio.CancelledError:
+            stopped = True
+        assert cutoffs.fired == {} and cutoffs.calls == {}
+        return kept, failed, stopped
+
+    kept, failed, stopped = asyncio.run(run())
+    assert [e[PAYLOAD] for e in kept.results] == [] and kept.inputs == [env(1, 0)]
+    assert failed.failed[0][1] == "a: CancelledError: raised by the handler"
+    assert stopped

@@ -161,7 +161,78 @@ def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
     return best
 
 
-PATHS = {"worker": worker_path, "acceptor": acceptor_path}
+def inline_async_path(requests: int = 12_800, reps: int = 5) -> float:
+    """us per request in graphs/webapp.yaml's acceptor under SPED: the Starlette app runs
+    inline, a task per request on a real event loop (uvloop), replies to stub transports."""
+    import asyncio
+
+    from seda.handler import resolve
+    from seda.plan.deployment import make_plan
+    from seda.runtime.acceptor import Acceptor, Connection
+    from seda.runtime.aio import Cutoffs, new_loop
+    from seda.spec.loader import load_file
+
+    class Transport:
+        written = 0
+
+        def write(self, data: bytes) -> None:
+            Transport.written += 1
+
+        def get_extra_info(self, _key: str) -> None:
+            return None
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    graph = ROOT / "graphs" / "webapp.yaml"
+    spec, _ = load_file(graph)
+    request = b"GET /items/7?q=x HTTP/1.1\r\nHost: 127.0.0.1:8082\r\n\r\n"
+    sys.path.insert(0, str(ROOT))  # (the graph's `path:`; stages/ is beside graphs/)
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    with tempfile.TemporaryDirectory() as run_dir, socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        plan = make_plan(spec, run_dir, model="sped", base_dir=str(graph.parent))
+        acceptor = Acceptor(plan, "acceptor.0", os.getpid(), listening.fileno(), resolve)
+        acceptor.listen_sock.detach()
+        acceptor.loop = loop
+        acceptor.cutoffs = Cutoffs(loop)  # (what Acceptor.main sets up)
+        assert acceptor.core is not None
+        loop.run_until_complete(acceptor.core.setup_async())
+        conns = []
+        for _ in range(64):
+            conn = Connection(acceptor)
+            conn.transport = Transport()  # type: ignore[assignment]
+            acceptor.conns.add(conn)
+            conns.append(conn)
+
+        async def settle() -> None:
+            while acceptor.tasks or acceptor.entry_queue:
+                await asyncio.sleep(0)
+
+        best = float("inf")
+        for _ in range(reps):
+            began = time.perf_counter()
+            for turn in range(requests // 64):  # every connection sends, then all answered
+                for conn in conns:
+                    conn.data_received(request)
+                acceptor.flush()
+                loop.run_until_complete(settle())
+            best = min(best, (time.perf_counter() - began) / requests * 1e6)
+            acceptor.book.deadlines.clear()
+        if Transport.written != requests * reps:
+            raise RuntimeError(f"{Transport.written} replies written for {requests * reps}")
+        loop.run_until_complete(acceptor.core.teardown_async())
+        acceptor.inbox.close(linger=0)
+        acceptor.outbox.close(linger=0)
+    loop.close()
+    return best
+
+
+PATHS = {"worker": worker_path, "acceptor": acceptor_path, "inline-async": inline_async_path}
 
 
 def measure(tree: Path, path: str) -> float:

@@ -183,7 +183,7 @@ class Context:
 class _Runner:
     """One stage's handler, called the way it wants to be called."""
 
-    __slots__ = ("batch", "call", "ctx", "is_async", "obj", "returns")
+    __slots__ = ("awaits", "batch", "call", "ctx", "is_async", "obj", "returns")
 
     def __init__(self, obj: Any, ctx: Context, returns: str) -> None:
         self.ctx, self.returns = ctx, returns
@@ -193,6 +193,7 @@ class _Runner:
         self.call: Callable[..., Any] = getattr(target, "handle", target)
         # handle (or handle_batch) is a coroutine function: the pool runs on an event loop
         self.is_async = handler_is_async(target)
+        self.awaits = is_coroutine(self.call)  # handle itself is a coroutine function
 
 
 LIFECYCLE = ("setup", "teardown", "finish")
@@ -537,13 +538,24 @@ class StageCore:
         """One message through a pool with async handlers, awaited on the runtime's loop
         (many at once: each has its own context). Like `process` for one input: its outputs,
         or its failure, or its drop; a sync handler fused in the pool is called in turn.
-        Cancelling it (a deadline, a time limit) is the runtime's: CancelledError passes."""
+        Cancelling it (a deadline, a time limit) is the runtime's: CancelledError passes.
+        (Per request of an inline ASGI app, so the checks of _fresh, _unexpired and _waited
+        are written out here for the one message.)"""
         group = Group([])
-        self.stats[stage].received += 1
-        if not self._fresh(stage, [env], group.dropped) or \
-                not self._unexpired(stage, [env], group.dropped):
+        stats = self.stats[stage]
+        stats.received += 1
+        if stage in self.sinks and not self.seen.first_time(env[ID]):
+            stats.duplicates += 1
+            group.dropped.append(env)
             return group
-        self._waited(stage, [env])
+        now = self.clock()
+        due, born = env[DEADLINE], env[BORN]
+        if due and due < now:
+            stats.expired += 1
+            group.dropped.append(env)
+            return group
+        if born and (ns := int(now * 1e9) - born) >= 0:
+            stats.waits[time_bucket(ns)] += 1
         runner = self.runners[stage]
         ctx = runner.ctx._fork(env, group)
         at, started = stage, time.perf_counter()
@@ -562,7 +574,7 @@ class StageCore:
             group.results.clear()
             group.failed.append((env, *self._failure(exc, at)))
         finally:  # (a cancelled message held its slot too)
-            self.stats[stage].busy += (time.perf_counter() - started) / self.slots
+            stats.busy += (time.perf_counter() - started) / self.slots
         if group.emits or group.results:
             self._check_packable(stage, group)
         return group
@@ -623,10 +635,11 @@ class StageCore:
                           env: Envelope) -> None:
         start = time.perf_counter_ns()
         value = runner.call(env[PAYLOAD], ctx)
-        if inspect.isawaitable(value):
+        if runner.awaits or inspect.isawaitable(value):  # (else: a sync handler fused in)
             value = await value
-        self.stats[stage].times[time_bucket(time.perf_counter_ns() - start)] += 1
-        self.stats[stage].completed += 1
+        stats = self.stats[stage]
+        stats.times[time_bucket(time.perf_counter_ns() - start)] += 1
+        stats.completed += 1
         if value is not None or (runner.returns == "reply" and not ctx._n):
             self._route_return(stage, ctx, value)
 

@@ -38,7 +38,7 @@ from seda.errors import ProtocolError
 from seda.log import LOG
 from seda.plan.deployment import Plan
 from seda.runtime import access
-from seda.runtime.aio import bounded
+from seda.runtime.aio import Cutoffs
 from seda.runtime.listener import tune
 from seda.runtime.node import Node
 from seda.runtime.watchdog import Watchdog
@@ -333,6 +333,7 @@ class Acceptor(Node):
         # messages at once
         self.inline_tasks = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.call_limit = self.spec.call_limit(self.entry)
         self.concurrency = max((self.spec.stages[s].concurrency or CONCURRENCY
                                 for s in self.me.stages), default=CONCURRENCY)
 
@@ -357,6 +358,7 @@ class Acceptor(Node):
 
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.cutoffs = Cutoffs(self.loop)
         if self.core is not None:
             await self.core.setup_async()
         self.loop.add_reader(int(self.inbox.getsockopt(zmq.FD)), self.pump)
@@ -527,10 +529,11 @@ class Acceptor(Node):
 
     def _settle_inline(self, group: Group) -> None:
         self.on_results([[env[ID], env[PAYLOAD], env[REQUEST]] for env in group.results])
-        self.dead_letter([DeadLetter(self.entry, env, error, tb)
-                          for env, error, tb in group.failed] +
-                         [DeadLetter(self.entry, env, why, status=504)
-                          for env, why in group.overran])
+        if group.failed or group.overran:
+            self.dead_letter([DeadLetter(self.entry, env, error, tb)
+                              for env, error, tb in group.failed] +
+                             [DeadLetter(self.entry, env, why, status=504)
+                              for env, why in group.overran])
 
     def _start_inline(self, core: StageCore) -> None:
         """SPED with async handlers: each request a task on this loop, at most `concurrency`
@@ -547,8 +550,8 @@ class Acceptor(Node):
 
     async def _inline(self, core: StageCore, envs: list[Envelope], batch: bool) -> None:
         try:
-            self._settle_inline(await bounded(core, self.entry, envs, batch,
-                                              self.spec.call_limit(self.entry)))
+            self._settle_inline(await self.cutoffs.run(core, self.entry, envs, batch,
+                                                       self.call_limit))
         finally:
             self.inline_tasks -= len(envs)
             if self.entry_queue:

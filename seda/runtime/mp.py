@@ -38,7 +38,7 @@ from seda.engine.wire import PAYLOAD, REQUEST, Envelope
 from seda.errors import ProtocolError
 from seda.plan.deployment import Plan
 from seda.runtime import access
-from seda.runtime.aio import bounded, new_loop
+from seda.runtime.aio import Cutoffs, new_loop
 from seda.runtime.listener import tune
 from seda.runtime.node import Node, die_with_parent
 from seda.runtime.watchdog import Watchdog
@@ -183,6 +183,7 @@ class Master(Node):
         # async handlers: each connection process makes its own event loop (a loop must not
         # cross a fork) and runs the async setup there, before its first request
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.cutoffs: Cutoffs | None = None  # the time limits of its calls (async graphs)
         self.listen_sock = socket.socket(fileno=listen_fd)
         self.listen_sock.setblocking(False)
         self.cap = plan.processes
@@ -264,6 +265,7 @@ class Master(Node):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if self.core.needs_loop:
             self.loop = new_loop()
+            self.cutoffs = Cutoffs(self.loop)
             self.loop.run_until_complete(self.core.setup_async())
         try:
             sock.settimeout(self.limits.idle_timeout)  # bounds a send to a stalled client
@@ -282,10 +284,12 @@ class Master(Node):
     async def run_async(self, envs: list[Envelope]) -> Group:
         """A connection's requests through an async graph, at once: one group of them all."""
         core, entry, limit = self.core, self.entry, self.spec.call_limit(self.entry)
+        cutoffs = self.cutoffs
+        assert cutoffs is not None
         if core.runners[entry].batch is not None:
-            return await bounded(core, entry, envs, True, limit)
+            return await cutoffs.run(core, entry, envs, True, limit)
         total = Group([])
-        for group in await asyncio.gather(*(bounded(core, entry, [env], False, limit)
+        for group in await asyncio.gather(*(cutoffs.run(core, entry, [env], False, limit)
                                             for env in envs)):
             total.inputs += group.inputs
             total.results += group.results

@@ -18,6 +18,7 @@ than its limit from outside (see Supervisor._stuck).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -80,7 +81,8 @@ class Watchdog(threading.Thread):
             time.sleep(self.period)
             if heart is not None and self.clock() - beat >= BEAT_EVERY:
                 beat = self.clock()
-                os.utime(heart)
+                with contextlib.suppress(OSError):  # (the run directory is gone: the
+                    os.utime(heart)                 # supervisor ended; so will this)
             stage = self.core.running
             runner = self.core.runners.get(stage) if stage else None
             now = self.clock()
