@@ -12,8 +12,9 @@ What it does not do (yet), said plainly:
   `receive()` gives it in one `http.request` message;
 - websockets are refused: the acceptor's HTTP codec answers an `Upgrade` request 400
   ("protocol upgrades are not supported"), so no `websocket` scope is ever made;
-- the scope has no `client` (the acceptor does not pass the peer's address to stages);
-  repeated request headers arrive joined with ", " (seda's request payload is a mapping).
+- the scope's `client` is the peer's [host, port] (None on a Unix socket); its `server` is
+  None; repeated request headers arrive joined with ", " (seda's request payload is a
+  mapping).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class App:
             "path": unquote(path) if "%" in path else path,
             "raw_path": path.encode("latin-1", "replace"),
             "query_string": (request.get("query") or "").encode("latin-1", "replace"),
-            "root_path": "", "client": None, "server": None, "state": self.state.copy(),
+            "root_path": "", "client": request.get("client"), "server": None,
+            "state": self.state.copy(),
             "headers": [(k.encode("latin-1"), (v if type(v) is str else str(v)).encode(
                 "latin-1", "replace")) for k, v in headers.items()],
         }

@@ -64,6 +64,13 @@ async def cookies(request: Request) -> PlainTextResponse:
     return response
 
 
+async def whoami(request: Request) -> JSONResponse:
+    """The client's address, as an app logs it or limits by it."""
+    client = request.client
+    return JSONResponse({"host": client.host if client else None,
+                         "port": client.port if client else None})
+
+
 async def fail(request: Request) -> PlainTextResponse:
     raise RuntimeError("this route always fails")
 
@@ -75,5 +82,6 @@ app = Starlette(lifespan=lifespan, routes=[
     Route("/stream", stream),
     Route("/work", work),
     Route("/cookies", cookies),
+    Route("/whoami", whoami),
     Route("/error", fail),
 ])

@@ -61,6 +61,14 @@ def test_a_starlette_app_answers_alike_under_every_model(tmp_path: Path, model: 
         assert status == 200 and sorted(c.split(";")[0] for c in heads["set-cookie"]) == [
             "a=1", "b=2"]
         assert ask(port, "GET", "/error")[::2] == (500, b"Internal Server Error")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:  # the scope's client: this connection's own address
+            conn.request("GET", "/whoami")
+            me = json.loads(conn.getresponse().read())
+            assert conn.sock is not None
+            assert me == {"host": "127.0.0.1", "port": conn.sock.getsockname()[1]}
+        finally:
+            conn.close()
         if shutil.which("curl"):
             done = subprocess.run(["curl", "-s", "-d", '{"id": 9}', "-H",
                                    "content-type: application/json",

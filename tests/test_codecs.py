@@ -19,7 +19,8 @@ def http(**limits: int) -> HttpCodec:
 def test_http_request_payload() -> None:
     [req] = http().feed(b"GET /items/7?x=1&y=2 HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\nX-Two: 2\r\n\r\n")
     assert req == {"method": "GET", "path": "/items/7", "query": "x=1&y=2",
-                   "headers": {"host": "a", "x-two": "1, 2"}, "body": b"", "keep_alive": True}
+                   "headers": {"host": "a", "x-two": "1, 2"}, "body": b"", "keep_alive": True,
+                   "client": None}
 
 
 def test_http_pipelined_and_split_requests() -> None:

@@ -143,6 +143,9 @@ class Connection(asyncio.Protocol):
             self.closed = True
             return
         tune(transport.get_extra_info("socket"), self.acceptor.acc)
+        if self.acceptor.http:  # an HTTP request says who sent it (its "client")
+            cast(HttpCodec, self.codec).client = access.address(
+                transport.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -61,6 +61,13 @@ def log(client: str, request: Any, out: bytes, size: int, seconds: float, http: 
              extra={"fields": fields})
 
 
+def address(name: Any) -> list[Any] | None:
+    """[host, port] of a socket's peer name (IPv4 or IPv6), None when it has none."""
+    if isinstance(name, tuple) and len(name) >= 2:
+        return [name[0], name[1]]
+    return None
+
+
 def peer(name: Any) -> str:
     """`host:port` of a client from its socket's peer name ('-' when it has none)."""
     if isinstance(name, tuple) and len(name) >= 2:

@@ -31,6 +31,7 @@ import zmq
 from setproctitle import setproctitle
 
 from seda.engine.codec import Codec, encode_reply, make_codec
+from seda.engine.codec.http import HttpCodec
 from seda.engine.credit import DeadLetter
 from seda.engine.stage import Group, StageCore
 from seda.engine.throttle import Throttle
@@ -59,11 +60,14 @@ class Connection:
         self.figures = dict.fromkeys(REPORTED, 0)
         self.throttle = Throttle()
         self.client = ""
+        try:
+            name = sock.getpeername()
+        except OSError:  # gone already
+            name = None
         if master.plan.access_log:
-            try:
-                self.client = access.peer(sock.getpeername())
-            except OSError:  # gone already
-                self.client = "-"
+            self.client = access.peer(name)
+        if isinstance(self.codec, HttpCodec):  # an HTTP request says who sent it
+            self.codec.client = access.address(name)
         self.read_at = 0.0  # when the requests being answered were read (the access log)
         self.stopping = False
         # SIGTERM (the drain) sets `stopping` and wakes the select below through this pipe

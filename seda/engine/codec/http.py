@@ -1,8 +1,10 @@
 """HTTP/1.1, sans-IO, parsed with httptools (llhttp, the parser Node.js uses).
 
 Request payload given to the entry stage:
-    {"method": "GET", "path": "/x", "query": "a=1", "headers": {"host": "..."}, "body": b""}
-(header names lower-cased; repeated headers joined with ", "). Reply shorthands:
+    {"method": "GET", "path": "/x", "query": "a=1", "headers": {"host": "..."}, "body": b"",
+     "keep_alive": True, "client": ["127.0.0.1", 50412]}
+(header names lower-cased; repeated headers joined with ", "; `client` is the peer's
+[host, port], None where the socket has none -- a Unix socket). Reply shorthands:
     {"status": 201, "headers": {...}, "body": str|bytes}  or  {"json": value}
     {"file": "/path"}    streamed with sendfile by the acceptor
     "text"  -> 200 text/plain     b"..." -> 200 application/octet-stream
@@ -36,6 +38,7 @@ class HttpCodec:
         self.max_body = limits.max_request_bytes
         self.parser = httptools.HttpRequestParser(self)
         self.done: list[dict[str, Any]] = []
+        self.client: list[Any] | None = None  # [host, port] of the peer (set by the runtime)
         self.on_message_begin()  # the per-request fields, at their defaults
         self.started = False
 
@@ -92,7 +95,7 @@ class HttpCodec:
         self.done.append({"method": self.method, "path": target.decode("latin-1"),
                           "query": query.decode("latin-1"), "headers": self.headers,
                           "body": (body[0] if len(body) == 1 else b"".join(body)) if body
-                          else b"", "keep_alive": self.keep_alive})
+                          else b"", "keep_alive": self.keep_alive, "client": self.client})
         self.started = False
 
     # ---------------------------------------------------------- codec interface
