@@ -6,8 +6,8 @@ once (`setup`/`teardown`), and every HTTP request the acceptor gives the stage b
 ASGI `http` scope with `receive`/`send`; what the app sends becomes the stage's reply.
 
 What it does not do (yet), said plainly:
-- a streamed response (several `http.response.body` messages) is collected and sent as one
-  reply when the app has sent its last part: the client gets it whole, not as it is made;
+- a streamed response (several `http.response.body` messages) goes to the client part by
+  part (chunked), through ctx.stream -- under mp it is sent whole once the app is done;
 - the request body arrives whole (the acceptor reads it before the stage runs), so
   `receive()` gives it in one `http.request` message;
 - websockets are refused: the acceptor's HTTP codec answers an `Upgrade` request 400
@@ -104,7 +104,7 @@ class App:
             self.lifespan.cancel()
 
     # ------------------------------------------------------------ requests
-    async def handle(self, request: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    async def handle(self, request: dict[str, Any], ctx: Any) -> dict[str, Any] | bytes:
         if type(request) is not dict or "method" not in request:
             raise TypeError("an ASGI stage serves HTTP requests (acceptor protocol: http): "
                             f"got {type(request).__name__}")
@@ -121,7 +121,8 @@ class App:
             "headers": [(k.encode("latin-1"), (v if type(v) is str else str(v)).encode(
                 "latin-1", "replace")) for k, v in headers.items()],
         }
-        exchange = _Exchange(request.get("body") or b"")
+        exchange = _Exchange(request.get("body") or b"",
+                             ctx if getattr(ctx, "can_stream", False) else None)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception:
@@ -135,6 +136,8 @@ class App:
             exchange.finish()
         if not exchange.status:
             raise RuntimeError("the app returned without sending a response")
+        if exchange.streamed:  # the parts went out already: this is the last one
+            return b"".join(exchange.chunks)
         return {"status": exchange.status, "headers": exchange.headers,
                 "body": b"".join(exchange.chunks)}
 
@@ -144,10 +147,12 @@ class _Exchange:
     (A small object rather than closures and an asyncio.Event per request: this runs for
     every request, and an app rarely calls receive() a second time.)"""
 
-    __slots__ = ("body", "chunks", "done", "headers", "status", "waiter")
+    __slots__ = ("body", "chunks", "ctx", "done", "headers", "status", "streamed", "waiter")
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, ctx: Any) -> None:
         self.body: bytes | None = body  # None once given to the app
+        self.ctx = ctx  # the stage's context, when it can stream the reply (else None)
+        self.streamed = False  # parts of the body went out already (ctx.stream)
         self.done = False  # the whole response is in
         self.status = 0
         self.headers: dict[str, Any] = {}
@@ -175,10 +180,19 @@ class _Exchange:
         if kind == "http.response.body":
             if not self.status:
                 raise RuntimeError("the app sent a body before http.response.start")
-            body = message.get("body", b"")
-            self.chunks.append(body if type(body) is bytes else bytes(body))
+            raw = message.get("body", b"")
+            body = raw if type(raw) is bytes else bytes(raw)
             if not message.get("more_body", False):
+                self.chunks.append(body)
                 self.finish()
+            elif self.ctx is not None:  # a part: to the client now
+                if self.streamed:
+                    self.ctx.stream(body)
+                else:
+                    self.streamed = True
+                    self.ctx.stream(body, status=self.status, headers=self.headers)
+            else:
+                self.chunks.append(body)
         elif kind == "http.response.start":
             self.status = int(message["status"])
             out = self.headers

@@ -84,3 +84,44 @@ class Total:
 
 def numbers(options: dict[str, Any]) -> Any:
     return range(int(options.get("n", 100)))
+
+
+def _query(request: dict[str, Any]) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in request["query"].split("&") if "=" in p)
+
+
+async def ticks(request: dict[str, Any], ctx: Any) -> str:
+    """A streamed reply (ctx.stream): its first part at once (with this worker's pid), then,
+    once the file `?gate=PATH` exists (the test makes it when it has read the first part),
+    a second part and the last. `?fail=1`: it raises instead of the second part."""
+    query = _query(request)
+    ctx.stream(f"first {os.getpid()}\n", status=200,
+               headers={"content-type": "text/plain", "x-stream": "yes"})
+    gate = Path(query["gate"])
+    for _ in range(2000):  # up to 20 s
+        if gate.exists():
+            break
+        await asyncio.sleep(0.01)
+    if query.get("fail"):
+        raise RuntimeError("failed after its first part")
+    ctx.stream("second\n")
+    return "last\n"
+
+
+def sync_ticks(request: dict[str, Any], ctx: Any) -> str:
+    """`ticks` as a sync handler (it blocks its worker while it waits for the gate)."""
+    query = _query(request)
+    ctx.stream(f"first {os.getpid()}\n", headers={"x-stream": "yes"})
+    gate = Path(query["gate"])
+    for _ in range(2000):
+        if gate.exists():
+            break
+        time.sleep(0.01)
+    ctx.stream(b"second\n")
+    return "last\n"
+
+
+def stream_early(request: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """A stage that is not the one that replies, trying to stream."""
+    ctx.stream("no")
+    return request

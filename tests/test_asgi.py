@@ -55,8 +55,9 @@ def test_a_starlette_app_answers_alike_under_every_model(tmp_path: Path, model: 
                                   {"content-type": "application/json"})
         assert (status, heads["location"], json.loads(body)) == (
             201, ["/items/3"], {"created": {"id": 3}, "length": 9})
-        status, _, body = ask(port, "GET", "/stream?n=5")
+        status, heads, body = ask(port, "GET", "/stream?n=5")  # part by part (chunked)
         assert (status, body) == (200, b"".join(b"part %d\n" % i for i in range(5)))
+        assert heads["transfer-encoding"] == ["chunked"] and "content-length" not in heads
         status, heads, _ = ask(port, "GET", "/cookies")
         assert status == 200 and sorted(c.split(";")[0] for c in heads["set-cookie"]) == [
             "a=1", "b=2"]

@@ -216,7 +216,7 @@ def inline_async_path(requests: int = 12_800, reps: int = 5) -> float:
         best = float("inf")
         for _ in range(reps):
             began = time.perf_counter()
-            for turn in range(requests // 64):  # every connection sends, then all answered
+            for _ in range(requests // 64):  # every connection sends, then all answered
                 for conn in conns:
                     conn.data_received(request)
                 acceptor.flush()

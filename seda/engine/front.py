@@ -33,6 +33,11 @@ class Slot:
     timed: bool = False  # admitted: its response time goes to the admission controller
     file: tuple[int, int] | None = None  # (fd, size): a file that follows `out` (sendfile)
     rid: int = 0  # its id in the graph (0: answered without entering it)
+    # a streamed reply (ctx.stream): its bytes not yet written (None: not streamed), the
+    # number of the part it expects next, and the bytes waiting in `parts`
+    parts: list[bytes] | None = None
+    next_part: int = 0
+    held: int = 0
 
 
 # what a client is told when its request was lost in the graph (a dead letter's status)
@@ -50,10 +55,46 @@ def wants_close(slot: Slot) -> bool:
 
 def server_answer(slot: Slot, out: bytes) -> None:
     """The server's own answer to a request (500, 503, 504): the connection stays open
-    unless the request asked to close it."""
+    unless the request asked to close it. A streamed reply already begun cannot change
+    its status: it is cut instead."""
+    if slot.parts is not None:
+        cut(slot)
+        return
     slot.out = out
     slot.close = wants_close(slot)
     slot.done = True
+
+
+def next_part(slot: Slot, seq: int) -> bool:
+    """Whether part `seq` of a streamed reply is the one expected next (then it is
+    counted). A part 0 after others means the message ran again (its worker died, another
+    began it anew); what was written cannot be taken back, so the caller cuts the reply."""
+    if seq != slot.next_part:
+        return False
+    slot.next_part += 1
+    return True
+
+
+def cut(slot: Slot) -> None:
+    """End a streamed reply that cannot be finished (its handler failed or ran again, its
+    deadline passed, its client does not read): what was made is written, then the
+    connection closes -- the client sees a reply cut short, never a wrong one."""
+    slot.out = b"".join(slot.parts or ())
+    slot.parts, slot.held = [], 0
+    slot.close = slot.done = True
+
+
+def unsent_parts(order: deque[Slot]) -> bytes:
+    """The parts of the streamed reply at the head of a connection's order that are not
+    written yet, taken (b"" when the head is not a stream under way)."""
+    if not order or order[0].done or not order[0].parts:
+        return b""
+    slot = order[0]
+    assert slot.parts is not None
+    data = b"".join(slot.parts)
+    slot.parts.clear()
+    slot.held = 0
+    return data
 
 
 def take_ready(order: deque[Slot]) -> list[Slot]:

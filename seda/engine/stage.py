@@ -179,6 +179,20 @@ class Context:
         """Answer the origin of this message (the client, or the pipeline's output)."""
         self._core._result(self, payload)
 
+    @property
+    def can_stream(self) -> bool:
+        """Whether `stream` can send parts here: the stage's value is the reply to an HTTP
+        client, and the runtime passes parts on (every model does)."""
+        return self._core._can_stream(self.stage)
+
+    def stream(self, body: str | bytes, *, status: int = 200,
+               headers: dict[str, Any] | None = None) -> None:
+        """Send a part of this request's reply now (HTTP chunked transfer coding): the
+        first part's `status` and `headers` are the reply's; the handler's value (None,
+        text or bytes) is the last part. For replies made over time (server-sent events,
+        tokens of a model, a long export): the client gets each part as it is sent."""
+        self._core._stream(self, body, status, headers)
+
 
 class _Runner:
     """One stage's handler, called the way it wants to be called."""
@@ -231,6 +245,11 @@ class StageCore:
         self.keeps = sorted(s for s in self.sinks if hasattr(self.runners[s].obj, "finish"))
         self.seen = SeenIds(dedup_window)
         self.max_bytes = spec.settings.max_message_bytes  # the most one payload may pack to
+        # where the parts of streamed replies go (ctx.stream), set by the runtime: to the
+        # front door, at once or in PART frames; None: this runtime does not stream
+        self.streamer: Callable[[str, list[Any]], None] | None = None
+        self.streams = spec.acceptor is not None and spec.acceptor.protocol == "http"
+        self._parts: dict[int, int] = {}  # message id -> parts it has sent in this run
         # the stage whose handler runs now ('' between batches): the watchdog reads it, with
         # that stage's ctx._env, to see how long one call has run (see seda.runtime.watchdog)
         self.running = ""
@@ -299,6 +318,8 @@ class StageCore:
         if group.emits or group.results:
             self._check_packable(stage, group)
         stats.busy += time.perf_counter() - started
+        if self._parts:  # (the batch streamed: its counts of parts end with it)
+            self._parts.clear()
         return group
 
     def _check_packable(self, stage: str, group: Group) -> None:
@@ -516,6 +537,28 @@ class StageCore:
         self.stats[ctx.stage].results += 1
         ctx._group.results.append([result_id, env[ORIGIN], 1, 0.0, payload, env[REQUEST], 0])
 
+    def _can_stream(self, stage: str) -> bool:
+        return self.streams and self.streamer is not None and \
+            self.runners[stage].returns == "reply"
+
+    def _stream(self, ctx: Context, body: str | bytes, status: int,
+                headers: dict[str, Any] | None) -> None:
+        if not self._can_stream(ctx.stage):
+            raise HandlerUsageError(f"stage '{ctx.stage}' cannot stream: only the stage whose "
+                                    f"value is the reply to an HTTP client can "
+                                    f"(ctx.can_stream says)")
+        data = body.encode() if isinstance(body, str) else bytes(body)
+        if len(data) > self.max_bytes:
+            raise HandlerUsageError(f"a part of {len(data)} bytes is over "
+                                    f"settings.max_message_bytes ({self.max_bytes}): send "
+                                    f"smaller parts")
+        env = ctx._env
+        seq = self._parts.get(env[ID], 0)
+        self._parts[env[ID]] = seq + 1
+        head = {"status": status, "headers": dict(headers or {})} if seq == 0 else None
+        assert self.streamer is not None
+        self.streamer(env[ORIGIN], [env[REQUEST], seq, head, data])
+
     def _drain_local(self, group: Group) -> None:
         """Run what fused stages emitted to each other, first in first out."""
         while self._pending:
@@ -567,6 +610,8 @@ class StageCore:
                 fused = self.runners[at]
                 await self._call_async(at, fused, fused.ctx._fork(child, group, ctx._pending),
                                        child)
+                if self._parts:
+                    self._parts.pop(child[ID], None)
             group.inputs.append(env)
             group.starts.append((0, 0))
         except Exception as exc:
@@ -575,6 +620,8 @@ class StageCore:
             group.failed.append((env, *self._failure(exc, at)))
         finally:  # (a cancelled message held its slot too)
             stats.busy += (time.perf_counter() - started) / self.slots
+            if self._parts:  # (it streamed: its count of parts ends with it)
+                self._parts.pop(env[ID], None)
         if group.emits or group.results:
             self._check_packable(stage, group)
         return group
@@ -620,6 +667,9 @@ class StageCore:
             group.failed.extend((env, *failure) for env in batch)
         finally:
             self.stats[stage].busy += (time.perf_counter() - started) * len(batch) / self.slots
+            if self._parts:
+                for env in batch:
+                    self._parts.pop(env[ID], None)
         if group.emits or group.results:
             self._check_packable(stage, group)
         return group

@@ -31,6 +31,7 @@ CREDIT = b"C"    # body: window (int, absolute)               worker -> sender
 HELLO = b"H"     # body: nil                                  sender -> worker
 RESULT = b"R"    # body: [kept rows, sent rows, done ids]     any -> origin (see unpack_results)
 LOST = b"L"      # body: [[request, error, status], ...]      any -> origin (dead-lettered)
+PART = b"P"      # body: [[request, seq, head, data], ...]    any -> origin (a streamed part)
 BOUNCE = b"B"    # body: nil                                  either way (see Node.lost_frame)
 CONTROL = b"X"   # body: {"op": ...}                          supervisor -> process
 STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
@@ -179,6 +180,22 @@ def unpack_results(body: bytes, limit: int) -> tuple[list[list[Any]], list[list[
 def unpack_lost(body: bytes, limit: int) -> list[list[Any]]:
     """[[request, error, status], ...] (status: the answer its client gets, 500, 504, ...)"""
     return _rows(unpack(body, limit), (int, str, int), "LOST")
+
+
+def unpack_parts(body: bytes, limit: int) -> list[list[Any]]:
+    """[[request, seq, head, data], ...]: parts of replies sent before the replies
+    themselves (ctx.stream). seq counts a message's parts from 0 in each run of it; head
+    (the reply's status and headers) comes with part 0 only, else nil."""
+    obj = unpack(body, limit)
+    if type(obj) is list:
+        for row in obj:
+            if (type(row) is not list or len(row) != 4 or type(row[0]) is not int
+                    or type(row[1]) is not int or type(row[3]) is not bytes
+                    or (row[2] is not None and type(row[2]) is not dict)):
+                break
+        else:
+            return obj
+    raise ProtocolError("malformed PART frame")
 
 
 def unpack_control(body: bytes, limit: int) -> dict[str, Any]:

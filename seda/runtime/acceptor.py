@@ -30,7 +30,17 @@ from seda.engine.codec.http import HttpCodec
 from seda.engine.config import CONCURRENCY
 from seda.engine.controllers import AdmissionController, Classifier, Decision
 from seda.engine.credit import DeadLetter, Dispatcher
-from seda.engine.front import LOST_TEXT, Book, Slot, server_answer, take_ready, wants_close
+from seda.engine.front import (
+    LOST_TEXT,
+    Book,
+    Slot,
+    cut,
+    next_part,
+    server_answer,
+    take_ready,
+    unsent_parts,
+    wants_close,
+)
 from seda.engine.stage import FRONT_FIGURES, Group, StageCore
 from seda.engine.throttle import Throttle
 from seda.engine.wire import ID, ONCE, PAYLOAD, REQUEST, SAMPLE, Envelope
@@ -45,6 +55,8 @@ from seda.runtime.watchdog import Watchdog
 
 SEND_EARLY = 16  # requests queued since the last send that go to the entry stage at once
 FD_RESERVE = 64  # descriptors kept free for the acceptor's own use (see connection_cap)
+STREAM_MAX = 16 << 20  # bytes of a streamed reply that may wait for its client; past it,
+# the reply is cut (a client that does not read must not fill our memory)
 CLASS_WEIGHT = 4  # turns a priority level gets for each turn of the next less important one
 
 
@@ -223,6 +235,9 @@ class Connection(asyncio.Protocol):
         while self.sending is None:
             ready = take_ready(self.order)  # (the finished replies go out in one write)
             if not ready:
+                parts = unsent_parts(self.order)  # a streamed reply under way
+                if parts:
+                    transport.write(parts)
                 break
             transport.write(ready[0].out if len(ready) == 1 else
                             b"".join([slot.out for slot in ready]))
@@ -277,6 +292,7 @@ class Acceptor(Node):
             else None
         if self.core is not None:
             self.core.setup()
+            self.core.streamer = self.send_part  # SPED: parts go to the client at once
             limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
             if limits:  # a call past its limit ends this process: the supervisor restarts it
                 # (async handlers: a loop that stops beating for that long is blocked)
@@ -582,10 +598,72 @@ class Acceptor(Node):
                 continue
             self.complete(slot, payload)
 
+    def on_parts(self, rows: list[list[Any]]) -> None:
+        """Parts of streamed replies ([request, seq, head, data]; see ctx.stream): the head
+        with part 0, then a chunk per part, written as soon as the reply is at the head of
+        its connection's order. The request stays in the book until its last part (the
+        handler's value) comes as a result. A part out of order (the message ran again) or
+        a client that lets STREAM_MAX bytes wait cuts the reply."""
+        for rid, seq, head, data in rows:
+            slot = self.book.slots.get(rid)
+            if slot is None or slot.done:
+                self.counters["late"] += 1  # answered already: timed out, or cut
+                continue
+            conn = slot.conn
+            codec = cast(HttpCodec, conn.codec)
+            if not next_part(slot, seq):
+                self._cut(slot, "its handler ran again after part of it was sent")
+                continue
+            if seq == 0:
+                try:
+                    start, slot.close = codec.stream_head(head or {}, slot.request)
+                except ValueError as exc:  # nothing is written yet: a 500, as a bad reply
+                    self.book.settle(rid)
+                    slot.out, slot.close = codec.error_reply(BAD_REPLY), wants_close(slot)
+                    slot.done = True
+                    self.counters["responses"] += 1
+                    self.count_status("500")
+                    self.throttle.say("bad reply", f"a streamed reply to "
+                                                   f"{_what(slot.request)} could not be sent "
+                                                   f"(answered 500): {exc}")
+                    conn.write_ready()
+                    continue
+                slot.parts, slot.held = [start], len(start)
+                self.codes[start[9:12]] = self.codes.get(start[9:12], 0) + 1
+            assert slot.parts is not None
+            chunk = codec.stream_part(data, slot.request)
+            slot.parts.append(chunk)
+            slot.held += len(chunk)
+            transport = conn.transport
+            if slot.held > STREAM_MAX or (conn.write_blocked and transport is not None and
+                                          transport.get_write_buffer_size() > STREAM_MAX):
+                self._cut(slot, f"its client left more than {STREAM_MAX} bytes unread")
+                continue
+            conn.write_ready()
+
+    def _cut(self, slot: Slot, why: str) -> None:
+        self.book.settle(slot.rid)
+        self.counters["failed"] += 1
+        self.throttle.say("stream cut", f"a streamed reply to {_what(slot.request)} was cut "
+                                        f"(the connection closed): {why}")
+        cut(slot)
+        slot.conn.write_ready()
+
     def complete(self, slot: Slot, payload: Any) -> None:
         """Turn a stage's reply into bytes for its client. A reply of any shape costs at most
         its own request: one that cannot be sent is answered 500, and said in the log."""
         conn = slot.conn
+        if slot.parts is not None:  # the last part of a streamed reply
+            self.counters["responses"] += 1
+            try:
+                slot.parts.append(cast(HttpCodec, conn.codec).stream_end(payload,
+                                                                         slot.request))
+            except ValueError as exc:
+                self._cut(slot, f"its last part is not text or bytes: {exc}")
+                return
+            slot.out, slot.parts, slot.held, slot.done = b"".join(slot.parts), [], 0, True
+            conn.write_ready()
+            return
         if self.http and type(payload) is dict and "file" in payload:
             why = self.open_file(slot, cast(HttpCodec, conn.codec), payload)
         else:

@@ -51,7 +51,9 @@ class Lane:
         self.limits = {s: spec.call_limit(s) for s in core.local}
         self.loop = new_loop()
         self.cutoffs = Cutoffs(self.loop)
-        self.done: deque[tuple[str, Group]] = deque()  # (sender, group), loop -> main
+        # loop -> main, in the order they were made: (sender, group) when a message is
+        # through, (origin, row) for a part of a streamed reply (sent before its reply)
+        self.done: deque[tuple[str, Group | list[Any]]] = deque()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.signalled = False  # a wake-up byte is in the pipe
         self.tasks: set[asyncio.Task[None]] = set()
@@ -69,7 +71,7 @@ class Lane:
         self.in_flight += len(envs)
         self.loop.call_soon_threadsafe(self._start, sender, stage, envs)
 
-    def collect(self) -> list[tuple[str, Group]]:
+    def collect(self) -> list[tuple[str, Group | list[Any]]]:
         """The groups that are ready. (Order matters: the pipe is emptied, then the flag
         cleared, then the deque: a group added meanwhile is either taken now or wakes the
         poller again.)"""
@@ -80,7 +82,7 @@ class Lane:
         while self.done:
             out.append(self.done.popleft())
         self.in_flight -= sum(len(g.inputs) + len(g.failed) + len(g.dropped) + len(g.overran)
-                              for _, g in out)
+                              for _, g in out if type(g) is Group)
         return out
 
     def stalled(self) -> float:
@@ -125,6 +127,14 @@ class Lane:
     async def _run(self, sender: str, stage: str, envs: list[Envelope], batch: bool) -> None:
         group = await self.cutoffs.run(self.core, stage, envs, batch, self.limits[stage])
         self.done.append((sender, group))
+        self._wake()
+
+    def part(self, origin: str, row: list[Any]) -> None:
+        """The core's streamer: a part of a streamed reply, for the main thread to send."""
+        self.done.append((origin, row))
+        self._wake()
+
+    def _wake(self) -> None:
         if not self.signalled:
             self.signalled = True
             with contextlib.suppress(BlockingIOError):

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 from setproctitle import setproctitle
 
-from seda.engine.codec import Codec, encode_reply, make_codec
+from seda.engine.codec import Codec, encode_reply, encode_streamed, make_codec
 from seda.engine.codec.http import HttpCodec
 from seda.engine.credit import DeadLetter
 from seda.engine.stage import Group, StageCore
@@ -69,6 +69,10 @@ class Connection:
         if isinstance(self.codec, HttpCodec):  # an HTTP request says who sent it
             self.codec.client = access.address(name)
         self.read_at = 0.0  # when the requests being answered were read (the access log)
+        # parts of streamed replies (ctx.stream), by request: [head, data, ...]. mp answers
+        # a connection's requests in lock-step, so a streamed reply goes out whole
+        self.streams: dict[int, list[Any]] = {}
+        master.core.streamer = self.stream_part
         self.stopping = False
         # SIGTERM (the drain) sets `stopping` and wakes the select below through this pipe
         self.wake, wake_w = os.pipe()
@@ -114,6 +118,12 @@ class Connection:
             if self.answer(requests):
                 return
 
+    def stream_part(self, _origin: str, row: list[Any]) -> None:
+        request, seq, head, data = row
+        if seq == 0:  # (a re-run starts the reply over: nothing of it is written yet)
+            self.streams[request] = [head]
+        self.streams[request].append(data)
+
     def answer(self, requests: list[Any]) -> bool:
         """Run `requests` through the graph and write the replies in order; True: close."""
         if not requests:
@@ -128,7 +138,10 @@ class Connection:
         replies: dict[int, tuple[bytes, bool]] = {}
         for env in group.results:
             if env[REQUEST] not in replies:  # the first reply to a request is its answer
-                data, close, why = encode_reply(codec, env[PAYLOAD], requests[env[REQUEST]])
+                parts = self.streams.pop(env[REQUEST], None)
+                data, close, why = encode_reply(codec, env[PAYLOAD], requests[env[REQUEST]]) \
+                    if parts is None else encode_streamed(codec, parts[0], parts[1:],
+                                                          env[PAYLOAD], requests[env[REQUEST]])
                 if why:
                     self.throttle.say("bad reply", f"a reply could not be sent (answered "
                                                    f"500): {why}")
@@ -145,6 +158,7 @@ class Connection:
             master.dead_letter([DeadLetter(master.entry, env, why, status=504)])
             replies[env[REQUEST]] = codec.error_reply(ProtocolError(
                 "the handler ran over its time limit", 504)), False
+        self.streams.clear()  # (those of requests that failed)
         out, close = [], False
         for i in range(len(requests)):
             data, close = replies.get(i) or (codec.error_reply(ProtocolError("no reply", 504)),

@@ -41,6 +41,7 @@ from seda.engine.wire import (
     LOST,
     ONCE,
     ORIGIN,
+    PART,
     PAYLOAD,
     REQUEST,
     RESULT,
@@ -53,6 +54,7 @@ from seda.engine.wire import (
     unpack_credit,
     unpack_fail,
     unpack_lost,
+    unpack_parts,
     unpack_results,
 )
 from seda.errors import ProtocolError
@@ -312,12 +314,27 @@ class Node:
                 self._dispatcher_of(sender).done(sender, done)
         elif kind == LOST:
             self.on_lost(unpack_lost(body, self.limit))
+        elif kind == PART:
+            self.on_parts(unpack_parts(body, self.limit))
         else:
             self.counters["malformed"] += 1
 
     def on_results(self, items: list[list[Any]]) -> None:
         """Results [id, payload, request(, stage)] for an origin; others never get them."""
         self.counters["malformed"] += len(items)
+
+    def on_parts(self, rows: list[list[Any]]) -> None:
+        """Parts of streamed replies [request, seq, head, data], for a front door."""
+        self.counters["malformed"] += len(rows)
+
+    def send_part(self, origin: str, row: list[Any]) -> None:
+        """A part of a streamed reply (ctx.stream) to its front door, now: the reply
+        itself follows as a result, after it (frames between two processes keep their
+        order). Best effort, as LOST rows: a part lost cuts its reply (see on_parts)."""
+        if origin == self.name:
+            self.on_parts([row])
+        else:
+            self._send_rows(origin, PART, [row])
 
     def on_lost(self, items: list[list[Any]]) -> None:
         """[request, error] for work of this origin that was dead-lettered somewhere (an

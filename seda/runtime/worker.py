@@ -12,7 +12,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -56,6 +56,9 @@ class Worker(Node):
         if self.core.is_async:
             self.window = max(self.spec.stages[s].concurrency or CONCURRENCY
                               for s in self.me.stages)
+        # parts of streamed replies: from the loop's thread through the lane, else at once
+        self.core.streamer = self.lane.part if self.lane is not None and self.core.is_async \
+            else self.send_part
         rules = [r for s in self.me.stages if (r := self.spec.stages[s].batching) is not None
                  and r.enabled and not self.core.is_async]
         self.batching = BatchController(
@@ -191,8 +194,11 @@ class Worker(Node):
         while self.has_work():
             sender, stage, envs = self.work.popleft()
             lane.submit(sender, stage, envs)
-        for sender, group in lane.collect():
-            self._settle(sender, group)
+        for sender, item in lane.collect():
+            if type(item) is Group:
+                self._settle(sender, item)
+            else:  # a part of a streamed reply
+                self.send_part(sender, cast(list[Any], item))
         if self.loop_limit and lane.in_flight and lane.stalled() > self.loop_limit:
             LOG.error(f"the event loop was blocked for {lane.stalled():.1f} s, longer than "
                       f"the time limit ({self.loop_limit:g} s): a sync call in an async "

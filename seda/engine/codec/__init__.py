@@ -75,6 +75,18 @@ def encode_reply(codec: Codec, reply: Any, request: Any) -> tuple[bytes, bool, s
         return codec.error_reply(BAD_REPLY), False, f"{type(exc).__name__}: {exc}"[:300]
 
 
+def encode_streamed(codec: Any, head: dict[str, Any], parts: list[bytes], last: Any,
+                    request: Any) -> tuple[bytes, bool, str]:
+    """A streamed reply (ctx.stream) written whole, where parts cannot go out one by one
+    (mp): its head, its parts and its last part, as encode_reply answers."""
+    try:
+        out, close = codec.stream_head(head, request)
+        return b"".join([out, *(codec.stream_part(p, request) for p in parts),
+                         codec.stream_end(last, request)]), close, ""
+    except Exception as exc:
+        return codec.error_reply(BAD_REPLY), False, f"{type(exc).__name__}: {exc}"[:300]
+
+
 def make_codec(protocol: str, limits: Limits) -> Codec:
     if protocol == "http":
         from seda.engine.codec.http import HttpCodec

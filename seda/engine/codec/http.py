@@ -151,6 +151,32 @@ class HttpCodec:
             return head(status, headers, 0, close), close, False
         return head(status, headers, size, close), close, request.get("method") != "HEAD"
 
+    # ---------------------------------------------------------- streamed replies
+    # A stage that sends its reply in parts (ctx.stream): the head once, with chunked
+    # transfer coding, then a chunk per part, then the last part and the end chunk.
+    def stream_head(self, reply: dict[str, Any], request: Any) -> tuple[bytes, bool]:
+        """(head, close) of a streamed reply {"status", "headers"}; ValueError as
+        reply_parts (and for a status that has no body: 204, 304)."""
+        status, headers = status_and_headers(reply)
+        if status in _NO_BODY:
+            raise ValueError(f"a {status} reply has no body to stream")
+        headers.pop("transfer-encoding", None)
+        headers.setdefault("content-type", "text/plain; charset=utf-8")
+        close = not request.get("keep_alive", True)
+        return _prefix(status, headers, close) + b"transfer-encoding: chunked\r\n\r\n", close
+
+    def stream_part(self, data: bytes, request: Any) -> bytes:
+        """One part as a chunk (none for an empty part, nor in answer to HEAD)."""
+        if not data or request.get("method") == "HEAD":
+            return b""
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    def stream_end(self, last: Any, request: Any) -> bytes:
+        """The last part (the handler's value: None, text or bytes) and the end chunk.
+        ValueError: a value of another kind."""
+        end = self.stream_part(_body(last), request)
+        return end if request.get("method") == "HEAD" else end + b"0\r\n\r\n"
+
     def error_reply(self, exc: ProtocolError) -> bytes:
         status = exc.status_hint
         body = f"{status} {_REASONS.get(status, 'Error')}: {exc}\n".encode()
