@@ -74,8 +74,10 @@ def test_one_worker_runs_many_async_requests_at_once(tmp_path: Path, model: str)
         took = time.monotonic() - start
         assert [s for s, _ in answers] == [200] * 200, answers[:3]
         assert [body["path"] for _, body in answers] == [f"/r{i}" for i in range(200)]
-        if model != "mp":  # (mp: a process per connection, one request each)
-            assert max(body["peak"] for _, body in answers) >= 50
+        if model != "mp":  # (mp: a process per connection, one request each; symped:
+            # two loops, each with about half of them)
+            assert max(body["peak"] for _, body in answers) >= (25 if model == "symped"
+                                                                else 50)
         assert took < 200 * 0.05, took
         run.signal(signal.SIGTERM)
         assert run.wait() == 0, run.stderr

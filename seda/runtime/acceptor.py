@@ -611,6 +611,10 @@ class Acceptor(Node):
                 continue
             conn = slot.conn
             codec = cast(HttpCodec, conn.codec)
+            if conn.closed:  # the client is gone: nothing of it is kept
+                self.book.settle(rid)
+                cut(slot)
+                continue
             if not next_part(slot, seq):
                 self._cut(slot, "its handler ran again after part of it was sent")
                 continue
@@ -630,6 +634,9 @@ class Acceptor(Node):
                     continue
                 slot.parts, slot.held = [start], len(start)
                 self.codes[start[9:12]] = self.codes.get(start[9:12], 0) + 1
+                if slot.timed:  # admission is told the time to the first part (a stream
+                    slot.timed = False  # may last minutes: that is not the server's delay)
+                    self.answered(slot)
             assert slot.parts is not None
             chunk = codec.stream_part(data, slot.request)
             slot.parts.append(chunk)
