@@ -9,6 +9,11 @@
   acceptor  graphs/hello.yaml's acceptor under AMPED: HTTP requests fed to 64 connections,
             its DATA frames out, the worker's RESULT frames (a reply each) back in, replies
             written to stub transports
+  inline-async  graphs/webapp.yaml (a Starlette app) under SPED: requests fed to 64
+            connections, the app run inline as a task per request on uvloop, replies written
+            to stub transports; with two baselines on the same request: asgi-app (the app
+            alone, called directly) and asgi-uvicorn (uvicorn's httptools protocol serving
+            it to 64 stub transports)
 Only the process's own Python is measured: zmq sends are stubbed, and the frames that come
 in are made beforehand (the worker's) or between the timed parts (the acceptor's). It leaves
 out what a real run adds (zmq, the event loop, system calls, other processes on the same
@@ -232,7 +237,124 @@ def inline_async_path(requests: int = 12_800, reps: int = 5) -> float:
     return best
 
 
-PATHS = {"worker": worker_path, "acceptor": acceptor_path, "inline-async": inline_async_path}
+_CATALOG = {i: f"item {i}" for i in range(100)}  # what the app's lifespan makes
+
+
+def _webapp_request_scope() -> dict[str, Any]:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/items/7",
+            "raw_path": b"/items/7", "query_string": b"q=x", "root_path": "",
+            "client": ["127.0.0.1", 5555], "server": None,
+            "state": {"catalog": _CATALOG},
+            "headers": [(b"host", b"127.0.0.1:8082")]}
+
+
+def asgi_app_path(requests: int = 12_800, reps: int = 5) -> float:
+    """Baseline: us per request of the Starlette app alone (stages/webapp.py, the same
+    request as inline-async), called directly on a uvloop loop: what no server can save."""
+
+    from seda.runtime.aio import new_loop
+
+    sys.path.insert(0, str(ROOT))
+    from stages.webapp import app
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(_message: dict[str, Any]) -> None:
+        pass
+
+    async def run() -> float:
+        best = float("inf")
+        for _ in range(reps):
+            began = time.perf_counter()
+            for _ in range(requests):
+                await app(_webapp_request_scope(), receive, send)
+            best = min(best, (time.perf_counter() - began) / requests * 1e6)
+        return best
+
+    loop = new_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+def asgi_uvicorn_path(requests: int = 12_800, reps: int = 5) -> float:
+    """Baseline: us per request of uvicorn's HTTP protocol (httptools) serving the same app
+    to 64 connections with stub transports, as inline-async does for seda's acceptor."""
+    import asyncio
+
+    from uvicorn.config import Config
+    from uvicorn.lifespan.on import LifespanOn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from seda.runtime.aio import new_loop
+
+    sys.path.insert(0, str(ROOT))
+    from stages.webapp import app
+
+    class Transport:
+        written = 0
+
+        def write(self, data: bytes) -> None:
+            Transport.written += 1
+
+        def get_extra_info(self, key: str, default: Any = None) -> Any:
+            return {"sockname": ("127.0.0.1", 8082),
+                    "peername": ("127.0.0.1", 5555)}.get(key, default)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    request = b"GET /items/7?q=x HTTP/1.1\r\nHost: 127.0.0.1:8082\r\n\r\n"
+
+    async def run() -> float:
+        config = Config(app=app, loop="none", http="httptools", access_log=False,
+                        lifespan="on", log_level="warning")
+        config.load()
+        lifespan = LifespanOn(config)
+        await lifespan.startup()
+        state = ServerState()
+        conns = []
+        for _ in range(64):
+            conn = HttpToolsProtocol(config=config, server_state=state,
+                                     app_state=lifespan.state)
+            conn.connection_made(Transport())  # type: ignore[arg-type]
+            conns.append(conn)
+        best = float("inf")
+        for _ in range(reps):
+            began = time.perf_counter()
+            for _ in range(requests // 64):
+                for conn in conns:
+                    conn.data_received(request)
+                while state.tasks:
+                    await asyncio.sleep(0)
+            best = min(best, (time.perf_counter() - began) / requests * 1e6)
+        if Transport.written != 2 * requests * reps:  # (uvicorn: the head, then the body)
+            raise RuntimeError(f"{Transport.written} writes for {requests * reps} requests")
+        await lifespan.shutdown()
+        return best
+
+    loop = new_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+PATHS = {"worker": worker_path, "acceptor": acceptor_path, "inline-async": inline_async_path,
+         "asgi-app": asgi_app_path, "asgi-uvicorn": asgi_uvicorn_path}
 
 
 def measure(tree: Path, path: str) -> float:
