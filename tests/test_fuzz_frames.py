@@ -38,7 +38,7 @@ VALID: dict[bytes, Any] = {
 DECODERS: dict[bytes, Callable[[bytes, int], Any]] = {
     e.DATA: e.unpack_data, e.ACK: e.unpack_ack, e.CREDIT: e.unpack_credit,
     e.FAIL: e.unpack_fail, e.RESULT: e.unpack_results, e.LOST: e.unpack_lost,
-    e.CONTROL: e.unpack_control,
+    e.CONTROL: e.unpack_order,
 }
 
 # any msgpack value: the wrong shapes a buggy or hostile peer could send
@@ -99,8 +99,19 @@ SHAPES: dict[bytes, Callable[[Any], bool]] = {
                          and _ints(d[2])),
     e.LOST: lambda d: type(d) is list and all(
         type(r) is list and [type(x) for x in r] == [int, str, int] for r in d),
-    e.CONTROL: lambda d: type(d) is dict and type(d.get("op")) is str,
+    e.CONTROL: lambda d: _order_fields(d),
 }
+
+
+def _order_fields(d: Any) -> bool:
+    """An order whose every field has its declared type (a bool is not an int here)."""
+    if isinstance(d, e.Probe):
+        return type(d.wave) is int
+    if isinstance(d, e.PeerDown):
+        return (type(d.name) is str and type(d.pid) is int and type(d.why) is str
+                and type(d.sender) is str and (d.timed_out is None or (
+                    type(d.timed_out) is list and all(type(i) is int for i in d.timed_out))))
+    return type(d) in (e.Stop, e.Retire, e.Finish, e.StopIntake, e.Flush)
 
 
 def typed_data(data: st.DataObject) -> bytes:

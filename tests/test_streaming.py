@@ -102,7 +102,8 @@ def body_of(raw: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("model", "stage"), [
-    ("seda", ASYNC), ("amped", ASYNC), ("sped", ASYNC), ("symped", ASYNC), ("seda", SYNC)])
+    ("seda", ASYNC), ("amped", ASYNC), ("sped", ASYNC), ("symped", ASYNC), ("seda", SYNC)],
+    ids=["seda", "amped", "sped", "symped", "seda-sync"])
 def test_parts_reach_the_client_while_the_handler_still_runs(
         tmp_path: Path, model: str, stage: str) -> None:
     gate = tmp_path / "gate"

@@ -23,8 +23,24 @@ def test_each_kind_decodes_to_exactly_what_was_sent() -> None:
     kept, sent, done = [[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]
     assert e.unpack_results(e.pack([kept, sent, done]), LIMIT) == (kept, sent, done)
     assert e.unpack_lost(e.pack([[9, "why", 504]]), LIMIT) == [[9, "why", 504]]
-    assert e.unpack_control(e.pack({"op": "probe", "wave": 2}), LIMIT) == {"op": "probe",
-                                                                          "wave": 2}
+    assert e.unpack_order(e.pack({"op": "probe", "wave": 2}), LIMIT) == e.Probe(2)
+
+
+def test_orders_and_reports_are_records_that_round_trip() -> None:
+    orders = [e.Stop(), e.Retire(), e.Finish(), e.StopIntake(), e.Flush(), e.Probe(7),
+              e.PeerDown("count.0", 41), e.PeerDown("count.1", 42, "ran over", "split.0", [5])]
+    for order in orders:
+        assert e.unpack_order(e.pack_record(order), LIMIT) == order
+    reports = [e.Ready(12), e.Failed("boom"), e.Exhausted(100),
+               e.ProbeReply(3, 0, 55, {"read": 9, "exhausted": True}),
+               e.Stats({"pending": 1, "stages": {"a": {"received": 2}}})]
+    for report in reports:
+        assert e.unpack_report(e.pack_record(report, "w.0"), LIMIT) == ("w.0", report)
+    # on the wire a record is a map with its op: what a reader of the frames sees
+    assert e.unpack(e.pack_record(e.PeerDown("a.0", 1)), LIMIT) == {
+        "op": "peer_down", "name": "a.0", "pid": 1, "why": "", "sender": ""}
+    assert e.unpack(e.pack_record(e.Stats({"x": 1}), "w"), LIMIT) == {
+        "op": "stats", "name": "w", "x": 1}
 
 
 def test_bytes_stay_bytes_text_stays_text_and_int_keys_are_kept() -> None:
@@ -80,12 +96,17 @@ def test_data_frames_of_another_shape_are_refused(body: Any) -> None:
     ("RESULT", [[[1, 2, 3, 4]], [], []]), ("RESULT", [[[1, 2, 3, "s", 5]], [], []]),
     ("RESULT", [[], [], ["4"]]), ("RESULT", [[[1, 2, "3"]], [], []]),
     ("LOST", [[9, "why"]]), ("LOST", [[9, "why", "504"]]), ("LOST", [["9", "why", 500]]),
-    ("CONTROL", ["op"]), ("CONTROL", {"op": 1}), ("CONTROL", {"wave": 1})])
+    ("CONTROL", ["op"]), ("CONTROL", {"op": 1}), ("CONTROL", {"wave": 1}),
+    ("CONTROL", {"op": "reboot"}), ("CONTROL", {"op": "probe"}),
+    ("CONTROL", {"op": "probe", "wave": "1"}), ("CONTROL", {"op": "peer_down", "name": "a"}),
+    ("CONTROL", {"op": "peer_down", "name": "a", "pid": 1, "timed_out": ["1"]}),
+    ("STATUS", {"op": "ready"}), ("STATUS", {"op": "probe", "wave": 1, "pending": 0}),
+    ("STATUS", {"op": "failed", "error": 3}), ("STATUS", {"op": "stop"})])
 def test_frames_of_another_shape_are_refused_with_their_kind_named(kind: str, body: Any
                                                                    ) -> None:
     decode = {"ACK": e.unpack_ack, "CREDIT": e.unpack_credit, "FAIL": e.unpack_fail,
               "RESULT": e.unpack_results, "LOST": e.unpack_lost,
-              "CONTROL": e.unpack_control}[kind]
+              "CONTROL": e.unpack_order, "STATUS": e.unpack_report}[kind]
     with pytest.raises(ProtocolError, match=f"^malformed {kind} frame$"):
         decode(e.pack(body), LIMIT)
 

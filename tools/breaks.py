@@ -106,6 +106,22 @@ BREAKS = [
           "        self.core.setup()\n        __import__('subprocess').Popen(['sleep', '60'], "
           "start_new_session=True)\n",
           ("tests/test_run_pipeline.py::test_word_count_is_exact",)),
+    # promises added since the list began: streamed replies and the calls' cutoffs
+    Break("stream-rerun-kept", "seda/engine/front.py",
+          "    if seq != slot.next_part:\n        return False",
+          "    if False:\n        return False",
+          ("tests/test_streaming.py::test_a_worker_killed_mid_stream_cuts_that_reply_and_no_"
+           "other",)),
+    Break("stream-parts-held", "seda/runtime/acceptor.py",
+          "                if parts:\n                    transport.write(parts)",
+          "                if False:\n                    transport.write(parts)",
+          ("tests/test_streaming.py::test_parts_reach_the_client_while_the_handler_still_"
+           "runs[sped]",)),
+    Break("cutoff-limit-as-deadline", "seda/runtime/aio.py",
+          "self.calls[task] = (cutoff, wait == limit)",
+          "self.calls[task] = (cutoff, False)",
+          ("tests/test_async_core.py::test_cutoffs_cut_only_the_calls_past_their_limit_or_"
+           "deadline",)),
 ]
 
 

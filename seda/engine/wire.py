@@ -13,6 +13,7 @@ Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)].
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
 import msgpack
@@ -33,8 +34,8 @@ RESULT = b"R"    # body: [kept rows, sent rows, done ids]     any -> origin (see
 LOST = b"L"      # body: [[request, error, status], ...]      any -> origin (dead-lettered)
 PART = b"P"      # body: [[request, seq, head, data], ...]    any -> origin (a streamed part)
 BOUNCE = b"B"    # body: nil                                  either way (see Node.lost_frame)
-CONTROL = b"X"   # body: {"op": ...}                          supervisor -> process
-STATUS = b"S"    # body: {"op": ...}                          process -> supervisor
+CONTROL = b"X"   # body: an Order, {"op": ...} (see below)    supervisor -> process
+STATUS = b"S"    # body: a Report, {"op": ..., "name": ...}   process -> supervisor
 
 SAMPLE = 7  # a message whose id & SAMPLE == 0 carries its birth time (one in eight)
 # in a request id (the REQUEST field, which every message a request causes carries): the
@@ -198,12 +199,193 @@ def unpack_parts(body: bytes, limit: int) -> list[list[Any]]:
     raise ProtocolError("malformed PART frame")
 
 
-def unpack_control(body: bytes, limit: int) -> dict[str, Any]:
-    """{"op": name, ...}"""
+# ---------------------------------------------------------------- orders and reports
+# What the supervisor orders a process (CONTROL frames) and what a process reports to it
+# (STATUS frames), each a typed record declared once, here. On the wire a record is a map
+# {"op": its name, its fields...}; a process or the supervisor matches on the record's
+# class, never on a key of a map. (The figures of a Stats report are a map on purpose: the
+# status API serves them as JSON, and each process kind has its own.)
+
+
+class Order:
+    """An order from the supervisor to a process."""
+
+    __slots__ = ()
+    OP = ""
+
+
+class Report:
+    """A report from a process to the supervisor."""
+
+    __slots__ = ()
+    OP = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Order):
+    """End now (the run is over, or was stopped)."""
+
+    OP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Retire(Order):
+    """The pool shrinks: take no new work, finish what is held, exit."""
+
+    OP = "retire"
+
+
+@dataclass(frozen=True, slots=True)
+class Finish(Order):
+    """The pipeline's input is all through: sinks send their finish() values."""
+
+    OP = "finish"
+
+
+@dataclass(frozen=True, slots=True)
+class StopIntake(Order):
+    """A drain begins: a front door (source, acceptor, mp master) takes no more input."""
+
+    OP = "stop_intake"
+
+
+@dataclass(frozen=True, slots=True)
+class Flush(Order):
+    """The origin writes the sinks' finish() values and closes its output."""
+
+    OP = "flush"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown(Order):
+    """Process `name` (pid `pid`) is gone: what it held goes out again. `timed_out`: the
+    ids its watchdog blamed (they fail, with `why`), of messages from `sender`."""
+
+    name: str
+    pid: int
+    why: str = ""
+    sender: str = ""
+    timed_out: list[int] | None = None
+    OP = "peer_down"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe(Order):
+    """Say what you hold (the quiet check at the end of a run, in numbered waves)."""
+
+    wave: int
+    OP = "probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Report):
+    """The process is up (its sockets bound, its setup done)."""
+
+    pid: int
+    OP = "ready"
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Report):
+    """The source's iterable raised: the run stops, and says why."""
+
+    error: str
+    OP = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted(Report):
+    """The source has read every item (`read` of them)."""
+
+    read: int
+    OP = "exhausted"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReply(Report):
+    """The answer to Probe(wave): messages held, messages sent so far, and the front
+    door's own figures (`extra`: exhausted, read)."""
+
+    wave: int
+    pending: int
+    sent: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    OP = "probe"
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Report):
+    """A process's figures, every ~0.5 s (the live view, the summary, the end of a run)."""
+
+    figures: dict[str, Any]
+    OP = "stats"
+
+
+ORDERS: dict[str, type[Order]] = {c.OP: c for c in (Stop, Retire, Finish, StopIntake, Flush,
+                                                    PeerDown, Probe)}
+REPORTS: dict[str, type[Report]] = {c.OP: c for c in (Ready, Failed, Exhausted, ProbeReply,
+                                                      Stats)}
+# the fields of the records whose maps are open (their extra keys are theirs)
+_OPEN: dict[type, str] = {ProbeReply: "extra", Stats: "figures"}
+
+
+def pack_record(record: Order | Report, name: str = "") -> bytes:
+    """An order or a report as its frame body (`name`: the sender, on reports)."""
+    out: dict[str, Any] = {"op": record.OP}
+    if name:
+        out["name"] = name
+    opened = _OPEN.get(type(record))
+    for f in fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        if f.name == opened:
+            out.update(value)
+        elif value is not None:
+            out[f.name] = value
+    return pack(out)
+
+
+# what each declared field type may hold on the wire
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: type(v) is str,
+    "int": lambda v: type(v) is int,
+    "list[int] | None": lambda v: v is None or _ints(v),
+    "dict[str, Any]": lambda v: type(v) is dict,
+}
+
+
+Rec = TypeVar("Rec", Order, Report)
+
+
+def _record(obj: Any, kinds: dict[str, type[Rec]], what: str) -> Rec:
+    if type(obj) is not dict or type(obj.get("op")) is not str or obj["op"] not in kinds:
+        raise ProtocolError(f"malformed {what} frame")
+    cls = kinds[obj["op"]]
+    opened = _OPEN.get(cls)
+    values: dict[str, Any] = {}
+    declared = {f.name for f in fields(cls)} | {"op", "name"}  # type: ignore[arg-type]
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name == opened:
+            values[f.name] = {k: v for k, v in obj.items() if k not in declared}
+        elif f.name in obj:
+            if not _CHECKS[str(f.type)](obj[f.name]):
+                raise ProtocolError(f"malformed {what} frame")
+            values[f.name] = obj[f.name]
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ProtocolError(f"malformed {what} frame")
+    return cls(**values)
+
+
+def unpack_order(body: bytes, limit: int) -> Order:
+    """A CONTROL body as its order (ProtocolError: not one of ORDERS, or a field of the
+    wrong type)."""
+    return _record(unpack(body, limit), ORDERS, "CONTROL")
+
+
+def unpack_report(body: bytes, limit: int) -> tuple[str, Report]:
+    """A STATUS body as (its sender's name, its report)."""
     obj = unpack(body, limit)
-    if not (type(obj) is dict and type(obj.get("op")) is str):
-        raise ProtocolError("malformed CONTROL frame")
-    return obj
+    name = obj.get("name", "") if type(obj) is dict else ""
+    return (name if type(name) is str else ""), _record(obj, REPORTS, "STATUS")
 
 
 def packable(payload: Any, limit: int) -> str | None:

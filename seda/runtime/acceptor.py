@@ -43,7 +43,7 @@ from seda.engine.front import (
 )
 from seda.engine.stage import FRONT_FIGURES, Group, StageCore
 from seda.engine.throttle import Throttle
-from seda.engine.wire import ID, ONCE, PAYLOAD, REQUEST, SAMPLE, Envelope
+from seda.engine.wire import ID, ONCE, PAYLOAD, REQUEST, SAMPLE, Envelope, Order, Ready, StopIntake
 from seda.errors import ProtocolError
 from seda.log import LOG
 from seda.plan.deployment import Plan
@@ -384,7 +384,7 @@ class Acceptor(Node):
         self.server = await self.loop.create_server(lambda: Connection(self),
                                                     sock=self.listen_sock,
                                                     backlog=self.acc.backlog)
-        self.status({"op": "ready", "pid": os.getpid()})
+        self.tell(Ready(os.getpid()))
         next_sweep = 0.0
         while self.running:
             await asyncio.sleep(0.01)
@@ -778,12 +778,12 @@ class Acceptor(Node):
                 self.counters["idle_closed"] += 1
                 conn.transport.close()
 
-    def on_control(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "stop_intake":
+    def on_control(self, order: Order) -> None:
+        if isinstance(order, StopIntake):
             self.accepting = False
             self.server.close()
         else:
-            super().on_control(msg)
+            super().on_control(order)
 
     def close(self) -> None:
         try:

@@ -35,7 +35,7 @@ from seda.engine.codec.http import HttpCodec
 from seda.engine.credit import DeadLetter
 from seda.engine.stage import Group, StageCore
 from seda.engine.throttle import Throttle
-from seda.engine.wire import PAYLOAD, REQUEST, Envelope
+from seda.engine.wire import PAYLOAD, REQUEST, Envelope, Order, StopIntake
 from seda.errors import ProtocolError
 from seda.plan.deployment import Plan
 from seda.runtime import access
@@ -343,12 +343,12 @@ class Master(Node):
         self._partial = data[whole:]
 
     # ------------------------------------------------------------------ control and end
-    def on_control(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "stop_intake":
+    def on_control(self, order: Order) -> None:
+        if isinstance(order, StopIntake):
             self.accepting = False
             self._signal_children(signal.SIGTERM)
         else:
-            super().on_control(msg)
+            super().on_control(order)
 
     def _signal_children(self, signum: int) -> None:
         for pid in list(self.children):

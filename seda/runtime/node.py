@@ -47,13 +47,22 @@ from seda.engine.wire import (
     RESULT,
     STATUS,
     Envelope,
+    Order,
+    PeerDown,
+    Probe,
+    ProbeReply,
+    Ready,
+    Report,
+    Stats,
+    Stop,
     bounded,
     pack,
+    pack_record,
     unpack_ack,
-    unpack_control,
     unpack_credit,
     unpack_fail,
     unpack_lost,
+    unpack_order,
     unpack_parts,
     unpack_results,
 )
@@ -205,7 +214,7 @@ class Node:
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         setproctitle(self.me.title)
-        self.status({"op": "ready", "pid": os.getpid()})
+        self.tell(Ready(os.getpid()))
         try:
             while self.running:
                 busy = self.has_work()
@@ -289,7 +298,7 @@ class Node:
                     letters.append(letter)
             self.dead_letter(letters)
         elif kind == CONTROL and sender == SUPERVISOR:
-            self.on_control(unpack_control(body, self.limit))
+            self.on_control(unpack_order(body, self.limit))
         elif kind == BOUNCE:
             self.bounced(sender)
         else:
@@ -340,25 +349,22 @@ class Node:
         """[request, error] for work of this origin that was dead-lettered somewhere (an
         acceptor answers its client; the dead-letter file already has the rest)."""
 
-    def on_control(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
-        if op == "peer_down":
-            name = msg["name"]
+    def on_control(self, order: Order) -> None:
+        if isinstance(order, PeerDown):
+            name = order.name
             if name in self.pool_of and self.pool_of[name] in self.dispatchers:
                 dispatcher = self.dispatchers[self.pool_of[name]]
                 culprits: set[int] | None = None
-                if "timed_out" in msg:  # its watchdog ended it (see seda.runtime.watchdog)
-                    mine = msg.get("sender") == self.name
-                    culprits = set(msg["timed_out"]) if mine else set()
-                self.dead_letter(dispatcher.down(name, int(msg.get("pid", 0)), culprits,
-                                                 str(msg.get("why", ""))))
+                if order.timed_out is not None:  # its watchdog ended it (seda.runtime.watchdog)
+                    culprits = set(order.timed_out) if order.sender == self.name else set()
+                self.dead_letter(dispatcher.down(name, order.pid, culprits, order.why))
             elif name == self.origin:
                 self.results.down(name)
                 self.results.grant(name, ORIGIN_WINDOW)
-        elif op == "probe":
-            self.status({"op": "probe", "wave": msg["wave"], "pending": self.pending(),
-                         "sent": self.sent_total(), **self.probe_extra()})
-        elif op == "stop":
+        elif isinstance(order, Probe):
+            self.tell(ProbeReply(order.wave, self.pending(), self.sent_total(),
+                                 self.probe_extra()))
+        elif isinstance(order, Stop):
             self.stop()
 
     def on_received(self, outputs: list[int]) -> None:
@@ -466,13 +472,13 @@ class Node:
             stages[stage] = {**stages.get(stage, {}), **reasons}
         for stage, count in self.sent_to.items():  # merged per edge by the supervisor
             stages.setdefault(stage, {})["sent_in"] = {self.edge_from: count}
-        self.status({"op": "stats", "pending": self.pending(), **self.counters, **figures,
-                     "rss": self.rss, "links": links, "suspects": suspects, "waiting": waiting,
-                     "blocked": blocked})
+        self.tell(Stats({"pending": self.pending(), **self.counters, **figures,
+                         "rss": self.rss, "links": links, "suspects": suspects,
+                         "waiting": waiting, "blocked": blocked}))
 
-    def status(self, msg: dict[str, Any]) -> None:
-        msg.setdefault("name", self.name)
-        self.send(SUPERVISOR, STATUS, pack(msg))
+    def tell(self, report: Report) -> None:
+        """A report to the supervisor."""
+        self.send(SUPERVISOR, STATUS, pack_record(report, self.name))
 
     def _flush_acks(self) -> None:
         """Send the receipts; one that cannot go now (the peer is not connected) is kept for

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from seda.engine.credit import SeenIds
-from seda.engine.wire import SAMPLE, child_id
+from seda.engine.wire import SAMPLE, Exhausted, Failed, Flush, Order, StopIntake, child_id
 from seda.plan.deployment import Plan
 from seda.runtime.node import Node
 
@@ -106,9 +106,9 @@ class Source(Node):
         self.exhausted = True
         if kind == "error":
             self.failure = str(value)
-            self.status({"op": "failed", "error": self.failure})
+            self.tell(Failed(self.failure))
         else:
-            self.status({"op": "exhausted", "read": self.read})
+            self.tell(Exhausted(self.read))
 
     def _read(self) -> None:
         """Reader thread: runs the user's generator, so a slow or blocking source never stalls
@@ -172,14 +172,14 @@ class Source(Node):
         self.flushed = True
         self.report()
 
-    def on_control(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "stop_intake":
+    def on_control(self, order: Order) -> None:
+        if isinstance(order, StopIntake):
             self.exhausted = True
             self.stop_reading.set()
-        elif msg.get("op") == "flush":
+        elif isinstance(order, Flush):
             self.flush_finals()
         else:
-            super().on_control(msg)
+            super().on_control(order)
 
     def probe_extra(self) -> dict[str, Any]:
         return {"exhausted": self.exhausted, "read": self.read}

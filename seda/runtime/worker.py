@@ -27,6 +27,9 @@ from seda.engine.wire import (
     PAYLOAD,
     REQUEST,
     Envelope,
+    Finish,
+    Order,
+    Retire,
     child_id,
     pack,
     unpack_data,
@@ -259,10 +262,10 @@ class Worker(Node):
     def exit_code(self) -> int:
         return EXIT_RECYCLE if self.recycling else 0
 
-    def on_control(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "retire":  # the pool shrinks: no new work, finish, exit
+    def on_control(self, order: Order) -> None:
+        if isinstance(order, Retire):  # the pool shrinks: no new work, finish, exit
             self.retire()
-        elif msg.get("op") == "finish":
+        elif isinstance(order, Finish):
             seed = zlib.crc32(self.name.encode())
             values = self.core.finish()
             if self.lane is not None:
@@ -272,7 +275,7 @@ class Worker(Node):
                 self.results.submit(RESULTS, final)
             self.finishing = True
         else:
-            super().on_control(msg)
+            super().on_control(order)
 
     def stats(self) -> dict[str, Any]:
         stages = {s: st.figures()

@@ -34,7 +34,25 @@ from setproctitle import setproctitle
 from seda.engine import ending
 from seda.engine.ending import Ending
 from seda.engine.restarts import Backoff, Intensity
-from seda.engine.wire import CONTROL, STATUS, pack, unpack
+from seda.engine.wire import (
+    CONTROL,
+    STATUS,
+    Exhausted,
+    Failed,
+    Finish,
+    Flush,
+    Order,
+    PeerDown,
+    Probe,
+    ProbeReply,
+    Report,
+    Retire,
+    Stats,
+    Stop,
+    StopIntake,
+    pack_record,
+    unpack_report,
+)
 from seda.errors import ProtocolError
 from seda.log import LOG
 from seda.observe.progress import Progress
@@ -202,10 +220,10 @@ class Supervisor:
         self.exhausted = False
         self.next_tick = 0.0  # when the loop next runs its checks (_tick)
         self.failure: str | None = None
-        self.waves: list[dict[str, Any]] = []
+        self.waves: list[dict[str, ProbeReply]] = []
         self.wave = self.wave_seq = 0
         self.wave_started = 0.0
-        self.wave_replies: dict[str, dict[str, Any]] = {}
+        self.wave_replies: dict[str, ProbeReply] = {}
         # the end of the run: running -> draining -> finishing -> done (seda.engine.ending)
         self.ending = Ending(spec.is_service, spec.settings.drain_timeout)
         self.finished: set[str] = set()
@@ -225,7 +243,7 @@ class Supervisor:
         self.lost_state: list[str] = []  # sink state that died with a worker (see _lost_state)
         self.forks: ForkServer | None = None
         self.next_reap = 0.0
-        self.undelivered: dict[str, list[dict[str, Any]]] = {}  # child -> see deliver
+        self.undelivered: dict[str, list[Order]] = {}  # child -> see deliver
         self.heard: dict[str, float] = {}  # child -> when it last reported
         # processes with a watchdog (seda.runtime.watchdog) -> their longest handler call limit
         conf = self.plan.conf()
@@ -382,14 +400,14 @@ class Supervisor:
             if what == "start":
                 self.children[name].start()
             else:
-                self.deliver(name, {"op": "retire"})
+                self.deliver(name, Retire())
 
     def _stop_all(self) -> None:
         """Stop every child (CONTROL stop, SIGKILL after STOP_GRACE); idempotent."""
         for name, child in self.children.items():
             if child.popen is None or child.pidfd < 0:
                 continue
-            self.send(name, {"op": "stop"})
+            self.send(name, Stop())
         deadline = time.monotonic() + STOP_GRACE
         for child in self.children.values():
             if child.popen is None:
@@ -418,14 +436,15 @@ class Supervisor:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
-    def send(self, name: str, msg: dict[str, Any]) -> bool:
+    def send(self, name: str, order: Order) -> bool:
         try:
-            self.outbox.send_multipart([name.encode(), CONTROL, pack(msg)], zmq.NOBLOCK)
+            self.outbox.send_multipart([name.encode(), CONTROL, pack_record(order)],
+                                       zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
 
-    def deliver(self, name: str, msg: dict[str, Any]) -> None:
+    def deliver(self, name: str, msg: Order) -> None:
         """Send `msg` to child `name` now, or -- when its socket is not connected yet (a child
         started a moment ago, or our connection to a fresh child still on its way) -- keep it
         and send it again, in order after anything kept before, until it is delivered or the
@@ -439,7 +458,7 @@ class Supervisor:
         elif not self.send(name, msg):
             self.undelivered[name] = [msg]
 
-    def broadcast(self, msg: dict[str, Any], reliable: bool = False) -> bool:
+    def broadcast(self, msg: Order, reliable: bool = False) -> bool:
         """Send `msg` to every live child; a `reliable` one through deliver. False if a send
         failed (an unreliable one is then lost: probes are asked again, see _quiet)."""
         went = True
@@ -506,13 +525,12 @@ class Supervisor:
             if len(frames) != 3 or frames[1] != STATUS:
                 continue
             try:
-                msg = unpack(frames[2], 1 << 20)
-                self._on_status(frames[0].decode(), msg)
+                _, report = unpack_report(frames[2], 1 << 20)
+                self._on_status(frames[0].decode(), report)
             except (ProtocolError, KeyError, TypeError, ValueError, AttributeError):
                 continue
 
-    def _on_status(self, name: str, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
+    def _on_status(self, name: str, report: Report) -> None:
         child = self.children.get(name)
         if child is None:
             return
@@ -523,29 +541,25 @@ class Supervisor:
                 child.down_at = 0.0
             if self.phase != "running" and name in self.plan.front_doors():
                 # restarted while the run drains: this incarnation must not take work either
-                self.deliver(name, {"op": "stop_intake"})
+                self.deliver(name, StopIntake())
         child.ready = True  # any word from it will do; "ready" itself may be lost at start
-        if op == "stats":
-            self.stats[name] = msg
+        if isinstance(report, Stats):
+            figures = self.stats[name] = {**report.figures, "name": name}
             # one-shot reports can be lost while sockets connect: stats repeat them
-            self.exhausted = self.exhausted or bool(msg.get("exhausted"))
-            if msg.get("finished"):
+            self.exhausted = self.exhausted or bool(figures.get("exhausted"))
+            if figures.get("finished"):
                 self.finished.add(name)
-            if msg.get("flushed"):
+            if figures.get("flushed"):
                 self.flushed = True
-            if msg.get("failure"):
-                self.failure = str(msg["failure"])
-        elif op == "probe" and msg.get("wave") == self.wave:
-            self.wave_replies[name] = msg
-        elif op == "exhausted":
+            if figures.get("failure"):
+                self.failure = str(figures["failure"])
+        elif isinstance(report, ProbeReply) and report.wave == self.wave:
+            self.wave_replies[name] = report
+        elif isinstance(report, Exhausted):
             self.exhausted = True
             self.next_tick = 0.0  # the end of the run starts now: the probe waves at once
-        elif op == "failed":
-            self.failure = str(msg.get("error")).rstrip()
-        elif op == "finished":
-            self.finished.add(name)
-        elif op == "flushed":
-            self.flushed = True
+        elif isinstance(report, Failed):
+            self.failure = report.error.rstrip()
 
     def _on_exit(self, child: Child) -> None:
         pid = child.pid
@@ -554,13 +568,14 @@ class Supervisor:
         self._retire(child.name)
         self.undelivered.pop(child.name, None)  # its next incarnation starts afresh
         title = self.plan.procs[child.name].title.removeprefix("seda: ")
-        down: dict[str, Any] = {"op": "peer_down", "name": child.name, "pid": pid}
+        down = PeerDown(child.name, pid)
         note = read_note(self.run_dir, child.name) if code == EXIT_STUCK else {}
         if note:  # its watchdog ended it: those messages fail, the rest go out again
             limit, stage = note.get("limit"), note.get("stage")
             why = (f"stage '{stage}': the handler ran over its timeout of {limit:g} s; its "
                    f"worker was replaced")
-            down.update(timed_out=note.get("ids", []), sender=note.get("sender"), why=why)
+            down = PeerDown(child.name, pid, why, str(note.get("sender") or ""),
+                            [int(i) for i in note.get("ids", [])])
             LOG.warning(f"{title}: a call to stage '{stage}' ran over its timeout of "
                         f"{limit:g} s: replacing the process")
         self.broadcast(down, reliable=True)
@@ -708,11 +723,11 @@ class Supervisor:
             self.readiness = "draining"
             self.notify("STOPPING=1", f"STATUS=draining ({signal.Signals(self.stop_signal).name})")
             for door in self.plan.front_doors() or [self.plan.origin()]:
-                self.deliver(door, {"op": "stop_intake"})
+                self.deliver(door, StopIntake())
         elif action == ending.FINISH:
-            self.broadcast({"op": "finish"}, reliable=True)
+            self.broadcast(Finish(), reliable=True)
         elif action == ending.FLUSH:
-            self.deliver(self.plan.origin(), {"op": "flush"})
+            self.deliver(self.plan.origin(), Flush())
         elif action == ending.STOPPED:
             return Outcome(0, "")  # the summary is made once the front doors stopped
         elif action == ending.DRAIN_TIMEOUT:
@@ -750,16 +765,16 @@ class Supervisor:
         if self.wave == 0:
             self.wave = self.wave_seq = self.wave_seq + 1
             self.wave_started = now
-            if not self.broadcast({"op": "probe", "wave": self.wave}):
+            if not self.broadcast(Probe(self.wave)):
                 # a child was not reachable yet (it has just started): ask again at the next
                 # tick rather than after WAVE_PATIENCE -- a short pipeline ends 0.5 s sooner
                 self.wave_started = now - WAVE_PATIENCE
         if len(self.waves) < 2:
             return False
         first, second = self.waves
-        if any(m["pending"] for m in second.values()):
+        if any(m.pending for m in second.values()):
             return False
-        return all(first[n]["sent"] == second[n]["sent"] and first[n]["pending"] == 0
+        return all(first[n].sent == second[n].sent and first[n].pending == 0
                    for n in second)
 
     def _service_summary(self) -> str:
@@ -782,7 +797,8 @@ class Supervisor:
         dups = int(sum(v for k, v in totals.items() if k.endswith(".duplicates")))
         dups += source.get("duplicates", 0)
         dead = deadletter.count(self.plan.dead_letter) - self.dead_before
-        read = self.waves[-1].get("source", {}).get("read", read) if self.waves else read
+        last = self.waves[-1].get("source") if self.waves else None
+        read = int(last.extra.get("read", read)) if last is not None else read
         word = "interrupted" if self.stop_signal else "finished"
         startup = time.monotonic() - self.started - elapsed if first else 0.0
         return (f"pipeline '{self.spec.name}' {word}: {read} items in {elapsed:.2f} s "
