@@ -93,6 +93,33 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
     return best
 
 
+def _stub_transport() -> type:
+    """A transport class that counts the writes (in `written`) and does nothing else."""
+    class Transport:
+        written = 0
+
+        def write(self, data: bytes) -> None:
+            Transport.written += 1
+
+        def get_extra_info(self, _key: str, default: Any = None) -> Any:
+            return {"sockname": ("127.0.0.1", 8082),
+                    "peername": ("127.0.0.1", 5555)}.get(_key, default)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return Transport
+
+
 def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
     """us per request in graphs/hello.yaml's acceptor under AMPED (best of reps)."""
     from seda.engine.wire import DATA, REQUEST, RESULT, pack, unpack_data
@@ -101,20 +128,7 @@ def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
     from seda.runtime.acceptor import Acceptor, Connection
     from seda.spec.loader import load_file
 
-    class Transport:
-        written = 0
-
-        def write(self, data: bytes) -> None:
-            Transport.written += 1
-
-        def get_extra_info(self, _key: str) -> None:
-            return None
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
+    Transport = _stub_transport()
 
     class Loop:
         def call_soon(self, *_args: Any) -> None:
@@ -177,20 +191,7 @@ def inline_async_path(requests: int = 12_800, reps: int = 5) -> float:
     from seda.runtime.aio import Cutoffs, new_loop
     from seda.spec.loader import load_file
 
-    class Transport:
-        written = 0
-
-        def write(self, data: bytes) -> None:
-            Transport.written += 1
-
-        def get_extra_info(self, _key: str) -> None:
-            return None
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
+    Transport = _stub_transport()
 
     graph = ROOT / "graphs" / "webapp.yaml"
     spec, _ = load_file(graph)
@@ -295,27 +296,7 @@ def asgi_uvicorn_path(requests: int = 12_800, reps: int = 5) -> float:
     sys.path.insert(0, str(ROOT))
     from stages.webapp import app
 
-    class Transport:
-        written = 0
-
-        def write(self, data: bytes) -> None:
-            Transport.written += 1
-
-        def get_extra_info(self, key: str, default: Any = None) -> Any:
-            return {"sockname": ("127.0.0.1", 8082),
-                    "peername": ("127.0.0.1", 5555)}.get(key, default)
-
-        def is_closing(self) -> bool:
-            return False
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
+    Transport = _stub_transport()
 
     request = b"GET /items/7?q=x HTTP/1.1\r\nHost: 127.0.0.1:8082\r\n\r\n"
 
