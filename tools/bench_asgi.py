@@ -8,8 +8,9 @@
    ceiling, 256 / 0.05 s = 5,120/s.
 1. Closed loop (wrk -t1 -cC, after 1 s of the same load not counted): uvicorn with
    `--workers 1` and `--workers 2` (uvloop and httptools, access log off), seda `symped`
-   (2 loops), `amped` (graphs/webapp.yaml's 2 workers) and `sped`. Requests/s, p50, p99, and
-   each one's ratio to uvicorn's best.
+   (2 loops), `amped` (graphs/webapp.yaml's 2 workers) and `sped`. Requests/s, p50, p99,
+   each one's ratio to uvicorn's best, and how its processes split wrk's connections
+   (uvicorn's workers share one listening socket: at times one of them takes them all).
 2. Overload: each server's peak on `--overload-path` (a route that burns CPU), then seda's
    open-loop generator offers 4x that peak (latency from when each request was due: a
    server that queues is charged for it) to uvicorn's best and to seda symped with
@@ -27,12 +28,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from bench_http import free_port
 
@@ -102,9 +105,33 @@ def closed(name: str, graph: Path, logs: Path, path: str, connections: int,
         settle(server.proc.pid)
         url = f"http://127.0.0.1:{port}{path}"
         drive("wrk", url, connections, 1.0, None, 5.0)  # warm-up, not counted
-        return drive("wrk", url, connections, duration, None, 5.0)
+        split: list[int] = []
+        counter = threading.Thread(target=lambda: split.extend(
+            connections_by_process(server.proc.pid, port, duration / 2)))
+        counter.start()
+        row = drive("wrk", url, connections, duration, None, 5.0)
+        counter.join()
+        row["split"] = split
+        return row
     finally:
         server.stop()
+
+
+def connections_by_process(pid: int, port: int, after: float) -> list[int]:
+    """After `after` seconds, the client connections each process under `pid` holds on
+    `port`, most first: how the server's processes split the load generator's connections
+    (uvicorn's workers share one listening socket; seda's loops each have their own)."""
+    time.sleep(after)
+    counts = []
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            held = sum(1 for c in proc.net_connections(kind="tcp")
+                       if c.laddr and c.laddr.port == port and c.status == "ESTABLISHED")
+        except psutil.Error:
+            continue
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def open_loop(name: str, graph: Path, logs: Path, path: str, rate: float,
@@ -160,7 +187,8 @@ def main() -> int:
             rows["closed"][name] = row
             print(f"  {name:18} {row['rps']:>9,.0f} req/s  p50 {row['p50_ms']:6.2f} ms  "
                   f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  non-2xx "
-                  f"{row['non_2xx']}  wrk {row['loadgen_cores']} cores")
+                  f"{row['non_2xx']}  wrk {row['loadgen_cores']} cores  connections per "
+                  f"process {'/'.join(map(str, row['split'])) or '?'}")
         best_uv = max(("uvicorn 1 worker", "uvicorn 2 workers"),
                       key=lambda n: rows["closed"][n]["rps"])
         best_seda = max(("seda symped", "seda amped", "seda sped"),
