@@ -250,11 +250,21 @@ def _webapp_request_scope() -> dict[str, Any]:
             "headers": [(b"host", b"127.0.0.1:8082")]}
 
 
+def on_new_loop(coro: Any) -> float:
+    """Run `coro` on a fresh event loop (uvloop where installed), then close the loop."""
+    from seda.runtime.aio import new_loop
+
+    loop = new_loop()
+    try:
+        return float(loop.run_until_complete(coro))
+    finally:
+        loop.close()
+
+
 def asgi_app_path(requests: int = 12_800, reps: int = 5) -> float:
     """Baseline: us per request of the Starlette app alone (stages/webapp.py, the same
     request as inline-async), called directly on a uvloop loop: what no server can save."""
 
-    from seda.runtime.aio import new_loop
 
     sys.path.insert(0, str(ROOT))
     from stages.webapp import app
@@ -274,11 +284,7 @@ def asgi_app_path(requests: int = 12_800, reps: int = 5) -> float:
             best = min(best, (time.perf_counter() - began) / requests * 1e6)
         return best
 
-    loop = new_loop()
-    try:
-        return loop.run_until_complete(run())
-    finally:
-        loop.close()
+    return on_new_loop(run())
 
 
 def asgi_uvicorn_path(requests: int = 12_800, reps: int = 5) -> float:
@@ -291,7 +297,6 @@ def asgi_uvicorn_path(requests: int = 12_800, reps: int = 5) -> float:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.server import ServerState
 
-    from seda.runtime.aio import new_loop
 
     sys.path.insert(0, str(ROOT))
     from stages.webapp import app
@@ -327,11 +332,7 @@ def asgi_uvicorn_path(requests: int = 12_800, reps: int = 5) -> float:
         await lifespan.shutdown()
         return best
 
-    loop = new_loop()
-    try:
-        return loop.run_until_complete(run())
-    finally:
-        loop.close()
+    return on_new_loop(run())
 
 
 PATHS = {"worker": worker_path, "acceptor": acceptor_path, "inline-async": inline_async_path,
