@@ -23,6 +23,7 @@ DIR/report.md, DIR/results.json and DIR/asgi.png (matplotlib) when --out is give
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +101,7 @@ def serve(name: str, graph: Path, logs: Path) -> Uvicorn | Server:
 
 def closed(name: str, graph: Path, logs: Path, path: str, connections: int,
            duration: float) -> dict[str, Any]:
-    server = serve(name, graph, logs)
-    try:
-        port = server.start(path)
-        settle(server.proc.pid)
+    with started(name, graph, logs, path) as (server, port):
         url = f"http://127.0.0.1:{port}{path}"
         drive("wrk", url, connections, 1.0, None, 5.0)  # warm-up, not counted
         split: list[int] = []
@@ -113,8 +112,6 @@ def closed(name: str, graph: Path, logs: Path, path: str, connections: int,
         counter.join()
         row["split"] = split
         return row
-    finally:
-        server.stop()
 
 
 def connections_by_process(pid: int, port: int, after: float) -> list[int]:
@@ -136,11 +133,19 @@ def connections_by_process(pid: int, port: int, after: float) -> list[int]:
 
 def open_loop(name: str, graph: Path, logs: Path, path: str, rate: float,
               duration: float) -> dict[str, Any]:
+    with started(name, graph, logs, path) as (_, port):
+        return drive("seda", f"http://127.0.0.1:{port}{path}", 256, duration, rate, 5.0, 2.0)
+
+
+@contextlib.contextmanager
+def started(name: str, graph: Path, logs: Path, path: str
+            ) -> Iterator[tuple[Uvicorn | Server, int]]:
+    """Server `name` up and answering `path`, its processes settled; stopped after."""
     server = serve(name, graph, logs)
     try:
         port = server.start(path)
         settle(server.proc.pid)
-        return drive("seda", f"http://127.0.0.1:{port}{path}", 256, duration, rate, 5.0, 2.0)
+        yield server, port
     finally:
         server.stop()
 

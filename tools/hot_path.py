@@ -120,12 +120,25 @@ def _stub_transport() -> type:
     return Transport
 
 
+def _connections(acceptor: Any, transport: type, n: int) -> list[Any]:
+    """`n` connections of `acceptor`, each on a stub transport (no socket)."""
+    from seda.runtime.acceptor import Connection
+
+    conns = []
+    for _ in range(n):
+        conn = Connection(acceptor)
+        conn.transport = transport()
+        acceptor.conns.add(conn)
+        conns.append(conn)
+    return conns
+
+
 def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
     """us per request in graphs/hello.yaml's acceptor under AMPED (best of reps)."""
     from seda.engine.wire import DATA, REQUEST, RESULT, pack, unpack_data
     from seda.handler import resolve
     from seda.plan.deployment import make_plan
-    from seda.runtime.acceptor import Acceptor, Connection
+    from seda.runtime.acceptor import Acceptor
     from seda.spec.loader import load_file
 
     Transport = _stub_transport()
@@ -147,12 +160,7 @@ def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
         acceptor.send = _recorder(sent)  # type: ignore[method-assign,assignment]
         acceptor.dispatchers["hello"].grant("hello.0", 64, 1)
         acceptor.loop = Loop()  # type: ignore[assignment]
-        conns = []
-        for _ in range(64):
-            conn = Connection(acceptor)
-            conn.transport = Transport()  # type: ignore[assignment]
-            acceptor.conns.add(conn)
-            conns.append(conn)
+        conns = _connections(acceptor, Transport, 64)
         best = float("inf")
         for _ in range(reps):
             spent = 0.0
@@ -187,7 +195,7 @@ def inline_async_path(requests: int = 12_800, reps: int = 5) -> float:
 
     from seda.handler import resolve
     from seda.plan.deployment import make_plan
-    from seda.runtime.acceptor import Acceptor, Connection
+    from seda.runtime.acceptor import Acceptor
     from seda.runtime.aio import Cutoffs, new_loop
     from seda.spec.loader import load_file
 
@@ -208,12 +216,7 @@ def inline_async_path(requests: int = 12_800, reps: int = 5) -> float:
         acceptor.cutoffs = Cutoffs(loop)  # (what Acceptor.main sets up)
         assert acceptor.core is not None
         loop.run_until_complete(acceptor.core.setup_async())
-        conns = []
-        for _ in range(64):
-            conn = Connection(acceptor)
-            conn.transport = Transport()  # type: ignore[assignment]
-            acceptor.conns.add(conn)
-            conns.append(conn)
+        conns = _connections(acceptor, Transport, 64)
 
         async def settle() -> None:
             while acceptor.tasks or acceptor.entry_queue:
