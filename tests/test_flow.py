@@ -302,9 +302,27 @@ def test_tracker_without_outputs_is_done_at_once() -> None:
 def test_seen_ids_window() -> None:
     seen = SeenIds(window=2)
     assert seen.first_time(1) and seen.first_time(2)
-    assert not seen.first_time(1)
-    assert seen.first_time(3)  # 1 falls out of the window
-    assert seen.first_time(1)
+    assert not seen.first_time(1) and not seen.first_time(2)
+    assert seen.first_time(3)
+    assert not seen.first_time(1)  # at most 2 x window: 1 may still be known...
+    assert not seen.first_time(2) and not seen.first_time(3)  # the last `window` always are
+    assert seen.first_time(4)
+    assert seen.first_time(1)  # ... and is not once `window` newer ones came after 2
+    assert not seen.first_time(4)
+
+
+def test_seen_ids_in_batches() -> None:
+    seen = SeenIds(window=1000)
+    assert seen.repeats([1, 2, 3]) == []
+    assert seen.repeats([4, 2, 5, 4, 1]) == [1, 3, 4]  # seen before, or earlier in the batch
+    assert seen.repeats([6, 6]) == [1]
+    assert seen.repeats([7]) == [] and not seen.first_time(7) and seen.first_time(8)
+    # the window holds across generations, batch by batch
+    small = SeenIds(window=4)
+    for start in range(0, 40, 3):
+        batch = list(range(start, start + 3))
+        assert small.repeats(batch) == []
+        assert small.repeats(batch) == [0, 1, 2]  # the latest 4 are always known
 
 
 # ---------------------------------------------------------------- the details mutation testing

@@ -444,15 +444,13 @@ class StageCore:
         """Drop duplicates at sinks (a re-run upstream re-sends)."""
         if stage not in self.sinks:
             return batch
-        stats = self.stats[stage]
-        keep = []
-        for env in batch:
-            if self.seen.first_time(env[ID]):
-                keep.append(env)
-            else:
-                stats.duplicates += 1
-                dropped.append(env)
-        return keep
+        repeats = self.seen.repeats([env[ID] for env in batch])
+        if not repeats:
+            return batch
+        self.stats[stage].duplicates += len(repeats)
+        dropped.extend(batch[i] for i in repeats)
+        skip = set(repeats)
+        return [env for i, env in enumerate(batch) if i not in skip]
 
     def _unexpired(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
                    ) -> list[Envelope]:

@@ -98,8 +98,12 @@ class Source(Node):
                     return
                 self.items.extend(value)
             take = min(room, len(self.items))
-            for _ in range(take):
-                self._submit(self.items.popleft())
+            if take == len(self.items):
+                batch = list(self.items)
+                self.items.clear()
+            else:
+                batch = [self.items.popleft() for _ in range(take)]
+            self._submit(batch)
             room -= take
 
     def _end(self, kind: str, value: Any) -> None:
@@ -135,21 +139,33 @@ class Source(Node):
             tb = "".join(traceback.format_exception(exc))
             self.inbound.put(("error", f"source: {type(exc).__name__}: {exc}\n{tb}"))
 
-    def _submit(self, item: Any) -> None:
+    def _submit(self, items: list[Any]) -> None:
+        """Items read, to their entry stages' queues: the n-th item read is request n, and
+        its message to the k-th entry has id n (k = 0) or child_id(n, k). One clock read
+        for the batch: the birth time of those that carry one (see wire.SAMPLE)."""
         if not self.read:
             self.first_item_at = time.time()
-        self.read += 1
+        first, name, now = self.read + 1, self.name, time.time_ns()
+        self.read += len(items)
         for k, entry in enumerate(self.entries):
-            msg_id = self.read if k == 0 else child_id(self.read, k)
-            self.dispatchers[self.plan.stage_pool[entry]].submit(
-                entry, [msg_id, self.name, 1, 0.0, item, self.read,
-                        0 if msg_id & SAMPLE else time.time_ns()])
+            queue = self._route[entry]
+            if k == 0:
+                queue.extend([(entry, [n, name, 1, 0.0, item, n, 0 if n & SAMPLE else now])
+                              for n, item in enumerate(items, first)])
+            else:
+                ids = [child_id(n, k) for n in range(first, first + len(items))]
+                queue.extend([(entry, [i, name, 1, 0.0, item, n, 0 if i & SAMPLE else now])
+                              for i, n, item in zip(ids, range(first, first + len(items)),
+                                                    items, strict=True)])
 
     def on_results(self, items: list[list[Any]]) -> None:
-        for msg_id, payload, _request, *final in items:
-            if not self.seen.first_time(msg_id):
-                self.duplicates += 1
-            elif final:  # a sink's finish() value: merged with its siblings' at the end
+        repeats = self.seen.repeats([item[0] for item in items])
+        if repeats:
+            self.duplicates += len(repeats)
+            skip = set(repeats)
+            items = [item for i, item in enumerate(items) if i not in skip]
+        for _msg_id, payload, _request, *final in items:
+            if final:  # a sink's finish() value: merged with its siblings' at the end
                 self.finals.setdefault(str(final[0]), []).append(payload)
             else:
                 self.write(payload)

@@ -42,6 +42,8 @@ from seda.runtime.watchdog import EXIT_RECYCLE, EXIT_STUCK, Watchdog
 
 STEP_SLICE = 0.002  # s of handler work per loop turn
 BACKLOG_LIMIT = 1024  # outputs queued for credit before this worker stops taking inputs
+RECEIPT_WAIT = 0.001  # s: the longest a receipt waits for the work of its turn (see
+# receipts_first)
 RETIRE_QUIET = 0.2  # s with nothing held and nothing arriving before a retiring worker exits
 
 
@@ -126,6 +128,18 @@ class Worker(Node):
             self.send(sender, CREDIT, pack([window, os.getpid()]))
         else:
             super().on_other(sender, kind, body)
+
+    def receipts_first(self) -> bool:
+        """At once, unless the frame this turn runs first is known to take less than
+        RECEIPT_WAIT: then the receipts go after it, with its DONEs (a cheap stage's sink
+        sent two ACK frames a DATA frame, ~20% of its CPU time). A sender waits for a
+        receipt at most that long more: the step sends every acknowledgement after each
+        frame it runs."""
+        if not self.work or self.core.is_async:
+            return True
+        _, stage, envs = self.work[0]
+        stats = self.core.stats[stage]
+        return not stats.completed or stats.busy / stats.completed * len(envs) > RECEIPT_WAIT
 
     def backlog(self) -> int:
         return sum(d.backlog() for d in self.dispatchers.values())
