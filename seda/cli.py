@@ -205,8 +205,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.access_log and spec.acceptor is None:
         raise SpecError([Problem("--access-log: this graph has no acceptor (a pipeline's "
                                  "results are its log)", args.file)])
+    tcp, keys = _transport(args)
     configure("supervisor", spec.name, args.log_level, args.log_format, args.log_time)
-    options = RunOptions(listen=args.listen, model=args.model, workers=dict(args.workers or []),
+    options = RunOptions(tcp=tcp, keys=keys, listen=args.listen, model=args.model,
+                         workers=dict(args.workers or []),
                          processes=args.processes, file=args.file,
                          status=None if args.no_status else args.status, status_token=token,
                          output=str(Path(args.output).resolve()) if args.output else "",
@@ -219,6 +221,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = Supervisor(spec, options).run()
     LOG.log(logging.ERROR if outcome.code == EXIT_FAILED else logging.INFO, outcome.summary)
     return outcome.code
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from seda.runtime.secure import make_keys
+
+    public, secret = make_keys(args.folder)
+    print(f"{secret}  (secret: give it to every host of the run, nobody else)")
+    print(f"{public}")
+    return 0
+
+
+def _transport(args: argparse.Namespace) -> tuple[str, str]:
+    """(--tcp host or "", the secret key file or ""), checked before anything starts."""
+    from seda.runtime.secure import load_keys, secret_file
+
+    if args.keys:
+        load_keys(args.keys)  # (a one-line error naming the file, exit 2)
+    if args.tcp is None:
+        if args.insecure:
+            raise SpecError([Problem("--insecure: only with --tcp", "<command line>")])
+        return "", str(secret_file(args.keys).resolve()) if args.keys else ""
+    if not args.keys and not args.insecure:
+        raise SpecError([Problem("--tcp: the run's data would cross the network in clear "
+                                 "text; give --keys FILE (make one with seda keys DIR), or "
+                                 "--insecure on a trusted network", "<command line>")])
+    if args.keys and args.insecure:
+        raise SpecError([Problem("--insecure and --keys: choose one", "<command line>")])
+    return args.tcp, str(secret_file(args.keys).resolve()) if args.keys else ""
 
 
 def _dead_letter_place(args: argparse.Namespace, base: Path) -> str | None:
@@ -473,7 +503,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "request: 'Authorization: Bearer TOKEN' or ?token=TOKEN; default "
                         "$SEDA_STATUS_TOKEN")
     p.add_argument("--no-status", action="store_true", help="no status endpoint")
+    p.add_argument("--tcp", metavar="HOST",
+                   help="the run's processes talk over TCP at HOST (a port each, chosen at "
+                        "start) instead of ipc: needs --keys, or --insecure (docs/cluster.md)")
+    p.add_argument("--keys", metavar="PATH",
+                   help="the run's secret key file (or its folder), from seda keys: every "
+                        "socket of the run speaks CurveZMQ and admits only this key")
+    p.add_argument("--insecure", action="store_true",
+                   help="with --tcp and no --keys: data in clear text (a trusted network only)")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("keys", help="make a run's key pair (CurveZMQ) in a folder",
+                            description="Make a key pair for seda run --keys: FOLDER/run.key "
+                                        "(public) and FOLDER/run.key_secret (mode 0600: the "
+                                        "credential of every process of a run). Never "
+                                        "overwrites.")
+    p.add_argument("folder", metavar="FOLDER")
+    p.set_defaults(func=cmd_keys)
 
     p = commands.add_parser("top", help="live view of a running graph (stages, queues)",
                             description="A live tpstats-style view of a running graph: "

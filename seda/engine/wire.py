@@ -278,10 +278,21 @@ class Probe(Order):
 
 
 @dataclass(frozen=True, slots=True)
+class Peers(Order):
+    """Where processes of the run are now ({name: endpoint}): a process connects to those
+    it sends to (a tcp run's inboxes bind at a port chosen then, see Ready.address)."""
+
+    addresses: dict[str, Any]
+    OP = "peers"
+
+
+@dataclass(frozen=True, slots=True)
 class Ready(Report):
-    """The process is up (its sockets bound, its setup done)."""
+    """The process is up (its sockets bound, its setup done); `address`: where its inbox is
+    bound (what its peers connect to)."""
 
     pid: int
+    address: str = ""
     OP = "ready"
 
 
@@ -322,7 +333,7 @@ class Stats(Report):
 
 
 ORDERS: dict[str, type[Order]] = {c.OP: c for c in (Stop, Retire, Finish, StopIntake, Flush,
-                                                    PeerDown, Probe)}
+                                                    PeerDown, Probe, Peers)}
 REPORTS: dict[str, type[Report]] = {c.OP: c for c in (Ready, Failed, Exhausted, ProbeReply,
                                                       Stats)}
 # the fields of the records whose maps are open (their extra keys are theirs)

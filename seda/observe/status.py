@@ -166,13 +166,18 @@ class Status:
             "processes": {name: {"pid": alive.get(name, 0), "restarts": restarts.get(name, 0),
                                  "role": proc.role,
                                  "malformed": int(reports.get(name, {}).get("malformed", 0)),
-                                 "rss": int(reports.get(name, {}).get("rss", 0))}
+                                 "rss": int(reports.get(name, {}).get("rss", 0)),
+                                 "address": str(reports.get(name, {}).get("address", "")),
+                                 "refused_peers": int(reports.get(name, {}).get(
+                                     "refused_peers", 0))}
                           for name, proc in self.plan.procs.items()},
             "workers": self._worker_rows(reports, restarts, alive, dt),
             "restarts": sum(restarts.values()),
             "dead_letters": sum(int(r.get("dead_letters", 0)) for r in reports.values()),
             # frames dropped as malformed on internal sockets (by live incarnations)
             "malformed": sum(int(r.get("malformed", 0)) for r in reports.values()),
+            # peers refused by CURVE/ZAP: they presented a key that is not the run's
+            "refused_peers": sum(int(r.get("refused_peers", 0)) for r in reports.values()),
             "bottleneck": found["stage"] if found else None, "diagnosis": found,
         }
         self.past.append((now, totals))

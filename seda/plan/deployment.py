@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,7 @@ class Plan:
     log_format: str = "text"
     access_log: bool = False  # acceptors log each answer (seda.runtime.access)
     log_time: bool = False  # text lines start with the time
+    keys: str = ""  # the run's secret key file: every socket speaks CURVE (seda.runtime.secure)
 
     def parked(self) -> set[str]:
         """Worker slots not started at first (the pool controller may start them)."""
@@ -110,6 +111,14 @@ class Plan:
     def conf(self) -> config.Graph:
         """The graph as a process reads it: plain records, no pydantic (seda.engine.config)."""
         return config.decode(config.Graph, self.spec)
+
+
+def over_tcp(plan: Plan, host: str) -> None:
+    """Every process's inbox on TCP at `host`, at a port chosen when it binds: its peers
+    learn the address from the supervisor (wire.Ready.address, wire.Peers). The supervisor
+    stays on ipc (its children are on this machine)."""
+    where = f"[{host}]" if ":" in host else host
+    plan.procs = {n: replace(p, endpoint=f"tcp://{where}:*") for n, p in plan.procs.items()}
 
 
 def supervisor_endpoint(run_dir: str) -> str:

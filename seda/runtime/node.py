@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from typing import Any
 
 import zmq
@@ -49,6 +50,7 @@ from seda.engine.wire import (
     Envelope,
     Order,
     PeerDown,
+    Peers,
     Probe,
     ProbeReply,
     Ready,
@@ -68,7 +70,7 @@ from seda.engine.wire import (
 )
 from seda.errors import ProtocolError
 from seda.plan.deployment import FRONT_ROLES, SUPERVISOR, Plan
-from seda.runtime import deadletter
+from seda.runtime import deadletter, secure
 
 RESULTS = "@results"
 ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded upstream)
@@ -173,14 +175,37 @@ class Node:
         self._next_hello = self._next_stats = self._next_parent = 0.0
         self.started_at = time.monotonic()
         self.zmq = zmq.Context()
+        # with the run's keys every socket speaks CURVE, and ZAP admits only the run's key
+        keys = secure.load_keys(plan.keys) if plan.keys else None
+        self.gate = secure.Gate(self.zmq, keys) if keys is not None else None
         self.inbox = self._socket()
+        if keys is not None:
+            secure.serve(self.inbox, keys)
         self.inbox.bind(self.me.endpoint)
+        # where it is bound (a tcp inbox's port is chosen now: peers learn it, see Peers)
+        self.address = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
         self.outbox = self._socket()
         self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        for peer in self.me.peers:
-            self.outbox.connect(plan.endpoint(peer))
+        if keys is not None:
+            secure.connect_as(self.outbox, keys)
+        self.connected: dict[str, str] = {}  # peer -> the endpoint the outbox connects to
+        self.connect_peers({peer: plan.endpoint(peer) for peer in self.me.peers})
         self.poller = zmq.Poller()
         self.poller.register(self.inbox, zmq.POLLIN)
+
+    def connect_peers(self, addresses: dict[str, Any]) -> None:
+        """Connect the outbox to the peers among `addresses` whose endpoint is new (an
+        address not known yet -- tcp://HOST:* -- is left until the supervisor says it)."""
+        for peer, endpoint in addresses.items():
+            if peer not in self.me.peers or type(endpoint) is not str or \
+                    secure.wildcard(endpoint) or self.connected.get(peer) == endpoint:
+                continue
+            old = self.connected.pop(peer, None)
+            if old is not None:  # a restarted peer, bound at another port
+                with suppress(zmq.ZMQError):
+                    self.outbox.disconnect(old)
+            self.outbox.connect(endpoint)
+            self.connected[peer] = endpoint
 
     def _socket(self) -> zmq.Socket[bytes]:
         sock = self.zmq.socket(zmq.ROUTER)
@@ -214,7 +239,7 @@ class Node:
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         setproctitle(self.me.title)
-        self.tell(Ready(os.getpid()))
+        self.tell(Ready(os.getpid(), self.address))
         try:
             while self.running:
                 busy = self.has_work()
@@ -242,6 +267,8 @@ class Node:
         # the supervisor only stops us once nothing is in flight (or the drain gave up)
         self.inbox.close(linger=0)
         self.outbox.close(linger=200)  # time for the last report to reach the supervisor
+        if self.gate is not None:
+            self.gate.close()
         self.zmq.term()
 
     def _read_inbox(self, most: int = 256) -> None:
@@ -371,6 +398,8 @@ class Node:
         elif isinstance(order, Probe):
             self.tell(ProbeReply(order.wave, self.pending(), self.sent_total(),
                                  self.probe_extra()))
+        elif isinstance(order, Peers):
+            self.connect_peers(order.addresses)
         elif isinstance(order, Stop):
             self.stop()
 
@@ -481,6 +510,8 @@ class Node:
             stages.setdefault(stage, {})["sent_in"] = {self.edge_from: count}
         self.tell(Stats({"pending": self.pending(), **self.counters, **figures,
                          "rss": self.rss, "links": links, "suspects": suspects,
+                         "address": self.address,
+                         "refused_peers": self.gate.refused if self.gate is not None else 0,
                          "waiting": waiting, "blocked": blocked}))
 
     def tell(self, report: Report) -> None:

@@ -43,8 +43,10 @@ from seda.engine.wire import (
     Flush,
     Order,
     PeerDown,
+    Peers,
     Probe,
     ProbeReply,
+    Ready,
     Report,
     Retire,
     Stats,
@@ -59,8 +61,14 @@ from seda.observe.progress import Progress
 from seda.observe.status import Status
 from seda.observe.statusserver import StatusServer
 from seda.plan import rundir
-from seda.plan.deployment import SUPERVISOR, make_plan, not_applied, supervisor_endpoint
-from seda.runtime import deadletter
+from seda.plan.deployment import (
+    SUPERVISOR,
+    make_plan,
+    not_applied,
+    over_tcp,
+    supervisor_endpoint,
+)
+from seda.runtime import deadletter, secure
 from seda.runtime.listener import address, bind, raise_fd_limit, url
 from seda.runtime.watchdog import EXIT_RECYCLE, EXIT_STUCK, beat_path, read_note
 from seda.spec.models import GraphSpec
@@ -95,6 +103,8 @@ class RunOptions:
     log_format: str = "text"
     access_log: bool = False
     log_time: bool = False
+    tcp: str = ""  # the processes' inboxes on TCP at this host ("": ipc)
+    keys: str = ""  # the run's secret key file: CURVE on every socket ("": none)
 
 
 @dataclass
@@ -210,6 +220,9 @@ class Supervisor:
             self.plan.dead_letter = options.dead_letter
         self.plan.log_level, self.plan.log_format = options.log_level, options.log_format
         self.plan.access_log, self.plan.log_time = options.access_log, options.log_time
+        self.plan.keys = options.keys
+        if options.tcp:
+            over_tcp(self.plan, options.tcp)
         self.children: dict[str, Child] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}  # figures of dead incarnations (see totals)
@@ -245,6 +258,8 @@ class Supervisor:
         self.next_reap = 0.0
         self.undelivered: dict[str, list[Order]] = {}  # child -> see deliver
         self.heard: dict[str, float] = {}  # child -> when it last reported
+        self.addresses: dict[str, str] = {}  # child -> where its inbox is (see _learn_address)
+        self.gate: secure.Gate | None = None
         # processes with a watchdog (seda.runtime.watchdog) -> their longest handler call limit
         conf = self.plan.conf()
         self.watched = {name: max(limits) for name, proc in self.plan.procs.items()
@@ -280,6 +295,8 @@ class Supervisor:
             self._stop_all()
             for s, handler in old.items():
                 signal.signal(s, handler)
+            if self.gate is not None:
+                self.gate.close()
             self.zmq.destroy(linger=0)
             if self.status_server is not None:
                 self.status_server.close()
@@ -299,18 +316,42 @@ class Supervisor:
         plan_file = Path(self.run_dir) / "plan.json"
         plan_file.write_text(self.plan.to_json(), encoding="utf-8")
         self.plan_file = str(plan_file)
+        # with the run's keys, the supervisor's sockets speak CURVE like everyone's
+        keys = secure.load_keys(self.plan.keys) if self.plan.keys else None
+        self.gate = secure.Gate(self.zmq, keys) if keys is not None else None
         self.inbox = self.zmq.socket(zmq.ROUTER)
         self.inbox.setsockopt(zmq.ROUTING_ID, SUPERVISOR.encode())  # children address it so
         self.inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)  # see seda.runtime.node
         self.inbox.setsockopt(zmq.RCVHWM, 0)
+        if keys is not None:
+            secure.serve(self.inbox, keys)
         self.inbox.bind(supervisor_endpoint(self.run_dir))
         self.outbox = self.zmq.socket(zmq.ROUTER)
         self.outbox.setsockopt(zmq.ROUTING_ID, SUPERVISOR.encode())
         self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.outbox.setsockopt(zmq.ROUTER_HANDOVER, 1)  # see seda.runtime.node
         self.outbox.setsockopt(zmq.SNDHWM, 0)
+        if keys is not None:
+            secure.connect_as(self.outbox, keys)
         for proc in self.plan.procs.values():
-            self.outbox.connect(proc.endpoint)
+            if not secure.wildcard(proc.endpoint):  # (a tcp inbox: once it says where)
+                self.outbox.connect(proc.endpoint)
+                self.addresses[proc.name] = proc.endpoint
+
+    def _learn_address(self, name: str, address: str) -> None:
+        """Where `name`'s inbox is bound, as it reported. In a tcp run each incarnation
+        binds a port of its own: connect to the new one, and tell every process (the new
+        incarnation learns the whole book)."""
+        old = self.addresses.get(name)
+        if not address or address == old or not secure.wildcard(self.plan.procs[name].endpoint):
+            return
+        if old is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.outbox.disconnect(old)
+        self.outbox.connect(address)
+        self.addresses[name] = address
+        self.broadcast(Peers({name: address}), reliable=True)
+        self.deliver(name, Peers(dict(self.addresses)))
 
     def _start_all(self) -> None:
         # fresh interpreters (the source, mp's master) first: they import seda while the
@@ -543,7 +584,10 @@ class Supervisor:
                 # restarted while the run drains: this incarnation must not take work either
                 self.deliver(name, StopIntake())
         child.ready = True  # any word from it will do; "ready" itself may be lost at start
+        if isinstance(report, Ready):
+            self._learn_address(name, report.address)
         if isinstance(report, Stats):
+            self._learn_address(name, str(report.figures.get("address", "")))
             figures = self.stats[name] = {**report.figures, "name": name}
             # one-shot reports can be lost while sockets connect: stats repeat them
             self.exhausted = self.exhausted or bool(figures.get("exhausted"))

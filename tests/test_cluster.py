@@ -1,0 +1,207 @@
+"""A run's processes over TCP with CurveZMQ (docs/cluster.md): the run's keys, the errors
+before anything starts, the same output as over ipc, nothing readable on the wire, a peer
+with a foreign key refused and counted, a killed worker's new port learned by its peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import zmq
+
+from seda.errors import SpecError
+from seda.runtime import secure
+from tests.runkit import SedaRun, run_env, wait_for
+from tests.test_run_faults import chain
+
+MARK = "seda-capture-marker"
+
+MARKED = """
+name: marked
+source: {handler: "marked:items", to: [tag], options: {n: 3000}}
+stages:
+  tag: {handler: "marked:tag", workers: 2, to: [sink]}
+  sink: {handler: "marked:Sink", sink: true}
+"""
+MARKED_PY = f'''
+def items(options):
+    return range(int(options["n"]))
+
+def tag(x, ctx):
+    return "{MARK}-%d" % x
+
+class Sink:
+    def setup(self, ctx):
+        self.count, self.marked = 0, 0
+    def handle(self, x, ctx):
+        self.count += 1
+        self.marked += x.startswith("{MARK}")
+    def finish(self, ctx):
+        return {{"count": self.count, "marked": self.marked}}
+    @staticmethod
+    def merge(parts):
+        return {{k: sum(p[k] for p in parts) for k in parts[0]}}
+'''
+
+
+def seda(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "seda.cli", *args], cwd=cwd,
+                          env=run_env(cwd), capture_output=True, text=True, timeout=120)
+
+
+# ------------------------------------------------------------------ keys
+def test_keys_are_made_private_and_never_overwritten(tmp_path: Path) -> None:
+    public, secret = secure.make_keys(tmp_path / "k")
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o700
+    keys = secure.load_keys(tmp_path / "k")  # the folder, or the file itself
+    assert keys == secure.load_keys(secret) and len(keys.public) == len(keys.secret) == 40
+    assert zmq.curve_public(keys.secret) == keys.public
+    with pytest.raises(SpecError, match="exists already"):
+        secure.make_keys(tmp_path / "k")
+    assert secure.load_keys(tmp_path / "k") == keys  # (untouched)
+    other = secure.make_keys(tmp_path / "other")[1]
+    assert secure.load_keys(other) != keys  # every pair is new
+
+
+def test_a_key_file_others_may_read_or_without_a_secret_is_refused(tmp_path: Path) -> None:
+    public, secret = secure.make_keys(tmp_path)
+    os.chmod(secret, 0o640)
+    with pytest.raises(SpecError, match=r"may be read by others.*chmod 600"):
+        secure.load_keys(secret)
+    os.chmod(public, 0o600)
+    with pytest.raises(SpecError, match="public key only"):
+        secure.load_keys(public)
+    with pytest.raises(SpecError, match="cannot read"):
+        secure.load_keys(tmp_path / "missing")
+
+
+def test_run_refuses_clear_text_tcp_and_bad_keys_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "graph.yaml").write_text(chain(n=10))
+    cases = [(["--tcp", "127.0.0.1"], "--tcp: the run's data would cross the network in "
+                                      "clear text"),
+             (["--insecure"], "--insecure: only with --tcp"),
+             (["--keys", str(tmp_path / "nothing")], "cannot read the key file")]
+    made = seda("keys", str(tmp_path / "k"), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    os.chmod(tmp_path / "k" / "run.key_secret", 0o644)
+    cases.append((["--tcp", "127.0.0.1", "--keys", str(tmp_path / "k")],
+                  "may be read by others"))
+    for args, error in cases:
+        done = seda("run", "graph.yaml", *args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and error in lines[0], (args, done.stderr)
+    again = seda("keys", str(tmp_path / "k"), cwd=tmp_path)
+    assert again.returncode == 2 and "exists already" in again.stderr
+
+
+# ------------------------------------------------------------------ runs over tcp
+def _capture(tmp: Path, *run_args: str) -> tuple[bytes, list[dict[str, int]], str]:
+    """The marked pipeline run with `run_args`, with tcpdump capturing loopback TCP: (the
+    captured bytes, the results, the run's stderr)."""
+    (tmp / "marked.py").write_text(MARKED_PY)
+    pcap = tmp / "lo.pcap"
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-w", str(pcap), "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, "tcpdump to start")
+        with SedaRun(tmp, MARKED, *run_args) as run:
+            assert run.wait() == 0, run.stderr
+            results = run.results()
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(timeout=10)
+    return pcap.read_bytes(), results, run.stderr
+
+
+def test_a_pipeline_over_tcp_with_keys_gives_the_same_output_and_nothing_readable(
+        tmp_path: Path) -> None:
+    secure.make_keys(tmp_path / "k")
+    wire, results, stderr = _capture(tmp_path, "--tcp", "127.0.0.1", "--keys",
+                                     str(tmp_path / "k"))
+    assert results == [{"count": 3000, "marked": 3000}], stderr
+    assert len(wire) > 3000 * 20  # the run's traffic was captured (3,000 messages, 2 hops)...
+    assert MARK.encode() not in wire  # ... and none of it is readable
+
+
+def test_the_capture_sees_a_clear_text_run(tmp_path: Path) -> None:
+    """The check above can fail: over --insecure the same capture holds the marker."""
+    wire, results, stderr = _capture(tmp_path, "--tcp", "127.0.0.1", "--insecure")
+    assert results == [{"count": 3000, "marked": 3000}], stderr
+    assert MARK.encode() in wire
+
+
+def test_a_worker_killed_over_tcp_comes_back_at_a_new_port_and_nothing_is_lost(
+        tmp_path: Path) -> None:
+    n = 3000
+    mark = tmp_path / "holder"
+    secure.make_keys(tmp_path / "k")
+    graph = chain(n=n, gap=0.001, handler="hold").replace(
+        "options: {bad: -1}", f"options: {{hold: 1500, mark: '{mark}', seconds: 30}}")
+    with SedaRun(tmp_path, graph, "--tcp", "127.0.0.1", "--keys", str(tmp_path / "k")) as run:
+        pid = int(wait_for(lambda: mark.exists() and mark.read_text(), 60, "item 1500"))
+        victim = psutil.Process(pid)
+        name = "double." + victim.cmdline()[0].rsplit("#", 1)[1]
+        before = run.status()["processes"][name]["address"]
+        assert before.startswith("tcp://127.0.0.1:")
+        victim.send_signal(signal.SIGKILL)
+        after = wait_for(lambda: (a := run.status()["processes"][name]["address"]) != before
+                         and run.status()["processes"][name]["pid"] not in (0, pid) and a,
+                         30, "the new incarnation's address")
+        assert after.startswith("tcp://127.0.0.1:") and after != before
+        assert run.wait() == 0, run.stderr
+    [total] = run.results()
+    assert total == {"count": n, "sum": 2 * sum(range(n))}  # the clean run's output
+
+
+def test_a_peer_with_a_foreign_key_is_refused_and_counted(tmp_path: Path) -> None:
+    secure.make_keys(tmp_path / "k")
+    foreign = secure.load_keys(secure.make_keys(tmp_path / "foreign")[1])
+    run_keys = secure.load_keys(tmp_path / "k")
+    root = Path(__file__).resolve().parent.parent
+    graph = (root / "graphs" / "hello.yaml").read_text()
+    with SedaRun(tmp_path, graph.replace('path: [".."]', f'path: ["{root}"]'),
+                 "--tcp", "127.0.0.1", "--keys", str(tmp_path / "k"), "--listen",
+                 "127.0.0.1:0") as run:
+        port = run.port()
+        status = wait_for(lambda: (s := run.status())["processes"]["hello.0"]["address"]
+                          and s, 30, "the worker's address")
+        address = status["processes"]["hello.0"]["address"]
+        assert status["refused_peers"] == 0
+        context = zmq.Context()
+        try:
+            intruder = context.socket(zmq.DEALER)
+            intruder.curve_serverkey = run_keys.public  # it knows the run's public key...
+            intruder.curve_publickey, intruder.curve_secretkey = foreign.public, foreign.secret
+            intruder.setsockopt(zmq.LINGER, 0)
+            intruder.connect(address)
+            intruder.send_multipart([b"D", b"\x93\xa5hello\x90\x00"], zmq.NOBLOCK)
+            wait_for(lambda: run.status()["processes"]["hello.0"]["refused_peers"] >= 1, 30,
+                     "the refusal counted")
+        finally:
+            context.destroy(linger=0)
+        assert run.status()["malformed"] == 0  # nothing it sent got in
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?name=ada", timeout=10) as r:
+            assert r.status == 200 and b"ada" in r.read()  # the service serves on
+        run.signal(signal.SIGTERM)
+        assert run.wait() == 0, run.stderr
+
+
+def test_status_shows_each_process_address_over_ipc_too(tmp_path: Path) -> None:
+    with SedaRun(tmp_path, chain(n=400, gap=0.005)) as run:
+        processes = run.status()["processes"]
+        wait_for(lambda: all(p["address"].startswith("ipc://")
+                             for p in run.status()["processes"].values()), 30, "addresses")
+        assert set(processes) >= {"source", "double.0", "double.1", "collect.0"}
+        assert run.wait() == 0, run.stderr
+    assert json.dumps(processes)  # (plain JSON)
