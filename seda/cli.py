@@ -22,6 +22,7 @@ from seda.names import GRAPH_FORMATS, MODELS, MP_DEFAULT_PROCESSES
 if TYPE_CHECKING:
     from seda.plan.deployment import Plan
     from seda.spec.builder import Checked
+    from seda.spec.models import GraphSpec
 
 # The heavy modules (pydantic, networkx, zmq, rich) are imported by the commands that use
 # them: `seda --help`, `seda top` and `seda scale` start in a fraction of the time.
@@ -206,8 +207,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SpecError([Problem("--access-log: this graph has no acceptor (a pipeline's "
                                  "results are its log)", args.file)])
     tcp, keys = _transport(args)
+    _remote(args, spec)
     configure("supervisor", spec.name, args.log_level, args.log_format, args.log_time)
-    options = RunOptions(tcp=tcp, keys=keys, listen=args.listen, model=args.model,
+    options = RunOptions(tcp=tcp, keys=keys, join_at=args.join_at or "", remote=args.remote,
+                         listen=args.listen, model=args.model,
                          workers=dict(args.workers or []),
                          processes=args.processes, file=args.file,
                          status=None if args.no_status else args.status, status_token=token,
@@ -230,6 +233,48 @@ def cmd_keys(args: argparse.Namespace) -> int:
     print(f"{secret}  (secret: give it to every host of the run, nobody else)")
     print(f"{public}")
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from seda.runtime.join import main as join
+    from seda.runtime.secure import load_keys
+
+    if not args.join.startswith("tcp://"):
+        raise SpecError([Problem(f"--join: expected tcp://HOST:PORT, got '{args.join}'",
+                                 "<command line>")])
+    if args.keys:
+        load_keys(args.keys)  # (a one-line error naming the file, exit 2)
+    return join(args.join, args.keys, args.host)
+
+
+def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
+    """--join-at and --remote, checked before anything starts."""
+    from seda.errors import did_you_mean
+    from seda.names import parse_listen
+
+    if args.join_at is not None:
+        if args.tcp is None:
+            raise SpecError([Problem("--join-at: workers from other hosts reach the run's "
+                                     "processes over TCP: give --tcp HOST too",
+                                     "<command line>")])
+        try:
+            parse_listen(args.join_at)
+        except ValueError as exc:
+            raise SpecError([Problem(f"--join-at: {exc}", "<command line>")]) from None
+    if not args.remote:
+        return
+    if args.join_at is None:
+        raise SpecError([Problem("--remote: give --join-at HOST:PORT, where its workers join",
+                                 "<command line>")])
+    model = args.model or spec.model
+    if model not in ("seda", "amped"):
+        raise SpecError([Problem(f"--remote: model '{model}' runs no worker pools",
+                                 "<command line>")])
+    for stage in args.remote:
+        if stage not in spec.stages:
+            raise SpecError([Problem(f"--remote: unknown stage '{stage}'"
+                                     f"{did_you_mean(stage, set(spec.stages))}",
+                                     "<command line>")])
 
 
 def _transport(args: argparse.Namespace) -> tuple[str, str]:
@@ -511,7 +556,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "socket of the run speaks CurveZMQ and admits only this key")
     p.add_argument("--insecure", action="store_true",
                    help="with --tcp and no --keys: data in clear text (a trusted network only)")
+    p.add_argument("--join-at", metavar="HOST:PORT",
+                   help="accept workers from other hosts here (seda worker --join; port 0: "
+                        "any, said at start); needs --tcp")
+    p.add_argument("--remote", action="append", default=[], metavar="STAGE",
+                   help="the workers of STAGE's pool join (seda worker --join) instead of "
+                        "starting here; repeatable; needs --join-at")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("worker", help="join a running graph as one of its workers",
+                            description="A worker process for a run started elsewhere with "
+                                        "--join-at: it takes a free slot of a --remote "
+                                        "stage and runs until the run stops it (or it "
+                                        "hears nothing from the run for 3 s).")
+    p.add_argument("--join", required=True, metavar="tcp://HOST:PORT",
+                   help="the run's join address (its supervisor says it at start)")
+    p.add_argument("--keys", metavar="PATH", default="",
+                   help="the run's secret key file (or its folder); without it, the run "
+                        "must be --insecure")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="bind this worker's inbox here, the address the run's other "
+                        "processes reach this host by (default 127.0.0.1)")
+    p.set_defaults(func=cmd_worker)
 
     p = commands.add_parser("keys", help="make a run's key pair (CurveZMQ) in a folder",
                             description="Make a key pair for seda run --keys: FOLDER/run.key "

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -205,3 +207,146 @@ def test_status_shows_each_process_address_over_ipc_too(tmp_path: Path) -> None:
         assert set(processes) >= {"source", "double.0", "double.1", "collect.0"}
         assert run.wait() == 0, run.stderr
     assert json.dumps(processes)  # (plain JSON)
+
+
+# ------------------------------------------------------------------ workers that join
+class Joiner:
+    """`seda worker --join URL` as a process of its own (ended by the test if still up)."""
+
+    def __init__(self, tmp: Path, url: str, *args: str) -> None:
+        self.err = tmp / f"joiner-{time.monotonic_ns()}.txt"
+        with open(self.err, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "seda.cli", "worker", "--join", url, *args],
+                cwd=tmp, env=run_env(tmp), stdout=subprocess.DEVNULL, stderr=err,
+                start_new_session=True)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def join_url(run: SedaRun) -> str:
+    match = wait_for(lambda: re.search(r"workers join at (tcp://\S+)",
+                                       run.err_file.read_text()), 30, "the join address")
+    return match.group(1)
+
+
+def test_workers_that_join_run_a_stage_and_leave_with_the_run(tmp_path: Path) -> None:
+    n = 3000
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with SedaRun(tmp_path, chain(n=n, gap=0.0005), "--tcp", "127.0.0.1", "--keys", keys,
+                 "--join-at", "127.0.0.1:0", "--remote", "double") as run:
+        url = join_url(run)
+        joiners = [Joiner(tmp_path, url, "--keys", keys) for _ in range(3)]
+        try:
+            # two slots (double has 2 workers): the third is turned away
+            extra = wait_for(lambda: [j for j in joiners if j.proc.poll() is not None], 30,
+                             "the joiner without a slot")
+            assert len(extra) == 1 and extra[0].wait() == 1
+            assert "no free worker slot" in extra[0].stderr
+            assert run.wait() == 0, run.stderr
+            for joiner in joiners:
+                assert joiner.wait(timeout=10) == 0 or joiner is extra[0], joiner.stderr
+        finally:
+            for joiner in joiners:
+                joiner.end()
+        joined = {int(p) for p in re.findall(r"joined from \S+ \(pid (\d+)\)", run.stderr)}
+        assert joined == {j.proc.pid for j in joiners} - {extra[0].proc.pid}  # not local ones
+    [total] = run.results()
+    assert total == {"count": n, "sum": 2 * sum(range(n))}
+
+
+def test_a_joined_worker_killed_mid_run_is_replaced_by_the_next_to_join(
+        tmp_path: Path) -> None:
+    n = 3000
+    mark = tmp_path / "holder"
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    graph = chain(n=n, gap=0.001, handler="hold").replace(
+        "options: {bad: -1}", f"options: {{hold: 1500, mark: '{mark}', seconds: 30}}")
+    with SedaRun(tmp_path, graph, "--tcp", "127.0.0.1", "--keys", keys, "--join-at",
+                 "127.0.0.1:0", "--remote", "double") as run:
+        url = join_url(run)
+        joiners = [Joiner(tmp_path, url, "--keys", keys) for _ in range(2)]
+        try:
+            pid = int(wait_for(lambda: mark.exists() and mark.read_text(), 60, "item 1500"))
+            victim = [j for j in joiners if j.proc.pid == pid]
+            assert victim, "the holder is one of the joined workers"
+            victim[0].proc.kill()
+            wait_for(lambda: "stopped answering" in run.err_file.read_text(), 30,
+                     "the run to see it gone")
+            joiners.append(Joiner(tmp_path, url, "--keys", keys))  # its replacement
+            assert run.wait() == 0, run.stderr
+        finally:
+            for joiner in joiners:
+                joiner.end()
+    [total] = run.results()
+    assert total == {"count": n, "sum": 2 * sum(range(n))}  # nothing lost, nothing twice
+    assert run.stderr.count("joined from") == 3
+
+
+def test_a_joined_worker_exits_when_its_supervisor_is_gone(tmp_path: Path) -> None:
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with SedaRun(tmp_path, chain(n=100000, gap=0.001), "--tcp", "127.0.0.1", "--keys",
+                 keys, "--join-at", "127.0.0.1:0", "--remote", "double",
+                 "--workers", "double=1") as run:
+        joiner = Joiner(tmp_path, join_url(run), "--keys", keys)
+        try:
+            wait_for(lambda: "joined from" in run.err_file.read_text(), 30, "the join")
+            time.sleep(0.5)
+            run.signal_group(signal.SIGKILL)  # the supervisor and its local processes
+            gone = time.monotonic()
+            assert joiner.wait(timeout=10) == 1
+            assert time.monotonic() - gone < 5.0
+            assert "no word from the supervisor" in joiner.stderr
+        finally:
+            joiner.end()
+        run.wait()
+
+
+def test_a_joiner_with_a_foreign_key_is_refused(tmp_path: Path) -> None:
+    secure.make_keys(tmp_path / "k")
+    secure.make_keys(tmp_path / "foreign")
+    with SedaRun(tmp_path, chain(n=100000, gap=0.001), "--tcp", "127.0.0.1", "--keys",
+                 str(tmp_path / "k"), "--join-at", "127.0.0.1:0", "--remote",
+                 "double") as run:
+        joiner = Joiner(tmp_path, join_url(run), "--keys", str(tmp_path / "foreign"))
+        try:
+            assert joiner.wait(timeout=30) == 1
+            assert "no answer from" in joiner.stderr and "refused_peers" in joiner.stderr
+            assert run.status()["refused_peers"] >= 1
+            assert "joined from" not in run.err_file.read_text()
+        finally:
+            joiner.end()
+            run.signal(signal.SIGINT)
+            run.wait()
+
+
+def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "graph.yaml").write_text(chain(n=10))
+    secure.make_keys(tmp_path / "k")
+    keys = ["--keys", str(tmp_path / "k")]
+    cases = [(["--remote", "double"], "--remote: give --join-at"),
+             (["--join-at", "127.0.0.1:0"], "--join-at: workers from other hosts reach the "
+                                             "run's processes over TCP"),
+             (["--tcp", "127.0.0.1", *keys, "--join-at", "127.0.0.1:0", "--remote",
+               "dubble"], "--remote: unknown stage 'dubble' (did you mean 'double'?)"),
+             (["--tcp", "127.0.0.1", *keys, "--join-at", "nowhere"], "--join-at: ")]
+    for args, error in cases:
+        done = seda("run", "graph.yaml", *args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and error in lines[0], (args, done.stderr)
+    bad = seda("worker", "--join", "127.0.0.1:9", cwd=tmp_path)
+    assert bad.returncode == 2 and "expected tcp://HOST:PORT" in bad.stderr

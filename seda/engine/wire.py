@@ -36,6 +36,8 @@ PART = b"P"      # body: [[request, seq, head, data], ...]    any -> origin (a s
 BOUNCE = b"B"    # body: nil                                  either way (see Node.lost_frame)
 CONTROL = b"X"   # body: an Order, {"op": ...} (see below)    supervisor -> process
 STATUS = b"S"    # body: a Report, {"op": ..., "name": ...}   process -> supervisor
+JOIN = b"J"      # body: {"host", "pid"} / {"name", "plan"} or {"error"}  joining worker <->
+#                  supervisor (seda worker --join: the only frame before it has a name)
 
 SAMPLE = 7  # a message whose id & SAMPLE == 0 carries its birth time (one in eight)
 # in a request id (the REQUEST field, which every message a request causes carries): the
@@ -278,6 +280,14 @@ class Probe(Order):
 
 
 @dataclass(frozen=True, slots=True)
+class Beat(Order):
+    """The supervisor is there (sent every second to a worker that joined from elsewhere:
+    with no word from its supervisor for a few seconds, it exits)."""
+
+    OP = "beat"
+
+
+@dataclass(frozen=True, slots=True)
 class Peers(Order):
     """Where processes of the run are now ({name: endpoint}): a process connects to those
     it sends to (a tcp run's inboxes bind at a port chosen then, see Ready.address)."""
@@ -333,7 +343,7 @@ class Stats(Report):
 
 
 ORDERS: dict[str, type[Order]] = {c.OP: c for c in (Stop, Retire, Finish, StopIntake, Flush,
-                                                    PeerDown, Probe, Peers)}
+                                                    PeerDown, Probe, Peers, Beat)}
 REPORTS: dict[str, type[Report]] = {c.OP: c for c in (Ready, Failed, Exhausted, ProbeReply,
                                                       Stats)}
 # the fields of the records whose maps are open (their extra keys are theirs)

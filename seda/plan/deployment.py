@@ -70,6 +70,8 @@ class Plan:
     access_log: bool = False  # acceptors log each answer (seda.runtime.access)
     log_time: bool = False  # text lines start with the time
     keys: str = ""  # the run's secret key file: every socket speaks CURVE (seda.runtime.secure)
+    supervisor_address: str = ""  # where a joined worker reaches the supervisor ("": ipc)
+    remote: list[str] = field(default_factory=list)  # worker slots filled by joining workers
 
     def parked(self) -> set[str]:
         """Worker slots not started at first (the pool controller may start them)."""
@@ -88,7 +90,7 @@ class Plan:
 
     def endpoint(self, name: str) -> str:
         if name == SUPERVISOR:
-            return supervisor_endpoint(self.run_dir)
+            return self.supervisor_address or supervisor_endpoint(self.run_dir)
         return self.procs[name].endpoint
 
     def to_json(self) -> str:

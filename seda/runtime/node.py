@@ -18,7 +18,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from typing import Any
 
 import zmq
@@ -69,6 +68,7 @@ from seda.engine.wire import (
     unpack_results,
 )
 from seda.errors import ProtocolError
+from seda.log import LOG
 from seda.plan.deployment import FRONT_ROLES, SUPERVISOR, Plan
 from seda.runtime import deadletter, secure
 
@@ -84,6 +84,7 @@ RECONNECT_IVL = (10, 100)  # ms: zmq's first retry to connect to a peer, doublin
 # starts first connects to a peer's endpoint before the peer has bound it)
 STATS_EVERY = 0.5
 PARENT_CHECK_EVERY = 0.5
+SUPERVISOR_SILENCE = 3.0  # s without a word from the supervisor before a joined worker exits
 _PR_SET_PDEATHSIG = 1
 
 
@@ -173,7 +174,7 @@ class Node:
         self.replies: list[list[Any]] = []
         self.after_results: list[int] = []
         self._next_hello = self._next_stats = self._next_parent = 0.0
-        self.started_at = time.monotonic()
+        self.started_at = self.heard_supervisor = time.monotonic()
         self.zmq = zmq.Context()
         # with the run's keys every socket speaks CURVE, and ZAP admits only the run's key
         keys = secure.load_keys(plan.keys) if plan.keys else None
@@ -200,10 +201,9 @@ class Node:
             if peer not in self.me.peers or type(endpoint) is not str or \
                     secure.wildcard(endpoint) or self.connected.get(peer) == endpoint:
                 continue
-            old = self.connected.pop(peer, None)
-            if old is not None:  # a restarted peer, bound at another port
-                with suppress(zmq.ZMQError):
-                    self.outbox.disconnect(old)
+            # a restarted peer, bound at another port: connect there too (the old endpoint
+            # is not disconnected -- zmq_disconnect of a pipe to a dead peer left
+            # zmq_ctx_term hanging -- it only retries, and routing ids pick the live pipe)
             self.outbox.connect(endpoint)
             self.connected[peer] = endpoint
 
@@ -332,6 +332,7 @@ class Node:
                     letters.append(letter)
             self.dead_letter(letters)
         elif kind == CONTROL and sender == SUPERVISOR:
+            self.heard_supervisor = time.monotonic()
             self.on_control(unpack_order(body, self.limit))
         elif kind == BOUNCE:
             self.bounced(sender)
@@ -708,5 +709,11 @@ class Node:
             self.report()
         if now >= self._next_parent:
             self._next_parent = now + PARENT_CHECK_EVERY
-            if os.getppid() != self.parent:
+            if not self.parent:  # joined from elsewhere: the supervisor's beats say it lives
+                if now - self.heard_supervisor > SUPERVISOR_SILENCE:
+                    LOG.error(f"no word from the supervisor at "
+                              f"{self.plan.endpoint(SUPERVISOR)} for {SUPERVISOR_SILENCE:g} "
+                              f"s: exiting (its run is over, or it is unreachable)")
+                    os._exit(1)
+            elif os.getppid() != self.parent:
                 os._exit(1)  # the supervisor is gone: never outlive it

@@ -36,7 +36,9 @@ from seda.engine.ending import Ending
 from seda.engine.restarts import Backoff, Intensity
 from seda.engine.wire import (
     CONTROL,
+    JOIN,
     STATUS,
+    Beat,
     Exhausted,
     Failed,
     Finish,
@@ -52,7 +54,9 @@ from seda.engine.wire import (
     Stats,
     Stop,
     StopIntake,
+    pack,
     pack_record,
+    unpack,
     unpack_report,
 )
 from seda.errors import ProtocolError
@@ -81,6 +85,8 @@ SILENT_AFTER = 1.5  # s without a report after which a worker is taken to be ins
 STUCK_GRACE = 2.0  # s a silent process gets beyond its handler timeout (see _stuck)
 STATUS_EVERY = 0.5  # s between snapshots (children report every 0.5 s)
 WAVE_PATIENCE = 0.5  # s before a probe wave that has not completed is sent again
+BEAT_EVERY = 1.0  # s between the beats sent to joined workers
+REMOTE_SILENCE = 3.0  # s without a report before a joined worker is taken for gone
 TICK = 0.05  # s between the supervisor's rounds of checks
 TICK_ENDING = 0.005  # the same, once the source is exhausted or the run is ending
 
@@ -105,6 +111,8 @@ class RunOptions:
     log_time: bool = False
     tcp: str = ""  # the processes' inboxes on TCP at this host ("": ipc)
     keys: str = ""  # the run's secret key file: CURVE on every socket ("": none)
+    join_at: str = ""  # HOST:PORT where workers from elsewhere join (seda worker --join)
+    remote: list[str] = field(default_factory=list)  # stages whose workers join, not start
 
 
 @dataclass
@@ -124,8 +132,13 @@ class Child:
     down_at: float = 0.0  # when it was found dead, until its next incarnation is ready
     outages: deque[float] = field(default_factory=lambda: deque(maxlen=50))  # seconds
     pass_fds: tuple[int, ...] = ()
+    remote: bool = False  # a slot filled by a worker that joins (seda worker --join)
+    remote_pid: int = 0  # the joined worker's pid on its host (0: the slot is free)
+    host: str = ""  # ... and that host's name
 
     def start(self) -> None:
+        if self.remote:  # a worker joining from elsewhere starts it (see Supervisor._join)
+            return
         self.popen = self.forks.start(*self.argv[3:]) if self.forks is not None else None
         if self.popen is None:
             self._start_fresh()
@@ -147,9 +160,13 @@ class Child:
 
     @property
     def pid(self) -> int:
+        if self.remote:
+            return self.remote_pid
         return int(self.popen.pid) if self.popen is not None else 0
 
     def alive(self) -> bool:
+        if self.remote:
+            return self.remote_pid != 0
         return self.popen is not None and self.popen.poll() is None
 
     def reap(self) -> int:
@@ -223,6 +240,10 @@ class Supervisor:
         self.plan.keys = options.keys
         if options.tcp:
             over_tcp(self.plan, options.tcp)
+        self.plan.remote = [n for stage in options.remote
+                            for n in self.plan.pool_procs[self.plan.stage_pool[stage]]]
+        self.join_url = ""
+        self.next_beat = 0.0
         self.children: dict[str, Child] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}  # figures of dead incarnations (see totals)
@@ -260,6 +281,8 @@ class Supervisor:
         self.heard: dict[str, float] = {}  # child -> when it last reported
         self.addresses: dict[str, str] = {}  # child -> where its inbox is (see _learn_address)
         self.gate: secure.Gate | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
+        self.refused = 0
         # processes with a watchdog (seda.runtime.watchdog) -> their longest handler call limit
         conf = self.plan.conf()
         self.watched = {name: max(limits) for name, proc in self.plan.procs.items()
@@ -295,6 +318,15 @@ class Supervisor:
             self._stop_all()
             for s, handler in old.items():
                 signal.signal(s, handler)
+            # the sockets before the ZAP handler: a handshake still waiting for its answer
+            # would keep the context from ending (zmq_ctx_term waits for it)
+            monitor = getattr(self, "monitor", None)
+            if monitor is not None:
+                self.inbox.disable_monitor()
+                monitor.close(linger=0)
+            for sock in (getattr(self, "inbox", None), getattr(self, "outbox", None)):
+                if sock is not None:
+                    sock.close(linger=0)
             if self.gate is not None:
                 self.gate.close()
             self.zmq.destroy(linger=0)
@@ -326,6 +358,19 @@ class Supervisor:
         if keys is not None:
             secure.serve(self.inbox, keys)
         self.inbox.bind(supervisor_endpoint(self.run_dir))
+        # failed handshakes on the inbox (a peer without the run's keys): counted, as the
+        # children's ZAP handlers count theirs (refused_peers)
+        self.monitor = self.inbox.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL |
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH) if keys is not None else None
+        self.refused = 0
+        if self.options.join_at:  # workers from elsewhere reach it here (JOIN, then STATUS)
+            self.inbox.bind(f"tcp://{self.options.join_at}")
+            self.join_url = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
+            (Path(self.run_dir) / "join.url").write_text(self.join_url + "\n")
+            LOG.info(f"workers join at {self.join_url} (seda worker --join {self.join_url}"
+                     f"{' --keys FILE' if keys is not None else ''}); slots: "
+                     f"{', '.join(self.plan.remote) or 'none'}")
         self.outbox = self.zmq.socket(zmq.ROUTER)
         self.outbox.setsockopt(zmq.ROUTING_ID, SUPERVISOR.encode())
         self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -338,6 +383,74 @@ class Supervisor:
                 self.outbox.connect(proc.endpoint)
                 self.addresses[proc.name] = proc.endpoint
 
+    def _count_refused(self, monitor: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                monitor.recv_multipart(zmq.NOBLOCK)  # (only handshake failures are asked)
+            except zmq.Again:
+                return
+            self.refused += 1
+
+    def _join(self, ident: bytes, body: bytes) -> None:
+        """A worker from elsewhere asks for a slot: the first free one of a remote stage gets
+        it, with the run's plan (seda.runtime.join); no free slot, no plan."""
+        try:
+            asked = unpack(body, 1 << 16)
+            host, pid = str(asked["host"])[:200], int(asked["pid"])
+        except (ProtocolError, KeyError, TypeError, ValueError):
+            return
+        free = [n for n in self.plan.remote if not self.children[n].alive()
+                and n not in self.scaler.parked] if self.phase == "running" else []
+        if not free:
+            answer = {"error": "no free worker slot in this run" if self.phase == "running"
+                      else "the run is ending"}
+        else:
+            child = self.children[free[0]]
+            child.remote_pid, child.host, child.ready = pid, host, False
+            child.started = time.monotonic()
+            self.heard[child.name] = child.started
+            answer = {"name": child.name, "plan": self.plan.to_json()}
+            title = self.plan.procs[child.name].title.removeprefix("seda: ")
+            LOG.info(f"{title} joined from {host} (pid {pid})")
+        with contextlib.suppress(zmq.ZMQError):
+            self.inbox.send_multipart([ident, JOIN, pack(answer)], zmq.NOBLOCK)
+
+    def _check_remote(self, now: float) -> None:
+        """Joined workers: a beat to each every BEAT_EVERY (they exit without one); one
+        silent for REMOTE_SILENCE is gone -- what it held goes out again, and its slot waits
+        for a worker to join in its place (nothing here can restart a process on another
+        host)."""
+        beat = now >= self.next_beat
+        if beat:
+            self.next_beat = now + BEAT_EVERY
+        for name in self.plan.remote:
+            child = self.children[name]
+            if not child.alive():
+                continue
+            if now - self.heard.get(name, child.started) > REMOTE_SILENCE:
+                self._remote_gone(child, now)
+            elif beat:
+                self.send(name, Beat())
+
+    def _remote_gone(self, child: Child, now: float) -> None:
+        title = self.plan.procs[child.name].title.removeprefix("seda: ")
+        lost = self._lost_state(child.name)
+        self._retire(child.name)
+        self.undelivered.pop(child.name, None)
+        self.broadcast(PeerDown(child.name, child.remote_pid), reliable=True)
+        self.wave_replies.clear()
+        self.waves.clear()
+        self.wave = 0
+        LOG.warning(f"{title} on {child.host} (pid {child.remote_pid}) stopped answering: "
+                    f"what it held goes out again; its slot waits for a worker to join")
+        if lost:
+            self.lost_state.append(f"{title} died holding {lost}")
+            LOG.error(f"{lost} was lost with it: the pipeline's result will be incomplete")
+        child.remote_pid, child.ready = 0, False
+        child.restarts += 1
+        child.down_at = child.down_at or now
+        self.restart_count += 1
+
     def _learn_address(self, name: str, address: str) -> None:
         """Where `name`'s inbox is bound, as it reported. In a tcp run each incarnation
         binds a port of its own: connect to the new one, and tell every process (the new
@@ -345,9 +458,8 @@ class Supervisor:
         old = self.addresses.get(name)
         if not address or address == old or not secure.wildcard(self.plan.procs[name].endpoint):
             return
-        if old is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.outbox.disconnect(old)
+        # (the old endpoint is not disconnected: zmq_disconnect of a ROUTER's pipe to a dead
+        # peer left zmq_ctx_term hanging at the end of the run; a dead one only retries)
         self.outbox.connect(address)
         self.addresses[name] = address
         self.broadcast(Peers({name: address}), reliable=True)
@@ -366,7 +478,8 @@ class Supervisor:
                 argv.append(str(fds[0]))
             forks = self.forks if self.plan.procs[name].role in ("worker", "acceptor") \
                 else None
-            child = self.children[name] = Child(name, argv, pass_fds=fds, forks=forks)
+            child = self.children[name] = Child(name, argv, pass_fds=fds, forks=forks,
+                                                remote=name in self.plan.remote)
             if name not in self.scaler.parked:  # a parked slot starts when its pool grows
                 child.start()
 
@@ -431,6 +544,10 @@ class Supervisor:
                                       {n: c.restarts for n, c in self.children.items()}, alive)
         for name, child in self.children.items():  # from found dead to restarted and ready
             snapshot["processes"][name].update(outages=list(child.outages), ready=child.ready)
+            if child.remote:
+                snapshot["processes"][name]["host"] = child.host
+        snapshot["refused_peers"] += self.refused  # (e.g. a worker with another key that
+        # tried to join: it failed the handshake with the supervisor)
         if self.phase != "running":
             return  # no scaling while draining or finishing
         actions, log = self.scaler.decide(snapshot, now)
@@ -446,6 +563,8 @@ class Supervisor:
     def _stop_all(self) -> None:
         """Stop every child (CONTROL stop, SIGKILL after STOP_GRACE); idempotent."""
         for name, child in self.children.items():
+            if child.remote and child.alive():
+                self.send(name, Stop())
             if child.popen is None or child.pidfd < 0:
                 continue
             self.send(name, Stop())
@@ -526,6 +645,8 @@ class Supervisor:
         while True:
             poller = zmq.Poller()
             poller.register(self.inbox, zmq.POLLIN)
+            if self.monitor is not None:
+                poller.register(self.monitor, zmq.POLLIN)
             for child in self.children.values():
                 if child.pidfd >= 0:
                     poller.register(child.pidfd, zmq.POLLIN)
@@ -533,6 +654,8 @@ class Supervisor:
             events = dict(poller.poll(wait))
             if self.inbox in events:
                 self._read_status()
+            if self.monitor is not None and self.monitor in events:
+                self._count_refused(self.monitor)
             for child in list(self.children.values()):
                 if child.pidfd >= 0 and child.pidfd in events:
                     self._on_exit(child)
@@ -563,6 +686,9 @@ class Supervisor:
                 frames = self.inbox.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if len(frames) == 3 and frames[1] == JOIN and self.join_url:
+                self._join(frames[0], frames[2])
+                continue
             if len(frames) != 3 or frames[1] != STATUS:
                 continue
             try:
@@ -574,6 +700,9 @@ class Supervisor:
     def _on_status(self, name: str, report: Report) -> None:
         child = self.children.get(name)
         if child is None:
+            return
+        if child.remote and not child.alive():  # taken for gone (or never joined): it stops
+            self.send(name, Stop())
             return
         self.heard[name] = time.monotonic()
         if not child.ready:
@@ -662,7 +791,7 @@ class Supervisor:
     def _restart_due(self) -> None:
         now = time.monotonic()
         for name, child in self.children.items():
-            if child.popen is None and child.restart_at <= now and \
+            if child.popen is None and child.restart_at <= now and not child.remote and \
                     name not in self.scaler.parked:
                 child.start()
 
@@ -745,6 +874,8 @@ class Supervisor:
 
     def _tick(self, now: float) -> Outcome | None:
         self._check_ready()
+        if self.plan.remote:
+            self._check_remote(now)
         if (self.status_server is not None or self.scaler.controllers) and \
                 now >= self.next_status:
             self.next_status = now + STATUS_EVERY
