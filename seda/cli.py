@@ -288,8 +288,8 @@ def _transport(args: argparse.Namespace) -> tuple[str, str]:
             raise SpecError([Problem("--insecure: only with --tcp", "<command line>")])
         return "", str(secret_file(args.keys).resolve()) if args.keys else ""
     if not args.keys and not args.insecure:
-        raise SpecError([Problem("--tcp: the run's data would cross the network in clear "
-                                 "text; give --keys FILE (make one with seda keys DIR), or "
+        raise SpecError([Problem("--tcp: the run's data would cross the network in clear text"
+                                 "; give --keys FILE (make one with seda keys DIR), or "
                                  "--insecure on a trusted network", "<command line>")])
     if args.keys and args.insecure:
         raise SpecError([Problem("--insecure and --keys: choose one", "<command line>")])

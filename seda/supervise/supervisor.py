@@ -441,8 +441,9 @@ class Supervisor:
         self.wave_replies.clear()
         self.waves.clear()
         self.wave = 0
-        LOG.warning(f"{title} on {child.host} (pid {child.remote_pid}) stopped answering: "
-                    f"what it held goes out again; its slot waits for a worker to join")
+        LOG.warning(f"{title} on {child.host} (pid {child.remote_pid}) "
+                    f"stopped answering: what it held goes out again; its slot waits for a "
+                    f"worker to join")
         if lost:
             self.lost_state.append(f"{title} died holding {lost}")
             LOG.error(f"{lost} was lost with it: the pipeline's result will be incomplete")
