@@ -13,12 +13,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
 import zmq
 
+from seda.bench import other_host
 from seda.errors import SpecError
 from seda.runtime import secure
 from tests.runkit import SedaRun, run_env, wait_for
@@ -108,21 +111,27 @@ def test_run_refuses_clear_text_tcp_and_bad_keys_before_anything_starts(tmp_path
 
 
 # ------------------------------------------------------------------ runs over tcp
+@contextmanager
+def captured(pcap: Path, link: str = "lo") -> Iterator[None]:
+    """tcpdump writing `link`'s TCP packets to `pcap` while the block runs."""
+    dump = subprocess.Popen(["tcpdump", "-i", link, "-U", "-w", str(pcap), "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, "tcpdump to start")
+        yield
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(timeout=10)
+
+
 def _capture(tmp: Path, *run_args: str) -> tuple[bytes, list[dict[str, int]], str]:
     """The marked pipeline run with `run_args`, with tcpdump capturing loopback TCP: (the
     captured bytes, the results, the run's stderr)."""
     (tmp / "marked.py").write_text(MARKED_PY)
     pcap = tmp / "lo.pcap"
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-w", str(pcap), "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, "tcpdump to start")
-        with SedaRun(tmp, MARKED, *run_args) as run:
-            assert run.wait() == 0, run.stderr
-            results = run.results()
-    finally:
-        dump.send_signal(signal.SIGINT)
-        dump.wait(timeout=10)
+    with captured(pcap), SedaRun(tmp, MARKED, *run_args) as run:
+        assert run.wait() == 0, run.stderr
+        results = run.results()
     return pcap.read_bytes(), results, run.stderr
 
 
@@ -213,11 +222,13 @@ def test_status_shows_each_process_address_over_ipc_too(tmp_path: Path) -> None:
 class Joiner:
     """`seda worker --join URL` as a process of its own (ended by the test if still up)."""
 
-    def __init__(self, tmp: Path, url: str, *args: str) -> None:
+    def __init__(self, tmp: Path, url: str, *args: str, where: list[str] | None = None
+                 ) -> None:
         self.err = tmp / f"joiner-{time.monotonic_ns()}.txt"
         with open(self.err, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "seda.cli", "worker", "--join", url, *args],
+                [*(where or []), sys.executable, "-m", "seda.cli", "worker", "--join", url,
+                 *args],
                 cwd=tmp, env=run_env(tmp), stdout=subprocess.DEVNULL, stderr=err,
                 start_new_session=True)
 
@@ -350,3 +361,30 @@ def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None
         assert len(lines) == 1 and error in lines[0], (args, done.stderr)
     bad = seda("worker", "--join", "127.0.0.1:9", cwd=tmp_path)
     assert bad.returncode == 2 and "expected tcp://HOST:PORT" in bad.stderr
+
+
+def test_a_worker_on_another_host_joins_over_an_encrypted_link(tmp_path: Path) -> None:
+    """Two hosts on this machine: a network namespace behind a veth pair. The run and its
+    source and sink here, the middle stage's worker there; what crosses the link is
+    captured: the run's traffic, none of it readable."""
+    (tmp_path / "marked.py").write_text(MARKED_PY)
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with other_host() as host:
+        pcap = tmp_path / "veth.pcap"
+        with captured(pcap, host.link), SedaRun(
+                tmp_path, MARKED, "--tcp", host.here, "--keys", keys, "--join-at",
+                f"{host.here}:0", "--remote", "tag", "--workers", "tag=1") as run:
+            url = join_url(run)
+            joiner = Joiner(tmp_path, url, "--keys", keys, "--host", host.there,
+                            where=host.command())
+            try:
+                assert run.wait() == 0, run.stderr
+                assert joiner.wait(timeout=10) == 0, joiner.stderr
+            finally:
+                joiner.end()
+        wire = pcap.read_bytes()
+    assert run.results() == [{"count": 3000, "marked": 3000}], run.stderr
+    assert "joined from" in run.stderr
+    assert len(wire) > 3000 * 40  # both hops of every message crossed the link...
+    assert MARK.encode() not in wire  # ... encrypted
