@@ -210,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _remote(args, spec)
     configure("supervisor", spec.name, args.log_level, args.log_format, args.log_time)
     options = RunOptions(tcp=tcp, keys=keys, join_at=args.join_at or "", remote=args.remote,
+                         ray=args.ray or "",
                          listen=args.listen, model=args.model,
                          workers=dict(args.workers or []),
                          processes=args.processes, file=args.file,
@@ -244,7 +245,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                  "<command line>")])
     if args.keys:
         load_keys(args.keys)  # (a one-line error naming the file, exit 2)
-    return join(args.join, args.keys, args.host)
+    return join(args.join, args.keys, args.host, args.stage)
 
 
 def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
@@ -252,6 +253,21 @@ def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
     from seda.errors import did_you_mean
     from seda.names import parse_listen
 
+    if args.ray is not None:
+        placed = [s for s, st in spec.stages.items() if st.placement is not None]
+        if not placed:
+            raise SpecError([Problem("--ray: no stage has placement: (nothing for Ray to "
+                                     "place)", args.file)])
+        if args.tcp is None:
+            raise SpecError([Problem("--ray: workers on Ray's nodes reach the run's processes "
+                                     "over TCP: give --tcp HOST too", "<command line>")])
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise SpecError([Problem("--ray: Ray is not installed (pip install 'seda[ray]')",
+                                     "<command line>")]) from None
+        args.join_at = args.join_at or f"{args.tcp}:0"
+        args.remote = list(dict.fromkeys([*args.remote, *placed]))
     if args.join_at is not None:
         if args.tcp is None:
             raise SpecError([Problem("--join-at: workers from other hosts reach the run's "
@@ -562,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote", action="append", default=[], metavar="STAGE",
                    help="the workers of STAGE's pool join (seda worker --join) instead of "
                         "starting here; repeatable; needs --join-at")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="Ray places the workers of the stages with placement: (each a Ray "
+                        "actor that joins the run); ADDRESS: a cluster (default: auto, the "
+                        "one this host belongs to; local: a new one here); needs --tcp and "
+                        "pip install 'seda[ray]'")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("worker", help="join a running graph as one of its workers",
@@ -577,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                    help="bind this worker's inbox here, the address the run's other "
                         "processes reach this host by (default 127.0.0.1)")
+    p.add_argument("--stage", default="", metavar="STAGE",
+                   help="take a slot of this stage only (default: the first free one)")
     p.set_defaults(func=cmd_worker)
 
     p = commands.add_parser("keys", help="make a run's key pair (CurveZMQ) in a folder",

@@ -159,7 +159,9 @@ def test_a_worker_killed_over_tcp_comes_back_at_a_new_port_and_nothing_is_lost(
     secure.make_keys(tmp_path / "k")
     graph = chain(n=n, gap=0.001, handler="hold").replace(
         "options: {bad: -1}", f"options: {{hold: 1500, mark: '{mark}', seconds: 30}}")
-    with SedaRun(tmp_path, graph, "--tcp", "127.0.0.1", "--keys", str(tmp_path / "k")) as run:
+    # one worker: its new incarnation, at its new port, must do the rest of the work
+    with SedaRun(tmp_path, graph, "--tcp", "127.0.0.1", "--keys", str(tmp_path / "k"),
+                 "--workers", "double=1") as run:
         pid = int(wait_for(lambda: mark.exists() and mark.read_text(), 60, "item 1500"))
         victim = psutil.Process(pid)
         name = "double." + victim.cmdline()[0].rsplit("#", 1)[1]
@@ -285,10 +287,11 @@ def test_a_joined_worker_killed_mid_run_is_replaced_by_the_next_to_join(
     keys = str(tmp_path / "k")
     graph = chain(n=n, gap=0.001, handler="hold").replace(
         "options: {bad: -1}", f"options: {{hold: 1500, mark: '{mark}', seconds: 30}}")
+    # one worker slot: the worker that takes it after the kill must do the rest of the work
     with SedaRun(tmp_path, graph, "--tcp", "127.0.0.1", "--keys", keys, "--join-at",
-                 "127.0.0.1:0", "--remote", "double") as run:
+                 "127.0.0.1:0", "--remote", "double", "--workers", "double=1") as run:
         url = join_url(run)
-        joiners = [Joiner(tmp_path, url, "--keys", keys) for _ in range(2)]
+        joiners = [Joiner(tmp_path, url, "--keys", keys)]
         try:
             pid = int(wait_for(lambda: mark.exists() and mark.read_text(), 60, "item 1500"))
             victim = [j for j in joiners if j.proc.pid == pid]
@@ -303,7 +306,7 @@ def test_a_joined_worker_killed_mid_run_is_replaced_by_the_next_to_join(
                 joiner.end()
     [total] = run.results()
     assert total == {"count": n, "sum": 2 * sum(range(n))}  # nothing lost, nothing twice
-    assert run.stderr.count("joined from") == 3
+    assert run.stderr.count("joined from") == 2
 
 
 def test_a_joined_worker_exits_when_its_supervisor_is_gone(tmp_path: Path) -> None:
@@ -388,3 +391,83 @@ def test_a_worker_on_another_host_joins_over_an_encrypted_link(tmp_path: Path) -
     assert "joined from" in run.stderr
     assert len(wire) > 3000 * 40  # both hops of every message crossed the link...
     assert MARK.encode() not in wire  # ... encrypted
+
+
+# ------------------------------------------------------------------ Ray places the workers
+RAY_CHAIN = """
+name: raychain
+source: {handler: "marked:items", to: [tag], options: {n: 3000}}
+stages:
+  tag:
+    handler: "marked:tag"
+    workers: 2
+    to: [sink]
+    placement: {resources: {far: 1}, strategy: spread}
+  sink: {handler: "marked:Sink", sink: true}
+"""
+
+
+JOINED_AT = r"joined from \S+ \(ray node (\w+)\)"  # the supervisor's line, with the node
+
+
+def test_ray_places_a_stage_s_workers_on_the_node_with_its_resource(tmp_path: Path) -> None:
+    """A Ray cluster of two nodes (ray.cluster_utils: two raylets on this machine), the second
+    with a custom resource `far`; the middle stage asks for it, so Ray starts its two workers
+    there, each joins the run, and the output is the single-machine run's."""
+    from ray.cluster_utils import Cluster
+
+    (tmp_path / "marked.py").write_text(MARKED_PY)
+    secure.make_keys(tmp_path / "k")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        far = cluster.add_node(num_cpus=2, resources={"far": 2})
+        cluster.wait_for_nodes()
+        with SedaRun(tmp_path, RAY_CHAIN, "--tcp", "127.0.0.1", "--keys", str(tmp_path / "k"),
+                     "--ray", cluster.address) as run:
+            assert run.wait(timeout=180) == 0, run.stderr
+        assert run.results() == [{"count": 3000, "marked": 3000}], run.stderr
+        nodes = re.findall(JOINED_AT, run.stderr)
+        assert len(nodes) == 2, run.stderr
+        assert {n for n in nodes} == {far.node_id[:12]}, (nodes, far.node_id)
+    finally:
+        cluster.shutdown()
+
+
+def test_a_ray_node_that_dies_takes_its_worker_and_ray_starts_it_on_another(
+        tmp_path: Path) -> None:
+    """Three raylets; two of them (B, C) have the resource the middle stage asks for, and it
+    has one worker. The node that got it is removed mid-run (its raylet and its workers
+    killed): Ray starts the actor again on the other, it joins the free slot, and the
+    output is complete, with nothing twice."""
+    from ray.cluster_utils import Cluster
+
+    (tmp_path / "marked.py").write_text(MARKED_PY.replace("return range(int(", "import time\n"
+                                                          "    return gen(int(") + '''
+def gen(n):
+    import time
+    for i in range(n):
+        time.sleep(0.002)
+        yield i
+''')
+    secure.make_keys(tmp_path / "k")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        nodes = {}
+        for _ in range(2):
+            node = cluster.add_node(num_cpus=1, resources={"far": 1})
+            nodes[node.node_id[:12]] = node
+        cluster.wait_for_nodes()
+        graph = RAY_CHAIN.replace("workers: 2", "workers: 1")
+        with SedaRun(tmp_path, graph, "--tcp", "127.0.0.1", "--keys", str(tmp_path / "k"),
+                     "--ray", cluster.address) as run:
+            first = wait_for(lambda: re.findall(JOINED_AT, run.err_file.read_text()), 60,
+                             "the join")[0]
+            time.sleep(1.0)  # (mid-run: 3,000 items take 6 s)
+            cluster.remove_node(nodes[first], allow_graceful=False)
+            assert run.wait(timeout=180) == 0, run.stderr
+        assert run.results() == [{"count": 3000, "marked": 3000}], run.stderr
+        joined = re.findall(JOINED_AT, run.stderr)
+        assert len(joined) == 2 and joined[1] != first and joined[1] in nodes, run.stderr
+        assert "stopped answering" in run.stderr
+    finally:
+        cluster.shutdown()

@@ -28,7 +28,7 @@ from seda.runtime import secure
 ANSWER_WITHIN = 10.0  # s: how long a joining worker waits for the supervisor's answer
 
 
-def ask(url: str, keys: secure.Keys | None, timeout: float = ANSWER_WITHIN
+def ask(url: str, keys: secure.Keys | None, stage: str = "", timeout: float = ANSWER_WITHIN
         ) -> dict[str, Any]:
     """The supervisor's answer to a JOIN: {"name", "plan"} or {"error"}."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -38,7 +38,9 @@ def ask(url: str, keys: secure.Keys | None, timeout: float = ANSWER_WITHIN
         if keys is not None:
             secure.connect_as(sock, keys)
         sock.connect(url)
-        sock.send_multipart([JOIN, pack({"host": socket.gethostname(), "pid": os.getpid()})])
+        sock.send_multipart([JOIN, pack({"host": socket.gethostname(), "pid": os.getpid(),
+                                         "stage": stage,
+                                         "node": os.environ.get("SEDA_RAY_NODE", "")})])
         if not sock.poll(int(timeout * 1000)):
             return {"error": f"no answer from {url} within {timeout:g} s: is a run accepting "
                              f"workers there (seda run --join-at), and is this its key? (a "
@@ -69,10 +71,10 @@ def joined_plan(answer: dict[str, Any], url: str, host: str, keys: str, run_dir:
     return plan, name
 
 
-def main(url: str, keys_path: str, host: str) -> int:
+def main(url: str, keys_path: str, host: str, stage: str = "") -> int:
     configure("worker", "", "info", "text", False)
     keys = secure.load_keys(keys_path) if keys_path else None
-    answer = ask(url, keys)
+    answer = ask(url, keys, stage)
     if "error" in answer:
         LOG.error(f"seda worker: {answer['error']}")
         return 1

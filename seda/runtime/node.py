@@ -187,6 +187,9 @@ class Node:
         self.address = self.inbox.getsockopt_string(zmq.LAST_ENDPOINT)
         self.outbox = self._socket()
         self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if any(secure.wildcard(plan.endpoint(peer)) for peer in self.me.peers) or \
+                plan.supervisor_address:
+            secure.moving_peers(self.outbox)
         if keys is not None:
             secure.connect_as(self.outbox, keys)
         self.connected: dict[str, str] = {}  # peer -> the endpoint the outbox connects to

@@ -139,3 +139,12 @@ def wildcard(endpoint: str) -> bool:
     """An endpoint whose port is chosen when it is bound (tcp://HOST:*): its address is
     known only once its process reports it."""
     return endpoint.endswith(":*")
+
+
+def moving_peers(sock: zmq.Socket[bytes]) -> None:
+    """An outbox whose peers move (a tcp run: a process that comes back binds another port):
+    queue only on connections that are up (ZMQ_IMMEDIATE). Otherwise a message for a peer
+    that died waits in its old, reconnecting connection -- a send that "succeeds" and is
+    never delivered, while the peer's new incarnation listens elsewhere; now the send fails
+    and is tried again, as any send to a peer not connected is."""
+    sock.setsockopt(zmq.IMMEDIATE, 1)

@@ -210,6 +210,26 @@ class BatchingSpec(_Bounded):
     stays small (0: no such cap)."""
 
 
+class PlacementSpec(_Spec):
+    """Where a stage's workers run when Ray places them (seda run --ray; docs/cluster.md):
+    what each worker needs of a node, and how the workers spread."""
+
+    resources: dict[str, float] = {}
+    """What one worker needs of a Ray node: CPU, GPU, memory or any custom resource the
+    cluster's nodes declare ({CPU: 1, GPU: 1}, {far: 1})."""
+    strategy: Literal["default", "spread"] = "default"
+    """spread: the stage's workers on as many nodes as can take them; default: Ray's choice
+    (it fills a node before it takes the next)."""
+
+    @field_validator("resources")
+    @classmethod
+    def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if not v > 0 or not k]
+        if bad:
+            raise ValueError(f"resource amounts must be above 0: {', '.join(bad)}")
+        return value
+
+
 class StageSpec(_Spec):
     """One stage: a handler run by a pool of worker processes, and where its output goes."""
 
@@ -253,6 +273,9 @@ class StageSpec(_Spec):
     fresh one takes its place (null: no limit)."""
     scale: ScaleSpec | None = None
     """The pool controller (model seda; docs/overload.md); null: a fixed pool."""
+    placement: PlacementSpec | None = None
+    """Under seda run --ray, Ray places this stage's workers (docs/cluster.md); null: they run
+    on the supervisor's host."""
     batching: BatchingSpec | None = None
     """The batching controller (docs/overload.md); on by default when neither prefetch nor
     batching is given; null: off."""

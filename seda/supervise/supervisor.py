@@ -113,6 +113,8 @@ class RunOptions:
     keys: str = ""  # the run's secret key file: CURVE on every socket ("": none)
     join_at: str = ""  # HOST:PORT where workers from elsewhere join (seda worker --join)
     remote: list[str] = field(default_factory=list)  # stages whose workers join, not start
+    ray: str = ""  # a Ray cluster's address ("auto", "local": a new one) that places the
+    # workers of the stages with placement: ("": no Ray)
 
 
 @dataclass
@@ -283,6 +285,7 @@ class Supervisor:
         self.gate: secure.Gate | None = None
         self.monitor: zmq.Socket[bytes] | None = None
         self.refused = 0
+        self.placer: Any = None  # seda.supervise.rayplace.Placer, under --ray
         # processes with a watchdog (seda.runtime.watchdog) -> their longest handler call limit
         conf = self.plan.conf()
         self.watched = {name: max(limits) for name, proc in self.plan.procs.items()
@@ -308,6 +311,8 @@ class Supervisor:
                     s.fileno() for s in self.listeners.values()))
             self._serve_status()
             self._start_all()
+            if self.options.ray:
+                self._place_with_ray()
             outcome = self._loop()
             self._stop_all()
             if not outcome.summary:  # a service: its front doors' final figures are in now
@@ -320,6 +325,8 @@ class Supervisor:
                 signal.signal(s, handler)
             # the sockets before the ZAP handler: a handshake still waiting for its answer
             # would keep the context from ending (zmq_ctx_term waits for it)
+            if self.placer is not None:
+                self.placer.close()
             monitor = getattr(self, "monitor", None)
             if monitor is not None:
                 self.inbox.disable_monitor()
@@ -376,12 +383,28 @@ class Supervisor:
         self.outbox.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.outbox.setsockopt(zmq.ROUTER_HANDOVER, 1)  # see seda.runtime.node
         self.outbox.setsockopt(zmq.SNDHWM, 0)
+        if any(secure.wildcard(proc.endpoint) for proc in self.plan.procs.values()):
+            secure.moving_peers(self.outbox)
         if keys is not None:
             secure.connect_as(self.outbox, keys)
         for proc in self.plan.procs.values():
             if not secure.wildcard(proc.endpoint):  # (a tcp inbox: once it says where)
                 self.outbox.connect(proc.endpoint)
                 self.addresses[proc.name] = proc.endpoint
+
+    def _place_with_ray(self) -> None:
+        """Under --ray: an actor per worker slot of the stages with placement:, each running
+        `seda worker --join` on the node Ray chose (seda.supervise.rayplace)."""
+        from seda.supervise.rayplace import Placer
+
+        secret = Path(self.plan.keys).read_text(encoding="ascii") if self.plan.keys else ""
+        slots = []
+        for name in self.plan.remote:
+            stage = self.plan.procs[name].stages[0]
+            placement = self.spec.stages[stage].placement
+            if placement is not None:
+                slots.append((name, stage, dict(placement.resources), placement.strategy))
+        self.placer = Placer(self.options.ray, self.join_url, secret, slots)
 
     def _count_refused(self, monitor: zmq.Socket[bytes]) -> None:
         while True:
@@ -397,13 +420,19 @@ class Supervisor:
         try:
             asked = unpack(body, 1 << 16)
             host, pid = str(asked["host"])[:200], int(asked["pid"])
-        except (ProtocolError, KeyError, TypeError, ValueError):
+            stage, node = str(asked.get("stage", ""))[:200], str(asked.get("node", ""))[:64]
+        except (ProtocolError, KeyError, TypeError, ValueError, AttributeError):
             return
+        if node:  # (placed by Ray: its node, to tell the nodes of one host apart)
+            host = f"{host} (ray node {node[:12]})"
         free = [n for n in self.plan.remote if not self.children[n].alive()
-                and n not in self.scaler.parked] if self.phase == "running" else []
+                and n not in self.scaler.parked and
+                (not stage or stage in self.plan.procs[n].stages)] \
+            if self.phase == "running" else []
         if not free:
-            answer = {"error": "no free worker slot in this run" if self.phase == "running"
-                      else "the run is ending"}
+            answer = {"error": (f"no free worker slot in this run"
+                                f"{f' for stage {stage!r}' if stage else ''}")
+                      if self.phase == "running" else "the run is ending"}
         else:
             child = self.children[free[0]]
             child.remote_pid, child.host, child.ready = pid, host, False

@@ -4,7 +4,8 @@ supervisor and every child it starts load it. With $SEDA_PICKLE_LOG set, any use
 (pickle.dumps/loads/dump/load, a Pickler or Unpickler, which is what multiprocessing queues
 and pyzmq's send_pyobj/recv_pyobj use) is written to that file with where it came from; the
 run's test then fails. seda's wire format is msgpack only: an unpickler fed by a socket runs
-whatever code the bytes name."""
+whatever code the bytes name. (Ray pickles in its own control plane when a run is placed by
+Ray: --ray; calls from inside the ray package are not recorded.)"""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ LOG = os.environ.get("SEDA_PICKLE_LOG", "")
 
 
 def _record(what: str) -> None:
+    stack = traceback.format_stack(limit=10)
+    if any(f"{os.sep}ray{os.sep}" in frame for frame in stack):
+        return  # Ray's own control plane under --ray (its actors' classes and arguments)
     with open(LOG, "a", encoding="utf-8") as log:
-        log.write(f"pid {os.getpid()}: {what}\n{''.join(traceback.format_stack(limit=10))}\n")
+        log.write(f"pid {os.getpid()}: {what}\n{''.join(stack)}\n")
 
 
 def _watch(name: str) -> None:
