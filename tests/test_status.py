@@ -332,6 +332,24 @@ def test_top_shows_queue_wait_and_a_row_per_worker() -> None:
     assert [c.strip() for c in row.split("│")[1:6]] == ["slow.0", "4242", "3", "0%", "2"], row
 
 
+def test_top_shows_the_host_of_workers_that_joined() -> None:
+    from rich.console import Console
+
+    from seda.observe.top import render
+
+    spec, _ = load_text(DEPTH)
+    status = Status(make_plan(spec, "/run/x"), started=0.0)
+    snap = status.update(1.0, {}, {}, {}, {"slow.0": 4242})
+    console = Console(record=True, width=220)
+    console.print(render(snap, workers=True))
+    assert "Host" not in console.export_text()  # all here: no column
+    next(r for r in snap["workers"] if r["name"] == "slow.0")["host"] = "gpu-7 (ray node 3c)"
+    console = Console(record=True, width=220)
+    console.print(render(snap, workers=True))
+    row = next(line for line in console.export_text().splitlines() if "slow.0" in line)
+    assert row.split("│")[-2].strip() == "gpu-7 (ray node 3c)", row
+
+
 def test_status_token_guards_every_page_and_seda_top_finds_it(tmp_path: Path) -> None:
     import secrets
     import urllib.error

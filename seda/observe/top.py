@@ -141,16 +141,18 @@ def render(snap: dict[str, Any], before: dict[str, Any] | None = None,
     if not workers:
         return Group(header, table, edges)
     rows = Table(expand=False, title="workers")
+    hosts = any(row.get("host") for row in snap.get("workers", []))  # (workers that joined)
     for column in ("Worker", "Pid", "Restarts", "Busy", "Queued", "Window", "Memory",
-                   "Received", "Completed", "Errors"):
-        rows.add_column(column, justify="left" if column == "Worker" else "right")
+                   "Received", "Completed", "Errors", *(["Host"] if hosts else [])):
+        rows.add_column(column, justify="left" if column in ("Worker", "Host") else "right")
     for row in snap.get("workers", []):
         rows.add_row(row["name"], str(row["pid"] or "down"), str(row["restarts"]),
                      f"{row['utilisation']:.0%}", str(row["queued"]),
                      str(row.get("window", "-")),
                      f"{row['rss'] / (1 << 20):.0f} MiB" if row.get("rss") else "-",
                      f"{row['received']:,}",
-                     f"{row['completed']:,}", str(row["errors"]))
+                     f"{row['completed']:,}", str(row["errors"]),
+                     *([row.get("host") or "here"] if hosts else []))
     return Group(header, table, edges, rows)
 
 

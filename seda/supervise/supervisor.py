@@ -576,6 +576,9 @@ class Supervisor:
             snapshot["processes"][name].update(outages=list(child.outages), ready=child.ready)
             if child.remote:
                 snapshot["processes"][name]["host"] = child.host
+        for row in snapshot["workers"]:  # (a worker that joined: where it runs)
+            row["host"] = self.children[row["name"]].host if row["name"] in self.children \
+                else ""
         snapshot["refused_peers"] += self.refused  # (e.g. a worker with another key that
         # tried to join: it failed the handshake with the supervisor)
         if self.phase != "running":
