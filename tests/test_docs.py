@@ -233,3 +233,41 @@ def test_the_container_example_uses_real_flags_and_a_real_graph() -> None:
                            capture_output=True, text=True, timeout=60).stdout
     flags = [a for a in argv if a.startswith("--")]
     assert flags and all(f"{flag} " in usage or f"{flag}\n" in usage for flag in flags), flags
+
+
+def test_the_kubernetes_example_joins_workers_with_real_flags() -> None:
+    """docs/cluster.md's manifest: a supervisor pod running `seda run` with --remote STAGE,
+    a Deployment of `seda worker --join` pods for that stage at the Service's port, the
+    run's key from one Secret in both -- every flag one the commands have, the graph one of
+    this repository with that stage."""
+    import yaml
+
+    page = (ROOT / "docs" / "cluster.md").read_text()
+    [manifest] = [text for lang, _, text in blocks(page) if lang == "yaml" and "kind:" in text]
+    docs = {d["kind"]: d for d in yaml.safe_load_all(manifest)}
+    assert set(docs) == {"Service", "Pod", "Deployment"}
+    [run] = docs["Pod"]["spec"]["containers"]
+    [work] = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    run_argv, work_argv = run["command"], work["command"]
+    assert run_argv[:2] == ["seda", "run"] and work_argv[:2] == ["seda", "worker"]
+
+    def flag(argv: list[str], name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    for argv, command in ((run_argv, "run"), (work_argv, "worker")):
+        usage = subprocess.run([sys.executable, "-m", "seda.cli", command, "--help"],
+                               capture_output=True, text=True, timeout=60).stdout
+        flags = [a for a in argv if a.startswith("--")]
+        assert flags and all(f"{f} " in usage or f"{f}\n" in usage for f in flags), flags
+    graph = yaml.safe_load((ROOT / run_argv[2]).read_text())
+    stage = flag(run_argv, "--remote")
+    assert stage in graph["stages"] and flag(work_argv, "--stage") == stage
+    port = flag(run_argv, "--join-at").rsplit(":", 1)[1]
+    service = docs["Service"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [int(port)]
+    assert flag(work_argv, "--join") == f"tcp://{service['metadata']['name']}:{port}"
+    assert service["spec"]["selector"] == docs["Pod"]["metadata"]["labels"]
+    secrets = {v["secret"]["secretName"] for spec in (docs["Pod"]["spec"],
+               docs["Deployment"]["spec"]["template"]["spec"]) for v in spec["volumes"]}
+    assert len(secrets) == 1
+    assert flag(work_argv, "--keys").startswith(flag(run_argv, "--keys"))
