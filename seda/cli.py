@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from seda import __version__
 from seda.errors import Problem, RunError, SpecError
@@ -104,6 +104,9 @@ def describe_plan(plan: Plan, kinds: dict[str, str] | None = None) -> str:
         stages = ", ".join(proc.stages) or "-"
         peers = ", ".join(p for p in proc.peers if p != SUPERVISOR) or "-"
         role = f"{proc.role} (on demand)" if name in parked else proc.role
+        if name in plan.remote:
+            placement = spec.stages[proc.stages[0]].placement
+            role = f"{proc.role} (joins: {_placed(placement)})"
         rows.append((name, role, stages, peers))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"graph '{plan.graph}', model {plan.model}: {len(plan.procs)} process(es) "
@@ -118,10 +121,25 @@ def describe_plan(plan: Plan, kinds: dict[str, str] | None = None) -> str:
         lines.append(f"listens on {spec.acceptor.protocol} {spec.acceptor.listen}: {how}")
         lines += [f"warning: {what}" for what in not_applied(spec, plan.model)]
         lines += _inline_notes(plan.model, kinds or {})
-    lines.append("endpoints: ipc://RUN_DIR/PROCESS (RUN_DIR is made at start, mode 0700)")
+    if plan.remote:
+        lines.append("endpoints: tcp://HOST:PORT, a port per process chosen at start (seda run "
+                     "--tcp HOST --keys DIR); the workers marked 'joins' join at --join-at "
+                     "(docs/cluster.md)")
+    else:
+        lines.append("endpoints: ipc://RUN_DIR/PROCESS (RUN_DIR is made at start, mode 0700)")
     lines.append(f"dead letters: {plan.dead_letter} (seda run --output puts them beside "
                  f"its file; --dead-letter FILE anywhere)")
     return "\n".join(lines) + "\n"
+
+
+def _placed(placement: Any) -> str:
+    """Who starts a remote slot's worker: Ray (with what it needs of a node), or whoever
+    runs seda worker --join."""
+    if placement is None:
+        return "seda worker --join"
+    needs = ", ".join(f"{k}={v:g}" for k, v in placement.resources.items()) or "nothing"
+    return f"a Ray actor needing {needs}" + (", spread" if placement.strategy == "spread"
+                                              else "")
 
 
 def _inline_notes(model: str, kinds: dict[str, str]) -> list[str]:
@@ -156,6 +174,16 @@ def _make_plan(args: argparse.Namespace) -> Plan:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     plan = _make_plan(args)
+    spec = plan.graph_spec()
+    remote = list(args.remote)
+    if args.ray:  # (as seda run --ray would: the stages with placement:)
+        remote += [s for s, st in spec.stages.items() if st.placement is not None]
+    for stage in remote:
+        if stage not in plan.stage_pool:
+            raise SpecError([Problem(f"--remote: no worker pool runs stage '{stage}' under "
+                                     f"model {plan.model}", "<command line>")])
+        plan.remote += [n for n in plan.pool_procs[plan.stage_pool[stage]]
+                        if n not in plan.remote]
     if args.json:
         print(plan.to_json())
         return EXIT_OK
@@ -531,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "nothing.")
     _deploy_options(p)
     p.add_argument("--json", action="store_true", help="the plan as JSON (what children read)")
+    p.add_argument("--remote", action="append", default=[], metavar="STAGE",
+                   help="show STAGE's workers as joining from elsewhere (seda run --remote)")
+    p.add_argument("--ray", action="store_true",
+                   help="show where seda run --ray places workers: the stages with placement:")
     p.set_defaults(func=cmd_plan)
 
     p = commands.add_parser("run", help="run a graph (supervisor, workers, queues)",

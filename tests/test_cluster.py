@@ -471,3 +471,18 @@ def gen(n):
         assert "stopped answering" in run.stderr
     finally:
         cluster.shutdown()
+
+
+def test_plan_shows_which_workers_join_and_what_ray_gives_them(tmp_path: Path) -> None:
+    (tmp_path / "graph.yaml").write_text(RAY_CHAIN)
+    (tmp_path / "marked.py").write_text(MARKED_PY)
+    shown = seda("plan", "graph.yaml", "--ray", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line for line in shown.stdout.splitlines()[2:5]}
+    assert "joins: a Ray actor needing far=1, spread" in rows["tag.0"]
+    assert "joins: a Ray actor needing far=1, spread" in rows["tag.1"]
+    assert "joins" not in rows["sink.0"] and "tcp://HOST:PORT" in shown.stdout
+    plain = seda("plan", "graph.yaml", cwd=tmp_path)
+    assert "joins" not in plain.stdout and "ipc://RUN_DIR" in plain.stdout
+    joined = seda("plan", "graph.yaml", "--remote", "sink", cwd=tmp_path)
+    assert "worker (joins: seda worker --join)" in joined.stdout
