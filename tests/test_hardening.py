@@ -539,7 +539,8 @@ def test_a_leaking_worker_is_recycled_and_its_memory_is_reported(tmp_path: Path)
         url = run.status_url()
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
             metrics = response.read().decode()
-        assert 'seda_worker_rss_bytes{graph="leak",pool="leak",worker="leak.0"}' in metrics
+        assert ('seda_worker_rss_bytes{graph="leak",host="local",pool="leak",worker="leak.0"}'
+                in metrics)
         stderr = stop(run)
     assert "is over max_memory_mb (96)" in stderr
     assert "restart limit" not in stderr and "restarting" not in stderr

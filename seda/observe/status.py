@@ -317,17 +317,19 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
         for stage, figures in stages.items():
             gauge.add_metric([graph, stage], figures[figure])
         yield gauge
+    labels = ["graph", "pool", "worker", "host"]  # host: where a joined worker runs
     per_worker: list[GaugeMetricFamily | CounterMetricFamily] = [
         GaugeMetricFamily("seda_worker_utilisation", "share of the time the worker spent in "
-                          "handlers", labels=["graph", "pool", "worker"]),
+                          "handlers", labels=labels),
         CounterMetricFamily("seda_worker_processed", "messages finished by the worker (since "
-                            "it last started)", labels=["graph", "pool", "worker"]),
+                            "it last started)", labels=labels),
         GaugeMetricFamily("seda_worker_rss_bytes", "the worker's resident memory",
-                          labels=["graph", "pool", "worker"])]
+                          labels=labels)]
     for row in snapshot.get("workers", []):
-        per_worker[0].add_metric([graph, row["pool"], row["name"]], row["utilisation"])
-        per_worker[1].add_metric([graph, row["pool"], row["name"]], row["completed"])
-        per_worker[2].add_metric([graph, row["pool"], row["name"]], row.get("rss", 0))
+        values = [graph, row["pool"], row["name"], row.get("host") or "local"]
+        per_worker[0].add_metric(values, row["utilisation"])
+        per_worker[1].add_metric(values, row["completed"])
+        per_worker[2].add_metric(values, row.get("rss", 0))
     yield from per_worker
     memory = GaugeMetricFamily("seda_process_rss_bytes", "resident memory of each process "
                                "(workers, acceptors, source)", labels=["graph", "process",
@@ -390,6 +392,9 @@ def metric_families(snapshot: dict[str, Any]) -> Iterable[Any]:
     yield one(CounterMetricFamily("seda_malformed_frames", "frames dropped as malformed on "
                                   "seda's internal sockets", labels=["graph"]),
               snapshot.get("malformed", 0))
+    yield one(CounterMetricFamily("seda_refused_peers", "peers refused by CurveZMQ (a key "
+                                  "that is not the run's; --keys)", labels=["graph"]),
+              snapshot.get("refused_peers", 0))
 
 
 def _buckets(hist: dict[str, int]) -> tuple[list[tuple[str, float]], float]:
