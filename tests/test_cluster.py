@@ -307,6 +307,8 @@ def test_a_joined_worker_killed_mid_run_is_replaced_by_the_next_to_join(
     [total] = run.results()
     assert total == {"count": n, "sum": 2 * sum(range(n))}  # nothing lost, nothing twice
     assert run.stderr.count("joined from") == 2
+    host = re.search(r"joined from (\S+) ", run.stderr).group(1)
+    assert f"1 restarts ({host}: 1)" in run.stderr  # the summary: where the restarts were
 
 
 def test_a_joined_worker_exits_when_its_supervisor_is_gone(tmp_path: Path) -> None:

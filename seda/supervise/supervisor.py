@@ -286,6 +286,7 @@ class Supervisor:
         self.monitor: zmq.Socket[bytes] | None = None
         self.refused = 0
         self.placer: Any = None  # seda.supervise.rayplace.Placer, under --ray
+        self.lost_on: dict[str, int] = {}  # host -> joined workers taken for gone there
         # processes with a watchdog (seda.runtime.watchdog) -> their longest handler call limit
         conf = self.plan.conf()
         self.watched = {name: max(limits) for name, proc in self.plan.procs.items()
@@ -476,6 +477,7 @@ class Supervisor:
         if lost:
             self.lost_state.append(f"{title} died holding {lost}")
             LOG.error(f"{lost} was lost with it: the pipeline's result will be incomplete")
+        self.lost_on[child.host] = self.lost_on.get(child.host, 0) + 1
         child.remote_pid, child.ready = 0, False
         child.restarts += 1
         child.down_at = child.down_at or now
@@ -993,7 +995,18 @@ class Supervisor:
         dead = deadletter.count(self.plan.dead_letter) - self.dead_before
         return (f"service '{self.spec.name}' stopped after draining: {figures}, "
                 f"{dead} dead-lettered{' -> ' + self.plan.dead_letter if dead else ''}, "
-                f"{self.restart_count} restarts")
+                f"{self.restart_count} restarts{self._by_host()}")
+
+    def _by_host(self) -> str:
+        """Where the restarts were, when workers joined from other hosts: ' (host: n, ...)'
+        (a joined worker taken for gone counts one for the host it ran on)."""
+        if not self.lost_on:
+            return ""
+        hosts = dict(self.lost_on)
+        here = self.restart_count - sum(hosts.values())
+        if here:
+            hosts["this host"] = here
+        return " (" + ", ".join(f"{h}: {n}" for h, n in sorted(hosts.items())) + ")"
 
     def _summary(self) -> str:
         source = self.stats.get("source", {})
@@ -1013,6 +1026,6 @@ class Supervisor:
                 f"({read / elapsed:.0f}/s; start-up {startup:.2f} s); {errors} handler errors, "
                 f"{dead} dead-lettered"
                 f"{' -> ' + self.plan.dead_letter if dead else ''}, {dups} duplicates "
-                f"dropped, {self.restart_count} restarts"
+                f"dropped, {self.restart_count} restarts{self._by_host()}"
                 + (f"; RESULT INCOMPLETE: {'; '.join(self.lost_state)}" if self.lost_state
                    else ""))
