@@ -247,6 +247,11 @@ class Joiner:
             self.proc.wait(timeout=10)
 
 
+def sent(run: SedaRun, src: str, dst: str) -> int:
+    """Messages sent so far on the edge src -> dst (the live status)."""
+    return sum(e["sent"] for e in run.status()["edges"] if (e["from"], e["to"]) == (src, dst))
+
+
 def join_url(run: SedaRun) -> str:
     match = wait_for(lambda: re.search(r"workers join at (tcp://\S+)",
                                        run.err_file.read_text()), 30, "the join address")
@@ -320,7 +325,7 @@ def test_a_joined_worker_exits_when_its_supervisor_is_gone(tmp_path: Path) -> No
         joiner = Joiner(tmp_path, join_url(run), "--keys", keys)
         try:
             wait_for(lambda: "joined from" in run.err_file.read_text(), 30, "the join")
-            time.sleep(0.5)
+            wait_for(lambda: sent(run, "double", "collect") > 0, 30, "work through the joiner")
             run.signal_group(signal.SIGKILL)  # the supervisor and its local processes
             gone = time.monotonic()
             assert joiner.wait(timeout=10) == 1
@@ -464,7 +469,8 @@ def gen(n):
                      "--ray", cluster.address) as run:
             first = wait_for(lambda: re.findall(JOINED_AT, run.err_file.read_text()), 60,
                              "the join")[0]
-            time.sleep(1.0)  # (mid-run: 3,000 items take 6 s)
+            # mid-run: some of the 3,000 items (6 s of them) through the first worker
+            wait_for(lambda: sent(run, "tag", "sink") >= 200, 60, "work through the worker")
             cluster.remove_node(nodes[first], allow_graceful=False)
             assert run.wait(timeout=180) == 0, run.stderr
         assert run.results() == [{"count": 3000, "marked": 3000}], run.stderr
