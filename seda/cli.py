@@ -271,7 +271,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not args.join.startswith("tcp://"):
         raise SpecError([Problem(f"--join: expected tcp://HOST:PORT, got '{args.join}'",
                                  "<command line>")])
-    if args.keys:
+    if args.keys and args.keys != "-":  # ("-": read from stdin, checked once read)
         load_keys(args.keys)  # (a one-line error naming the file, exit 2)
     return join(args.join, args.keys, args.host, args.stage)
 
@@ -625,8 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join", required=True, metavar="tcp://HOST:PORT",
                    help="the run's join address (its supervisor says it at start)")
     p.add_argument("--keys", metavar="PATH", default="",
-                   help="the run's secret key file (or its folder); without it, the run "
-                        "must be --insecure")
+                   help="the run's secret key file (or its folder), or - to read the "
+                        "secret key from stdin (then on disk only while the worker "
+                        "starts); without it, the run must be --insecure")
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                    help="bind this worker's inbox here, the address the run's other "
                         "processes reach this host by (default 127.0.0.1)")

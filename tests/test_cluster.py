@@ -4,13 +4,17 @@ with a foreign key refused and counted, a killed worker's new port learned by it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -224,15 +228,15 @@ def test_status_shows_each_process_address_over_ipc_too(tmp_path: Path) -> None:
 class Joiner:
     """`seda worker --join URL` as a process of its own (ended by the test if still up)."""
 
-    def __init__(self, tmp: Path, url: str, *args: str, where: list[str] | None = None
-                 ) -> None:
+    def __init__(self, tmp: Path, url: str, *args: str, where: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.err = tmp / f"joiner-{time.monotonic_ns()}.txt"
         with open(self.err, "w") as err:
             self.proc = subprocess.Popen(
                 [*(where or []), sys.executable, "-m", "seda.cli", "worker", "--join", url,
                  *args],
-                cwd=tmp, env=run_env(tmp), stdout=subprocess.DEVNULL, stderr=err,
-                start_new_session=True)
+                cwd=tmp, env=run_env(tmp, **(env or {})), stdout=subprocess.DEVNULL,
+                stderr=err, start_new_session=True)
 
     def wait(self, timeout: float = 60) -> int:
         return self.proc.wait(timeout=timeout)
@@ -278,7 +282,7 @@ def test_workers_that_join_run_a_stage_and_leave_with_the_run(tmp_path: Path) ->
         finally:
             for joiner in joiners:
                 joiner.end()
-        joined = {int(p) for p in re.findall(r"joined from \S+ \(pid (\d+)\)", run.stderr)}
+        joined = {int(p) for p in re.findall(r"joined from .* \(pid (\d+)\)", run.stderr)}
         assert joined == {j.proc.pid for j in joiners} - {extra[0].proc.pid}  # not local ones
     [total] = run.results()
     assert total == {"count": n, "sum": 2 * sum(range(n))}
@@ -336,6 +340,34 @@ def test_a_joined_worker_exits_when_its_supervisor_is_gone(tmp_path: Path) -> No
         run.wait()
 
 
+def test_the_dashboard_shows_where_a_stage_s_workers_run(tmp_path: Path) -> None:
+    """Headless Chromium draws the dashboard of a run with a joined worker: a Hosts column,
+    the joined worker's host on its stage's row, "here" on the rows of local stages."""
+    if shutil.which("chromium") is None:
+        pytest.fail("chromium is not installed (tools/test installs it)")
+    from tests.test_status import dump_dom
+
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with SedaRun(tmp_path, chain(n=100000, gap=0.001), "--tcp", "127.0.0.1", "--keys",
+                 keys, "--join-at", "127.0.0.1:0", "--remote", "double",
+                 "--workers", "double=1") as run:
+        joiner = Joiner(tmp_path, join_url(run), "--keys", keys)
+        try:
+            wait_for(lambda: sent(run, "double", "collect") > 0, 30, "work through the joiner")
+            url = re.search(r"status on (http://\S+)", run.err_file.read_text())[1]
+            dom = dump_dom(url)
+        finally:
+            run.signal(signal.SIGINT)
+            run.wait()
+            joiner.end()
+    assert re.search(r'<th id="hosts"(?![^>]*hidden)[^>]*>Hosts</th>', dom), dom[:3000]
+    rows = dict(re.findall(r'<tr data-stage="(\w+)"[^>]*>(.*?)</tr>', dom))
+    cells = {stage: re.findall(r"<td>([^<]*)</td>", row) for stage, row in rows.items()}
+    assert cells["double"][-1] == socket.gethostname(), cells
+    assert cells["collect"][-1] == "here", cells
+
+
 def test_a_joiner_with_a_foreign_key_is_refused(tmp_path: Path) -> None:
     secure.make_keys(tmp_path / "k")
     secure.make_keys(tmp_path / "foreign")
@@ -352,6 +384,62 @@ def test_a_joiner_with_a_foreign_key_is_refused(tmp_path: Path) -> None:
             joiner.end()
             run.signal(signal.SIGINT)
             run.wait()
+
+
+FRAGILE_PY = """
+import os
+if os.environ.get("THIS_HOST_LACKS_CUDA"):
+    raise ImportError("No module named 'cuda_kernels'")
+
+def items(options):
+    return range(100)
+
+def double(x, ctx):
+    return 2 * x
+
+def keep(x, ctx):
+    return None
+"""
+FRAGILE = """
+name: fragile
+settings: {restarts: {max: 2, within: 60}}
+source: {handler: "fragile:items", to: [double]}
+stages:
+  double: {handler: "fragile:double", workers: 1, to: [keep]}
+  keep: {handler: "fragile:keep", sink: true}
+"""
+
+
+def test_a_host_that_cannot_run_the_stage_ends_the_run_at_the_restart_limit(
+        tmp_path: Path) -> None:
+    """Workers join, one after another (as a Deployment or Ray starts them again), from a
+    "host" where the stage's handlers fail to import: each tells the supervisor why before
+    it exits, each counts as a crash of the slot, and the run stops at its restart limit
+    saying why -- rather than waiting for good with nothing said but a free slot."""
+    (tmp_path / "fragile.py").write_text(FRAGILE_PY)
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with SedaRun(tmp_path, FRAGILE, "--tcp", "127.0.0.1", "--keys", keys, "--join-at",
+                 "127.0.0.1:0", "--remote", "double") as run:
+        url = join_url(run)
+        codes = []
+        for _ in range(10):  # (bounded: the run ends at the third failure)
+            if run.proc.poll() is not None:
+                break
+            joiner = Joiner(tmp_path, url, "--keys", keys,
+                            env={"THIS_HOST_LACKS_CUDA": "1"})
+            try:
+                codes.append(joiner.wait(timeout=30))
+                if codes[-1] == 3:
+                    assert "cuda_kernels" in joiner.stderr, joiner.stderr
+            finally:
+                joiner.end()
+        assert run.wait(timeout=30) == 1, run.stderr
+    assert codes.count(3) == 3, (codes, run.stderr)  # restarts: max 2, the third ends it
+    said = [line for line in run.stderr.splitlines() if "failed to start: cannot use" in line]
+    assert len(said) == 4, run.stderr  # each failure, then the run's last word:
+    assert "restart limit reached" in said[-1] and "No module named 'cuda_kernels'" in \
+        said[-1] and said[-1] == run.stderr.splitlines()[-1], run.stderr
 
 
 def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
@@ -371,6 +459,13 @@ def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None
         assert len(lines) == 1 and error in lines[0], (args, done.stderr)
     bad = seda("worker", "--join", "127.0.0.1:9", cwd=tmp_path)
     assert bad.returncode == 2 and "expected tcp://HOST:PORT" in bad.stderr
+    piped = subprocess.run([sys.executable, "-m", "seda.cli", "worker", "--join",
+                            "tcp://127.0.0.1:9", "--keys", "-"], input="not a key\n",
+                           cwd=tmp_path, env=run_env(tmp_path), capture_output=True,
+                           text=True, timeout=60)
+    lines = piped.stderr.strip().splitlines()
+    assert piped.returncode == 2 and len(lines) == 1 and "not a seda key file" in lines[0], \
+        piped.stderr
 
 
 def test_a_worker_on_another_host_joins_over_an_encrypted_link(tmp_path: Path) -> None:
@@ -479,6 +574,107 @@ def gen(n):
         assert "stopped answering" in run.stderr
     finally:
         cluster.shutdown()
+
+
+SLOW_MARKED_PY = MARKED_PY.replace("return range(int(", "return gen(int(") + '''
+def gen(n):
+    import time
+    for i in range(n):
+        time.sleep(0.002)
+        yield i
+'''  # (3,000 items over ~6 s: a fault can come mid-run)
+RAY_CLI = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+
+
+@contextmanager
+def ray_node(log: Path, *args: str, namespace: str = "") -> Iterator[subprocess.Popen[bytes]]:
+    """`ray start --block ARGS` (in `namespace`, if given) as the test's own process; at the
+    end its whole tree -- and every process left in the namespace -- killed by pid."""
+    where = ["ip", "netns", "exec", namespace] if namespace else []
+    # nodes of one machine would share /tmp/ray: each its own folder, or the second
+    # raylet dies binding the first one's socket file
+    folder = tempfile.mkdtemp(prefix="seda-ray-")
+    env = {**os.environ, "RAY_health_check_period_ms": "1000",  # (a dead node seen in ~3 s)
+           "RAY_health_check_failure_threshold": "3"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*where, *RAY_CLI, "start", "--block", "--disable-usage-stats",
+                                 "--object-store-memory", str(100 << 20), "--temp-dir", folder,
+                                 *args],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        end_ray_node(proc, namespace)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def end_ray_node(proc: subprocess.Popen[bytes], namespace: str = "") -> None:
+    """Kill (SIGKILL, by pid) a Ray node the test started: the `ray start` process, what it
+    started, and in a namespace whatever else runs there (workers the raylet started)."""
+    pids = {proc.pid}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        pids |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+    if namespace:
+        listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True,
+                                text=True, timeout=30).stdout
+        pids |= {int(pid) for pid in listed.split()}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_ray_nodes_on_other_hosts_run_the_stage_and_replace_it_when_one_dies(
+        tmp_path: Path) -> None:
+    """Three hosts on this machine: the Ray head and the run here, a Ray worker node in each
+    of two network namespaces (`ray start --address`), both with the resource `far` that the
+    middle stage (one worker) asks for. Ray starts the worker on one of them; it joins over
+    that host's veth, encrypted (both links captured: no payload readable). Mid-run that
+    host's Ray node is killed -- its raylet, its workers, every process in the namespace --
+    and Ray starts the actor on the other host, which joins the free slot: the output is
+    the single-machine run's, with nothing twice."""
+    (tmp_path / "marked.py").write_text(SLOW_MARKED_PY)
+    secure.make_keys(tmp_path / "k")
+    graph = RAY_CHAIN.replace("workers: 2", "workers: 1")
+    keys_before = set(Path(tempfile.gettempdir()).glob("seda-*/run.key_secret"))
+    with other_host() as one, other_host() as two, contextlib.ExitStack() as stack:
+        head_log = tmp_path / "ray-head.txt"
+        stack.enter_context(ray_node(head_log, "--head", "--node-ip-address", one.here,
+                                     "--port", "0", "--num-cpus", "1",
+                                     "--include-dashboard", "false"))
+        address = wait_for(lambda: re.search(r"ray start --address='(\S+)'",
+                                              head_log.read_text()), 60, "the Ray head")[1]
+        nodes = {}
+        for host in (one, two):
+            nodes[host.there] = stack.enter_context(ray_node(
+                tmp_path / f"ray-{host.namespace}.txt", "--address", address,
+                "--node-ip-address", host.there, "--num-cpus", "1",
+                "--resources", '{"far": 1}', namespace=host.namespace))
+        pcaps = {host.there: tmp_path / f"{host.namespace}.pcap" for host in (one, two)}
+        for host in (one, two):
+            stack.enter_context(captured(pcaps[host.there], host.link))
+        with SedaRun(tmp_path, graph, "--tcp", one.here, "--keys", str(tmp_path / "k"),
+                     "--ray", address) as run:
+            joined = r"joined from .* at (\S+) \(pid"
+            first = wait_for(lambda: re.findall(joined, run.err_file.read_text()), 40,
+                             "the join")[0]
+            assert first in nodes, run.err_file.read_text()
+            wait_for(lambda: sent(run, "tag", "sink") >= 200, 60, "work through the worker")
+            gone = next(h for h in (one, two) if h.there == first)
+            end_ray_node(nodes[first], gone.namespace)
+            assert run.wait(timeout=180) == 0, run.stderr
+        stack.close()  # (the captures written out, every Ray node ended)
+        wires = {there: pcap.read_bytes() for there, pcap in pcaps.items()}
+    assert run.results() == [{"count": 3000, "marked": 3000}], run.stderr
+    hosts = re.findall(joined, run.stderr)
+    assert len(hosts) == 2 and set(hosts) == set(nodes), run.stderr
+    assert "stopped answering" in run.stderr
+    for there, wire in wires.items():
+        assert len(wire) > 200 * 40, there  # each host's worker did part of the work...
+        assert MARK.encode() not in wire, there  # ... and none of it crossed in clear text
+    # the key reached each worker through a pipe: no copy of it left on the "hosts", not
+    # even by the worker killed with its node
+    assert set(Path(tempfile.gettempdir()).glob("seda-*/run.key_secret")) <= keys_before
 
 
 def test_plan_shows_which_workers_join_and_what_ray_gives_them(tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ def _ip(*args: str) -> None:
 @contextmanager
 def other_host() -> Iterator[OtherHost]:
     """A namespace and a /30 between it and this one (names and subnet chosen at random, so
-    runs side by side do not meet)."""
+    runs side by side do not meet). Its default route is this side's end, so two such hosts
+    reach each other's `here` (this host's addresses), as hosts of one network would."""
     tag = f"{os.getpid() % 10000}{random.randrange(1000)}"
     net = f"10.{random.randrange(64, 128)}.{random.randrange(256)}"
     host = OtherHost(f"seda{tag}", f"sd{tag}a", f"{net}.1", f"{net}.2")
@@ -42,7 +43,8 @@ def other_host() -> Iterator[OtherHost]:
         _ip("addr", "add", f"{host.here}/30", "dev", host.link)
         _ip("link", "set", host.link, "up")
         for args in (("addr", "add", f"{host.there}/30", "dev", peer),
-                     ("link", "set", peer, "up"), ("link", "set", "lo", "up")):
+                     ("link", "set", peer, "up"), ("link", "set", "lo", "up"),
+                     ("route", "add", "default", "via", host.here)):
             _ip("netns", "exec", host.namespace, "ip", *args)
         yield host
     finally:

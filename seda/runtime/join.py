@@ -28,18 +28,26 @@ from seda.runtime import secure
 ANSWER_WITHIN = 10.0  # s: how long a joining worker waits for the supervisor's answer
 
 
-def ask(url: str, keys: secure.Keys | None, stage: str = "", timeout: float = ANSWER_WITHIN
-        ) -> dict[str, Any]:
-    """The supervisor's answer to a JOIN: {"name", "plan"} or {"error"}."""
+def _dealer(context: zmq.Context[zmq.Socket[bytes]], url: str, keys: secure.Keys | None
+            ) -> zmq.Socket[bytes]:
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        secure.connect_as(sock, keys)
+    sock.connect(url)
+    return sock
+
+
+def ask(url: str, keys: secure.Keys | None, stage: str = "", timeout: float = ANSWER_WITHIN,
+        address: str = "") -> dict[str, Any]:
+    """The supervisor's answer to a JOIN: {"name", "plan"} or {"error"}. `address`: where
+    this worker will bind (hosts with one name, as network namespaces, are told apart by
+    it)."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if keys is not None:
-            secure.connect_as(sock, keys)
-        sock.connect(url)
+        sock = _dealer(context, url, keys)
         sock.send_multipart([JOIN, pack({"host": socket.gethostname(), "pid": os.getpid(),
-                                         "stage": stage,
+                                         "stage": stage, "address": address,
                                          "node": os.environ.get("SEDA_RAY_NODE", "")})])
         if not sock.poll(int(timeout * 1000)):
             return {"error": f"no answer from {url} within {timeout:g} s: is a run accepting "
@@ -59,6 +67,23 @@ def ask(url: str, keys: secure.Keys | None, stage: str = "", timeout: float = AN
         context.destroy(linger=0)
 
 
+def report_failure(url: str, keys: secure.Keys | None, name: str, error: str,
+                   within: float = 2.0) -> None:
+    """Tell the supervisor that this worker, which took slot `name`, could not start (its
+    handlers failed to import or to set up here): it counts a crash of the slot, so a host
+    that cannot run the stage ends the run at the restart limit instead of joining for
+    ever. Best effort: sent, and given `within` s to leave."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = _dealer(context, url, keys)
+        sock.setsockopt(zmq.LINGER, int(within * 1000))
+        sock.send_multipart([JOIN, pack({"failed": name, "pid": os.getpid(),
+                                         "error": error[:2000]})])
+        sock.close()  # (lingers until it is sent, or `within`)
+    finally:
+        context.term()
+
+
 def joined_plan(answer: dict[str, Any], url: str, host: str, keys: str, run_dir: str
                 ) -> tuple[Plan, str]:
     """The run's plan as this process runs it: its inbox on TCP at `host`, the supervisor at
@@ -72,14 +97,22 @@ def joined_plan(answer: dict[str, Any], url: str, host: str, keys: str, run_dir:
 
 
 def main(url: str, keys_path: str, host: str, stage: str = "") -> int:
+    """`keys_path` "-": the secret key read from stdin (as a Ray actor hands it over): in a
+    file of this worker's private folder only until its sockets have it."""
     configure("worker", "", "info", "text", False)
-    keys = secure.load_keys(keys_path) if keys_path else None
-    answer = ask(url, keys, stage)
-    if "error" in answer:
-        LOG.error(f"seda worker: {answer['error']}")
-        return 1
     run_dir = tempfile.mkdtemp(prefix="seda-joined-")
     try:
+        given = keys_path == "-"
+        if given:
+            keys_path = os.path.join(run_dir, "run.key_secret")
+            fd = os.open(keys_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(sys.stdin.read(1 << 16))
+        keys = secure.load_keys(keys_path) if keys_path else None
+        answer = ask(url, keys, stage, address=host)
+        if "error" in answer:
+            LOG.error(f"seda worker: {answer['error']}")
+            return 1
         plan, name = joined_plan(answer, url, host, str(secure.secret_file(keys_path).resolve())
                                  if keys_path else "", run_dir)
         configure(name, plan.graph, plan.log_level, plan.log_format, plan.log_time)
@@ -87,13 +120,22 @@ def main(url: str, keys_path: str, host: str, stage: str = "") -> int:
             LOG.warning(f"the run imports handlers from {folder}, which this host lacks: "
                         f"its handlers must be importable here too")
         sys.path[:0] = [p for p in plan.search_path if p not in sys.path]
-        from seda.handler import resolve
+        from seda.handler import HandlerImportError, resolve
         from seda.runtime.child import tune_gc
         from seda.runtime.worker import Worker
 
         tune_gc()
         LOG.info(f"joined run '{plan.graph}' at {url} as {name}")
-        worker = Worker(plan, name, 0, resolve)
+        try:
+            worker = Worker(plan, name, 0, resolve)
+        except Exception as exc:  # its handlers fail to import or to set up on this host
+            error = str(exc) if isinstance(exc, HandlerImportError) else \
+                f"{type(exc).__name__}: {exc}"
+            LOG.error(f"cannot run {name} here: {error}")
+            report_failure(url, keys, name, error)
+            return 3
+        if given:  # (its sockets have the keys now)
+            os.unlink(keys_path)
         worker.run()
         return worker.exit_code
     finally:

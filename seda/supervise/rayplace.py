@@ -12,11 +12,9 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -40,26 +38,22 @@ class _SlotActor:
     def __init__(self, url: str, stage: str, secret: str) -> None:  # (on the Ray node)
         import ray
 
-        folder = tempfile.mkdtemp(prefix="seda-ray-")
         argv = [sys.executable, "-m", "seda.cli", "worker", "--join", url, "--stage", stage,
                 "--host", ray.util.get_node_ip_address()]  # type: ignore[no-untyped-call]
-        if secret:  # (the run's key file, written here for this worker alone)
-            path = os.path.join(folder, "run.key_secret")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secret)
-            argv += ["--keys", path]
+        if secret:  # (the run's secret key through a pipe: never in a file of the node's
+            argv += ["--keys", "-"]  # that outlives the worker's start, however it ends)
         env = {**os.environ, "SEDA_RAY_NODE": ray.get_runtime_context().get_node_id()}
         # it dies with the actor (a node removed kills the actor, not its children: an
         # orphan worker would keep its slot's name alive beside its replacement)
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE,
                                      preexec_fn=_die_with_parent)
-        self.folder = folder
+        assert self.proc.stdin is not None
+        with self.proc.stdin:
+            self.proc.stdin.write(secret.encode("ascii"))
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         code = self.proc.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)  # (the key file with it)
         os._exit(code or 1)  # (an actor that exits is restarted by Ray: max_restarts)
 
     def pid(self) -> int:

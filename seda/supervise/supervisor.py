@@ -420,8 +420,13 @@ class Supervisor:
         it, with the run's plan (seda.runtime.join); no free slot, no plan."""
         try:
             asked = unpack(body, 1 << 16)
+            if "failed" in asked:
+                self._remote_failed(str(asked["failed"]), int(asked["pid"]),
+                                    str(asked.get("error", ""))[:2000])
+                return
             host, pid = str(asked["host"])[:200], int(asked["pid"])
             stage, node = str(asked.get("stage", ""))[:200], str(asked.get("node", ""))[:64]
+            address = str(asked.get("address", ""))[:200]
         except (ProtocolError, KeyError, TypeError, ValueError, AttributeError):
             return
         if node:  # (placed by Ray: its node, to tell the nodes of one host apart)
@@ -441,7 +446,8 @@ class Supervisor:
             self.heard[child.name] = child.started
             answer = {"name": child.name, "plan": self.plan.to_json()}
             title = self.plan.procs[child.name].title.removeprefix("seda: ")
-            LOG.info(f"{title} joined from {host} (pid {pid})")
+            LOG.info(f"{title} joined from {host}{f' at {address}' if address else ''} "
+                     f"(pid {pid})")
         with contextlib.suppress(zmq.ZMQError):
             self.inbox.send_multipart([ident, JOIN, pack(answer)], zmq.NOBLOCK)
 
@@ -462,7 +468,24 @@ class Supervisor:
             elif beat:
                 self.send(name, Beat())
 
-    def _remote_gone(self, child: Child, now: float) -> None:
+    def _remote_failed(self, name: str, pid: int, error: str) -> None:
+        """A joined worker could not start (its handlers failed to import or to set up on its
+        host): a crash of its slot, counted against the restart intensity -- a host that
+        cannot run the stage ends the run at the limit, not after joins without end."""
+        child = self.children.get(name)
+        if child is None or name not in self.plan.remote or child.remote_pid != pid or \
+                self.phase != "running":
+            return
+        title = self.plan.procs[name].title.removeprefix("seda: ")
+        now = time.monotonic()
+        what = f"{title} on {child.host} (pid {pid}) failed to start: {error}"
+        self._remote_gone(child, now, what)
+        if not self.intensity.crashed(now):
+            self.failure = (f"restart limit reached: {len(self.intensity)} restarts within "
+                            f"{self.intensity.within:g} s (settings.restarts allows "
+                            f"{self.intensity.max}); last: {what}")
+
+    def _remote_gone(self, child: Child, now: float, failed: str = "") -> None:
         title = self.plan.procs[child.name].title.removeprefix("seda: ")
         lost = self._lost_state(child.name)
         self._retire(child.name)
@@ -471,9 +494,12 @@ class Supervisor:
         self.wave_replies.clear()
         self.waves.clear()
         self.wave = 0
-        LOG.warning(f"{title} on {child.host} (pid {child.remote_pid}) "
-                    f"stopped answering: what it held goes out again; its slot waits for a "
-                    f"worker to join")
+        if failed:
+            LOG.error(f"{failed}; its slot waits for a worker to join")
+        else:
+            LOG.warning(f"{title} on {child.host} (pid {child.remote_pid}) "
+                        f"stopped answering: what it held goes out again; its slot waits "
+                        f"for a worker to join")
         if lost:
             self.lost_state.append(f"{title} died holding {lost}")
             LOG.error(f"{lost} was lost with it: the pipeline's result will be incomplete")
