@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "hears nothing from the run for 3 s).")
     p.add_argument("--join", required=True, metavar="tcp://HOST:PORT",
                    help="the run's join address (its supervisor says it at start)")
-    p.add_argument("--keys", metavar="PATH", default="",
+    p.add_argument("--keys", "--key", metavar="PATH", default="",
                    help="the run's secret key file (or its folder), or - to read the "
                         "secret key from stdin (then on disk only while the worker "
                         "starts); without it, the run must be --insecure")

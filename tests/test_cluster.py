@@ -677,6 +677,38 @@ def test_ray_nodes_on_other_hosts_run_the_stage_and_replace_it_when_one_dies(
     assert set(Path(tempfile.gettempdir()).glob("seda-*/run.key_secret")) <= keys_before
 
 
+def test_when_the_supervisor_dies_no_worker_ray_started_outlives_it(tmp_path: Path) -> None:
+    """SIGKILL of the run (supervisor and local processes) mid-run under --ray: within 5 s
+    no joined worker is left on any Ray node (the actor dies with its driver, the worker
+    with its actor; and a worker that hears nothing from its supervisor for 3 s exits)."""
+    from ray.cluster_utils import Cluster
+
+    (tmp_path / "marked.py").write_text(SLOW_MARKED_PY.replace("n=3000", "n=30000"))
+    secure.make_keys(tmp_path / "k")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=2, resources={"far": 2})
+        cluster.wait_for_nodes()
+        with SedaRun(tmp_path, RAY_CHAIN.replace("n: 3000", "n: 30000"), "--tcp",
+                     "127.0.0.1", "--keys", str(tmp_path / "k"), "--ray",
+                     cluster.address) as run:
+            pids = wait_for(lambda: [int(p) for p in re.findall(
+                r"joined from .* \(pid (\d+)\)", run.err_file.read_text())][1:], 90,
+                "both workers to join")
+            wait_for(lambda: sent(run, "tag", "sink") >= 100, 60, "work through them")
+            workers = [psutil.Process(pid) for pid in pids]
+            assert all("seda: worker tag#" in " ".join(w.cmdline()) for w in workers)
+            run.signal_group(signal.SIGKILL)
+            gone = time.monotonic()
+            psutil.wait_procs(workers, timeout=5)
+            left = [w for w in workers if w.is_running() and
+                    w.status() != psutil.STATUS_ZOMBIE]
+            assert not left, (left, time.monotonic() - gone)
+            run.wait()
+    finally:
+        cluster.shutdown()
+
+
 def test_plan_shows_which_workers_join_and_what_ray_gives_them(tmp_path: Path) -> None:
     (tmp_path / "graph.yaml").write_text(RAY_CHAIN)
     (tmp_path / "marked.py").write_text(MARKED_PY)
