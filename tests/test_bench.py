@@ -215,6 +215,41 @@ def test_the_amped_ceiling_answers_and_stops_its_worker_on_sigterm(root: Path) -
             server.wait()
 
 
+def test_the_uvicorn_contender_serves_the_same_hello_and_stops(root: Path) -> None:
+    """tools/bench_http.py's uvicorn contender (a raw ASGI app, one worker) answers what the
+    other contenders answer, and SIGTERM ends it."""
+    import http.client
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(root / "tools" / "bench_http.py"),
+                               "--serve-uvicorn", str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "uvicorn never listened"
+                time.sleep(0.05)
+        assert (response.status, response.read()) == (200, b"hello, world\n")
+        conn.close()
+        server.send_signal(signal.SIGTERM)
+        # (uvicorn shuts down, then raises the signal it caught again: 128 + SIGTERM)
+        assert server.wait(15) in (0, 128 + signal.SIGTERM, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def test_hot_path_tool_drives_a_worker_and_the_acceptor(root: Path) -> None:
     """tools/hot_path.py at a tiny scale: its worker and acceptor harnesses still fit the
     code they drive (the acceptor's checks that every request got its reply written)."""

@@ -340,6 +340,50 @@ def test_a_joined_worker_exits_when_its_supervisor_is_gone(tmp_path: Path) -> No
         run.wait()
 
 
+DEAD_ON_REMOTE = """
+name: deadremote
+source: {handler: "stagekit:numbers", to: [double], options: {n: 300}}
+stages:
+  double: {handler: "stagekit:double", workers: 1, to: [check]}
+  check: {handler: "stagekit:poison", to: [collect], options: {bad: 26}}
+  collect: {handler: "stagekit:Collect", sink: true}
+settings: {max_attempts: 2, dead_letter: dead.jsonl}
+"""
+
+
+def test_a_joined_worker_s_dead_letters_reach_the_run_s_file(tmp_path: Path) -> None:
+    """The joined worker of `double` sends to `check`, whose handler fails on one message:
+    the joined worker gives up on it, and its dead letter is written where the run keeps
+    them -- although that folder, on the joined worker's "host", is another (an empty
+    tmpfs mounted over it in a mount namespace of its own)."""
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with SedaRun(tmp_path, DEAD_ON_REMOTE, "--tcp", "127.0.0.1", "--keys", keys,
+                 "--join-at", "127.0.0.1:0", "--remote", "double") as run:
+        # (the keys are read before the tmpfs hides them: --keys - from stdin)
+        other_disk = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      f"mount -t tmpfs none {tmp_path} && exec \"$@\" < /dev/stdin", "sh"]
+        with open(tmp_path / "k" / "run.key_secret", "rb") as secret:
+            joiner = subprocess.Popen(
+                [*other_disk, sys.executable, "-m", "seda.cli", "worker", "--join",
+                 join_url(run), "--keys", "-"], stdin=secret, cwd="/",
+                env=run_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                text=True, start_new_session=True)
+        try:
+            assert run.wait() == 0, run.stderr
+            assert joiner.wait(timeout=10) == 0, joiner.stderr.read()
+        finally:
+            if joiner.poll() is None:
+                joiner.kill()
+                joiner.wait()
+    [total] = run.results()
+    assert total == {"count": 299, "sum": 2 * sum(range(300)) - 26}
+    [letter] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert (letter["stage"], letter["payload"], letter["attempts"]) == ("check", 26, 2)
+    assert "cannot digest 26" in letter["error"]
+    assert "1 dead-lettered" in run.stderr
+
+
 def test_the_dashboard_shows_where_a_stage_s_workers_run(tmp_path: Path) -> None:
     """Headless Chromium draws the dashboard of a run with a joined worker: a Hosts column,
     the joined worker's host on its stage's row, "here" on the rows of local stages."""

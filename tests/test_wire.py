@@ -33,7 +33,8 @@ def test_orders_and_reports_are_records_that_round_trip() -> None:
         assert e.unpack_order(e.pack_record(order), LIMIT) == order
     reports = [e.Ready(12), e.Failed("boom"), e.Exhausted(100),
                e.ProbeReply(3, 0, 55, {"read": 9, "exhausted": True}),
-               e.Stats({"pending": 1, "stages": {"a": {"received": 2}}})]
+               e.Stats({"pending": 1, "stages": {"a": {"received": 2}}}),
+               e.DeadLetters([{"stage": "a", "payload": b"\x00", "error": "a: E: x"}])]
     for report in reports:
         assert e.unpack_report(e.pack_record(report, "w.0"), LIMIT) == ("w.0", report)
     # on the wire a record is a map with its op: what a reader of the frames sees
@@ -41,6 +42,8 @@ def test_orders_and_reports_are_records_that_round_trip() -> None:
         "op": "peer_down", "name": "a.0", "pid": 1, "why": "", "sender": ""}
     assert e.unpack(e.pack_record(e.Stats({"x": 1}), "w"), LIMIT) == {
         "op": "stats", "name": "w", "x": 1}
+    with pytest.raises(ProtocolError, match="malformed STATUS frame"):
+        e.unpack_report(e.pack({"op": "dead_letters", "records": {"a": 1}}), LIMIT)
 
 
 def test_bytes_stay_bytes_text_stays_text_and_int_keys_are_kept() -> None:

@@ -11,6 +11,9 @@ HTTP (wrk -t1 -cN -dS against each, after 1 s of the same load that is not count
   amped-1      seda, graphs/hello.yaml with 1 worker   (acceptor + one worker pool)
   amped-2      seda, graphs/hello.yaml with 2 workers
   sped         seda, graphs/hello.yaml with --model sped (the handler runs in the acceptor)
+  symped       seda, graphs/hello.yaml with --model symped (N SPED processes, one port)
+  uvicorn      uvicorn serving a raw ASGI hello app, one worker (uvloop, httptools, no
+               access log): the server most Python services run on
 RESP (redis-benchmark -t get,set, -P 1 and -P 16):
   redis        redis-server, the real thing
   seda-kv      seda, graphs/kv.yaml
@@ -68,6 +71,22 @@ def serve_baseline(port: int) -> None:
             await stopped
 
     uvloop.run(main())
+
+
+async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The raw ASGI hello that uvicorn serves (no framework)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello, world\n"})
+
+
+def serve_uvicorn(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(hello_app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", lifespan="off")
 
 
 # ------------------------------------------------------------------ the AMPED ceiling
@@ -273,17 +292,20 @@ def wrk_seda(connections: int, duration: int, *args: str, tree: Path = ROOT
 
 def bench_http(connections: int, duration: int) -> None:
     results: dict[str, tuple[float, float, float]] = {}
-    for name, flag in (("baseline", "--serve-baseline"), ("amped-min", "--serve-amped-min")):
+    for name, flag in (("baseline", "--serve-baseline"), ("amped-min", "--serve-amped-min"),
+                       ("uvicorn", "--serve-uvicorn")):
         results[name] = wrk_written(flag, connections, duration)
     for workers in (1, 2):
         results[f"amped-{workers}"] = wrk_seda(connections, duration, "--model", "amped",
                                                "--workers", f"hello={workers}")
     results["sped"] = wrk_seda(connections, duration, "--model", "sped")
+    results["symped"] = wrk_seda(connections, duration, "--model", "symped")
     base_rps = results["baseline"][0]
     print(f"\nHTTP: wrk -t1 -c{connections} -d{duration}s, hello world")
     print(f"  {'server':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs baseline':>12}")
     for name, (rps, p50, p99) in results.items():
         print(f"  {name:<10} {rps:>10,.0f} {p50:>8.2f} {p99:>8.2f} {rps / base_rps:>12.2f}")
+    print(f"  amped-1 / uvicorn: {results['amped-1'][0] / results['uvicorn'][0]:.2f}x")
 
 
 def bench_resp(requests: int) -> None:
@@ -324,6 +346,9 @@ def main() -> None:
         return
     if len(sys.argv) == 5 and sys.argv[1] == "--amped-min-worker":
         _min_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-uvicorn":
+        serve_uvicorn(int(sys.argv[2]))
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-amped-min":
         serve_amped_min(int(sys.argv[2]))

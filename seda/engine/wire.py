@@ -335,6 +335,15 @@ class ProbeReply(Report):
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetters(Report):
+    """Dead-letter records (seda.runtime.deadletter.record) for the run's file: sent by a
+    worker that joined from another host, whose own disk is not where the run keeps them."""
+
+    records: list[Any]
+    OP = "dead_letters"
+
+
+@dataclass(frozen=True, slots=True)
 class Stats(Report):
     """A process's figures, every ~0.5 s (the live view, the summary, the end of a run)."""
 
@@ -345,7 +354,7 @@ class Stats(Report):
 ORDERS: dict[str, type[Order]] = {c.OP: c for c in (Stop, Retire, Finish, StopIntake, Flush,
                                                     PeerDown, Probe, Peers, Beat)}
 REPORTS: dict[str, type[Report]] = {c.OP: c for c in (Ready, Failed, Exhausted, ProbeReply,
-                                                      Stats)}
+                                                      Stats, DeadLetters)}
 # the fields of the records whose maps are open (their extra keys are theirs)
 _OPEN: dict[type, str] = {ProbeReply: "extra", Stats: "figures"}
 
@@ -371,6 +380,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "int": lambda v: type(v) is int,
     "list[int] | None": lambda v: v is None or _ints(v),
     "dict[str, Any]": lambda v: type(v) is dict,
+    "list[Any]": lambda v: type(v) is list,
 }
 
 

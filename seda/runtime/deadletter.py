@@ -38,9 +38,14 @@ def append(path: str, graph: str, letters: list[DeadLetter]) -> str:
     """Append `letters` to the file at `path` (created 0600 if missing). Returns why they
     could not be written ("" when they were): a full disk or a folder gone must not take
     the process that holds them down (the caller says so in its log and counts them)."""
-    if not letters:
+    return append_records(path, [record(graph, lt) for lt in letters])
+
+
+def append_records(path: str, records: list[dict[str, Any]]) -> str:
+    """append() for records made already (by a worker on another host: see DeadLetters)."""
+    if not records:
         return ""
-    data = "".join(json.dumps(record(graph, lt)) + "\n" for lt in letters).encode()
+    data = "".join(json.dumps(rec) + "\n" for rec in records).encode()
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

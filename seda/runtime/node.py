@@ -46,6 +46,7 @@ from seda.engine.wire import (
     REQUEST,
     RESULT,
     STATUS,
+    DeadLetters,
     Envelope,
     Order,
     PeerDown,
@@ -663,12 +664,23 @@ class Node:
                         self.on_lost(items)
                     else:  # best effort: if this frame is lost, the request's deadline holds
                         self._send_rows(origin, LOST, items)
-            why = deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
+            why = self._keep(letters)
             for letter in letters:
                 self._say_dead(letter)
             if why:
                 self.counters["dead_letters_unwritten"] += len(letters)
                 self.throttle.say("dead letters", f"{why}: {len(letters)} dead letters lost")
+
+    def _keep(self, letters: list[DeadLetter]) -> str:
+        """Into the run's dead-letter file (why not, or ""). A worker that joined from another
+        host sends them to the supervisor, which writes them where the run keeps them (this
+        host's disk is not that place); only if that cannot be sent now are they written
+        here, at the same path."""
+        if not self.parent:
+            records = [deadletter.record(self.plan.graph, lt) for lt in letters]
+            if self.send(SUPERVISOR, STATUS, pack_record(DeadLetters(records), self.name)):
+                return ""
+        return deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
 
     def _say_dead(self, letter: DeadLetter) -> None:
         """One line on stderr, with the traceback, per stage and error type every 10 s (the

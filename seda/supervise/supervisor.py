@@ -39,6 +39,7 @@ from seda.engine.wire import (
     JOIN,
     STATUS,
     Beat,
+    DeadLetters,
     Exhausted,
     Failed,
     Finish,
@@ -222,6 +223,8 @@ class Outcome:
 class Supervisor:
     def __init__(self, spec: GraphSpec, options: RunOptions) -> None:
         self.spec, self.options = spec, options
+        # a report's size limit: a dead-letter record (from a joined worker) holds a message
+        self.report_limit = max(1 << 20, 4 * spec.settings.max_message_bytes + (1 << 20))
         self.run_dir = rundir.create(spec.name)
         try:
             self.plan = make_plan(spec, self.run_dir, model=options.model,
@@ -753,7 +756,7 @@ class Supervisor:
             if len(frames) != 3 or frames[1] != STATUS:
                 continue
             try:
-                _, report = unpack_report(frames[2], 1 << 20)
+                _, report = unpack_report(frames[2], self.report_limit)
                 self._on_status(frames[0].decode(), report)
             except (ProtocolError, KeyError, TypeError, ValueError, AttributeError):
                 continue
@@ -794,6 +797,11 @@ class Supervisor:
             self.next_tick = 0.0  # the end of the run starts now: the probe waves at once
         elif isinstance(report, Failed):
             self.failure = report.error.rstrip()
+        elif isinstance(report, DeadLetters):  # from a worker on another host
+            records = [r for r in report.records if type(r) is dict]
+            why = deadletter.append_records(self.plan.dead_letter, records)
+            if why:
+                LOG.error(f"{why}: {len(records)} dead letters of {name} lost")
 
     def _on_exit(self, child: Child) -> None:
         pid = child.pid
