@@ -319,6 +319,13 @@ def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
             raise SpecError([Problem(f"--remote: unknown stage '{stage}'"
                                      f"{did_you_mean(stage, set(spec.stages))}",
                                      "<command line>")])
+        scale = spec.stages[stage].scale
+        if scale is not None and scale.enabled:  # (its slots are filled from elsewhere)
+            raise SpecError([Problem(f"--remote: stage '{stage}' has scale:, and the pool "
+                                     f"controller cannot start or stop workers on other "
+                                     f"hosts: remove scale: or keep the stage here (its "
+                                     f"size is its workers:, or --workers {stage}=N)",
+                                     "<command line>")])
 
 
 def _transport(args: argparse.Namespace) -> tuple[str, str]:

@@ -501,6 +501,13 @@ def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None
         assert done.returncode == 2, (args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and error in lines[0], (args, done.stderr)
+    (tmp_path / "graph.yaml").write_text(chain(n=10).replace(
+        "    workers: 2\n", "    workers: 2\n    scale: {min: 1, max: 4}\n", 1))
+    done = seda("run", "graph.yaml", "--tcp", "127.0.0.1", *keys, "--join-at", "127.0.0.1:0",
+                "--remote", "double", cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and \
+        "--remote: stage 'double' has scale:, and the pool controller" in lines[0], done.stderr
     bad = seda("worker", "--join", "127.0.0.1:9", cwd=tmp_path)
     assert bad.returncode == 2 and "expected tcp://HOST:PORT" in bad.stderr
     piped = subprocess.run([sys.executable, "-m", "seda.cli", "worker", "--join",
