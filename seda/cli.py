@@ -265,15 +265,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from seda.runtime.join import ANY_HOST, address_towards
     from seda.runtime.join import main as join
     from seda.runtime.secure import load_keys
 
     if not args.join.startswith("tcp://"):
         raise SpecError([Problem(f"--join: expected tcp://HOST:PORT, got '{args.join}'",
                                  "<command line>")])
+    if args.host in ANY_HOST:
+        raise SpecError([Problem(f"--host {args.host}: give the address the run's other "
+                                 f"processes reach this host by, not a wildcard (default: "
+                                 f"this host's address on the route to the run)",
+                                 "<command line>")])
     if args.keys and args.keys != "-":  # ("-": read from stdin, checked once read)
         load_keys(args.keys)  # (a one-line error naming the file, exit 2)
-    return join(args.join, args.keys, args.host, args.stage)
+    return join(args.join, args.keys, args.host or address_towards(args.join), args.stage)
 
 
 def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
@@ -300,6 +306,11 @@ def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
         if args.tcp is None:
             raise SpecError([Problem("--join-at: workers from other hosts reach the run's "
                                      "processes over TCP: give --tcp HOST too",
+                                     "<command line>")])
+        if args.tcp in ("0.0.0.0", "::", "*", "[::]"):
+            raise SpecError([Problem(f"--tcp {args.tcp}: workers that join from other "
+                                     f"hosts are told where the run's processes are: give "
+                                     f"the address they reach this host by, not a wildcard",
                                      "<command line>")])
         try:
             parse_listen(args.join_at)
@@ -635,9 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's secret key file (or its folder), or - to read the "
                         "secret key from stdin (then on disk only while the worker "
                         "starts); without it, the run must be --insecure")
-    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+    p.add_argument("--host", default="", metavar="ADDR",
                    help="bind this worker's inbox here, the address the run's other "
-                        "processes reach this host by (default 127.0.0.1)")
+                        "processes reach this host by (default: this host's address on "
+                        "the route to the run's --join address)")
     p.add_argument("--stage", default="", metavar="STAGE",
                    help="take a slot of this stage only (default: the first free one)")
     p.set_defaults(func=cmd_worker)

@@ -495,7 +495,9 @@ def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None
                                              "run's processes over TCP"),
              (["--tcp", "127.0.0.1", *keys, "--join-at", "127.0.0.1:0", "--remote",
                "dubble"], "--remote: unknown stage 'dubble' (did you mean 'double'?)"),
-             (["--tcp", "127.0.0.1", *keys, "--join-at", "nowhere"], "--join-at: ")]
+             (["--tcp", "127.0.0.1", *keys, "--join-at", "nowhere"], "--join-at: "),
+             (["--tcp", "0.0.0.0", *keys, "--join-at", "0.0.0.0:0", "--remote", "double"],
+              "--tcp 0.0.0.0: workers that join from other hosts are told where")]
     for args, error in cases:
         done = seda("run", "graph.yaml", *args, cwd=tmp_path)
         assert done.returncode == 2, (args, done.stderr)
@@ -510,6 +512,8 @@ def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None
         "--remote: stage 'double' has scale:, and the pool controller" in lines[0], done.stderr
     bad = seda("worker", "--join", "127.0.0.1:9", cwd=tmp_path)
     assert bad.returncode == 2 and "expected tcp://HOST:PORT" in bad.stderr
+    wild = seda("worker", "--join", "tcp://127.0.0.1:9", "--host", "0.0.0.0", cwd=tmp_path)
+    assert wild.returncode == 2 and "--host 0.0.0.0: give the address" in wild.stderr
     piped = subprocess.run([sys.executable, "-m", "seda.cli", "worker", "--join",
                             "tcp://127.0.0.1:9", "--keys", "-"], input="not a key\n",
                            cwd=tmp_path, env=run_env(tmp_path), capture_output=True,
@@ -532,8 +536,8 @@ def test_a_worker_on_another_host_joins_over_an_encrypted_link(tmp_path: Path) -
                 tmp_path, MARKED, "--tcp", host.here, "--keys", keys, "--join-at",
                 f"{host.here}:0", "--remote", "tag", "--workers", "tag=1") as run:
             url = join_url(run)
-            joiner = Joiner(tmp_path, url, "--keys", keys, "--host", host.there,
-                            where=host.command())
+            # (no --host: the worker binds its address on the route to the run)
+            joiner = Joiner(tmp_path, url, "--keys", keys, where=host.command())
             try:
                 assert run.wait() == 0, run.stderr
                 assert joiner.wait(timeout=10) == 0, joiner.stderr
@@ -541,7 +545,7 @@ def test_a_worker_on_another_host_joins_over_an_encrypted_link(tmp_path: Path) -
                 joiner.end()
         wire = pcap.read_bytes()
     assert run.results() == [{"count": 3000, "marked": 3000}], run.stderr
-    assert "joined from" in run.stderr
+    assert f" at {host.there} (pid" in run.stderr, run.stderr
     assert len(wire) > 3000 * 40  # both hops of every message crossed the link...
     assert MARK.encode() not in wire  # ... encrypted
 

@@ -28,6 +28,25 @@ from seda.runtime import secure
 ANSWER_WITHIN = 10.0  # s: how long a joining worker waits for the supervisor's answer
 
 
+ANY_HOST = ("0.0.0.0", "::", "*", "[::]")  # wildcards: bind-only, never an address to reach
+
+
+def address_towards(url: str) -> str:
+    """This host's address on the route to `url`'s host (tcp://HOST:PORT): the one the run's
+    processes reach a worker here by, unless told otherwise. (A UDP socket's connect picks
+    the route and sends nothing.)"""
+    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, int(port), 0,
+                                                           socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(where)
+            return str(probe.getsockname()[0])
+    except (OSError, ValueError):
+        return "127.0.0.1"
+
+
 def _dealer(context: zmq.Context[zmq.Socket[bytes]], url: str, keys: secure.Keys | None
             ) -> zmq.Socket[bytes]:
     sock = context.socket(zmq.DEALER)
