@@ -550,6 +550,30 @@ def test_a_worker_on_another_host_joins_over_an_encrypted_link(tmp_path: Path) -
     assert MARK.encode() not in wire  # ... encrypted
 
 
+def test_a_joined_worker_at_an_address_its_peers_cannot_reach_is_said(tmp_path: Path) -> None:
+    """A worker on another host that binds an address only its own host knows (its
+    loopback): alive, beating, but nothing can be sent to it. The run does not wait in
+    silence: the processes that send to it say whom they cannot reach, and where."""
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with other_host() as host, SedaRun(
+            tmp_path, chain(n=100000, gap=0.001), "--tcp", host.here, "--keys", keys,
+            "--join-at", f"{host.here}:0", "--remote", "double", "--workers",
+            "double=1") as run:
+        joiner = Joiner(tmp_path, join_url(run), "--keys", keys, "--host", "127.0.0.1",
+                        where=host.command())
+        try:
+            said = wait_for(lambda: re.search(r"cannot reach double\.0 at (tcp://\S+): "
+                                              r"nothing sent there got through for \d+ s",
+                                              run.err_file.read_text()), 30, "the warning")
+            assert said[1].startswith("tcp://127.0.0.1:"), said[0]
+            assert "stopped answering" not in run.err_file.read_text()  # (it lives)
+        finally:
+            run.signal(signal.SIGINT)
+            run.wait()
+            joiner.end()
+
+
 # ------------------------------------------------------------------ Ray places the workers
 RAY_CHAIN = """
 name: raychain

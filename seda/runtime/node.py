@@ -78,6 +78,7 @@ ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded
 FRAME_MAX = 256  # messages per DATA frame (and at most `limit` bytes: see envelope.bounded)
 ERROR_MAX, TB_MAX = 4096, 32768  # characters of an error and its traceback that travel
 HELLO_EVERY = 0.1
+UNREACHABLE_FOR = 5.0  # s: a live tcp peer that no send has reached for this long is said
 HELLO_EVERY_AT_START = 0.01  # ... for the first START_PHASE s: a peer not bound yet is soon
 START_PHASE = 2.0
 RECONNECT_IVL = (10, 100)  # ms: zmq's first retry to connect to a peer, doubling up to the
@@ -194,6 +195,11 @@ class Node:
         if keys is not None:
             secure.connect_as(self.outbox, keys)
         self.connected: dict[str, str] = {}  # peer -> the endpoint the outbox connects to
+        # tcp peers at a known address (until they are said down), and since when no send
+        # to each has got through: a live peer that this host cannot reach (an address it
+        # gave that only its own host knows) is said, not waited for in silence
+        self.reachable: set[str] = set()
+        self.failing: dict[str, float] = {}
         self.connect_peers({peer: plan.endpoint(peer) for peer in self.me.peers})
         self.poller = zmq.Poller()
         self.poller.register(self.inbox, zmq.POLLIN)
@@ -210,6 +216,9 @@ class Node:
             # zmq_ctx_term hanging -- it only retries, and routing ids pick the live pipe)
             self.outbox.connect(endpoint)
             self.connected[peer] = endpoint
+            if endpoint.startswith("tcp://"):
+                self.reachable.add(peer)
+                self.failing.pop(peer, None)
 
     def _socket(self) -> zmq.Socket[bytes]:
         sock = self.zmq.socket(zmq.ROUTER)
@@ -391,6 +400,8 @@ class Node:
     def on_control(self, order: Order) -> None:
         if isinstance(order, PeerDown):
             name = order.name
+            self.reachable.discard(name)  # (until its next incarnation's address comes)
+            self.failing.pop(name, None)
             if name in self.pool_of and self.pool_of[name] in self.dispatchers:
                 dispatcher = self.dispatchers[self.pool_of[name]]
                 culprits: set[int] | None = None
@@ -486,12 +497,28 @@ class Node:
     def send(self, peer: str, kind: bytes, body: bytes) -> bool:
         try:
             self.outbox.send_multipart([peer.encode(), kind, body], zmq.NOBLOCK)
+            if self.failing:
+                self.failing.pop(peer, None)
             return True
         except zmq.ZMQError as exc:
             if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 self.counters["unreachable"] += 1
+                if peer in self.reachable:
+                    self.failing.setdefault(peer, time.monotonic())
                 return False
             raise
+
+    def _say_unreachable(self, now: float) -> None:
+        """Peers at a tcp address that nothing sent has reached for UNREACHABLE_FOR s, and
+        that the supervisor has not said are down: alive, but not at that address from here
+        (a joined worker bound an address only its own host knows, or a firewall)."""
+        for peer, since in self.failing.items():
+            if now - since >= UNREACHABLE_FOR:
+                self.throttle.say(f"unreachable {peer}",
+                                  f"cannot reach {peer} at {self.connected.get(peer, '?')}: "
+                                  f"nothing sent there got through for {now - since:.0f} s "
+                                  f"(is it an address this host reaches? a worker that joined "
+                                  f"binds its --host: docs/cluster.md)")
 
     def report(self) -> None:
         links = {lk.name: [lk.up, lk.window, len(lk.pending), lk.isolated, lk.pid]
@@ -719,6 +746,8 @@ class Node:
                         self.send(link.name, HELLO, b"")
             if not self.results.links[self.origin].up:
                 self.results.grant(self.origin, ORIGIN_WINDOW)
+            if self.failing:
+                self._say_unreachable(now)
         if now >= self._next_stats:
             self._next_stats = now + STATS_EVERY
             self.report()
