@@ -320,6 +320,35 @@ def test_a_joined_worker_killed_mid_run_is_replaced_by_the_next_to_join(
     assert f"1 restarts ({host}: 1)" in run.stderr  # the summary: where the restarts were
 
 
+def test_sigterm_drains_the_work_joined_workers_hold(tmp_path: Path) -> None:
+    """SIGTERM while the slow middle stage, run by two joined workers, is behind: the drain
+    finishes what they hold before the sink finishes (the count is what the source read),
+    and the joined workers leave with the run, exit 0."""
+    from tests.test_run_faults import FOREVER
+
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    graph = FOREVER.replace("handler: stagekit:double", "handler: stagekit:slow_double")
+    with SedaRun(tmp_path, graph, "--tcp", "127.0.0.1", "--keys", keys, "--join-at",
+                 "127.0.0.1:0", "--remote", "double") as run:
+        url = join_url(run)
+        joiners = [Joiner(tmp_path, url, "--keys", keys) for _ in range(2)]
+        try:
+            wait_for(lambda: sent(run, "double", "collect") >= 40, 30, "work through both")
+            run.signal(signal.SIGTERM)
+            assert run.wait(timeout=30) == 128 + signal.SIGTERM, run.stderr
+            for joiner in joiners:
+                assert joiner.wait(timeout=10) == 0, joiner.stderr
+        finally:
+            for joiner in joiners:
+                joiner.end()
+    assert "pipeline 'endless' interrupted" in run.stderr
+    read = int(re.search(r"interrupted: (\d+) items", run.stderr)[1])  # type: ignore[index]
+    [total] = run.results()
+    assert total["count"] == read and read > 40, (total, read)
+    assert total["sum"] == 2 * sum(range(read))
+
+
 def test_a_joined_worker_exits_when_its_supervisor_is_gone(tmp_path: Path) -> None:
     secure.make_keys(tmp_path / "k")
     keys = str(tmp_path / "k")
