@@ -265,7 +265,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from seda.runtime.join import ANY_HOST, address_towards
+    from seda.names import ANY_HOST
+    from seda.runtime.join import address_towards
     from seda.runtime.join import main as join
     from seda.runtime.secure import load_keys
 
@@ -285,7 +286,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
     """--join-at and --remote, checked before anything starts."""
     from seda.errors import did_you_mean
-    from seda.names import parse_listen
+    from seda.names import ANY_HOST, parse_listen
 
     if args.ray is not None:
         placed = [s for s, st in spec.stages.items() if st.placement is not None]
@@ -307,7 +308,7 @@ def _remote(args: argparse.Namespace, spec: GraphSpec) -> None:
             raise SpecError([Problem("--join-at: workers from other hosts reach the run's "
                                      "processes over TCP: give --tcp HOST too",
                                      "<command line>")])
-        if args.tcp in ("0.0.0.0", "::", "*", "[::]"):
+        if args.tcp in ANY_HOST:
             raise SpecError([Problem(f"--tcp {args.tcp}: workers that join from other "
                                      f"hosts are told where the run's processes are: give "
                                      f"the address they reach this host by, not a wildcard",

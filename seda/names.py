@@ -12,6 +12,7 @@ MODELS: tuple[str, ...] = ("seda", "amped", "sped", "symped", "mp")
 MP_DEFAULT_PROCESSES = 1024  # connection processes alive at once under mp
 MAX_WORKERS = 256  # worker processes of one pool (a stage's `workers`, `--workers`)
 MAX_PROCESSES = {"symped": 256, "mp": 65_536}  # --processes: event loops; mp's cap
+ANY_HOST = ("0.0.0.0", "::", "*", "[::]")  # wildcards: a host to bind, never one to reach
 GRAPH_FORMATS: tuple[str, ...] = ("text", "dot", "svg", "json")  # seda graph --format
 
 _HOST_RE = re.compile(

@@ -28,9 +28,6 @@ from seda.runtime import secure
 ANSWER_WITHIN = 10.0  # s: how long a joining worker waits for the supervisor's answer
 
 
-ANY_HOST = ("0.0.0.0", "::", "*", "[::]")  # wildcards: bind-only, never an address to reach
-
-
 def address_towards(url: str) -> str:
     """This host's address on the route to `url`'s host (tcp://HOST:PORT): the one the run's
     processes reach a worker here by, unless told otherwise. (A UDP socket's connect picks

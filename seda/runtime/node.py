@@ -78,9 +78,9 @@ ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded
 FRAME_MAX = 256  # messages per DATA frame (and at most `limit` bytes: see envelope.bounded)
 ERROR_MAX, TB_MAX = 4096, 32768  # characters of an error and its traceback that travel
 HELLO_EVERY = 0.1
-UNREACHABLE_FOR = 5.0  # s: a live tcp peer that no send has reached for this long is said
 HELLO_EVERY_AT_START = 0.01  # ... for the first START_PHASE s: a peer not bound yet is soon
 START_PHASE = 2.0
+UNREACHABLE_FOR = 5.0  # s: a live tcp peer that no send has reached for this long is said
 RECONNECT_IVL = (10, 100)  # ms: zmq's first retry to connect to a peer, doubling up to the
 # second (zmq's default, 100 ms flat, cost a pipeline's start-up up to 0.1 s: a process that
 # starts first connects to a peer's endpoint before the peer has bound it)
@@ -703,10 +703,10 @@ class Node:
         host sends them to the supervisor, which writes them where the run keeps them (this
         host's disk is not that place); only if that cannot be sent now are they written
         here, at the same path."""
-        if not self.parent:
-            records = [deadletter.record(self.plan.graph, lt) for lt in letters]
-            if self.send(SUPERVISOR, STATUS, pack_record(DeadLetters(records), self.name)):
-                return ""
+        if not self.parent:  # (a report each: one is at most a message and its error)
+            letters = [lt for lt in letters if not self.send(
+                SUPERVISOR, STATUS, pack_record(DeadLetters(
+                    [deadletter.record(self.plan.graph, lt)]), self.name))]
         return deadletter.append(self.plan.dead_letter, self.plan.graph, letters)
 
     def _say_dead(self, letter: DeadLetter) -> None:

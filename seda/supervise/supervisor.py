@@ -484,9 +484,13 @@ class Supervisor:
         what = f"{title} on {child.host} (pid {pid}) failed to start: {error}"
         self._remote_gone(child, now, what)
         if not self.intensity.crashed(now):
-            self.failure = (f"restart limit reached: {len(self.intensity)} restarts within "
-                            f"{self.intensity.within:g} s (settings.restarts allows "
-                            f"{self.intensity.max}); last: {what}")
+            self.failure = self._over_limit(what)
+
+    def _over_limit(self, last: str) -> str:
+        intensity = self.intensity
+        return (f"restart limit reached: {len(intensity)} restarts within "
+                f"{intensity.within:g} s (settings.restarts allows {intensity.max}); "
+                f"last: {last}")
 
     def _remote_gone(self, child: Child, now: float, failed: str = "") -> None:
         title = self.plan.procs[child.name].title.removeprefix("seda: ")
@@ -843,10 +847,7 @@ class Supervisor:
         now = time.monotonic()
         self.restart_count += 1
         if not self.intensity.crashed(now):
-            intensity = self.intensity
-            self.failure = (f"restart limit reached: {len(intensity)} restarts within "
-                            f"{intensity.within:g} s (settings.restarts allows "
-                            f"{intensity.max}); last: {what}")
+            self.failure = self._over_limit(what)
             return
         LOG.warning(f"{what}; restarting")
         if lost:
