@@ -515,6 +515,23 @@ def test_a_host_that_cannot_run_the_stage_ends_the_run_at_the_restart_limit(
         said[-1] and said[-1] == run.stderr.splitlines()[-1], run.stderr
 
 
+def test_a_joined_worker_clears_the_folders_dead_ones_left(tmp_path: Path) -> None:
+    """A joined worker killed by SIGKILL (or with its node) leaves its private folder: the
+    next one to start on that host removes those whose process is gone, and only those."""
+    from seda.runtime.join import remove_stale
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # (a pid that was ours and is now free)
+    stale = tmp_path / f"seda-joined-{gone.pid}-abc123"
+    alive = tmp_path / f"seda-joined-{os.getpid()}-def456"
+    other = tmp_path / "seda-joined-notapid-x"
+    for folder in (stale, alive, other):
+        folder.mkdir()
+        (folder / "note").write_text("x")
+    remove_stale(str(tmp_path))
+    assert not stale.exists() and alive.exists() and other.exists()
+
+
 def test_join_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
     (tmp_path / "graph.yaml").write_text(chain(n=10))
     secure.make_keys(tmp_path / "k")

@@ -26,6 +26,22 @@ from seda.plan.deployment import Plan
 from seda.runtime import secure
 
 ANSWER_WITHIN = 10.0  # s: how long a joining worker waits for the supervisor's answer
+JOINED = "seda-joined-"  # a joined worker's own folder: JOINED + its pid + "-" + a random tail
+
+
+def remove_stale(folder: str) -> None:
+    """Remove the folders that joined workers which died unable to clean up (SIGKILL, their
+    node gone) left in `folder`: those whose pid is not a live process."""
+    for path in Path(folder).glob(f"{JOINED}*-*"):
+        pid = path.name[len(JOINED):].partition("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # (alive, another user's)
+            pass
 
 
 def address_towards(url: str) -> str:
@@ -116,7 +132,8 @@ def main(url: str, keys_path: str, host: str, stage: str = "") -> int:
     """`keys_path` "-": the secret key read from stdin (as a Ray actor hands it over): in a
     file of this worker's private folder only until its sockets have it."""
     configure("worker", "", "info", "text", False)
-    run_dir = tempfile.mkdtemp(prefix="seda-joined-")
+    remove_stale(tempfile.gettempdir())
+    run_dir = tempfile.mkdtemp(prefix=f"{JOINED}{os.getpid()}-")
     try:
         given = keys_path == "-"
         if given:
