@@ -259,6 +259,7 @@ def test_hot_path_tool_drives_a_worker_and_the_acceptor(root: Path) -> None:
     finally:
         sys.path.remove(str(root / "tools"))
     assert hot_path.worker_path(messages=640, reps=1) > 0
+    assert hot_path.worker_floor_path(messages=640, reps=1) > 0
     assert hot_path.acceptor_path(requests=64, reps=1) > 0
 
 

@@ -6,6 +6,10 @@
 
   worker    the middle stage of tools/bench_pipeline.py's chain (`double`): DATA frames of 64
             messages in, its DATA frames out, the sink's receipts back in
+  worker-floor  not seda: the least a batch-native worker (the runtime issue's first item)
+            would do for the same frames -- a frame [stage, header, payloads] unpacked and
+            checked once, the handler called once a payload, the results packed under one
+            header, one receipt a frame: what is left when no per-message bookkeeping is
   acceptor  graphs/hello.yaml's acceptor under AMPED: HTTP requests fed to 64 connections,
             its DATA frames out, the worker's RESULT frames (a reply each) back in, replies
             written to stub transports
@@ -90,6 +94,40 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
                 spent += time.perf_counter() - began
             best = min(best, spent / len(frames) / 64 * 1e6)
         worker.close()
+    return best
+
+
+def worker_floor_path(messages: int = 200_000, reps: int = 3) -> float:
+    """us per message of the batch-native floor for worker_path's frames (best of reps)."""
+    import bench_pipeline
+    import msgpack
+
+    handler, ctx = bench_pipeline.double, object()
+    frames = [msgpack.packb(["double", [start, "source", 1, 0.0, time.time_ns()],
+                             [bench_pipeline.item(i) for i in range(start, start + 64)]])
+              for start in range(0, messages, 64)]
+    sent: list[bytes] = []
+    best = float("inf")
+    for _ in range(reps):
+        began = time.perf_counter()
+        for body in frames:
+            stage, header, payloads = msgpack.unpackb(body)
+            if type(stage) is not str or type(header) is not list or len(header) != 5 or \
+                    type(payloads) is not list:
+                raise ValueError("malformed frame")
+            out: list[Any] = []
+            append = out.append
+            for payload in payloads:
+                try:
+                    value = handler(payload, ctx)
+                except Exception:  # (failed by index, in a real one)
+                    continue
+                if value is not None:
+                    append(value)
+            sent.append(msgpack.packb(["sink", header, out]))
+            sent.append(msgpack.packb([header[0]]))  # the receipt: one a batch
+        best = min(best, (time.perf_counter() - began) / len(frames) / 64 * 1e6)
+        sent.clear()
     return best
 
 
@@ -338,8 +376,9 @@ def asgi_uvicorn_path(requests: int = 12_800, reps: int = 5) -> float:
     return on_new_loop(run())
 
 
-PATHS = {"worker": worker_path, "acceptor": acceptor_path, "inline-async": inline_async_path,
-         "asgi-app": asgi_app_path, "asgi-uvicorn": asgi_uvicorn_path}
+PATHS = {"worker": worker_path, "worker-floor": worker_floor_path, "acceptor": acceptor_path,
+         "inline-async": inline_async_path, "asgi-app": asgi_app_path,
+         "asgi-uvicorn": asgi_uvicorn_path}
 
 
 def measure(tree: Path, path: str) -> float:
