@@ -8,7 +8,10 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -174,80 +177,67 @@ def test_a_benchmark_stopped_by_sigterm_stops_the_servers_it_started() -> None:
         psutil.wait_procs(seen, timeout=5)
 
 
-def test_the_amped_ceiling_answers_and_stops_its_worker_on_sigterm(root: Path) -> None:
-    """tools/bench_http.py's amped-min (the AMPED ceiling beside seda in the benchmark):
-    real HTTP over its zmq round trip, then SIGTERM ends it and its worker process."""
+@contextmanager
+def contender(root: Path, flag: str) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """A server of tools/bench_http.py (`--serve-...`) on a free port, with a keep-alive
+    connection whose first GET / is sent once it listens; killed at the end if still up."""
     import http.client
-    import signal
     import socket
     import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(root / "tools" / "bench_http.py"),
-                               "--serve-amped-min", str(port)])
+    server = subprocess.Popen([sys.executable, str(root / "tools" / "bench_http.py"), flag,
+                               str(port)])
     try:
         deadline = time.monotonic() + 30
-        while True:  # it listens once its worker is up
+        while True:  # it listens once it is up (amped-min: once its worker is)
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 conn.request("GET", "/")
                 break
             except OSError:
-                assert time.monotonic() < deadline, "amped-min never listened"
+                assert time.monotonic() < deadline, f"{flag}: never listened"
                 time.sleep(0.05)
+        yield server, conn
+        conn.close()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_the_amped_ceiling_answers_and_stops_its_worker_on_sigterm(root: Path) -> None:
+    """tools/bench_http.py's amped-min (the AMPED ceiling beside seda in the benchmark):
+    real HTTP over its zmq round trip, then SIGTERM ends it and its worker process."""
+    import signal
+
+    with contender(root, "--serve-amped-min") as (server, conn):
         for _ in range(3):  # keep-alive: several round trips on one connection
             response = conn.getresponse()
             assert (response.status, response.read()) == (200, b"hello, world\n")
             conn.request("GET", "/")
         conn.getresponse().read()
-        conn.close()
         worker = psutil.Process(server.pid).children(recursive=True)
         assert len(worker) == 1
         server.send_signal(signal.SIGTERM)
         assert server.wait(15) == 0
         _, alive = psutil.wait_procs(worker, timeout=10)
         assert not alive, "the amped-min worker outlived its server"
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
 
 
 def test_the_uvicorn_contender_serves_the_same_hello_and_stops(root: Path) -> None:
     """tools/bench_http.py's uvicorn contender (a raw ASGI app, one worker) answers what the
     other contenders answer, and SIGTERM ends it."""
-    import http.client
     import signal
-    import socket
-    import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(root / "tools" / "bench_http.py"),
-                               "--serve-uvicorn", str(port)])
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/")
-                response = conn.getresponse()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "uvicorn never listened"
-                time.sleep(0.05)
+    with contender(root, "--serve-uvicorn") as (server, conn):
+        response = conn.getresponse()
         assert (response.status, response.read()) == (200, b"hello, world\n")
-        conn.close()
         server.send_signal(signal.SIGTERM)
         # (uvicorn shuts down, then raises the signal it caught again: 128 + SIGTERM)
         assert server.wait(15) in (0, 128 + signal.SIGTERM, -signal.SIGTERM)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
 
 
 def test_hot_path_tool_drives_a_worker_and_the_acceptor(root: Path) -> None:
