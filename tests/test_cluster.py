@@ -288,6 +288,29 @@ def test_workers_that_join_run_a_stage_and_leave_with_the_run(tmp_path: Path) ->
     assert total == {"count": n, "sum": 2 * sum(range(n))}
 
 
+def test_a_run_waiting_for_workers_says_so_and_goes_on_when_one_joins(
+        tmp_path: Path) -> None:
+    """No worker has joined for 5 s: the run says which slots are empty and how to fill
+    them (it waits: nothing is lost); one joins, and the run does its work."""
+    secure.make_keys(tmp_path / "k")
+    keys = str(tmp_path / "k")
+    with SedaRun(tmp_path, chain(n=200), "--tcp", "127.0.0.1", "--keys", keys, "--join-at",
+                 "127.0.0.1:0", "--remote", "double", "--workers", "double=1") as run:
+        url = join_url(run)
+        said = wait_for(lambda: re.search(r"1 worker slot still empty \(double\.0\): start "
+                                          r"them with seda worker --join (tcp://\S+)",
+                                          run.err_file.read_text()), 20, "the empty slot")
+        assert said[1] == url
+        joiner = Joiner(tmp_path, url, "--keys", keys)
+        try:
+            assert run.wait() == 0, run.stderr
+            assert joiner.wait(timeout=10) == 0, joiner.stderr
+        finally:
+            joiner.end()
+    [total] = run.results()
+    assert total == {"count": 200, "sum": 2 * sum(range(200))}
+
+
 def test_a_joined_worker_killed_mid_run_is_replaced_by_the_next_to_join(
         tmp_path: Path) -> None:
     n = 3000
@@ -830,6 +853,29 @@ def test_when_the_supervisor_dies_no_worker_ray_started_outlives_it(tmp_path: Pa
                     w.status() != psutil.STATUS_ZOMBIE]
             assert not left, (left, time.monotonic() - gone)
             run.wait()
+    finally:
+        cluster.shutdown()
+
+
+def test_a_stage_no_ray_node_can_place_is_said_and_the_run_stops_cleanly(
+        tmp_path: Path) -> None:
+    """The middle stage asks for a resource no node of the Ray cluster has: Ray keeps its
+    actor pending, and the run says why its slot is empty instead of waiting in silence;
+    Ctrl-C ends it, and the pending actor with it."""
+    from ray.cluster_utils import Cluster
+
+    (tmp_path / "marked.py").write_text(MARKED_PY)
+    secure.make_keys(tmp_path / "k")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        with SedaRun(tmp_path, RAY_CHAIN.replace("workers: 2", "workers: 1"), "--tcp",
+                     "127.0.0.1", "--keys", str(tmp_path / "k"), "--ray",
+                     cluster.address) as run:
+            wait_for(lambda: "1 worker slot still empty (tag.0): Ray has not started their "
+                             "workers yet" in run.err_file.read_text(), 60, "the empty slot")
+            run.signal(signal.SIGINT)
+            assert run.wait(timeout=60) != 0
+        assert "joined from" not in run.stderr
     finally:
         cluster.shutdown()
 

@@ -88,6 +88,7 @@ STATUS_EVERY = 0.5  # s between snapshots (children report every 0.5 s)
 WAVE_PATIENCE = 0.5  # s before a probe wave that has not completed is sent again
 BEAT_EVERY = 1.0  # s between the beats sent to joined workers
 REMOTE_SILENCE = 3.0  # s without a report before a joined worker is taken for gone
+VACANT_SAY = (5.0, 30.0)  # s: a slot empty this long is said, then again every so often
 TICK = 0.05  # s between the supervisor's rounds of checks
 TICK_ENDING = 0.005  # the same, once the source is exhausted or the run is ending
 
@@ -249,6 +250,7 @@ class Supervisor:
                             for n in self.plan.pool_procs[self.plan.stage_pool[stage]]]
         self.join_url = ""
         self.next_beat = 0.0
+        self.vacancy_note = 0.0  # when empty slots are said next (0: none empty)
         self.children: dict[str, Child] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}  # figures of dead incarnations (see totals)
@@ -462,14 +464,34 @@ class Supervisor:
         beat = now >= self.next_beat
         if beat:
             self.next_beat = now + BEAT_EVERY
+        vacant = []
         for name in self.plan.remote:
             child = self.children[name]
             if not child.alive():
+                if name not in self.scaler.parked:
+                    vacant.append(name)
                 continue
             if now - self.heard.get(name, child.started) > REMOTE_SILENCE:
                 self._remote_gone(child, now)
             elif beat:
                 self.send(name, Beat())
+        self._say_vacant(vacant, now)
+
+    def _say_vacant(self, vacant: list[str], now: float) -> None:
+        """Slots that no worker has filled for VACANT_SAY[0] s, said then and every
+        VACANT_SAY[1] s while they stay empty: a run waiting for workers says so."""
+        if not vacant or self.phase != "running":
+            self.vacancy_note = 0.0
+            return
+        if not self.vacancy_note:
+            self.vacancy_note = now + VACANT_SAY[0]
+        elif now >= self.vacancy_note:
+            self.vacancy_note = now + VACANT_SAY[1]
+            how = ("Ray has not started their workers yet: does a node offer what the "
+                   "stage's placement: asks for?") if self.placer is not None else \
+                f"start them with seda worker --join {self.join_url}"
+            LOG.warning(f"{len(vacant)} worker slot{'' if len(vacant) == 1 else 's'} "
+                        f"still empty ({', '.join(vacant)}): {how}")
 
     def _remote_failed(self, name: str, pid: int, error: str) -> None:
         """A joined worker could not start (its handlers failed to import or to set up on its
