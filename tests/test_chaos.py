@@ -124,21 +124,24 @@ def test_a_worker_killed_every_second_under_load(tmp_path: Path) -> None:
         assert counts["requests"] == counts["responses"] == len(answers), counts
 
 
-def test_a_pipeline_loses_nothing_with_a_worker_killed_every_second(tmp_path: Path) -> None:
+def test_a_pipeline_loses_nothing_with_its_workers_killed_again_and_again(tmp_path: Path) -> None:
     """Every item is a result of its own, through two sink workers: a worker killed after
     its outputs reached one sink worker has its inputs run again, and their outputs may
     reach the other sink worker, which has not seen them -- such duplicates get as far as
-    the source, which must drop them (test_source.py shows that without timing). The
-    output is compared whole: every item exactly once."""
-    n, kills = 20000, 15
+    the source, which must drop them. The output is compared whole: every item exactly
+    once. (A kill makes duplicates only inside a window about a hop long -- after a sink
+    has the outputs, before their inputs are DONE upstream -- so a run may have none:
+    test_source.py shows the source dropping them without timing. 30 kills: 1-20 dropped
+    in most runs.)"""
+    n, kills = 20000, 30
     rng = random.Random(3)
     graph = chain(n=n, gap=0.001, restarts=100, sink="echo", sinks=2)
     with SedaRun(tmp_path, graph) as run:
         wait_for(lambda: len(run.workers("seda: worker double")) == 2, 30, "the workers")
         for _ in range(kills):
-            time.sleep(1.0)
-            alive = run.workers("seda: worker double")  # stateless: a re-run redoes its work
-            assert alive, run.err_file.read_text()
+            time.sleep(0.6)
+            # (stateless: a re-run redoes its work; both may be restarting, backing off)
+            alive = wait_for(lambda: run.workers("seda: worker double"), 10, "a live worker")
             rng.choice(alive).send_signal(signal.SIGKILL)
         assert run.wait() == 0, run.stderr
     assert run.stderr.count("killed by SIGKILL; restarting") == kills
@@ -146,8 +149,7 @@ def test_a_pipeline_loses_nothing_with_a_worker_killed_every_second(tmp_path: Pa
     assert len(results) == n and sorted(results) == [2 * i for i in range(n)]
     summary = run.stderr.strip().splitlines()[-1]
     assert f"pipeline 'chain' finished: {n} items" in summary
-    dropped = int(re.search(r"(\d+) duplicates dropped", summary).group(1))  # type: ignore
-    assert dropped > 0, summary  # the kills did make duplicates, and they were dropped
+    assert re.search(r"\d+ duplicates dropped", summary), summary
     print(f"\n{summary}")
 
 
