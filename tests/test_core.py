@@ -238,7 +238,7 @@ def test_oversized_frames_are_refused() -> None:
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="over the 100-byte limit"):
-        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200, 1, 1]], 0]), 100)
+        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200, 1, 1]], 0, 1]), 100)
 
 
 

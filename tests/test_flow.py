@@ -1,10 +1,14 @@
-"""Dispatcher and Tracker: credit, load-aware choice, re-dispatch, receipts (pure, fake clock)."""
+"""Dispatcher and Tracker: credit, load-aware choice, re-dispatch, receipts (pure, fake clock).
+
+Most tests here are about messages: their dispatchers put each message in a frame of its own
+(`frame_max=1`), and `done`/`failed` below name messages by id. The tests under "frames"
+are about the books kept per frame."""
 
 from __future__ import annotations
 
 import pytest
 
-from seda.engine.credit import Dispatcher, SeenIds, Tracker
+from seda.engine.credit import Dispatcher, Frame, SeenIds, Tracker
 from seda.engine.wire import ATTEMPT, ID
 
 
@@ -20,14 +24,34 @@ def env(i: int) -> list[object]:
     return [i, "source", 1, 0.0, f"item {i}", i, 1]
 
 
-def make(workers: int = 2, attempts: int = 3) -> tuple[Dispatcher, Clock]:
+def make(workers: int = 2, attempts: int = 3, frame_max: int = 1
+         ) -> tuple[Dispatcher, Clock]:
     clock = Clock()
-    d = Dispatcher("p", [f"p.{i}" for i in range(workers)], lambda _s: attempts, clock)
+    d = Dispatcher("p", [f"p.{i}" for i in range(workers)], lambda _s: attempts, clock,
+                   keys=1000, frame_max=frame_max)
     return d, clock
 
 
-def sent_ids(out: dict[str, list[tuple[str, list[object], float]]]) -> dict[str, list[int]]:
-    return {w: [e[ID] for _, e, _ in batch] for w, batch in out.items()}  # type: ignore[misc]
+def sent_ids(out: dict[str, list[Frame]]) -> dict[str, list[int]]:
+    return {w: [e[ID] for f in frames for e in f.envs] for w, frames in out.items()}
+
+
+def keys_of(d: Dispatcher, worker: str, ids: list[int]) -> list[int]:
+    """The keys of the frames `worker` holds that hold one of `ids`."""
+    link = d.links.get(worker)
+    return [f.key for f in link.pending.values() if any(e[ID] in ids for e in f.envs)] \
+        if link is not None else []
+
+
+def done_ids(d: Dispatcher, worker: str, ids: list[int]) -> int:
+    """The worker says DONE of the frames that hold these messages."""
+    return d.done(worker, keys_of(d, worker, ids) or [-1])
+
+
+def fail_id(d: Dispatcher, worker: str, msg_id: int, *args: object) -> object:
+    """The worker says message `msg_id` failed (by its frame's key)."""
+    keys = keys_of(d, worker, [msg_id]) or [-1]
+    return d.failed(worker, keys[0], msg_id, *args)  # type: ignore[arg-type]
 
 
 def test_nothing_is_sent_without_credit() -> None:
@@ -45,7 +69,7 @@ def test_window_bounds_what_a_worker_holds() -> None:
         d.submit("s", env(i))
     assert sent_ids(d.dispatch()) == {"p.0": [0, 1, 2]}
     assert d.dispatch() == {}
-    assert d.done("p.0", [0, 1]) == 2
+    assert done_ids(d, "p.0", [0, 1]) == 2
     assert sent_ids(d.dispatch()) == {"p.0": [3, 4]}
     assert d.in_flight() == 3 and len(d.queue) == 5
 
@@ -71,7 +95,7 @@ def test_a_stalled_worker_gets_no_more_work_while_another_can_take_it() -> None:
         d.submit("s", env(i))
         for worker, ids in sent_ids(d.dispatch()).items():
             assert worker == "p.1", f"message {ids} queued behind the stalled worker"
-            d.done(worker, ids)
+            done_ids(d, worker, ids)
     assert d.in_flight() == 1
 
 
@@ -88,7 +112,7 @@ def test_one_slow_first_round_trip_does_not_hide_a_stalled_worker() -> None:
     d.submit("s", env(1))
     assert sent_ids(d.dispatch()) == {"p.1": [1]}
     clock.now += 0.08  # a cold first answer: 80 ms
-    d.done("p.1", [1])
+    done_ids(d, "p.1", [1])
     lag: list[int] = []  # p.1 answers each message two arrivals later: it holds two
     for i in range(2, 40):
         clock.now += 0.01
@@ -97,7 +121,7 @@ def test_one_slow_first_round_trip_does_not_hide_a_stalled_worker() -> None:
             assert worker == "p.1", f"message {ids} queued behind the stalled worker"
             lag += ids
         if len(lag) > 2:
-            d.done("p.1", [lag.pop(0)])
+            done_ids(d, "p.1", [lag.pop(0)])
     assert d.in_flight() == 3
 
 
@@ -123,14 +147,14 @@ def test_down_worker_messages_go_out_again_as_one_group_uncharged() -> None:
     d.grant("p.1", 4, pid=11)
     d.submit("s", env(3))
     assert sent_ids(d.dispatch()) == {"p.1": [3]}  # p.1 is the last free worker: kept free
-    d.done("p.1", [3])
+    done_ids(d, "p.1", [3])
     clock.now += d.SPARE_WAIT  # p.0 is not coming back: the suspects take p.1 after all
     assert sent_ids(d.dispatch()) == {"p.1": [0, 1, 2]}  # the group, on a worker of its own
     d.submit("s", env(4))
     assert d.dispatch() == {}  # nothing joins it
-    d.done("p.1", [0, 1])
+    done_ids(d, "p.1", [0, 1])
     assert d.links["p.1"].isolated and d.dispatch() == {}
-    d.done("p.1", [2])  # the whole group is done: no poison among them
+    done_ids(d, "p.1", [2])  # the whole group is done: no poison among them
     assert not d.links["p.1"].isolated and sent_ids(d.dispatch()) == {"p.1": [4]}
 
 
@@ -153,7 +177,7 @@ def test_a_group_of_suspects_that_kills_again_is_halved_until_the_poison_is_alon
             letters += d.down("p.0", pid=pid)
             pid += 1
         else:
-            d.done("p.0", ids)
+            done_ids(d, "p.0", ids)
             done += ids
     assert not d.suspects
     [letter] = letters
@@ -196,7 +220,7 @@ def test_a_poison_never_takes_the_whole_pool_down() -> None:
         clock.now += 0.5
         d.submit("s", env(pid))  # normal work meanwhile goes to p.1; the suspect waits
         assert sent_ids(d.dispatch()) == {"p.1": [pid]}
-        d.done("p.1", [pid])
+        done_ids(d, "p.1", [pid])
         d.grant("p.0", 4, pid=pid)  # p.0 is back: the suspect goes there, alone
         assert sent_ids(d.dispatch()) == {"p.0": [0]}
         letters = d.down("p.0", pid=pid)
@@ -210,9 +234,9 @@ def test_handler_failure_retries_then_dead_letters() -> None:
     d.grant("p.0", 4, pid=10)
     d.submit("s", env(1))
     d.dispatch()
-    assert d.failed("p.0", 1, "s: ValueError: bad", "tb") is None
+    assert fail_id(d, "p.0", 1, "s: ValueError: bad", "tb") is None
     assert sent_ids(d.dispatch()) == {"p.0": [1]}
-    letter = d.failed("p.0", 1, "s: ValueError: bad", "tb")
+    letter = fail_id(d, "p.0", 1, "s: ValueError: bad", "tb")
     assert letter is not None and letter.error == "s: ValueError: bad"
 
 
@@ -223,7 +247,7 @@ def test_a_failure_with_a_status_is_not_retried() -> None:
     d.grant("p.0", 4, pid=10)
     d.submit("s", env(1))
     d.dispatch()
-    letter = d.failed("p.0", 1, "s: the handler ran over its time limit (1 s)", "", 504)
+    letter = fail_id(d, "p.0", 1, "s: the handler ran over its time limit (1 s)", "", 504)
     assert letter is not None and letter.status == 504 and not d.queue
     assert not d.dispatch()
 
@@ -269,34 +293,51 @@ def test_a_dropped_frame_sends_what_the_worker_held_again_charged() -> None:
     assert d.bounced("nobody") == []
 
 
-def test_a_message_too_large_to_send_is_forgotten_not_taken_back() -> None:
-    d, _ = make(workers=1)
+def test_a_frame_split_in_parts_keeps_its_messages_and_drops_one_too_large() -> None:
+    d, _ = make(workers=1, frame_max=8)
     d.grant("p.0", 8, pid=10)
-    for i in (1, 2):
+    for i in (1, 2, 3):
         d.submit("s", env(i))
-    batch = d.dispatch()["p.0"]
-    d.forget("p.0", 1)  # failed alone (too large): it must not go out again
-    d.unreachable("p.0", batch)
-    assert [e[ID] for _, e in d.queue] == [2] and d.in_flight() == 0
+    [frame] = d.dispatch()["p.0"]
+    parts = d.split("p.0", frame, [[frame.envs[0]], [frame.envs[2]]])  # 2: too large
+    assert [[e[ID] for e in f.envs] for f in parts] == [[1], [3]]
+    assert len({frame.key, *(f.key for f in parts)}) == 3 and d.in_flight() == 2
+    d.unreachable("p.0", parts)
+    assert [e[ID] for _, e in d.queue] == [1, 3] and d.in_flight() == 0
 
 
 def test_tracker_reports_done_only_after_every_output_is_received() -> None:
     t = Tracker()
-    assert t.add("a.0", [1, 2], [101, 102]) == []
-    assert t.add("b.0", [7], [103]) == []
+    a = t.open("a.0", 1, 2)
+    b = t.open("b.0", 7, 1)
+    assert not t.settle(a, 2, [101, 102])
+    assert not t.settle(b, 1, [103])
     assert t.received([101]) == []
     assert t.received([999]) == []
-    [group] = t.received([102])
-    assert (group.sender, group.inputs) == ("a.0", [1, 2])
+    [book] = t.received([102])
+    assert (book.sender, book.key) == ("a.0", 1)
     assert len(t) == 1
-    [group] = t.received([103, 101])  # a receipt that came twice counts once
-    assert (group.sender, group.inputs) == ("b.0", [7])
+    [book] = t.received([103, 101])  # a receipt that came twice counts once
+    assert (book.sender, book.key) == ("b.0", 7)
     assert len(t) == 0
 
 
-def test_tracker_without_outputs_is_done_at_once() -> None:
+def test_tracker_without_outputs_is_done_once_every_message_is_settled() -> None:
     t = Tracker()
-    assert t.add("a.0", [1, 2], []) == [1, 2]
+    book = t.open("a.0", 1, 3)
+    assert not t.settle(book, 1, []) and not t.settle(book, 1, [])  # (async: one at a time)
+    assert t.settle(book, 1, []) and len(t) == 0
+
+
+def test_tracker_waits_for_the_messages_of_a_frame_still_running() -> None:
+    """An async worker settles a frame's messages one by one: the frame is DONE once the
+    last is settled and every output of all of them is received, in either order."""
+    t = Tracker()
+    book = t.open("a.0", 5, 2)
+    assert not t.settle(book, 1, [101])
+    assert t.received([101]) == []  # one message still runs
+    assert not t.settle(book, 1, [102])
+    assert t.received([102]) == [book]
 
 
 def test_seen_ids_window() -> None:
@@ -381,7 +422,7 @@ def test_idle_workers_take_turns() -> None:
     for i in range(4):
         d.submit("s", env(i))
         [(worker, [msg])] = sent_ids(d.dispatch()).items()
-        d.done(worker, [msg])
+        done_ids(d, worker, [msg])
         got.append(worker)
     assert got == ["p.0", "p.1", "p.0", "p.1"]
 
@@ -418,27 +459,28 @@ def test_receipts_for_unknown_messages_or_workers_are_ignored() -> None:
     d.submit("s", env(1))
     d.dispatch()
     rtt = d.rtt
-    assert d.done("nobody", [1]) == 0
-    assert d.done("p.0", [99, 1, 98]) == 1  # only the one it holds
-    assert d.failed("nobody", 1, "e", "t") is None
-    assert d.failed("p.0", 99, "e", "t") is None
-    d.forget("p.0", 99)
-    d.forget("nobody", 1)
+    [key] = keys_of(d, "p.0", [1])
+    assert d.done("nobody", [key]) == 0
+    assert d.failed("nobody", key, 1, "e", "t") is None
+    assert d.failed("p.0", key, 99, "e", "t") is None  # not in that frame
+    assert d.failed("p.0", key + 1, 1, "e", "t") is None  # not that frame
+    assert d.received("nobody", [key]) == []
+    assert d.done("p.0", [key + 7, key, key + 9]) == 1  # only the one it holds
     assert d.rtt == pytest.approx(0.9 * rtt)  # the sample: sent and done at the same instant
     d.submit("s", env(2))
     d.dispatch()
     clock.now += 1.0
-    d.done("p.0", [2])
+    done_ids(d, "p.0", [2])
     assert d.rtt == pytest.approx(0.9 * 0.9 * rtt + 0.1 * 1.0)
 
 
 def test_failures_are_charged_against_their_own_stage() -> None:
     d = holding_a_and_b()
-    letter = d.failed("p.0", 1, "a: boom", "tb-a")
+    letter = fail_id(d, "p.0", 1, "a: boom", "tb-a")
     assert letter is not None
     assert (letter.stage, letter.env[ID], letter.error, letter.traceback) == (
         "a", 1, "a: boom", "tb-a")
-    assert d.failed("p.0", 2, "b: boom", "tb-b") is None  # b has attempts left
+    assert fail_id(d, "p.0", 2, "b: boom", "tb-b") is None  # b has attempts left
 
 
 def test_a_grant_without_a_pid_or_with_the_same_one_changes_nothing_held() -> None:
@@ -539,17 +581,94 @@ def test_an_unreachable_worker_offers_no_credit_and_keeps_suspects_apart() -> No
     assert [e[ID] for _, e in d.suspects] == [1, 2] and list(d.groups) == [2]
 
 
-def test_tracker_groups_stay_apart_and_duplicates_in_flight_are_not_tracked_twice() -> None:
+def test_tracker_books_stay_apart_and_duplicates_in_flight_are_not_tracked_twice() -> None:
     t = Tracker()
-    assert t.add("a.0", [1], [101]) == []
-    assert t.add("a.0", [2], [102]) == []
-    assert t.add("a.0", [3], [103]) == []
-    assert t.add("b.0", [9], [101]) == [9]  # its only output is already tracked: done now
-    assert t.add("b.0", [8], [101, 104]) == []  # one new output: waits for that one
-    assert [g.inputs for g in t.received([999, 102])] == [[2]]  # (an unknown one first)
-    assert [g.inputs for g in t.received([104])] == [[8]]
-    assert [g.inputs for g in t.received([101, 103])] == [[1], [3]]
+    one, two, three = (t.open("a.0", k, 1) for k in (1, 2, 3))
+    assert not t.settle(one, 1, [101])
+    assert not t.settle(two, 1, [102])
+    assert not t.settle(three, 1, [103])
+    assert t.settle(t.open("b.0", 9, 1), 1, [101])  # its only output is already tracked
+    eight = t.open("b.0", 8, 1)
+    assert not t.settle(eight, 1, [101, 104])  # one new output: waits for that one
+    assert [b.key for b in t.received([999, 102])] == [2]  # (an unknown one first)
+    assert [b.key for b in t.received([104])] == [8]
+    assert sorted(b.key for b in t.received([101, 103])) == [1, 3]
     assert len(t) == 0
+
+
+# ---------------------------------------------------------------- frames
+
+def test_messages_go_in_frames_of_one_stage_and_at_most_frame_max() -> None:
+    d, _ = make(workers=1, frame_max=3)
+    d.grant("p.0", 16, pid=10)
+    for i, stage in enumerate("aaaaabba"):
+        d.submit(stage, env(i))
+    frames = d.dispatch()["p.0"]
+    assert [(f.stage, [e[ID] for e in f.envs]) for f in frames] == [
+        ("a", [0, 1, 2]), ("a", [3, 4]), ("b", [5, 6]), ("a", [7])]
+    assert len({f.key for f in frames}) == 4 and d.in_flight() == 8
+    assert d.links["p.0"].available() == 8
+
+
+def test_one_receipt_and_one_done_settle_a_whole_frame() -> None:
+    d, _ = make(workers=1, frame_max=64)
+    d.grant("p.0", 64, pid=10)
+    for i in range(10):
+        d.submit("s", env(i))
+    [frame] = d.dispatch()["p.0"]
+    assert d.received("p.0", [frame.key]) == list(range(10))  # the tracker's outputs
+    assert d.received("p.0", [frame.key]) == []  # a receipt that came twice: once
+    assert d.done("p.0", [frame.key]) == 10
+    assert d.in_flight() == 0 and d.links["p.0"].available() == 64
+
+
+def test_a_failed_message_leaves_its_frame_and_the_rest_are_done_with_it() -> None:
+    d, _ = make(workers=1, attempts=3, frame_max=64)
+    d.grant("p.0", 64, pid=10)
+    for i in range(4):
+        d.submit("s", env(i))
+    [frame] = d.dispatch()["p.0"]
+    assert d.failed("p.0", frame.key, 2, "s: ValueError: x", "tb") is None  # retried
+    assert [e[ID] for _, e in d.queue] == [2] and d.in_flight() == 3
+    assert d.failed("p.0", frame.key, 2, "s: ValueError: x", "tb") is None  # (again: gone)
+    assert d.done("p.0", [frame.key]) == 3
+    [again] = d.dispatch()["p.0"]
+    assert [(e[ID], e[ATTEMPT]) for e in again.envs] == [(2, 2)]
+
+
+def test_a_dead_worker_gives_back_every_message_of_its_frames_in_order() -> None:
+    d, _ = make(workers=1, frame_max=2)
+    d.grant("p.0", 8, pid=10)
+    for i in range(5):
+        d.submit("s", env(i))
+    frames = d.dispatch()["p.0"]
+    assert d.done("p.0", [frames[1].key]) == 2  # frames are done in any order
+    assert d.down("p.0", pid=10) == []
+    assert [e[ID] for _, e in d.suspects] == [0, 1, 4] and list(d.groups) == [3]
+
+
+def test_an_unreachable_worker_takes_back_only_the_frames_not_sent() -> None:
+    d, _ = make(workers=1, frame_max=2)
+    d.grant("p.0", 8, pid=10)
+    for i in range(5):
+        d.submit("s", env(i))
+    frames = d.dispatch()["p.0"]
+    d.unreachable("p.0", frames[1:])  # the first went out
+    assert [e[ID] for _, e in d.queue] == [2, 3, 4] and d.in_flight() == 2
+
+
+def test_each_sender_keys_its_frames_from_a_random_start() -> None:
+    """A restarted sender must not reuse its predecessor's keys (a worker may still answer
+    those); keys are at least 2**40, so that every frame's key packs to the same size."""
+    firsts = set()
+    for _ in range(3):
+        d = Dispatcher("p", ["p.0"], lambda _s: 3)
+        d.grant("p.0", 4, pid=10)
+        d.submit("s", env(1))
+        [frame] = d.dispatch()["p.0"]
+        assert frame.key >= 1 << 40
+        firsts.add(frame.key)
+    assert len(firsts) == 3
 
 
 # ---------------------------------------------------------------- retry: what may run twice
@@ -569,7 +688,7 @@ def make_retry(policy: str, workers: int = 1) -> Dispatcher:
                                       and not env[REQUEST] & ONCE)  # type: ignore[operator]
 
     return Dispatcher("p", [f"p.{i}" for i in range(workers)], lambda _s: 3, Clock(),
-                      rerun=rerun)
+                      rerun=rerun, frame_max=1)
 
 
 @pytest.mark.parametrize(("policy", "once_again", "plain_again"), [
@@ -581,7 +700,7 @@ def test_a_handler_failure_runs_again_only_what_may_run_twice(
     d.submit("s", once_env(1))
     d.submit("s", env(2))
     d.dispatch()
-    failed = {i: d.failed("p.0", i, "s: ValueError: x", "tb") for i in (1, 2)}
+    failed = {i: fail_id(d, "p.0", i, "s: ValueError: x", "tb") for i in (1, 2)}
     assert (failed[1] is None, failed[2] is None) == (once_again, plain_again)
     for letter in filter(None, failed.values()):
         assert (letter.status, letter.error, letter.env[ATTEMPT]) == (500, "s: ValueError: x", 2)

@@ -26,18 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1 << 16
 GOOD_ENV = [7, "source", 1, 0.0, ["Hello", "world"], 7, 0]
 VALID: dict[bytes, Any] = {
-    e.DATA: ["normalize", [GOOD_ENV], 0],
-    e.ACK: [[1, 2], [3]],
+    e.DATA: ["normalize", [GOOD_ENV], 0, 1 << 41],
+    e.ACK: [[1, 2], [3], [[1 << 41, 5, "ValueError: x", "Traceback ...", 0]]],
     e.CREDIT: [16, 1234],
-    e.FAIL: [[5, "ValueError: x", "Traceback ...", 0]],
-    e.RESULT: [[[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]],
+    e.RESULT: [1 << 41, [[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]],
     e.LOST: [[9, "dead-lettered", 500]],
     e.HELLO: None,
     e.CONTROL: {"op": "probe", "wave": 1},
 }
 DECODERS: dict[bytes, Callable[[bytes, int], Any]] = {
     e.DATA: e.unpack_data, e.ACK: e.unpack_ack, e.CREDIT: e.unpack_credit,
-    e.FAIL: e.unpack_fail, e.RESULT: e.unpack_results, e.LOST: e.unpack_lost,
+    e.RESULT: e.unpack_results, e.LOST: e.unpack_lost,
     e.CONTROL: e.unpack_order,
 }
 
@@ -89,14 +88,15 @@ def _result_rows(rows: Any) -> bool:
 # so that a decoder that stops checking a field is caught
 SHAPES: dict[bytes, Callable[[Any], bool]] = {
     e.DATA: lambda d: (type(d) is tuple and type(d[0]) is str and type(d[1]) is list
-                       and all(map(_envelope, d[1])) and type(d[2]) is int and d[2] >= 0),
-    e.ACK: lambda d: type(d) is tuple and _ints(d[0]) and _ints(d[1]),
+                       and all(map(_envelope, d[1])) and type(d[2]) is int and d[2] >= 0
+                       and type(d[3]) is int),
+    e.ACK: lambda d: type(d) is tuple and _ints(d[0]) and _ints(d[1]) and type(d[2]) is list
+    and all(type(r) is list and [type(x) for x in r] == [int, int, str, str, int]
+            for r in d[2]),
     e.CREDIT: lambda d: type(d) is tuple and type(d[0]) is int and d[0] >= 0
     and type(d[1]) is int,
-    e.FAIL: lambda d: type(d) is list and all(
-        type(r) is list and [type(x) for x in r] == [int, str, str, int] for r in d),
-    e.RESULT: lambda d: (type(d) is tuple and _result_rows(d[0]) and _result_rows(d[1])
-                         and _ints(d[2])),
+    e.RESULT: lambda d: (type(d) is tuple and type(d[0]) is int and _result_rows(d[1])
+                         and _result_rows(d[2]) and _ints(d[3])),
     e.LOST: lambda d: type(d) is list and all(
         type(r) is list and [type(x) for x in r] == [int, str, int] for r in d),
     e.CONTROL: lambda d: _order_fields(d),
@@ -119,7 +119,8 @@ def typed_data(data: st.DataObject) -> bytes:
     what a peer with a bug would send, and what must never reach the stage core."""
     field = values | st.integers(0, 1 << 40)
     envs = data.draw(st.lists(st.lists(field, min_size=7, max_size=7), min_size=1, max_size=3))
-    return e.pack(["normalize", envs, data.draw(st.integers(-2, 5))])
+    return e.pack(["normalize", envs, data.draw(st.integers(-2, 5)),
+                   data.draw(st.integers(0, 1 << 50) | values)])
 
 
 @pytest.mark.parametrize("kind", sorted(DECODERS))
@@ -159,10 +160,10 @@ def worker() -> Iterator[Worker]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-# who sends a kind to normalize.0 in a real run (upstream: data; downstream: receipts, credit,
-# failures), and senders it does not know
+# who sends a kind to normalize.0 in a real run (upstream: data; downstream: receipts with
+# failures, credit), and senders it does not know
 SENDS = {e.DATA: "tokenize.1", e.HELLO: "tokenize.0", e.ACK: "count.0", e.CREDIT: "count.0",
-         e.FAIL: "count.0", e.RESULT: "source", e.LOST: "source", e.CONTROL: "count.0"}
+         e.RESULT: "source", e.LOST: "source", e.CONTROL: "count.0"}
 STRANGERS = ["stranger", "\udcff", "supervisor-ish", ""]
 
 
@@ -209,7 +210,7 @@ def bad_frame(frames: list[bytes]) -> bool:
 def test_after_the_fuzz_a_good_frame_is_still_run(worker: Worker) -> None:
     stats = worker.core.stats["normalize"]
     completed, malformed = stats.completed, worker.counters["malformed"]
-    worker.take([b"tokenize.0", e.DATA, e.pack(["normalize", [GOOD_ENV[:]], 0])])
+    worker.take([b"tokenize.0", e.DATA, e.pack(["normalize", [GOOD_ENV[:]], 0, 1 << 41])])
     worker.step()
     assert stats.completed == completed + 1
     worker.take([b"tokenize.0", e.CONTROL, e.pack({"op": "stop"})])  # only the supervisor

@@ -38,9 +38,9 @@ def source() -> Iterator[tuple[Source, io.StringIO]]:
 def test_results_that_come_twice_are_written_once(source: tuple[Source, io.StringIO]) -> None:
     s, out = source
     rows = [[101, {"w": 1}, 1], [102, {"w": 2}, 2]]
-    s.take([b"count.0", e.RESULT, e.pack([[], rows, []])])
-    s.take([b"count.1", e.RESULT, e.pack([[], [*rows[1:], [103, {"w": 3}, 3]], []])])
-    s.take([b"count.0", e.RESULT, e.pack([rows[:1], [], []])])  # kept rows too
+    s.take([b"count.0", e.RESULT, e.pack([0, [], rows, []])])
+    s.take([b"count.1", e.RESULT, e.pack([0, [], [*rows[1:], [103, {"w": 3}, 3]], []])])
+    s.take([b"count.0", e.RESULT, e.pack([1 << 41, rows[:1], [], []])])  # kept rows too
     assert out.getvalue().splitlines() == ['{"w": 1}', '{"w": 2}', '{"w": 3}']
     assert s.duplicates == 2 and s.results_written == 3
     assert s.stats()["duplicates"] == 2

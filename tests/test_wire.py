@@ -13,15 +13,16 @@ from seda.errors import ProtocolError
 
 LIMIT = 1 << 16
 ENV = [7, "source", 1, 0.0, {"k": [1, b"\x00"]}, 7, 0]
+KEY = (1 << 41) + 5  # a frame's key
 
 
 def test_each_kind_decodes_to_exactly_what_was_sent() -> None:
-    assert e.unpack_data(e.pack(["s", [ENV], 3]), LIMIT) == ("s", [ENV], 3)
-    assert e.unpack_ack(e.pack([[1, 2], [3]]), LIMIT) == ([1, 2], [3])
+    assert e.unpack_data(e.pack(["s", [ENV], 3, KEY]), LIMIT) == ("s", [ENV], 3, KEY)
+    fails = [[KEY, 5, "err", "tb", 504]]
+    assert e.unpack_ack(e.pack([[1, 2], [3], fails]), LIMIT) == ([1, 2], [3], fails)
     assert e.unpack_credit(e.pack([0, 99]), LIMIT) == (0, 99)
-    assert e.unpack_fail(e.pack([[5, "err", "tb", 504]]), LIMIT) == [[5, "err", "tb", 504]]
     kept, sent, done = [[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]
-    assert e.unpack_results(e.pack([kept, sent, done]), LIMIT) == (kept, sent, done)
+    assert e.unpack_results(e.pack([KEY, kept, sent, done]), LIMIT) == (KEY, kept, sent, done)
     assert e.unpack_lost(e.pack([[9, "why", 504]]), LIMIT) == [[9, "why", 504]]
     assert e.unpack_order(e.pack({"op": "probe", "wave": 2}), LIMIT) == e.Probe(2)
 
@@ -71,33 +72,38 @@ def test_every_envelope_field_is_type_checked(field: int, bad: Any) -> None:
     env[field] = bad
     with pytest.raises(ProtocolError, match=r"^malformed DATA frame: expected \[stage, "
                                             r"\[\[id, origin, attempt, deadline, payload, "
-                                            r"request, born\], \.\.\.\], held back\]$"):
-        e.unpack_data(e.pack(["s", [ENV, env], 0]), LIMIT)
+                                            r"request, born\], \.\.\.\], held back, "
+                                            r"key\]$"):
+        e.unpack_data(e.pack(["s", [ENV, env], 0, KEY]), LIMIT)
 
 
 def test_a_deadline_may_be_an_int_or_a_float() -> None:
     for deadline in (0, 12, 1.5):
         env = list(ENV)
         env[3] = deadline
-        assert e.unpack_data(e.pack(["s", [env], 0]), LIMIT)[1] == [env]
+        assert e.unpack_data(e.pack(["s", [env], 0, KEY]), LIMIT)[1] == [env]
 
 
 @pytest.mark.parametrize("body", [
-    ["s", [ENV]], ["s", [ENV], 0, 1], [1, [ENV], 0], ["s", ENV, 0], ["s", [ENV[:6]], 0],
-    ["s", [[*ENV, 0]], 0], ["s", [ENV], -1], ["s", [ENV], "0"], {"s": 1}])
+    ["s", [ENV], 0], ["s", [ENV], 0, 1, 2], [1, [ENV], 0, 1], ["s", ENV, 0, 1],
+    ["s", [ENV[:6]], 0, 1], ["s", [[*ENV, 0]], 0, 1], ["s", [ENV], -1, 1], ["s", [ENV], "0", 1],
+    ["s", [ENV], 0, "1"], ["s", [ENV], 0, 1.0], {"s": 1}])
 def test_data_frames_of_another_shape_are_refused(body: Any) -> None:
     with pytest.raises(ProtocolError, match="malformed DATA frame"):
         e.unpack_data(e.pack(body), LIMIT)
 
 
 @pytest.mark.parametrize(("kind", "body"), [
-    ("ACK", [[1], [2], [3]]), ("ACK", [[1, "2"], []]), ("ACK", [[], ["2"]]), ("ACK", [[1]]),
+    ("ACK", [[1], [2]]), ("ACK", [[1], [2], [3], []]), ("ACK", [[1, "2"], [], []]),
+    ("ACK", [[], ["2"], []]), ("ACK", [[1]]), ("ACK", [[], [], 5]),
+    ("ACK", [[], [], [[1, 5, "e", "t"]]]), ("ACK", [[], [], [[1, 5, "e", 3, 0]]]),
+    ("ACK", [[], [], [[1, "5", "e", "t", 0]]]), ("ACK", [[], [], [["1", 5, "e", "t", 0]]]),
+    ("ACK", [[], [], [[1, 5, "e", "t", "504"]]]),
     ("CREDIT", [-1, 5]), ("CREDIT", [1]), ("CREDIT", [1, "p"]), ("CREDIT", ["1", 5]),
-    ("FAIL", [[5, "e", "t"]]), ("FAIL", [[5, "e", 3, 0]]), ("FAIL", [["5", "e", "t", 0]]),
-    ("FAIL", [[5, "e", "t", "504"]]), ("FAIL", 5),
-    ("RESULT", [[], []]), ("RESULT", [[[1, 2]], [], []]), ("RESULT", [[], [["1", 2, 3]], []]),
-    ("RESULT", [[[1, 2, 3, 4]], [], []]), ("RESULT", [[[1, 2, 3, "s", 5]], [], []]),
-    ("RESULT", [[], [], ["4"]]), ("RESULT", [[[1, 2, "3"]], [], []]),
+    ("RESULT", [1, [], []]), ("RESULT", [[], [], []]), ("RESULT", ["1", [], [], []]),
+    ("RESULT", [1, [[1, 2]], [], []]), ("RESULT", [1, [], [["1", 2, 3]], []]),
+    ("RESULT", [1, [[1, 2, 3, 4]], [], []]), ("RESULT", [1, [[1, 2, 3, "s", 5]], [], []]),
+    ("RESULT", [1, [], [], ["4"]]), ("RESULT", [1, [[1, 2, "3"]], [], []]),
     ("LOST", [[9, "why"]]), ("LOST", [[9, "why", "504"]]), ("LOST", [["9", "why", 500]]),
     ("CONTROL", ["op"]), ("CONTROL", {"op": 1}), ("CONTROL", {"wave": 1}),
     ("CONTROL", {"op": "reboot"}), ("CONTROL", {"op": "probe"}),
@@ -107,7 +113,7 @@ def test_data_frames_of_another_shape_are_refused(body: Any) -> None:
     ("STATUS", {"op": "failed", "error": 3}), ("STATUS", {"op": "stop"})])
 def test_frames_of_another_shape_are_refused_with_their_kind_named(kind: str, body: Any
                                                                    ) -> None:
-    decode = {"ACK": e.unpack_ack, "CREDIT": e.unpack_credit, "FAIL": e.unpack_fail,
+    decode = {"ACK": e.unpack_ack, "CREDIT": e.unpack_credit,
               "RESULT": e.unpack_results, "LOST": e.unpack_lost,
               "CONTROL": e.unpack_order, "STATUS": e.unpack_report}[kind]
     with pytest.raises(ProtocolError, match=f"^malformed {kind} frame$"):
@@ -162,11 +168,11 @@ def test_bounded_splits_rows_into_frames_no_larger_than_the_limit() -> None:
 @pytest.mark.parametrize("envs", [{}, {"a": 1}, 5, "x", None])
 def test_data_frames_whose_envelopes_are_not_a_list_are_refused(envs: Any) -> None:
     with pytest.raises(ProtocolError, match="malformed DATA frame"):
-        e.unpack_data(e.pack(["s", envs, 0]), 1 << 20)
+        e.unpack_data(e.pack(["s", envs, 0, KEY]), 1 << 20)
 
 
 @pytest.mark.parametrize("rows", [{}, {"a": 1}, 5, "x", None])
 def test_result_frames_whose_rows_are_not_a_list_are_refused(rows: Any) -> None:
-    for frame in ([rows, [], []], [[], rows, []]):
+    for frame in ([KEY, rows, [], []], [KEY, [], rows, []]):
         with pytest.raises(ProtocolError, match="malformed RESULT frame"):
             e.unpack_results(e.pack(frame), 1 << 20)

@@ -58,7 +58,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
     """us per message in the chain's middle worker (best of reps)."""
     import bench_pipeline
 
-    from seda.engine.wire import ACK, DATA, ID, pack, unpack_data
+    from seda.engine.wire import ACK, DATA, pack, unpack_data
     from seda.handler import resolve
     from seda.plan.deployment import make_plan
     from seda.runtime.worker import Worker
@@ -74,7 +74,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
         for start in range(0, messages, 64):
             envs = [[i + 1, "source", 1, 0.0, bench_pipeline.item(i), i + 1,
                      0 if i % 8 else time.time_ns()] for i in range(start, start + 64)]
-            frames.append([b"source", DATA, pack(["double", envs, 0])])
+            frames.append([b"source", DATA, pack(["double", envs, 0, (1 << 41) + start])])
         best = float("inf")
         for _ in range(reps):
             spent = 0.0
@@ -85,10 +85,9 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
                 worker.step()
                 worker.flush()
                 spent += time.perf_counter() - began
-                outputs = [env[ID] for kind, body in sent if kind == DATA
-                           for env in unpack_data(body, 1 << 30)[1]]
+                outputs = [unpack_data(body, 1 << 30)[3] for kind, body in sent if kind == DATA]
                 sent.clear()
-                receipt = [b"sink.0", ACK, pack([outputs, outputs])]
+                receipt = [b"sink.0", ACK, pack([outputs, outputs, []])]
                 began = time.perf_counter()
                 worker.take(receipt)
                 spent += time.perf_counter() - began
@@ -209,10 +208,10 @@ def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
                     conn.data_received(request)
                 acceptor.flush()
                 spent += time.perf_counter() - began
-                rows = [[env[0], reply, env[REQUEST]] for kind, body in sent if kind == DATA
-                        for env in unpack_data(body, 1 << 30)[1]]
+                frames = [unpack_data(body, 1 << 30) for kind, body in sent if kind == DATA]
+                rows = [[env[0], reply, env[REQUEST]] for frame in frames for env in frame[1]]
                 sent.clear()
-                answer = [b"hello.0", RESULT, pack([[], rows, [row[0] for row in rows]])]
+                answer = [b"hello.0", RESULT, pack([0, [], rows, [f[3] for f in frames]])]
                 began = time.perf_counter()
                 acceptor.take(answer)
                 acceptor.flush()

@@ -2,29 +2,60 @@
 
 Pure (clock injected); the node shell moves the bytes. Two pieces:
 
-`Dispatcher` -- one per downstream pool, in every sender. Each worker grants the sender a
-window (its prefetch); the sender keeps every message it sent until the worker says DONE, so
-when the supervisor reports the worker dead, those messages go out again (attempt + 1). Work
-goes to the least-loaded worker with credit, and never to a *stalled* one (its oldest
-message has waited far longer than the pool's usual round trip) while another can take it:
-a worker stuck on a 2 s message does not collect a queue behind it.
+The books are kept per *frame*, not per message: messages go to a worker in frames (one
+stage, up to FRAME_MAX messages, each with a key unique to its sender), and the worker
+acknowledges frames by their keys -- RECEIVED when a frame arrives, DONE once every message
+in it is settled. A message that fails is reported by its frame's key and its id, before
+(or with) that frame's DONE. So receipts, DONEs and the sender's pending entries cost a
+little per frame, not per message.
 
-`Tracker` -- a worker reports an input DONE only once every output of that input has been
-RECEIVED by the next process. Until then the input stays pending upstream, so a worker killed
-with outputs still in its socket buffers loses nothing: its input is simply run again.
+`Dispatcher` -- one per downstream pool, in every sender. Each worker grants the sender a
+window (messages); the sender keeps every frame it sent until the worker says DONE, so when
+the supervisor reports the worker dead, the messages of those frames go out again (attempt
++ 1). Work goes to the least-loaded worker with credit, and never to a *stalled* one (its
+oldest frame has waited far longer than the pool's usual round trip) while another can take
+it: a worker stuck on a 2 s message does not collect a queue behind it.
+
+`Tracker` -- a worker reports a frame DONE only once every output of its messages has been
+RECEIVED by the next process. Until then the frame stays pending upstream, so a worker
+killed with outputs still in its socket buffers loses nothing: its input is simply run
+again.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from itertools import count as counter
+from itertools import repeat
 
 from seda.engine.wire import ATTEMPT, ID, Envelope
 
 Pending = tuple[str, Envelope, float]  # (stage, envelope, sent at)
+FRAME_MAX = 256  # messages per frame (and at most a receiver's byte limit: see the node)
+
+
+def first_key() -> int:
+    """Where a sender's frame keys start: random, so that a restarted sender's keys are not
+    its predecessor's (a receiver may still answer those), and at least 2**40, so that
+    every key packs to the same size."""
+    return (1 << 40) + (random.SystemRandom().getrandbits(46) << 16)
+
+
+@dataclass(slots=True, eq=False)
+class Frame:
+    """Messages of one stage sent to one worker together: what the books keep until the
+    worker says the frame is DONE. `received`: its receipt came (the tracker was told)."""
+
+    key: int
+    stage: str
+    envs: list[Envelope]
+    sent: float
+    received: bool = False
 
 
 @dataclass(slots=True)
@@ -37,15 +68,23 @@ class Link:
     pid: int = 0  # incarnation that granted the window
     isolated: bool = False  # holds one group of suspects and nothing else
     down_at: float = 0.0  # when it was last reported down (a restart is expected)
-    pending: dict[int, Pending] = field(default_factory=dict)  # insertion order = age order
+    pending: dict[int, Frame] = field(default_factory=dict)  # insertion order = age order
+    held: int = 0  # messages in the pending frames
 
     def available(self) -> int:
-        return self.window - len(self.pending) if self.up else 0
+        return self.window - self.held if self.up else 0
 
     def oldest_age(self, now: float) -> float:
         if not self.pending:
             return 0.0
-        return now - next(iter(self.pending.values()))[2]
+        return now - next(iter(self.pending.values())).sent
+
+    def take_all(self) -> list[Pending]:
+        """Every message it holds, oldest first; it holds none after."""
+        back = [(f.stage, env, f.sent) for f in self.pending.values() for env in f.envs]
+        self.pending.clear()
+        self.held = 0
+        return back
 
 
 @dataclass(slots=True)
@@ -67,11 +106,14 @@ class Dispatcher:
 
     def __init__(self, pool: str, workers: list[str], max_attempts: Callable[[str], int],
                  clock: Callable[[], float] = time.monotonic,
-                 rerun: Callable[[str, Envelope], bool] = lambda stage, env: True) -> None:
-        """`rerun(stage, env)`: may this message run again once it may have run (its
-        handler raised, or its worker died or lost frames while holding it)? Not: it fails
-        there (a dead letter; see the stage's `retry`)."""
+                 rerun: Callable[[str, Envelope], bool] = lambda stage, env: True,
+                 keys: int | None = None, frame_max: int = FRAME_MAX) -> None:
+        """`keys`: the first frame key (default: random, see first_key); `frame_max`: the
+        most messages a frame holds. `rerun(stage, env)`: may this message run again once
+        it may have run (its handler raised, or its worker died or lost frames while
+        holding it)? Not: it fails there (a dead letter; see the stage's `retry`)."""
         self.pool, self.clock, self.max_attempts, self.rerun = pool, clock, max_attempts, rerun
+        self.frame_max = frame_max
         self.links = {w: Link(w) for w in workers}
         self.queue: deque[tuple[str, Envelope]] = deque()
         self.suspects: deque[tuple[str, Envelope]] = deque()  # held by a worker that died
@@ -83,6 +125,7 @@ class Dispatcher:
         self.rtt = self.STALL_FLOOR / self.STALL_FACTOR
         self.sent = 0
         self._turn = 0
+        self._keys = counter(first_key() if keys is None else keys)
 
     # ------------------------------------------------------------ state from the network
     def grant(self, worker: str, window: int, pid: int = 0) -> list[DeadLetter]:
@@ -113,11 +156,10 @@ class Dispatcher:
         link = self.links[worker]
         if pid and link.pid and pid != link.pid:
             return []
-        back = list(link.pending.values())
+        back = link.take_all()
         alone, suspected = link.isolated and len(back) == 1, link.isolated
         link.up, link.window, link.isolated = False, 0, False
         link.down_at = self.clock()
-        link.pending.clear()
         dead = []
         if culprits is not None:
             dead = [DeadLetter(s, e, why, status=504) for s, e, _ in back if e[ID] in culprits]
@@ -147,16 +189,18 @@ class Dispatcher:
             self.groups.appendleft(count)
         return dead
 
-    def unreachable(self, worker: str, batch: list[Pending]) -> None:
-        """A send failed (the peer is not connected): take the batch back, wait for credit."""
+    def unreachable(self, worker: str, frames: list[Frame]) -> None:
+        """A send failed (the peer is not connected): take these frames back (those not
+        sent yet), wait for credit."""
         link = self.links[worker]
         back = self.suspects if link.isolated else self.queue
-        if link.isolated:
-            self.groups.appendleft(sum(env[ID] in link.pending for _, env, _ in batch))
+        mine = [f for f in frames if link.pending.pop(f.key, None) is not None]
+        held = sum(len(f.envs) for f in mine)
+        link.held -= held
+        if link.isolated and held:
+            self.groups.appendleft(held)
         link.up, link.isolated = False, False
-        for stage, env, _ in reversed(batch):
-            if link.pending.pop(env[ID], None) is not None:  # (not one failed as too large)
-                back.appendleft((stage, env))
+        back.extendleft(reversed([(f.stage, env) for f in mine for env in f.envs]))
 
     def bounced(self, worker: str) -> list[DeadLetter]:
         """A frame between us and `worker` was dropped (see Node.lost_frame): what it holds of
@@ -166,8 +210,7 @@ class Dispatcher:
         link = self.links.get(worker)
         if link is None:
             return []
-        back = list(link.pending.values())
-        link.pending.clear()
+        back = link.take_all()
         dead = self._once(back, f"frames between this process and {worker} were dropped "
                                 f"while it held it")
         if dead:
@@ -194,38 +237,69 @@ class Dispatcher:
             letter.env[ATTEMPT] += 1  # (it may have run: count it)
         return dead
 
-    def forget(self, worker: str, msg_id: int) -> None:
-        """Stop tracking a message assigned to `worker` that will not be sent (too large)."""
-        link = self.links.get(worker)
-        if link is not None:
-            link.pending.pop(msg_id, None)
+    def split(self, worker: str, frame: Frame, parts: list[list[Envelope]]) -> list[Frame]:
+        """A frame too large to send as one: in its place, a frame (with a key of its own)
+        for each of `parts`; a message of `frame` in no part (too large for any frame: it
+        fails alone, see the node) leaves the books."""
+        link = self.links[worker]
+        del link.pending[frame.key]
+        link.held -= len(frame.envs)
+        out = [Frame(next(self._keys), frame.stage, envs, frame.sent) for envs in parts]
+        for new in out:
+            link.pending[new.key] = new
+            link.held += len(new.envs)
+        return out
 
-    def done(self, worker: str, ids: list[int]) -> int:
+    def received(self, worker: str, keys: list[int]) -> list[int]:
+        """Receipts of frames: the ids of their messages, the first time each frame's
+        receipt comes (the tracker's outputs that are now downstream)."""
+        link = self.links.get(worker)
+        if link is None:
+            return []
+        out: list[int] = []
+        get = link.pending.get
+        for key in keys:
+            frame = get(key)
+            if frame is not None and not frame.received:
+                frame.received = True
+                out += [env[ID] for env in frame.envs]
+        return out
+
+    def done(self, worker: str, keys: list[int]) -> int:
+        """Frames the worker is through with: their messages leave the books (how many)."""
         link = self.links.get(worker)
         if link is None:
             return 0
         pop, released, last = link.pending.pop, 0, None
-        for msg_id in ids:
-            entry = pop(msg_id, None)
-            if entry is not None:
-                released += 1
-                last = entry
+        for key in keys:
+            frame = pop(key, None)
+            if frame is not None:
+                released += len(frame.envs)
+                last = frame
         if last is not None:  # one round-trip sample per acknowledgement frame
+            link.held -= released
             if not link.pending:  # its group of suspects is done: none of them is a poison
                 link.isolated = False
-            sample = self.clock() - last[2]
+            sample = self.clock() - last.sent
             self.rtt = 0.9 * self.rtt + 0.1 * sample
         return released
 
-    def failed(self, worker: str, msg_id: int, error: str, tb: str,
+    def failed(self, worker: str, key: int, msg_id: int, error: str, tb: str,
                status: int = 0) -> DeadLetter | None:
-        """The handler raised: retry elsewhere, or give up after max_attempts. A `status`
-        (504: the call ran past its time limit) fails it now, its client answered so."""
+        """The handler raised on message `msg_id` of frame `key`: retry elsewhere, or give
+        up after max_attempts. A `status` (504: the call ran past its time limit) fails it
+        now, its client answered so."""
         link = self.links.get(worker)
-        entry = link.pending.pop(msg_id, None) if link else None
-        if entry is None:
+        frame = link.pending.get(key) if link else None
+        if link is None or frame is None:
             return None
-        stage, env, _ = entry
+        envs = frame.envs
+        at = next((i for i, env in enumerate(envs) if env[ID] == msg_id), None)
+        if at is None:
+            return None
+        env = envs.pop(at)
+        link.held -= 1
+        stage = frame.stage
         env[ATTEMPT] += 1
         if status:
             return DeadLetter(stage, env, error, tb, status=status)
@@ -242,7 +316,7 @@ class Dispatcher:
         return len(self.queue) + len(self.suspects)
 
     def in_flight(self) -> int:
-        return sum(len(link.pending) for link in self.links.values())
+        return sum(link.held for link in self.links.values())
 
     def available(self) -> int:
         """Credit left over all live workers."""
@@ -261,9 +335,9 @@ class Dispatcher:
         limit = max(self.STALL_FLOOR, self.STALL_FACTOR * self.rtt)
         return link.oldest_age(now) > limit
 
-    def dispatch(self) -> dict[str, list[Pending]]:
-        """Assign queued messages to workers; returns worker -> batch to send now."""
-        out: dict[str, list[Pending]] = {}
+    def dispatch(self) -> dict[str, list[Frame]]:
+        """Assign queued messages to workers; returns worker -> frames to send now."""
+        out: dict[str, list[Frame]] = {}
         if not self.queue and not self.suspects:
             return out
         now = self.clock()
@@ -292,7 +366,7 @@ class Dispatcher:
             # rotating the start first shares work evenly between idle workers
             turn = self._turn % len(ready)
             ready = ready[turn:] + ready[:turn]
-            ready.sort(key=lambda lk: (len(lk.pending), lk.oldest_age(now)))
+            ready.sort(key=lambda lk: (lk.held, lk.oldest_age(now)))
             link = ready[0]
             share = math.ceil(len(self.queue) / len(ready))
             self._turn += 1
@@ -301,61 +375,88 @@ class Dispatcher:
         return out
 
     def _assign(self, link: Link, source: deque[tuple[str, Envelope]], count: int, now: float,
-                out: dict[str, list[Pending]]) -> None:
+                out: dict[str, list[Frame]]) -> None:
+        """`count` messages from the front of `source` to `link`, in frames of one stage
+        and at most frame_max messages each."""
+        if count <= 0:
+            return
         take = source.popleft
-        entries = [(*take(), now) for _ in range(count)]
-        link.pending.update({entry[1][ID]: entry for entry in entries})
-        out.setdefault(link.name, []).extend(entries)
+        entries = [take() for _ in range(count)]
+        frames = out.setdefault(link.name, [])
+        step, keys, pending = self.frame_max, self._keys, link.pending
+        stage = entries[0][0]
+        if entries[-1][0] == stage and all(e[0] == stage for e in entries):  # one stage
+            runs = [(stage, [env for _, env in entries])]
+        else:
+            runs = []
+            for stage, env in entries:
+                if runs and runs[-1][0] == stage:
+                    runs[-1][1].append(env)
+                else:
+                    runs.append((stage, [env]))
+        for stage, envs in runs:
+            for start in range(0, len(envs), step):
+                frame = Frame(next(keys), stage, envs[start:start + step]
+                              if len(envs) > step else envs, now)
+                pending[frame.key] = frame
+                frames.append(frame)
+        link.held += count
         self.sent += count
 
 
-@dataclass(slots=True)
-class _Group:
+@dataclass(slots=True, eq=False)
+class Book:
+    """A frame a worker received: DONE to its sender once `remaining` is 0 -- its messages
+    not yet settled (run, failed or dropped), plus their outputs not yet received by the
+    next process."""
+
     sender: str
-    inputs: list[int]  # ids of the inputs, all from `sender`
+    key: int
     remaining: int
 
 
 class Tracker:
-    """Inputs whose outputs are not yet RECEIVED downstream (so not yet DONE upstream). A
-    group is what one batch from one sender caused: its inputs are DONE together, once the
-    last of its outputs is received."""
+    """Frames whose messages are not all settled, or whose outputs are not all RECEIVED
+    downstream (so not yet DONE upstream)."""
 
     def __init__(self) -> None:
-        self._groups: dict[int, _Group] = {}
-        self._waiting: dict[int, int] = {}  # output id -> group key
-        self._next = 0
+        self._open: set[Book] = set()
+        self._waiting: dict[int, Book] = {}  # output id -> the book of the frame it came of
 
     def __len__(self) -> int:
-        return len(self._groups)
+        return len(self._open)
 
-    def add(self, sender: str, inputs: list[int], outputs: list[int]) -> list[int]:
-        """Register a processed group; returns the inputs that are DONE right away."""
-        if not outputs:
-            return inputs
-        if not self._waiting.keys().isdisjoint(outputs):  # rare: a duplicate still in flight
-            outputs = [o for o in outputs if o not in self._waiting]
-            if not outputs:
-                return inputs
-        key = self._next
-        self._next += 1
-        self._groups[key] = _Group(sender, inputs, len(set(outputs)))
-        self._waiting.update(dict.fromkeys(outputs, key))
-        return []
+    def open(self, sender: str, key: int, messages: int) -> Book:
+        """A frame of `messages` messages arrived from `sender`."""
+        book = Book(sender, key, messages)
+        self._open.add(book)
+        return book
 
-    def received(self, outputs: list[int]) -> list[_Group]:
-        """Outputs arrived downstream; returns the groups whose inputs are now DONE."""
-        done: list[_Group] = []
-        waiting, groups = self._waiting, self._groups
-        for output in outputs:
-            key = waiting.pop(output, None)
-            if key is None:
-                continue
-            group = groups[key]
-            group.remaining -= 1
-            if group.remaining == 0:
-                del groups[key]
-                done.append(group)
+    def settle(self, book: Book, settled: int, outputs: list[int]) -> bool:
+        """`settled` messages of the frame are through, with these outputs sent on (ids):
+        whether the frame is DONE now."""
+        if outputs:
+            waiting = self._waiting
+            if not waiting.keys().isdisjoint(outputs):  # rare: a duplicate still in flight
+                outputs = [o for o in outputs if o not in waiting]
+            fresh = dict.fromkeys(outputs, book)
+            book.remaining += len(fresh)
+            waiting.update(fresh)
+        book.remaining -= settled
+        if book.remaining == 0:
+            self._open.discard(book)
+            return True
+        return False
+
+    def received(self, outputs: list[int]) -> list[Book]:
+        """Outputs arrived downstream; returns the frames that are now DONE."""
+        done: list[Book] = []
+        books = Counter(filter(None, map(self._waiting.pop, outputs, repeat(None))))
+        for book, n in books.items():
+            book.remaining -= n
+            if book.remaining == 0:
+                self._open.discard(book)
+                done.append(book)
         return done
 
 

@@ -7,7 +7,9 @@ request, the source's item): replies find their client by it. `born` is when the
 made (wall clock, ns; one clock for every process of the machine), on one message in eight
 (chosen by id, see SAMPLE; 0 on the others): the stage that runs it counts the time since as
 the message's queue wait. A sample, because timing every message cost ~5% of a fast chain.
-Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)].
+Every frame on a mailbox is [sender routing id, kind (1 byte), body (msgpack)]. Messages
+travel in DATA (and RESULT) frames, each with a key its sender chose: receipts and DONEs
+name frames by their keys, not messages by their ids (see seda.engine.credit).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ ID, ORIGIN, ATTEMPT, DEADLINE, PAYLOAD, REQUEST, BORN, FINAL = range(8)  # FINAL
 Envelope = list[Any]
 
 # frame kinds
-DATA = b"D"      # body: [stage, [envelope, ...]]            sender -> worker
-ACK = b"A"       # body: [[received ids], [done ids]]         worker -> sender
-FAIL = b"F"      # body: [[id, error, traceback, status], ...] worker -> sender (handler raised)
+DATA = b"D"      # body: [stage, [envelope, ...], held, key]   sender -> worker
+ACK = b"A"       # body: [[received keys], [done keys], [[key, id, error, traceback,
+#                  status], ...]] (see unpack_ack)              receiver -> sender
 CREDIT = b"C"    # body: window (int, absolute)               worker -> sender
 HELLO = b"H"     # body: nil                                  sender -> worker
-RESULT = b"R"    # body: [kept rows, sent rows, done ids]     any -> origin (see unpack_results)
+RESULT = b"R"    # body: [key, kept rows, sent rows, done keys]  any -> origin (unpack_results)
 LOST = b"L"      # body: [[request, error, status], ...]      any -> origin (dead-lettered)
 PART = b"P"      # body: [[request, seq, head, data], ...]    any -> origin (a streamed part)
 BOUNCE = b"B"    # body: nil                                  either way (see Node.lost_frame)
@@ -111,7 +113,7 @@ def _envelopes(envs: Any) -> bool:
 
 
 def _rows(obj: Any, types: tuple[type, ...], what: str) -> list[Any]:
-    """A list of rows whose columns have `types` (for the rare frames: FAIL, LOST)."""
+    """A list of rows whose columns have `types` (for the rare frames: LOST)."""
     if type(obj) is list:
         for row in obj:
             if (type(row) is not list or len(row) != len(types)
@@ -122,24 +124,43 @@ def _rows(obj: Any, types: tuple[type, ...], what: str) -> list[Any]:
     raise ProtocolError(f"malformed {what} frame")
 
 
-def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope], int]:
-    """Decode a DATA body into (stage, envelopes, held back), checking its shape. `held
-    back`: messages the sender still held for the receiver's pool once this frame went, for
-    lack of credit (the batching controller's sign that the window keeps work away)."""
+def unpack_data(body: bytes, limit: int) -> tuple[str, list[Envelope], int, int]:
+    """Decode a DATA body into (stage, envelopes, held back, key), checking its shape.
+    `held back`: messages the sender still held for the receiver's pool once this frame
+    went, for lack of credit (the batching controller's sign that the window keeps work
+    away); `key`: the frame's, which its receipt and its DONE name."""
     obj = unpack(body, limit)
-    if (type(obj) is not list or len(obj) != 3 or type(obj[0]) is not str
-            or not _envelopes(obj[1]) or type(obj[2]) is not int or obj[2] < 0):
+    if (type(obj) is not list or len(obj) != 4 or type(obj[0]) is not str
+            or not _envelopes(obj[1]) or type(obj[2]) is not int or obj[2] < 0
+            or type(obj[3]) is not int):
         raise ProtocolError("malformed DATA frame: expected [stage, [[id, origin, attempt, "
-                            "deadline, payload, request, born], ...], held back]")
-    return obj[0], obj[1], obj[2]
+                            "deadline, payload, request, born], ...], held back, key]")
+    return obj[0], obj[1], obj[2], obj[3]
 
 
-def unpack_ack(body: bytes, limit: int) -> tuple[list[int], list[int]]:
-    """[[received ids], [done ids]]"""
+def _fails(rows: Any) -> bool:
+    if type(rows) is not list:
+        return False
+    for row in rows:
+        if (type(row) is not list or len(row) != 5 or type(row[0]) is not int
+                or type(row[1]) is not int or type(row[2]) is not str
+                or type(row[3]) is not str or type(row[4]) is not int):
+            return False
+    return True
+
+
+def unpack_ack(body: bytes, limit: int) -> tuple[list[int], list[int], list[list[Any]]]:
+    """[[received keys], [done keys], [[key, id, error, traceback, status], ...]]: frames
+    received, frames DONE, and the messages of frames that failed (a handler raised). A
+    failure comes before, or in one frame with, its frame's DONE; a receiver acts on the
+    three in the order received, failed, done. `status` 0: retried as the stage's `retry`
+    says; else the message fails now, its client answered with that status (504: a call
+    past its time limit)."""
     obj = unpack(body, limit)
-    if not (type(obj) is list and len(obj) == 2 and _ints(obj[0]) and _ints(obj[1])):
+    if not (type(obj) is list and len(obj) == 3 and _ints(obj[0]) and _ints(obj[1])
+            and _fails(obj[2])):
         raise ProtocolError("malformed ACK frame")
-    return obj[0], obj[1]
+    return obj[0], obj[1], obj[2]
 
 
 def unpack_credit(body: bytes, limit: int) -> tuple[int, int]:
@@ -148,13 +169,6 @@ def unpack_credit(body: bytes, limit: int) -> tuple[int, int]:
     if not (_ints(obj) and len(obj) == 2 and obj[0] >= 0):
         raise ProtocolError("malformed CREDIT frame")
     return obj[0], obj[1]
-
-
-def unpack_fail(body: bytes, limit: int) -> list[list[Any]]:
-    """[[id, error, traceback, status], ...] (status 0: retried as the stage's `retry`
-    says; else the message fails now, its client answered with that status: 504 for a call
-    past its time limit)"""
-    return _rows(unpack(body, limit), (int, str, str, int), "FAIL")
 
 
 def _result_rows(rows: Any) -> bool:
@@ -167,16 +181,17 @@ def _result_rows(rows: Any) -> bool:
     return True
 
 
-def unpack_results(body: bytes, limit: int) -> tuple[list[list[Any]], list[list[Any]],
+def unpack_results(body: bytes, limit: int) -> tuple[int, list[list[Any]], list[list[Any]],
                                                      list[int]]:
-    """[kept, sent, done]: rows [id, payload, request(, stage)] the sender keeps until the
-    origin acknowledges them; rows it does not keep; and ids of the origin's own inputs that
-    are DONE -- they made only the rows of this frame (or of earlier ones), so one frame
-    carries both and the origin never sees the DONE without the results."""
+    """[key, kept, sent, done]: rows [id, payload, request(, stage)] the sender keeps until the
+    origin acknowledges this frame (by `key`); rows it does not keep; and keys of the
+    origin's own frames that are DONE -- their messages made only the rows of this frame (or
+    of earlier ones), so one frame carries both and the origin never sees the DONE without
+    the results."""
     obj = unpack(body, limit)  # every reply passes here: explicit loops, not _rows
-    if (type(obj) is list and len(obj) == 3 and _result_rows(obj[0]) and _result_rows(obj[1])
-            and _ints(obj[2])):
-        return obj[0], obj[1], obj[2]
+    if (type(obj) is list and len(obj) == 4 and type(obj[0]) is int and _result_rows(obj[1])
+            and _result_rows(obj[2]) and _ints(obj[3])):
+        return obj[0], obj[1], obj[2], obj[3]
     raise ProtocolError("malformed RESULT frame")
 
 

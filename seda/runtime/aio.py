@@ -51,9 +51,10 @@ class Lane:
         self.limits = {s: spec.call_limit(s) for s in core.local}
         self.loop = new_loop()
         self.cutoffs = Cutoffs(self.loop)
-        # loop -> main, in the order they were made: (sender, group) when a message is
-        # through, (origin, row) for a part of a streamed reply (sent before its reply)
-        self.done: deque[tuple[str, Group | list[Any]]] = deque()
+        # loop -> main, in the order they were made: (tag, group) when a message is through
+        # (the tag its frame was submitted with), (origin, row) for a part of a streamed
+        # reply (sent before its reply)
+        self.done: deque[tuple[Any, Group | list[Any]]] = deque()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.signalled = False  # a wake-up byte is in the pipe
         self.tasks: set[asyncio.Task[None]] = set()
@@ -67,11 +68,12 @@ class Lane:
         """Run `coro` on the lane's loop and wait for it (setup, finish, teardown)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def submit(self, sender: str, stage: str, envs: list[Envelope]) -> None:
+    def submit(self, tag: Any, stage: str, envs: list[Envelope]) -> None:
+        """Run a frame's messages; each one's group comes back with `tag` (see collect)."""
         self.in_flight += len(envs)
-        self.loop.call_soon_threadsafe(self._start, sender, stage, envs)
+        self.loop.call_soon_threadsafe(self._start, tag, stage, envs)
 
-    def collect(self) -> list[tuple[str, Group | list[Any]]]:
+    def collect(self) -> list[tuple[Any, Group | list[Any]]]:
         """The groups that are ready. (Order matters: the pipe is emptied, then the flag
         cleared, then the deque: a group added meanwhile is either taken now or wakes the
         poller again.)"""
@@ -112,21 +114,21 @@ class Lane:
         self.beat = time.monotonic()
         self.loop.call_later(BEAT_EVERY, self._heartbeat)
 
-    def _start(self, sender: str, stage: str, envs: list[Envelope]) -> None:
+    def _start(self, tag: Any, stage: str, envs: list[Envelope]) -> None:
         if self.core.runners[stage].batch is not None:  # handle_batch: one call, one task
-            self._spawn(self._run(sender, stage, envs, True))
+            self._spawn(self._run(tag, stage, envs, True))
         else:
             for env in envs:
-                self._spawn(self._run(sender, stage, [env], False))
+                self._spawn(self._run(tag, stage, [env], False))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, sender: str, stage: str, envs: list[Envelope], batch: bool) -> None:
+    async def _run(self, tag: Any, stage: str, envs: list[Envelope], batch: bool) -> None:
         group = await self.cutoffs.run(self.core, stage, envs, batch, self.limits[stage])
-        self.done.append((sender, group))
+        self.done.append((tag, group))
         self._wake()
 
     def part(self, origin: str, row: list[Any]) -> None:

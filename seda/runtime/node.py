@@ -17,14 +17,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import zmq
 from setproctitle import setproctitle
 
 from seda.engine import config
-from seda.engine.credit import DeadLetter, Dispatcher, Pending, Tracker
+from seda.engine.credit import DeadLetter, Dispatcher, Frame, Tracker
 from seda.engine.throttle import Throttle
 from seda.engine.wire import (
     ACK,
@@ -33,7 +34,6 @@ from seda.engine.wire import (
     CONTROL,
     CREDIT,
     DATA,
-    FAIL,
     FINAL,
     FRAME_OVERHEAD,
     HELLO,
@@ -62,7 +62,6 @@ from seda.engine.wire import (
     pack_record,
     unpack_ack,
     unpack_credit,
-    unpack_fail,
     unpack_lost,
     unpack_order,
     unpack_parts,
@@ -75,7 +74,6 @@ from seda.runtime import deadletter, secure
 
 RESULTS = "@results"
 ORIGIN_WINDOW = 1 << 30  # results to the origin are not credit-limited (bounded upstream)
-FRAME_MAX = 256  # messages per DATA frame (and at most `limit` bytes: see envelope.bounded)
 ERROR_MAX, TB_MAX = 4096, 32768  # characters of an error and its traceback that travel
 HELLO_EVERY = 0.1
 HELLO_EVERY_AT_START = 0.01  # ... for the first START_PHASE s: a peer not bound yet is soon
@@ -102,8 +100,10 @@ def rss() -> int:
         return 0
 
 
-def _data_frame(stage: str, held: int) -> Callable[[list[Envelope]], bytes]:
-    return lambda envs: pack([stage, envs, held])
+def _kept_rows(envs: list[Envelope]) -> list[list[Any]]:
+    """Results as the origin gets them: [id, payload, request] (+ [stage] for a sink's
+    finish value)."""
+    return [[env[ID], env[PAYLOAD], env[REQUEST], *env[FINAL:]] for env in envs]
 
 
 def die_with_parent(parent: int) -> None:
@@ -169,8 +169,9 @@ class Node:
         self.results = Dispatcher(RESULTS, [self.origin], lambda _stage: ORIGIN_WINDOW)
         self.results.grant(self.origin, ORIGIN_WINDOW)
         self.tracker = Tracker()
-        self._acks: dict[str, tuple[list[int], list[int]]] = {}
-        self._fails: dict[str, list[list[Any]]] = {}
+        # per sender: receipts (frame keys), DONEs (frame keys) and failures ([key, id,
+        # error, traceback, status]), sent together in one ACK frame
+        self._acks: dict[str, tuple[list[int], list[int], list[list[Any]]]] = {}
         # inputs from the origin whose only outputs are results for it: their results go to
         # it in one frame with their DONEs, and need no receipt (see flush, unpack_results)
         self.replies: list[list[Any]] = []
@@ -330,20 +331,22 @@ class Node:
 
     def on_frame(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == ACK:
-            received, done = unpack_ack(body, self.limit)
-            self.on_received(received)
-            self._dispatcher_of(sender).done(sender, done)
+            received, done, fails = unpack_ack(body, self.limit)
+            dispatcher = self._dispatcher_of(sender)
+            if received:
+                self.on_received(dispatcher.received(sender, received))
+            if fails:  # (before the DONE of their frames)
+                letters = []
+                for key, msg_id, error, tb, status in fails:
+                    letter = dispatcher.failed(sender, key, msg_id, error, tb, status)
+                    if letter is not None:
+                        letters.append(letter)
+                self.dead_letter(letters)
+            if done:
+                dispatcher.done(sender, done)
         elif kind == CREDIT:
             window, pid = unpack_credit(body, self.limit)
             self.dead_letter(self._dispatcher_of(sender).grant(sender, window, pid))
-        elif kind == FAIL:
-            dispatcher = self._dispatcher_of(sender)
-            letters = []
-            for msg_id, error, tb, status in unpack_fail(body, self.limit):
-                letter = dispatcher.failed(sender, msg_id, error, tb, status)
-                if letter is not None:
-                    letters.append(letter)
-            self.dead_letter(letters)
         elif kind == CONTROL and sender == SUPERVISOR:
             self.heard_supervisor = time.monotonic()
             self.on_control(unpack_order(body, self.limit))
@@ -359,11 +362,11 @@ class Node:
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == RESULT:  # only origins (source, acceptor) receive results
-            kept, sent, done = unpack_results(body, self.limit)
-            if kept:
-                ids = [item[0] for item in kept]
-                self.ack_received(sender, ids)  # received and done at once, sent with the
-                self._acks[sender][1].extend(ids)  # next flush
+            key, kept, sent, done = unpack_results(body, self.limit)
+            if kept:  # received and done at once, acknowledged with the next flush
+                acks = self._acks_of(sender)
+                acks[0].append(key)
+                acks[1].append(key)
                 self.on_results(kept)
             if sent:
                 self.on_results(sent)
@@ -420,8 +423,8 @@ class Node:
             self.stop()
 
     def on_received(self, outputs: list[int]) -> None:
-        for group in self.tracker.received(outputs):
-            self.ack_done(group.sender, group.inputs)
+        for book in self.tracker.received(outputs):
+            self.ack_done(book.sender, book.key)
 
     # ------------------------------------------------------------------ hooks
     def has_work(self) -> bool:
@@ -446,16 +449,28 @@ class Node:
         return {}
 
     # ------------------------------------------------------------------ sending
-    def ack_received(self, sender: str, ids: Iterable[int]) -> None:
-        self._acks.setdefault(sender, ([], []))[0].extend(ids)
+    def _acks_of(self, sender: str) -> tuple[list[int], list[int], list[list[Any]]]:
+        acks = self._acks.get(sender)
+        if acks is None:
+            acks = self._acks[sender] = ([], [], [])
+        return acks
 
-    def ack_done(self, sender: str, ids: Iterable[int]) -> None:
-        self._acks.setdefault(sender, ([], []))[1].extend(ids)
+    def ack_received(self, sender: str, key: int) -> None:
+        self._acks_of(sender)[0].append(key)
 
-    def fail(self, sender: str, msg_id: int, error: str, tb: str, status: int = 0) -> None:
+    def ack_done(self, sender: str, key: int) -> None:
+        if sender == self.origin:  # after the results its messages made (see flush)
+            self.after_results.append(key)
+        else:
+            self._acks_of(sender)[1].append(key)
+
+    def fail(self, sender: str, key: int, msg_id: int, error: str, tb: str,
+             status: int = 0) -> None:
+        """Message `msg_id` of frame `key` from `sender` failed (sent before, or with, that
+        frame's DONE)."""
         # (an exception's text is the handler's to choose: a frame must still hold it)
-        self._fails.setdefault(sender, []).append([msg_id, error[:ERROR_MAX], tb[-TB_MAX:],
-                                                   status])
+        self._acks_of(sender)[2].append([key, msg_id, error[:ERROR_MAX], tb[-TB_MAX:],
+                                         status])
 
     def submit_outputs(self, emits: list[tuple[str, Envelope]],
                        results: list[Envelope]) -> list[int]:
@@ -551,81 +566,68 @@ class Node:
         self.send(SUPERVISOR, STATUS, pack_record(report, self.name))
 
     def _flush_acks(self) -> None:
-        """Send the receipts; one that cannot go now (the peer is not connected) is kept for
-        the next flush -- a lost receipt would leave its message pending at the sender."""
+        """Send the receipts, DONEs and failures; what cannot go now (the peer is not
+        connected) is kept for the next flush -- lost, it would leave its frame pending at
+        the sender for good."""
         self._acks = {sender: acks for sender, acks in self._acks.items()
-                      if (acks[0] or acks[1]) and not self._send_acks(sender, acks)}
+                      if (acks[0] or acks[1] or acks[2]) and not self._send_acks(sender, acks)}
 
-    def _send_acks(self, sender: str, acks: tuple[list[int], list[int]]) -> bool:
-        body = pack(list(acks))
+    def _send_acks(self, sender: str, acks: tuple[list[int], list[int], list[list[Any]]]
+                   ) -> bool:
+        body = pack(acks)
         if len(body) <= self.limit:
             return self.send(sender, ACK, body)
-        # (a receipt sent twice, after a partial failure, is ignored the second time)
-        received = bounded(acks[0], lambda ids: pack([ids, []]), self.limit)
-        done = bounded(acks[1], lambda ids: pack([[], ids]), self.limit)
-        return all(self.send(sender, ACK, part) for _, part in received + done)
+        # in that order: receipts, failures, then DONEs (a failure before its frame's DONE);
+        # a receipt or DONE sent twice, after a partial failure, is ignored the second time
+        # (a failure sent twice finds its message gone from the frame)
+        parts = bounded(acks[0], lambda keys: pack([keys, [], []]), self.limit) + \
+            bounded(acks[2], lambda rows: pack([[], [], rows]), self.limit) + \
+            bounded(acks[1], lambda keys: pack([[], keys, []]), self.limit)
+        return all(self.send(sender, ACK, part) for _, part in parts)
 
     def _send_rows(self, peer: str, kind: bytes, rows: list[Any]) -> bool:
-        """FAIL and LOST rows (each of bounded size: see fail, dead_letter), in frames no
+        """LOST and PART rows (each of bounded size: see fail, dead_letter), in frames no
         larger than a receiver takes."""
         return all(self.send(peer, kind, body)
                    for _, body in bounded(rows, pack, self.limit))
 
     def flush(self) -> None:
         for dispatcher in self.dispatchers.values():
-            for worker, batch in dispatcher.dispatch().items():
-                self._send_data(dispatcher, worker, batch)
-        batches = self.results.dispatch()
-        if (self.replies or self.after_results) and self.origin not in batches:
-            batches[self.origin] = []
-        for origin, batch in batches.items():
-            # kept rows [id, payload, request] (+ [stage] for a sink's finish value), then
-            # the rows not kept and the DONEs that go with them (see unpack_results)
-            kept = [[env[ID], env[PAYLOAD], env[REQUEST], *env[FINAL:]] for _, env, _ in batch]
-            body = pack([kept, self.replies, self.after_results])
-            if len(body) > self.limit:
-                self._send_results(origin, batch, kept)
-            elif self.send(origin, RESULT, body):
-                self.replies, self.after_results = [], []
-            else:  # retried by _timers, not in a spin
-                self.results.unreachable(origin, batch)
-        self._flush_acks()
-        # like receipts, a failure report that cannot go now is kept for the next flush:
-        # lost, it would leave its message pending at the sender for good
-        self._fails = {sender: fails for sender, fails in self._fails.items()
-                       if not self._send_rows(sender, FAIL, fails)}
+            for worker, frames in dispatcher.dispatch().items():
+                self._send_data(dispatcher, worker, frames)
+        for origin, frames in self.results.dispatch().items():
+            # kept rows [id, payload, request] (+ [stage] for a sink's finish value), a
+            # frame of them at a time: the origin acknowledges each by its key
+            self._send_frames(self.results, origin, RESULT, frames,
+                              lambda f, envs: pack([f.key, _kept_rows(envs), [], []]))
+        self._flush_acks()  # (failures before the DONEs of their frames)
+        if self.replies or self.after_results:
+            self._send_replies()
 
-    def _send_results(self, origin: str, batch: list[Pending], kept: list[list[Any]]) -> None:
-        """Results too many for one frame: kept rows, then the other rows, in frames of at
-        most `limit` bytes, and the DONEs of the inputs they answer last (frames on one
-        connection arrive in order). A row too large for any frame (a sink's finish value:
-        handlers' outputs are checked in the stage core) is dead-lettered. What cannot be sent
-        now is kept for the next flush."""
-        replies, done = self.replies, self.after_results
-        self.replies, self.after_results = [], []
-        frames: list[tuple[list[Pending], list[list[Any]], bytes]] = []
-        rows = list(zip(kept, batch, strict=True))
-        for part, body in bounded(rows, lambda r: pack([[k for k, _ in r], [], []]),
-                                  self.limit):
-            if body:
-                frames.append(([p for _, p in part], [], body))
+    def _send_replies(self) -> None:
+        """The rows not kept, then the DONEs of the origin's frames that made them (see
+        unpack_results), in frames of at most `limit` bytes. A row too large for any frame
+        is dead-lettered. What cannot be sent now is kept for the next flush."""
+        origin, replies, done = self.origin, self.replies, self.after_results
+        body = pack([0, [], replies, done])
+        if len(body) <= self.limit:
+            if self.send(origin, RESULT, body):
+                self.replies, self.after_results = [], []
+            return
+        frames: list[tuple[list[list[Any]], bytes]] = []
+        for rows, part in bounded(replies, lambda r: pack([0, [], r, []]), self.limit):
+            if part:
+                frames.append((rows, part))
             else:
-                [(row, (_, env, _))] = part
-                self.results.forget(origin, env[ID])
-                self.dead_letter([self._too_large(self._stage_of(env), env, len(pack(row)))])
-        for reply_rows, body in bounded(replies, lambda r: pack([[], r, []]), self.limit):
-            if body:
-                frames.append(([], reply_rows, body))
-            else:
-                [row] = reply_rows
+                [row] = rows
                 env = [row[0], origin, 1, 0.0, row[1], row[2], 0]
                 self.dead_letter([self._too_large(self._stage_of(env), env, len(pack(row)))])
-        frames += [([], [], body) for _, body in bounded(done, lambda d: pack([[], [], d]),
-                                                          self.limit)]
-        for i, (_, _, body) in enumerate(frames):
-            if not self.send(origin, RESULT, body):
-                self.results.unreachable(origin, [p for f in frames[i:] for p in f[0]])
-                self.replies = [r for f in frames[i:] for r in f[1]]
+        frames += [([], part) for _, part in bounded(done, lambda d: pack([0, [], [], d]),
+                                                     self.limit)]
+        self.replies, self.after_results = [], []
+        for i, (_, part) in enumerate(frames):
+            if not self.send(origin, RESULT, part):
+                self.replies = [r for rows, _ in frames[i:] for r in rows]
                 self.after_results = done
                 return
 
@@ -647,35 +649,39 @@ class Node:
             return str(result[FINAL])
         return self.me.stages[0] if self.me.stages else RESULTS
 
-    def _send_data(self, dispatcher: Dispatcher, worker: str, batch: list[Pending]) -> None:
-        """One DATA frame per stage and per FRAME_MAX messages, and at most `limit` bytes:
-        several frames in flight let the receiver start on the first while the rest
-        travel."""
-        only = self._only_stage.get(dispatcher.pool)
-        if only is not None:  # a pool of one stage (no need to sort by stage)
-            by_stage = {only: [env for _, env, _ in batch]}
-        else:
-            by_stage = {}
-            for stage, env, _ in batch:
-                by_stage.setdefault(stage, []).append(env)
+    def _send_data(self, dispatcher: Dispatcher, worker: str, frames: list[Frame]) -> None:
         held = dispatcher.backlog() + self.held_back(dispatcher)  # for the batching controller
-        limit = self.limit
-        for stage, envs in by_stage.items():
-            for start in range(0, len(envs), FRAME_MAX):
-                frame = envs[start:start + FRAME_MAX]
-                body = pack([stage, frame, held])
-                parts = [(frame, body)] if len(body) <= limit else bounded(
-                    frame, _data_frame(stage, held), limit)
-                for part, part_body in parts:
-                    if not part_body:  # one message over the limit: it fails alone
-                        dispatcher.forget(worker, part[0][ID])
-                        self.dead_letter([self._too_large(stage, part[0],
-                                                          len(pack(part[0])))])
-                        continue
-                    if not self.send(worker, DATA, part_body):
-                        dispatcher.unreachable(worker, batch)
-                        return
-                    self.sent_to[stage] = self.sent_to.get(stage, 0) + len(part)
+        sent = self._send_frames(dispatcher, worker, DATA, frames,
+                                 lambda f, envs: pack([f.stage, envs, held, f.key]))
+        for frame in sent:
+            self.sent_to[frame.stage] = self.sent_to.get(frame.stage, 0) + len(frame.envs)
+
+    def _send_frames(self, dispatcher: Dispatcher, peer: str, kind: bytes, frames: list[Frame],
+                     body_of: Callable[[Frame, list[Envelope]], bytes]) -> list[Frame]:
+        """Send `frames` (DATA to a worker, RESULT to the origin), each in one frame of at
+        most `limit` bytes: one too large is split (each part a frame of its own, see
+        Dispatcher.split), and a message too large for any frame fails alone. If a send
+        fails (the peer is not connected), that frame and the rest go back to the
+        dispatcher's queue. Returns the frames sent."""
+        limit, sent = self.limit, list[Frame]()
+        for i, frame in enumerate(frames):
+            body = body_of(frame, frame.envs)
+            if len(body) <= limit:
+                parts = [(frame, body)]
+            else:
+                pieces = bounded(frame.envs, partial(body_of, frame), limit)
+                large = [envs[0] for envs, part in pieces if not part]
+                new = dispatcher.split(peer, frame, [envs for envs, part in pieces if part])
+                parts = [(f, body_of(f, f.envs)) for f in new]
+                for env in large:  # (a message no frame can carry: it fails alone)
+                    stage = frame.stage if kind == DATA else self._stage_of(env)
+                    self.dead_letter([self._too_large(stage, env, len(pack(env)))])
+            for j, (part, part_body) in enumerate(parts):
+                if not self.send(peer, kind, part_body):
+                    dispatcher.unreachable(peer, [p for p, _ in parts[j:]] + frames[i + 1:])
+                    return sent
+                sent.append(part)
+        return sent
 
     def dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters:

@@ -18,6 +18,7 @@ import zmq
 
 from seda.engine.config import CONCURRENCY
 from seda.engine.controllers import BatchController
+from seda.engine.credit import Book
 from seda.engine.stage import Group, StageCore
 from seda.engine.wire import (
     CREDIT,
@@ -77,7 +78,8 @@ class Worker(Node):
         # what the senders were last granted: the window, and in a service as much again as
         # this worker's outputs that wait for another stage's credit (see _grant)
         self.granted = self.window
-        self.work: deque[tuple[str, str, list[Envelope]]] = deque()
+        # frames received, not run yet: (sender, stage, envelopes, the frame's book)
+        self.work: deque[tuple[str, str, list[Envelope], Book]] = deque()
         self.frames_held_back = 0  # frames that came while their sender held more for us
         self.finishing = self.finished = False
         self.senders: set[str] = set()  # who asked for credit (HELLO)
@@ -111,7 +113,7 @@ class Worker(Node):
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == DATA:
-            stage, envs, held = unpack_data(body, self.limit)
+            stage, envs, held, key = unpack_data(body, self.limit)
             if stage not in self.core.runners:
                 self.counters["malformed"] += 1
                 return
@@ -120,8 +122,8 @@ class Worker(Node):
             self.bytes_in += len(body)
             self.messages_in += len(envs)
             if sender != self.origin:  # an origin tracks nothing: it needs no receipts
-                self.ack_received(sender, [env[ID] for env in envs])
-            self.work.append((sender, stage, envs))
+                self.ack_received(sender, key)
+            self.work.append((sender, stage, envs, self.tracker.open(sender, key, len(envs))))
         elif kind == HELLO:
             self.senders.add(sender)
             window = 0 if self.retiring else self.granted
@@ -137,7 +139,7 @@ class Worker(Node):
         frame it runs."""
         if not self.work or self.core.is_async:
             return True
-        _, stage, envs = self.work[0]
+        _, stage, envs, _ = self.work[0]
         stats = self.core.stats[stage]
         return not stats.completed or stats.busy / stats.completed * len(envs) > RECEIPT_WAIT
 
@@ -154,8 +156,9 @@ class Worker(Node):
             # a short slice, then the loop sends what it produced and reads what came in
             until = time.perf_counter() + STEP_SLICE
             while self.has_work() and time.perf_counter() < until:
-                sender, stage, envs = self.work.popleft()
-                self._run(sender, stage, envs)
+                sender, stage, envs, book = self.work.popleft()
+                self.current = (sender, stage, envs)
+                self._settle(book, self.core.process(stage, envs))
                 if self.work:  # send what this frame made while the next one runs
                     self.flush()
         if self.finishing and not self.finished and self.pending() == 0:
@@ -209,13 +212,13 @@ class Worker(Node):
         """An async pool: hand every frame to the event loop at once (the window bounds how
         many messages are in flight), settle what came back."""
         while self.has_work():
-            sender, stage, envs = self.work.popleft()
-            lane.submit(sender, stage, envs)
-        for sender, item in lane.collect():
+            _, stage, envs, book = self.work.popleft()
+            lane.submit(book, stage, envs)
+        for tag, item in lane.collect():
             if type(item) is Group:
-                self._settle(sender, item)
+                self._settle(tag, item)
             else:  # a part of a streamed reply
-                self.send_part(sender, cast(list[Any], item))
+                self.send_part(tag, cast(list[Any], item))
         if self.loop_limit and lane.in_flight and lane.stalled() > self.loop_limit:
             LOG.error(f"the event loop was blocked for {lane.stalled():.1f} s, longer than "
                       f"the time limit ({self.loop_limit:g} s): a sync call in an async "
@@ -226,30 +229,28 @@ class Worker(Node):
     def pending(self) -> int:
         return super().pending() + (self.lane.in_flight if self.lane is not None else 0)
 
-    def _run(self, sender: str, stage: str, envs: list[Envelope]) -> None:
-        self.current = (sender, stage, envs)
-        self._settle(sender, self.core.process(stage, envs))
-
-    def _settle(self, sender: str, group: Group) -> None:
-        """Send on, acknowledge or fail what one batch (or one async message) caused."""
+    def _settle(self, book: Book, group: Group) -> None:
+        """Send on, or fail, what messages of a frame (all of it, or one async message)
+        caused; the frame is DONE once all of its messages are settled and their outputs
+        received downstream."""
+        sender, key = book.sender, book.key
         for env, why in group.overran:
-            self.fail(sender, env[ID], why, "", 504)
+            self.fail(sender, key, env[ID], why, "", 504)
         for env, error, tb in group.failed:
-            self.fail(sender, env[ID], error, tb)
-        if group.dropped:  # (an empty entry would send an empty ACK frame)
-            self.ack_done(sender, [env[ID] for env in group.dropped])
+            self.fail(sender, key, env[ID], error, tb)
+        settled = len(group.inputs) + len(group.failed) + len(group.dropped) + \
+            len(group.overran)
+        outputs: list[int] = []
         if group.inputs:
             if sender == self.origin and not group.emits:
                 # every output is a result for the sender itself: they go to it in one frame
-                # with the inputs' DONEs, so they need no receipt (see Node.flush)
+                # with the frame's DONE, so they need no receipt (see Node.flush)
                 self.replies.extend([env[ID], env[PAYLOAD], env[REQUEST]]
                                     for env in group.results)
-                self.after_results.extend([env[ID] for env in group.inputs])
-                return
-            outputs = self.submit_outputs(group.emits, group.results)
-            done = self.tracker.add(sender, [env[ID] for env in group.inputs], outputs)
-            if done:
-                self.ack_done(sender, done)
+            else:
+                outputs = self.submit_outputs(group.emits, group.results)
+        if self.tracker.settle(book, settled, outputs):
+            self.ack_done(sender, key)
 
     def report(self) -> None:
         super().report()
@@ -295,7 +296,7 @@ class Worker(Node):
         stages = {s: st.figures()
                   for s, st in self.core.stats.items()}
         inbox: dict[str, dict[str, int]] = {}  # stage -> sender -> received, not yet run
-        for sender, stage, envs in self.work:
+        for sender, stage, envs, _ in self.work:
             senders = inbox.setdefault(stage, {})
             senders[sender] = senders.get(sender, 0) + len(envs)
         return {"stages": stages, "queued": sum(len(w[2]) for w in self.work),
