@@ -310,23 +310,22 @@ def test_tracker_reports_done_only_after_every_output_is_received() -> None:
     t = Tracker()
     a = t.open("a.0", 1, 2)
     b = t.open("b.0", 7, 1)
-    assert not t.settle(a, 2, [101, 102])
-    assert not t.settle(b, 1, [103])
-    assert t.received([101]) == []
-    assert t.received([999]) == []
-    [book] = t.received([102])
+    assert not t.settle(a, 2, 2)
+    assert not t.settle(b, 1, 1)
+    assert t.received([(a, 1)]) == []
+    [book] = t.received([(a, 1)])
     assert (book.sender, book.key) == ("a.0", 1)
     assert len(t) == 1
-    [book] = t.received([103, 101])  # a receipt that came twice counts once
-    assert (book.sender, book.key) == ("b.0", 7)
+    [book] = t.received([(b, 1), (a, 1)])  # a book that is done takes no more counts
+    assert (book.sender, book.key) == ("b.0", 7) and a.remaining == 0
     assert len(t) == 0
 
 
 def test_tracker_without_outputs_is_done_once_every_message_is_settled() -> None:
     t = Tracker()
     book = t.open("a.0", 1, 3)
-    assert not t.settle(book, 1, []) and not t.settle(book, 1, [])  # (async: one at a time)
-    assert t.settle(book, 1, []) and len(t) == 0
+    assert not t.settle(book, 1, 0) and not t.settle(book, 1, 0)  # (async: one at a time)
+    assert t.settle(book, 1, 0) and len(t) == 0
 
 
 def test_tracker_waits_for_the_messages_of_a_frame_still_running() -> None:
@@ -334,10 +333,10 @@ def test_tracker_waits_for_the_messages_of_a_frame_still_running() -> None:
     last is settled and every output of all of them is received, in either order."""
     t = Tracker()
     book = t.open("a.0", 5, 2)
-    assert not t.settle(book, 1, [101])
-    assert t.received([101]) == []  # one message still runs
-    assert not t.settle(book, 1, [102])
-    assert t.received([102]) == [book]
+    assert not t.settle(book, 1, 1)
+    assert t.received([(book, 1)]) == []  # one message still runs
+    assert not t.settle(book, 1, 1)
+    assert t.received([(book, 1)]) == [book]
 
 
 def test_seen_ids_window() -> None:
@@ -581,19 +580,44 @@ def test_an_unreachable_worker_offers_no_credit_and_keeps_suspects_apart() -> No
     assert [e[ID] for _, e in d.suspects] == [1, 2] and list(d.groups) == [2]
 
 
-def test_tracker_books_stay_apart_and_duplicates_in_flight_are_not_tracked_twice() -> None:
+def test_outputs_carry_their_book_through_frames_receipts_and_a_dead_worker() -> None:
+    """Outputs of two frames (two books) share the frames they go out in; each receipt
+    counts each book's messages once, and outputs given back by a dead worker before their
+    receipt still count for their book when they are received at last."""
     t = Tracker()
-    one, two, three = (t.open("a.0", k, 1) for k in (1, 2, 3))
-    assert not t.settle(one, 1, [101])
-    assert not t.settle(two, 1, [102])
-    assert not t.settle(three, 1, [103])
-    assert t.settle(t.open("b.0", 9, 1), 1, [101])  # its only output is already tracked
-    eight = t.open("b.0", 8, 1)
-    assert not t.settle(eight, 1, [101, 104])  # one new output: waits for that one
-    assert [b.key for b in t.received([999, 102])] == [2]  # (an unknown one first)
-    assert [b.key for b in t.received([104])] == [8]
-    assert sorted(b.key for b in t.received([101, 103])) == [1, 3]
-    assert len(t) == 0
+    one, two = t.open("a.0", 1, 1), t.open("a.0", 2, 1)
+    d, _ = make(workers=1, frame_max=3)
+    d.grant("p.0", 8, pid=10)
+    d.submit_many("s", [env(1), env(2)], one)
+    d.submit_many("s", [env(3), env(4)], two)
+    assert not t.settle(one, 1, 2) and not t.settle(two, 1, 2)
+    first, _ = d.dispatch()["p.0"]
+    assert [(b.key, n) for b, n in first.books] == [(1, 2), (2, 1)]
+    assert t.received(d.received("p.0", [first.key])) == [one]  # its two, and one of two's
+    assert d.received("p.0", [first.key]) == []  # (a receipt that came twice)
+    d.down("p.0", pid=10)  # the second frame was not received: its message waits again
+    d.grant("p.0", 8, pid=11)
+    frames = d.dispatch()["p.0"]
+    assert [e[ID] for f in frames for e in f.envs] == [1, 2, 3, 4]
+    books = [b for f in frames for b, _ in f.books]
+    assert books == [two]  # (1, 2, 3 were received before)
+    assert t.received(d.received("p.0", [f.key for f in frames])) == [two] and len(t) == 0
+
+
+def test_an_output_that_is_dead_lettered_is_settled_for_its_book() -> None:
+    d, _ = make(workers=1, attempts=1)
+    t = Tracker()
+    book = t.open("a.0", 1, 1)
+    d.submit_many("s", [env(1)], book)
+    assert not t.settle(book, 1, 1)
+    d.grant("p.0", 8, pid=10)
+    d.dispatch()
+    d.down("p.0", pid=10)
+    d.grant("p.0", 8, pid=11)
+    d.dispatch()
+    [letter] = d.down("p.0", pid=11)  # it killed its worker alone: out of attempts
+    assert letter.book is book
+    assert t.received([(letter.book, 1)]) == [book]
 
 
 # ---------------------------------------------------------------- frames
@@ -613,10 +637,12 @@ def test_messages_go_in_frames_of_one_stage_and_at_most_frame_max() -> None:
 def test_one_receipt_and_one_done_settle_a_whole_frame() -> None:
     d, _ = make(workers=1, frame_max=64)
     d.grant("p.0", 64, pid=10)
-    for i in range(10):
-        d.submit("s", env(i))
+    t = Tracker()
+    book = t.open("a.0", 1, 10)
+    d.submit_many("s", [env(i) for i in range(10)], book)
+    assert not t.settle(book, 10, 10)
     [frame] = d.dispatch()["p.0"]
-    assert d.received("p.0", [frame.key]) == list(range(10))  # the tracker's outputs
+    assert d.received("p.0", [frame.key]) == [(book, 10)]  # for the tracker
     assert d.received("p.0", [frame.key]) == []  # a receipt that came twice: once
     assert d.done("p.0", [frame.key]) == 10
     assert d.in_flight() == 0 and d.links["p.0"].available() == 64

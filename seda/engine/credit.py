@@ -27,15 +27,13 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Collection
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from itertools import count as counter
-from itertools import repeat
 
 from seda.engine.wire import ATTEMPT, ID, Envelope
 
-Pending = tuple[str, Envelope, float]  # (stage, envelope, sent at)
 FRAME_MAX = 256  # messages per frame (and at most a receiver's byte limit: see the node)
 
 
@@ -44,6 +42,101 @@ def first_key() -> int:
     its predecessor's (a receiver may still answer those), and at least 2**40, so that
     every key packs to the same size."""
     return (1 << 40) + (random.SystemRandom().getrandbits(46) << 16)
+
+
+@dataclass(slots=True, eq=False)
+class Book:
+    """A frame a worker received: DONE to its sender once `remaining` is 0 -- its messages
+    not yet settled (run, failed or dropped), plus their outputs not yet received by the
+    next process."""
+
+    sender: str
+    key: int
+    remaining: int
+
+
+# (stage, envelope, sent at, the book of the frame it is an output of, until its receipt;
+# None: nobody waits for it)
+Pending = tuple[str, Envelope, float, "Book | None"]
+Chunk = tuple[str, list[Envelope], "Book | None"]  # messages of one stage, and their book
+
+
+def runs(books: list[Book | None]) -> list[tuple[Book, int]]:
+    """Per-message books as (book, how many) for each run of the same book (None left
+    out)."""
+    out: list[tuple[Book, int]] = []
+    for book in books:
+        if book is None:
+            continue
+        if out and out[-1][0] is book:
+            out[-1] = (book, out[-1][1] + 1)
+        else:
+            out.append((book, 1))
+    return out
+
+
+def chunks(items: list[tuple[str, Envelope, Book | None]]) -> list[Chunk]:
+    """Messages (stage, env, book) as chunks of consecutive ones of the same stage and
+    book."""
+    out: list[Chunk] = []
+    for stage, env, book in items:
+        if out and out[-1][0] == stage and out[-1][2] is book:
+            out[-1][1].append(env)
+        else:
+            out.append((stage, [env], book))
+    return out
+
+
+class Backlog:
+    """Messages waiting for credit, in chunks (a worker's outputs of one frame for one
+    stage, the items a source read at once, an acceptor's turn): added, counted and taken a
+    chunk at a time, not a message at a time. Iterating gives (stage, envelope) pairs."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: deque[Chunk] = deque()
+        self.size = 0  # messages
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[str, Envelope]]:
+        return ((stage, env) for stage, envs, _ in self.chunks for env in envs)
+
+    def add(self, stage: str, envs: list[Envelope], book: Book | None = None) -> None:
+        if envs:
+            self.chunks.append((stage, envs, book))
+            self.size += len(envs)
+
+    def add_front(self, items: list[tuple[str, Envelope, Book | None]]) -> None:
+        """Messages back at the front of the line, in this order."""
+        self.chunks.extendleft(reversed(chunks(items)))
+        self.size += len(items)
+
+    def take(self, count: int) -> list[Chunk]:
+        """Up to `count` messages from the front, in chunks (the last one cut if need be)."""
+        out: list[Chunk] = []
+        line = self.chunks
+        while count > 0 and line:
+            stage, envs, book = line[0]
+            if len(envs) <= count:
+                line.popleft()
+                out.append((stage, envs, book))
+                count -= len(envs)
+                self.size -= len(envs)
+            else:
+                out.append((stage, envs[:count], book))
+                line[0] = (stage, envs[count:], book)
+                self.size -= count
+                count = 0
+        return out
+
+    def by_stage(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for stage, envs, _ in self.chunks:
+            out[stage] = out.get(stage, 0) + len(envs)
+        return out
 
 
 @dataclass(slots=True, eq=False)
@@ -56,6 +149,14 @@ class Frame:
     envs: list[Envelope]
     sent: float
     received: bool = False
+    # the books its messages are outputs of (runs, in order), told once its receipt comes
+    books: list[tuple[Book, int]] = field(default_factory=list)
+
+    def message_books(self) -> list[Book | None]:
+        """Each message's book, or None (nobody waits for it, or its receipt came)."""
+        if self.received or not self.books:
+            return [None] * len(self.envs)
+        return [book for book, n in self.books for _ in range(n)]
 
 
 @dataclass(slots=True)
@@ -81,7 +182,8 @@ class Link:
 
     def take_all(self) -> list[Pending]:
         """Every message it holds, oldest first; it holds none after."""
-        back = [(f.stage, env, f.sent) for f in self.pending.values() for env in f.envs]
+        back = [(f.stage, env, f.sent, book) for f in self.pending.values()
+                for env, book in zip(f.envs, f.message_books(), strict=True)]
         self.pending.clear()
         self.held = 0
         return back
@@ -94,6 +196,7 @@ class DeadLetter:
     error: str
     traceback: str = ""
     status: int = 500  # what a service's client is answered (413, 500, 504)
+    book: Book | None = None  # the book that waits for it (it will never arrive: settled)
 
 
 class Dispatcher:
@@ -115,8 +218,8 @@ class Dispatcher:
         self.pool, self.clock, self.max_attempts, self.rerun = pool, clock, max_attempts, rerun
         self.frame_max = frame_max
         self.links = {w: Link(w) for w in workers}
-        self.queue: deque[tuple[str, Envelope]] = deque()
-        self.suspects: deque[tuple[str, Envelope]] = deque()  # held by a worker that died
+        self.queue = Backlog()
+        self.suspects = Backlog()  # held by a worker that died
         # the suspects in groups, front to back: sizes that add up to len(suspects)
         self.groups: deque[int] = deque()
         # smoothed round trip (send -> DONE). It starts where the stall limit is the floor,
@@ -162,7 +265,8 @@ class Dispatcher:
         link.down_at = self.clock()
         dead = []
         if culprits is not None:
-            dead = [DeadLetter(s, e, why, status=504) for s, e, _ in back if e[ID] in culprits]
+            dead = [DeadLetter(s, e, why, status=504, book=b) for s, e, _, b in back
+                    if e[ID] in culprits]
             for letter in dead:
                 letter.env[ATTEMPT] += 1  # its run is over: it counts
             back = [entry for entry in back if entry[1][ID] not in culprits]
@@ -171,18 +275,20 @@ class Dispatcher:
             dead += once
             back = [entry for entry in back if self.rerun(entry[0], entry[1])]
         if culprits is not None:
-            self.queue.extendleft(reversed([(s, e) for s, e, _ in back]))
+            self.queue.add_front([(s, e, b) for s, e, _, b in back])
             return dead
-        count = 0
-        for stage, env, _ in reversed(back):
+        kept = []
+        for stage, env, _, book in back:
             if alone:
                 env[ATTEMPT] += 1
                 if env[ATTEMPT] > self.max_attempts(stage):
                     dead.append(DeadLetter(stage, env, f"worker {worker} died while running "
-                                                       f"it (alone) {env[ATTEMPT] - 1} times"))
+                                                       f"it (alone) {env[ATTEMPT] - 1} times",
+                                           book=book))
                     continue
-            self.suspects.appendleft((stage, env))
-            count += 1
+            kept.append((stage, env, book))
+        self.suspects.add_front(kept)
+        count = len(kept)
         if count > 1 and suspected:  # a group that killed its worker: halves, in turn
             self.groups.extendleft((count - count // 2, count // 2))
         elif count:
@@ -200,7 +306,8 @@ class Dispatcher:
         if link.isolated and held:
             self.groups.appendleft(held)
         link.up, link.isolated = False, False
-        back.extendleft(reversed([(f.stage, env) for f in mine for env in f.envs]))
+        back.add_front([(f.stage, env, book) for f in mine
+                        for env, book in zip(f.envs, f.message_books(), strict=True)])
 
     def bounced(self, worker: str) -> list[DeadLetter]:
         """A frame between us and `worker` was dropped (see Node.lost_frame): what it holds of
@@ -216,23 +323,25 @@ class Dispatcher:
         if dead:
             back = [entry for entry in back if self.rerun(entry[0], entry[1])]
         again = []
-        for stage, env, _ in back:
+        for stage, env, _, book in back:
             env[ATTEMPT] += 1
             if env[ATTEMPT] > self.max_attempts(stage):
                 dead.append(DeadLetter(stage, env, f"frames between this process and "
                                                    f"{worker} were dropped {env[ATTEMPT] - 1} "
-                                                   f"times while it held this message"))
+                                                   f"times while it held this message",
+                                       book=book))
             else:
-                again.append((stage, env))
-        self.queue.extendleft(reversed(again))  # first in line again, in their order
+                again.append((stage, env, book))
+        self.queue.add_front(again)  # first in line again, in their order
         return dead
 
     def _once(self, held: list[Pending], what: str) -> list[DeadLetter]:
         """The messages of `held` that may have run and may not run again: each fails, as a
         502 to its client (a gateway whose upstream died, as nginx answers)."""
         dead = [DeadLetter(stage, env, f"{what}; not run again (its request may not run "
-                                       f"twice: see the stage's retry)", status=502)
-                for stage, env, _ in held if not self.rerun(stage, env)]
+                                       f"twice: see the stage's retry)", status=502,
+                           book=book)
+                for stage, env, _, book in held if not self.rerun(stage, env)]
         for letter in dead:
             letter.env[ATTEMPT] += 1  # (it may have run: count it)
         return dead
@@ -240,29 +349,41 @@ class Dispatcher:
     def split(self, worker: str, frame: Frame, parts: list[list[Envelope]]) -> list[Frame]:
         """A frame too large to send as one: in its place, a frame (with a key of its own)
         for each of `parts`; a message of `frame` in no part (too large for any frame: it
-        fails alone, see the node) leaves the books."""
+        fails alone, see the node and book_of) leaves the books."""
         link = self.links[worker]
         del link.pending[frame.key]
         link.held -= len(frame.envs)
-        out = [Frame(next(self._keys), frame.stage, envs, frame.sent) for envs in parts]
+        book_of = {id(env): book for env, book in
+                   zip(frame.envs, frame.message_books(), strict=True)}
+        out = [Frame(next(self._keys), frame.stage, envs, frame.sent, frame.received,
+                     runs([book_of[id(env)] for env in envs])) for envs in parts]
         for new in out:
             link.pending[new.key] = new
             link.held += len(new.envs)
         return out
 
-    def received(self, worker: str, keys: list[int]) -> list[int]:
-        """Receipts of frames: the ids of their messages, the first time each frame's
-        receipt comes (the tracker's outputs that are now downstream)."""
+    @staticmethod
+    def book_of(frame: Frame, env: Envelope) -> Book | None:
+        """The book that waits for a message of `frame` (None: nobody, or it was
+        received)."""
+        for member, book in zip(frame.envs, frame.message_books(), strict=True):
+            if member is env:
+                return book
+        return None
+
+    def received(self, worker: str, keys: list[int]) -> list[tuple[Book, int]]:
+        """Receipts of frames: the books their messages are outputs of, with how many, the
+        first time each frame's receipt comes (for the tracker)."""
         link = self.links.get(worker)
         if link is None:
             return []
-        out: list[int] = []
+        out: list[tuple[Book, int]] = []
         get = link.pending.get
         for key in keys:
             frame = get(key)
             if frame is not None and not frame.received:
                 frame.received = True
-                out += [env[ID] for env in frame.envs]
+                out += frame.books
         return out
 
     def done(self, worker: str, keys: list[int]) -> int:
@@ -297,23 +418,31 @@ class Dispatcher:
         at = next((i for i, env in enumerate(envs) if env[ID] == msg_id), None)
         if at is None:
             return None
+        books = frame.message_books()  # (its receipt came first: None, nearly always)
+        book = books.pop(at)
+        frame.books = runs(books)
         env = envs.pop(at)
         link.held -= 1
         stage = frame.stage
         env[ATTEMPT] += 1
         if status:
-            return DeadLetter(stage, env, error, tb, status=status)
+            return DeadLetter(stage, env, error, tb, status=status, book=book)
         if env[ATTEMPT] > self.max_attempts(stage) or not self.rerun(stage, env):
-            return DeadLetter(stage, env, error, tb)
-        self.queue.append((stage, env))
+            return DeadLetter(stage, env, error, tb, book=book)
+        self.queue.add(stage, [env], book)
         return None
 
     # ------------------------------------------------------------ sending
     def submit(self, stage: str, env: Envelope) -> None:
-        self.queue.append((stage, env))
+        self.queue.add(stage, [env])
+
+    def submit_many(self, stage: str, envs: list[Envelope], book: Book | None = None) -> None:
+        """Messages for `stage`; `book`: the frame they are outputs of, told when their
+        receipts come (see Tracker)."""
+        self.queue.add(stage, envs, book)
 
     def backlog(self) -> int:
-        return len(self.queue) + len(self.suspects)
+        return self.queue.size + self.suspects.size
 
     def in_flight(self) -> int:
         return sum(link.held for link in self.links.values())
@@ -325,10 +454,9 @@ class Dispatcher:
     def waiting(self) -> dict[str, int]:
         """stage -> messages held here for lack of credit (this sender's part of the queue in
         front of each stage; the status views add the receivers' inboxes)."""
-        out: dict[str, int] = {}
-        for items in (self.queue, self.suspects):
-            for stage, _ in items:
-                out[stage] = out.get(stage, 0) + 1
+        out = self.queue.by_stage()
+        for stage, n in self.suspects.by_stage().items():
+            out[stage] = out.get(stage, 0) + n
         return out
 
     def stalled(self, link: Link, now: float) -> bool:
@@ -374,54 +502,41 @@ class Dispatcher:
             ready = [lk for lk in ready if lk.available() > 0]
         return out
 
-    def _assign(self, link: Link, source: deque[tuple[str, Envelope]], count: int, now: float,
+    def _assign(self, link: Link, source: Backlog, count: int, now: float,
                 out: dict[str, list[Frame]]) -> None:
         """`count` messages from the front of `source` to `link`, in frames of one stage
         and at most frame_max messages each."""
         if count <= 0:
             return
-        take = source.popleft
-        entries = [take() for _ in range(count)]
         frames = out.setdefault(link.name, [])
         step, keys, pending = self.frame_max, self._keys, link.pending
-        stage = entries[0][0]
-        if entries[-1][0] == stage and all(e[0] == stage for e in entries):  # one stage
-            runs = [(stage, [env for _, env in entries])]
-        else:
-            runs = []
-            for stage, env in entries:
-                if runs and runs[-1][0] == stage:
-                    runs[-1][1].append(env)
+        frame: Frame | None = None
+        for stage, envs, book in source.take(count):
+            while envs:
+                if frame is None or frame.stage != stage or len(frame.envs) >= step:
+                    frame = Frame(next(keys), stage, [], now)
+                    pending[frame.key] = frame
+                    frames.append(frame)
+                room = step - len(frame.envs)
+                piece, envs = (envs, []) if len(envs) <= room else (envs[:room], envs[room:])
+                if frame.envs:
+                    frame.envs += piece
                 else:
-                    runs.append((stage, [env]))
-        for stage, envs in runs:
-            for start in range(0, len(envs), step):
-                frame = Frame(next(keys), stage, envs[start:start + step]
-                              if len(envs) > step else envs, now)
-                pending[frame.key] = frame
-                frames.append(frame)
+                    frame.envs = piece
+                if book is not None:
+                    frame.books.append((book, len(piece)))
         link.held += count
         self.sent += count
 
 
-@dataclass(slots=True, eq=False)
-class Book:
-    """A frame a worker received: DONE to its sender once `remaining` is 0 -- its messages
-    not yet settled (run, failed or dropped), plus their outputs not yet received by the
-    next process."""
-
-    sender: str
-    key: int
-    remaining: int
-
-
 class Tracker:
     """Frames whose messages are not all settled, or whose outputs are not all RECEIVED
-    downstream (so not yet DONE upstream)."""
+    downstream (so not yet DONE upstream). Counted per frame: the outputs of a frame's
+    messages go out tagged with its book, and each receipt (or a dead letter: an output
+    that will never arrive) counts them off -- no book of outputs by id."""
 
     def __init__(self) -> None:
         self._open: set[Book] = set()
-        self._waiting: dict[int, Book] = {}  # output id -> the book of the frame it came of
 
     def __len__(self) -> int:
         return len(self._open)
@@ -432,31 +547,25 @@ class Tracker:
         self._open.add(book)
         return book
 
-    def settle(self, book: Book, settled: int, outputs: list[int]) -> bool:
-        """`settled` messages of the frame are through, with these outputs sent on (ids):
-        whether the frame is DONE now."""
-        if outputs:
-            waiting = self._waiting
-            if not waiting.keys().isdisjoint(outputs):  # rare: a duplicate still in flight
-                outputs = [o for o in outputs if o not in waiting]
-            fresh = dict.fromkeys(outputs, book)
-            book.remaining += len(fresh)
-            waiting.update(fresh)
-        book.remaining -= settled
-        if book.remaining == 0:
+    def settle(self, book: Book, settled: int, outputs: int) -> bool:
+        """`settled` messages of the frame are through, with `outputs` messages sent on
+        (tagged with the book): whether the frame is DONE now."""
+        book.remaining += outputs - settled
+        if book.remaining <= 0:
             self._open.discard(book)
             return True
         return False
 
-    def received(self, outputs: list[int]) -> list[Book]:
-        """Outputs arrived downstream; returns the frames that are now DONE."""
+    def received(self, books: list[tuple[Book, int]]) -> list[Book]:
+        """Outputs arrived downstream (or will never arrive), by book and count; returns the
+        frames that are now DONE."""
         done: list[Book] = []
-        books = Counter(filter(None, map(self._waiting.pop, outputs, repeat(None))))
-        for book, n in books.items():
-            book.remaining -= n
-            if book.remaining == 0:
-                self._open.discard(book)
-                done.append(book)
+        for book, n in books:
+            if book in self._open:
+                book.remaining -= n
+                if book.remaining <= 0:
+                    self._open.discard(book)
+                    done.append(book)
         return done
 
 

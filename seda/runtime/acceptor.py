@@ -304,10 +304,10 @@ class Acceptor(Node):
         self.acc, self.limits, self.protocol = acc, acc.limits, acc.protocol
         self.entry = acc.entry
         pool = plan.stage_pool.get(self.entry, "")
-        # requests waiting for credit at the entry stage (SPED runs them at once instead)
+        # requests read in this turn of the loop, for the entry stage: at the turn's end
+        # they go to its dispatcher, as one chunk (SPED runs them at once instead)
         self.entry_dispatcher = self.dispatchers.get(pool)
-        self.entry_queue = self.entry_dispatcher.queue if self.entry_dispatcher is not None \
-            else deque()
+        self.entry_queue: deque[tuple[str, Envelope]] = deque()
         stage = self.spec.stages[self.entry]
         workers = len(plan.pool_procs.get(pool, [])) or 1
         # requests waiting for credit at the entry stage; past it, an immediate 503
@@ -420,9 +420,19 @@ class Acceptor(Node):
         self.unsent = 0
         if self.held:
             self._by_priority()
-        if self.core is not None and self.entry_queue:
-            self.run_inline(self.core)  # SPED: what this turn read, as one batch
+        if self.entry_queue:
+            if self.core is not None:
+                self.run_inline(self.core)  # SPED: what this turn read, as one batch
+            elif self.entry_dispatcher is not None:
+                self.entry_dispatcher.submit_many(self.entry,
+                                                  [env for _, env in self.entry_queue])
+                self.entry_queue.clear()
         super().flush()
+
+    def waiting_for_credit(self) -> int:
+        """Requests admitted that wait for the entry stage's credit (its queue's length)."""
+        return len(self.entry_queue) + (self.entry_dispatcher.backlog()
+                                        if self.entry_dispatcher is not None else 0)
 
     def extra_waiting(self) -> dict[str, int]:
         return {self.entry: self.held} if self.held else {}
@@ -469,11 +479,11 @@ class Acceptor(Node):
         deadline, expires = now + self.request_timeout, mono + self.request_timeout
         queue, order, slots, admission, classes = self.entry_queue, conn.order, self.book.slots, \
             self.admission, self.classes
-        entry_queue, enter, entry, name = self.entry_queue, self.book.enter, self.entry, \
-            self.name
+        enter, entry, name = self.book.enter, self.entry, self.name
         bound, reserve, kind, rejected = self.queue_bound, 0.0, 0, 0
         repeatable = self.repeatable
         msg_id, admitted = self.next_id, 0
+        waiting = self.waiting_for_credit()
         for request in requests:
             slot = Slot(conn, request, b"", False, False, mono)
             order.append(slot)
@@ -482,7 +492,7 @@ class Acceptor(Node):
                 bound, reserve = self.class_bounds[kind], classes.reserve[kind]
                 self.class_requests[kind] += 1
                 queue = self.by_priority[classes.priorities[kind]]
-            if len(entry_queue) + self.held >= bound or not self.accepting or (
+            if waiting + self.held >= bound or not self.accepting or (
                     admission is not None and not admission.admit(mono, reserve, len(slots))):
                 if classes is not None:
                     self.class_rejected[kind] += 1
@@ -500,6 +510,8 @@ class Acceptor(Node):
             # (a sample's queue wait is timed: see envelope.SAMPLE)
             if classes is not None:
                 self.held += 1
+            else:
+                waiting += 1
         self.next_id = msg_id
         self.unsent += admitted
         if rejected:  # 503s: written once this callback is over, in one write
@@ -523,7 +535,7 @@ class Acceptor(Node):
         by its class's smaller queue bound."""
         queue, levels, turns = self.entry_queue, self.by_priority, self.class_turns
         room = self.held if self.entry_dispatcher is None else \
-            self.entry_dispatcher.available() - len(queue)
+            self.entry_dispatcher.available() - self.waiting_for_credit()
         while room > 0 and any(levels):
             if not any(turns[i] > 0 and waiting for i, waiting in enumerate(levels)):
                 turns[:] = [CLASS_WEIGHT ** (len(levels) - 1 - i) for i in range(len(levels))]

@@ -25,7 +25,7 @@ import zmq
 from setproctitle import setproctitle
 
 from seda.engine import config
-from seda.engine.credit import DeadLetter, Dispatcher, Frame, Tracker
+from seda.engine.credit import Book, DeadLetter, Dispatcher, Frame, Tracker
 from seda.engine.throttle import Throttle
 from seda.engine.wire import (
     ACK,
@@ -152,8 +152,8 @@ class Node:
         self.dispatchers = {p: Dispatcher(p, plan.pool_procs[p], self._max_attempts,
                                           rerun=self._rerun)
                             for p in self._downstream_pools()}
-        # stage -> the queue of the dispatcher for its pool (the hot path appends to it)
-        self._route = {s: self.dispatchers[p].queue for s, p in plan.stage_pool.items()
+        # stage -> the dispatcher for its pool
+        self._route = {s: self.dispatchers[p] for s, p in plan.stage_pool.items()
                        if p in self.dispatchers}
         stages_of: dict[str, list[str]] = {}
         for stage, pool in plan.stage_pool.items():
@@ -422,8 +422,9 @@ class Node:
         elif isinstance(order, Stop):
             self.stop()
 
-    def on_received(self, outputs: list[int]) -> None:
-        for book in self.tracker.received(outputs):
+    def on_received(self, books: list[tuple[Book, int]]) -> None:
+        """Outputs of frames this process received are downstream (or never will be)."""
+        for book in self.tracker.received(books):
             self.ack_done(book.sender, book.key)
 
     # ------------------------------------------------------------------ hooks
@@ -472,19 +473,29 @@ class Node:
         self._acks_of(sender)[2].append([key, msg_id, error[:ERROR_MAX], tb[-TB_MAX:],
                                          status])
 
-    def submit_outputs(self, emits: list[tuple[str, Envelope]],
-                       results: list[Envelope]) -> list[int]:
-        """Queue a group's outputs for sending; returns their ids (for the tracker)."""
-        route = self._route
-        if self._bounds:
+    def submit_outputs(self, emits: list[tuple[str, Envelope]], results: list[Envelope],
+                       book: Book | None = None) -> int:
+        """Queue the outputs of (messages of) a frame for sending, tagged with its book;
+        returns how many were queued (the tracker waits for their receipts)."""
+        queued = 0
+        if emits and self._bounds:
             emits = self._admit(emits)
-        for item in emits:
-            route[item[0]].append(item)
-        ids = [env[ID] for _, env in emits]
+        if emits:
+            stage = emits[0][0]
+            route = self._route
+            if all(target == stage for target, _ in emits):  # (one route: nearly always)
+                route[stage].submit_many(stage, [env for _, env in emits], book)
+            else:
+                by_stage: dict[str, list[Envelope]] = {}
+                for target, env in emits:
+                    by_stage.setdefault(target, []).append(env)
+                for target, envs in by_stage.items():
+                    route[target].submit_many(target, envs, book)
+            queued += len(emits)
         if results:
-            self.results.queue.extend([(RESULTS, env) for env in results])
-            ids.extend([env[ID] for env in results])
-        return ids
+            self.results.submit_many(RESULTS, results, book)
+            queued += len(results)
+        return queued
 
     def _admit(self, emits: list[tuple[str, Envelope]]) -> list[tuple[str, Envelope]]:
         """A service's emits that their route's queue has room for; the others' requests
@@ -671,11 +682,14 @@ class Node:
             else:
                 pieces = bounded(frame.envs, partial(body_of, frame), limit)
                 large = [envs[0] for envs, part in pieces if not part]
+                books = [dispatcher.book_of(frame, env) for env in large]
                 new = dispatcher.split(peer, frame, [envs for envs, part in pieces if part])
                 parts = [(f, body_of(f, f.envs)) for f in new]
-                for env in large:  # (a message no frame can carry: it fails alone)
-                    stage = frame.stage if kind == DATA else self._stage_of(env)
-                    self.dead_letter([self._too_large(stage, env, len(pack(env)))])
+                for env, book in zip(large, books, strict=True):  # (no frame can carry it:
+                    stage = frame.stage if kind == DATA else self._stage_of(env)  # alone)
+                    letter = self._too_large(stage, env, len(pack(env)))
+                    letter.book = book  # (its input's frame waits for it no more)
+                    self.dead_letter([letter])
             for j, (part, part_body) in enumerate(parts):
                 if not self.send(peer, kind, part_body):
                     dispatcher.unreachable(peer, [p for p, _ in parts[j:]] + frames[i + 1:])
@@ -685,6 +699,9 @@ class Node:
 
     def dead_letter(self, letters: list[DeadLetter]) -> None:
         if letters:
+            waited = [(letter.book, 1) for letter in letters if letter.book is not None]
+            if waited:  # outputs that will never arrive downstream: settled all the same
+                self.on_received(waited)
             self.counters["dead_letters"] += len(letters)
             lost: dict[str, list[list[Any]]] = {}
             for letter in letters:

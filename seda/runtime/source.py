@@ -148,15 +148,18 @@ class Source(Node):
         first, name, now = self.read + 1, self.name, time.time_ns()
         self.read += len(items)
         for k, entry in enumerate(self.entries):
-            queue = self._route[entry]
+            dispatcher = self._route[entry]
             if k == 0:
-                queue.extend([(entry, [n, name, 1, 0.0, item, n, 0 if n & SAMPLE else now])
-                              for n, item in enumerate(items, first)])
+                dispatcher.submit_many(entry, [[n, name, 1, 0.0, item, n,
+                                                0 if n & SAMPLE else now]
+                                               for n, item in enumerate(items, first)])
             else:
                 ids = [child_id(n, k) for n in range(first, first + len(items))]
-                queue.extend([(entry, [i, name, 1, 0.0, item, n, 0 if i & SAMPLE else now])
-                              for i, n, item in zip(ids, range(first, first + len(items)),
-                                                    items, strict=True)])
+                dispatcher.submit_many(entry, [[i, name, 1, 0.0, item, n,
+                                                0 if i & SAMPLE else now]
+                                               for i, n, item in zip(
+                                                   ids, range(first, first + len(items)),
+                                                   items, strict=True)])
 
     def on_results(self, items: list[list[Any]]) -> None:
         repeats = self.seen.repeats([item[0] for item in items])

@@ -240,7 +240,7 @@ class Worker(Node):
             self.fail(sender, key, env[ID], error, tb)
         settled = len(group.inputs) + len(group.failed) + len(group.dropped) + \
             len(group.overran)
-        outputs: list[int] = []
+        outputs = 0
         if group.inputs:
             if sender == self.origin and not group.emits:
                 # every output is a result for the sender itself: they go to it in one frame
@@ -248,7 +248,7 @@ class Worker(Node):
                 self.replies.extend([env[ID], env[PAYLOAD], env[REQUEST]]
                                     for env in group.results)
             else:
-                outputs = self.submit_outputs(group.emits, group.results)
+                outputs = self.submit_outputs(group.emits, group.results, book)
         if self.tracker.settle(book, settled, outputs):
             self.ack_done(sender, key)
 
