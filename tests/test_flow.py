@@ -683,6 +683,20 @@ def test_an_unreachable_worker_takes_back_only_the_frames_not_sent() -> None:
     assert [e[ID] for _, e in d.queue] == [2, 3, 4] and d.in_flight() == 2
 
 
+def test_a_worker_is_charged_only_for_the_messages_it_was_sent() -> None:
+    """Credit counts what went out, even where the books of suspects (their group sizes)
+    claim more than is there."""
+    d, _ = make(workers=1, frame_max=8)
+    d.grant("p.0", 8, pid=10)
+    d.submit("s", env(1))
+    d.dispatch()
+    d.down("p.0", pid=10)
+    d.groups[0] = 5  # (one suspect, a group of 5 claimed)
+    d.grant("p.0", 8, pid=11)
+    assert sent_ids(d.dispatch()) == {"p.0": [1]}
+    assert d.in_flight() == 1 and d.sent == 2 and d.links["p.0"].available() == 7
+
+
 def test_each_sender_keys_its_frames_from_a_random_start() -> None:
     """A restarted sender must not reuse its predecessor's keys (a worker may still answer
     those); keys are at least 2**40, so that every frame's key packs to the same size."""

@@ -511,7 +511,9 @@ class Dispatcher:
         frames = out.setdefault(link.name, [])
         step, keys, pending = self.frame_max, self._keys, link.pending
         frame: Frame | None = None
+        taken = 0
         for stage, envs, book in source.take(count):
+            taken += len(envs)
             while envs:
                 if frame is None or frame.stage != stage or len(frame.envs) >= step:
                     frame = Frame(next(keys), stage, [], now)
@@ -525,8 +527,8 @@ class Dispatcher:
                     frame.envs = piece
                 if book is not None:
                     frame.books.append((book, len(piece)))
-        link.held += count
-        self.sent += count
+        link.held += taken  # (what there was: never more than asked)
+        self.sent += taken
 
 
 class Tracker:
