@@ -662,23 +662,26 @@ def test_a_failed_message_leaves_its_frame_and_the_rest_are_done_with_it() -> No
     assert [(e[ID], e[ATTEMPT]) for e in again.envs] == [(2, 2)]
 
 
-def test_a_dead_worker_gives_back_every_message_of_its_frames_in_order() -> None:
+def five_sent_in_frames_of_two() -> tuple[Dispatcher, list[Frame]]:
+    """Messages 0-4 sent to p.0 in frames of two: [0, 1], [2, 3], [4]."""
     d, _ = make(workers=1, frame_max=2)
     d.grant("p.0", 8, pid=10)
     for i in range(5):
         d.submit("s", env(i))
     frames = d.dispatch()["p.0"]
+    assert [[e[ID] for e in f.envs] for f in frames] == [[0, 1], [2, 3], [4]]
+    return d, frames
+
+
+def test_a_dead_worker_gives_back_every_message_of_its_frames_in_order() -> None:
+    d, frames = five_sent_in_frames_of_two()
     assert d.done("p.0", [frames[1].key]) == 2  # frames are done in any order
     assert d.down("p.0", pid=10) == []
     assert [e[ID] for _, e in d.suspects] == [0, 1, 4] and list(d.groups) == [3]
 
 
 def test_an_unreachable_worker_takes_back_only_the_frames_not_sent() -> None:
-    d, _ = make(workers=1, frame_max=2)
-    d.grant("p.0", 8, pid=10)
-    for i in range(5):
-        d.submit("s", env(i))
-    frames = d.dispatch()["p.0"]
+    d, frames = five_sent_in_frames_of_two()
     d.unreachable("p.0", frames[1:])  # the first went out
     assert [e[ID] for _, e in d.queue] == [2, 3, 4] and d.in_flight() == 2
 

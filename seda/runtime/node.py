@@ -158,7 +158,6 @@ class Node:
         stages_of: dict[str, list[str]] = {}
         for stage, pool in plan.stage_pool.items():
             stages_of.setdefault(pool, []).append(stage)
-        self._only_stage = {p: ss[0] for p, ss in stages_of.items() if len(ss) == 1}
         # a service's routes are bounded queues whose enqueue fails fast: past a stage's
         # bound, what a handler emits to it is answered 503 at once, so a full route never
         # holds this worker's window (and with it every other route) -- see route_bound
