@@ -482,6 +482,42 @@ def test_a_joiner_with_a_foreign_key_is_refused(tmp_path: Path) -> None:
             run.wait()
 
 
+def test_a_worker_that_speaks_another_frame_format_is_refused_with_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker of another seda version would send frames the run's processes drop as
+    malformed (and read none of theirs): the join is refused, both sides say why -- what
+    this process sends to the run's real supervisor is a JOIN of another format."""
+    from seda.engine import wire
+    from seda.runtime import join
+
+    secure.make_keys(tmp_path / "k")
+    keys = secure.load_keys(str(tmp_path / "k" / "run.key_secret"))
+    with SedaRun(tmp_path, chain(n=100000, gap=0.001), "--tcp", "127.0.0.1", "--keys",
+                 str(tmp_path / "k"), "--join-at", "127.0.0.1:0", "--remote",
+                 "double") as run:
+        url = join_url(run)
+        monkeypatch.setattr(wire, "WIRE", 1)
+        answer = join.ask(url, keys)
+        assert answer["error"] == (
+            f"this run speaks frame format 2 (seda {join.__version__}), the worker format 1 "
+            f"(seda {join.__version__}): install the same seda version on every host")
+        assert "plan" not in answer
+        wait_for(lambda: "refused a worker from" in run.err_file.read_text(), 10,
+                 "the run's warning")
+        # the other way round: a run that answers in another format (or none: an older one)
+        assert join.mismatch("this worker", f"the run at {url}", {}) == (
+            f"this worker speaks frame format 1 (seda {join.__version__}), the run at {url} "
+            f"an older format (an older seda): install the same seda version on every host")
+        monkeypatch.undo()
+        joiner = Joiner(tmp_path, url, "--keys", str(tmp_path / "k"))  # the same: it joins
+        try:
+            wait_for(lambda: "joined from" in run.err_file.read_text(), 30, "the join")
+        finally:
+            joiner.end()
+            run.signal(signal.SIGINT)
+            run.wait()
+
+
 FRAGILE_PY = """
 import os
 if os.environ.get("THIS_HOST_LACKS_CUDA"):

@@ -41,6 +41,10 @@ STATUS = b"S"    # body: a Report, {"op": ..., "name": ...}   process -> supervi
 JOIN = b"J"      # body: {"host", "pid"} / {"name", "plan"} or {"error"}  joining worker <->
 #                  supervisor (seda worker --join: the only frame before it has a name)
 
+# the frames' format: every process of a run must speak the same one. A worker that joins
+# from another host says which it speaks, and one that speaks another is refused (see
+# seda.runtime.join). Changed whenever a frame's layout does: 2 since frames have keys.
+WIRE = 2
 SAMPLE = 7  # a message whose id & SAMPLE == 0 carries its birth time (one in eight)
 # in a request id (the REQUEST field, which every message a request causes carries): the
 # request may not be run twice -- an HTTP POST or PATCH, a RESP write, a line or length

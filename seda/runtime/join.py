@@ -19,6 +19,8 @@ from typing import Any
 
 import zmq
 
+from seda import __version__
+from seda.engine import wire
 from seda.engine.wire import JOIN, pack, unpack
 from seda.errors import ProtocolError
 from seda.log import LOG, configure
@@ -80,7 +82,8 @@ def ask(url: str, keys: secure.Keys | None, stage: str = "", timeout: float = AN
         sock = _dealer(context, url, keys)
         sock.send_multipart([JOIN, pack({"host": socket.gethostname(), "pid": os.getpid(),
                                          "stage": stage, "address": address,
-                                         "node": os.environ.get("SEDA_RAY_NODE", "")})])
+                                         "node": os.environ.get("SEDA_RAY_NODE", ""),
+                                         "wire": wire.WIRE, "version": __version__})])
         if not sock.poll(int(timeout * 1000)):
             return {"error": f"no answer from {url} within {timeout:g} s: is a run accepting "
                              f"workers there (seda run --join-at), and is this its key? (a "
@@ -92,11 +95,23 @@ def ask(url: str, keys: secure.Keys | None, stage: str = "", timeout: float = AN
         answer = unpack(frames[1], 64 << 20)
         if type(answer) is not dict:
             raise ProtocolError("not a map")
+        if "error" not in answer and answer.get("wire") != wire.WIRE:
+            return {"error": mismatch("this worker", f"the run at {url}", answer)}
         return answer
     except ProtocolError as exc:
         return {"error": f"a malformed answer from {url}: {exc}"}
     finally:
         context.destroy(linger=0)
+
+
+def mismatch(us: str, them: str, said: dict[str, Any]) -> str:
+    """Why a run and a worker that speak different frame formats cannot work together:
+    `us` speaks this process's format, `them` what `said` says (its "wire" and "version",
+    absent from a seda older than both)."""
+    theirs = f"format {said['wire']}" if "wire" in said else "an older format"
+    version = f"seda {said['version']}" if "version" in said else "an older seda"
+    return (f"{us} speaks frame format {wire.WIRE} (seda {__version__}), {them} {theirs} "
+            f"({version}): install the same seda version on every host")
 
 
 def report_failure(url: str, keys: secure.Keys | None, name: str, error: str,

@@ -31,6 +31,7 @@ import psutil
 import zmq
 from setproctitle import setproctitle
 
+from seda import __version__
 from seda.engine import ending
 from seda.engine.ending import Ending
 from seda.engine.restarts import Backoff, Intensity
@@ -38,6 +39,7 @@ from seda.engine.wire import (
     CONTROL,
     JOIN,
     STATUS,
+    WIRE,
     Beat,
     DeadLetters,
     Exhausted,
@@ -73,7 +75,7 @@ from seda.plan.deployment import (
     over_tcp,
     supervisor_endpoint,
 )
-from seda.runtime import deadletter, secure
+from seda.runtime import deadletter, join, secure
 from seda.runtime.listener import address, bind, raise_fd_limit, url
 from seda.runtime.watchdog import EXIT_RECYCLE, EXIT_STUCK, beat_path, read_note
 from seda.spec.models import GraphSpec
@@ -432,7 +434,18 @@ class Supervisor:
             host, pid = str(asked["host"])[:200], int(asked["pid"])
             stage, node = str(asked.get("stage", ""))[:200], str(asked.get("node", ""))[:64]
             address = str(asked.get("address", ""))[:200]
+            said: dict[str, Any] = {k: str(asked[k])[:40] for k in ("wire", "version")
+                                    if k in asked}
+            if "wire" in said:
+                said["wire"] = int(asked["wire"])
         except (ProtocolError, KeyError, TypeError, ValueError, AttributeError):
+            return
+        if said.get("wire") != WIRE:  # (frames it could not read, nor we its)
+            why = join.mismatch("this run", "the worker", said)
+            LOG.warning(f"refused a worker from {host} (pid {pid}): {why}")
+            with contextlib.suppress(zmq.ZMQError):
+                self.inbox.send_multipart([ident, JOIN, pack(
+                    {"error": why, "wire": WIRE, "version": __version__})], zmq.NOBLOCK)
             return
         if node:  # (placed by Ray: its node, to tell the nodes of one host apart)
             host = f"{host} (ray node {node[:12]})"
@@ -440,6 +453,7 @@ class Supervisor:
                 and n not in self.scaler.parked and
                 (not stage or stage in self.plan.procs[n].stages)] \
             if self.phase == "running" else []
+        answer: dict[str, Any]
         if not free:
             answer = {"error": (f"no free worker slot in this run"
                                 f"{f' for stage {stage!r}' if stage else ''}")
@@ -449,7 +463,8 @@ class Supervisor:
             child.remote_pid, child.host, child.ready = pid, host, False
             child.started = time.monotonic()
             self.heard[child.name] = child.started
-            answer = {"name": child.name, "plan": self.plan.to_json()}
+            answer = {"name": child.name, "plan": self.plan.to_json(), "wire": WIRE,
+                      "version": __version__}
             title = self.plan.procs[child.name].title.removeprefix("seda: ")
             LOG.info(f"{title} joined from {host}{f' at {address}' if address else ''} "
                      f"(pid {pid})")
