@@ -296,11 +296,13 @@ def test_a_dropped_frame_sends_what_the_worker_held_again_charged() -> None:
 def test_a_frame_split_in_parts_keeps_its_messages_and_drops_one_too_large() -> None:
     d, _ = make(workers=1, frame_max=8)
     d.grant("p.0", 8, pid=10)
-    for i in (1, 2, 3):
-        d.submit("s", env(i))
+    book = Tracker().open("a.0", 1, 1)
+    d.submit_many("s", [env(i) for i in (1, 2, 3)], book)
     [frame] = d.dispatch()["p.0"]
-    parts = d.split("p.0", frame, [[frame.envs[0]], [frame.envs[2]]])  # 2: too large
+    parts, left = d.split("p.0", frame, [[frame.envs[0]], [frame.envs[2]]])  # 2: too large
     assert [[e[ID] for e in f.envs] for f in parts] == [[1], [3]]
+    assert [f.books for f in parts] == [[(book, 1)], [(book, 1)]]
+    assert [(e[ID], b) for e, b in left] == [(2, book)]  # (settled for its book: see node)
     assert len({frame.key, *(f.key for f in parts)}) == 3 and d.in_flight() == 2
     d.unreachable("p.0", parts)
     assert [e[ID] for _, e in d.queue] == [1, 3] and d.in_flight() == 0

@@ -105,6 +105,7 @@ class Backlog:
         return ((stage, env) for stage, envs, _ in self.chunks for env in envs)
 
     def add(self, stage: str, envs: list[Envelope], book: Book | None = None) -> None:
+        """`envs` is handed over: it may become (and grow into) a frame's list."""
         if envs:
             self.chunks.append((stage, envs, book))
             self.size += len(envs)
@@ -158,6 +159,11 @@ class Frame:
             return [None] * len(self.envs)
         return [book for book, n in self.books for _ in range(n)]
 
+    def members(self) -> list[tuple[str, Envelope, Book | None]]:
+        """Its messages one by one, each with its book (the rare paths: redelivery)."""
+        return [(self.stage, env, book)
+                for env, book in zip(self.envs, self.message_books(), strict=True)]
+
 
 @dataclass(slots=True)
 class Link:
@@ -182,8 +188,8 @@ class Link:
 
     def take_all(self) -> list[Pending]:
         """Every message it holds, oldest first; it holds none after."""
-        back = [(f.stage, env, f.sent, book) for f in self.pending.values()
-                for env, book in zip(f.envs, f.message_books(), strict=True)]
+        back = [(stage, env, f.sent, book) for f in self.pending.values()
+                for stage, env, book in f.members()]
         self.pending.clear()
         self.held = 0
         return back
@@ -306,8 +312,7 @@ class Dispatcher:
         if link.isolated and held:
             self.groups.appendleft(held)
         link.up, link.isolated = False, False
-        back.add_front([(f.stage, env, book) for f in mine
-                        for env, book in zip(f.envs, f.message_books(), strict=True)])
+        back.add_front([member for f in mine for member in f.members()])
 
     def bounced(self, worker: str) -> list[DeadLetter]:
         """A frame between us and `worker` was dropped (see Node.lost_frame): what it holds of
@@ -346,30 +351,23 @@ class Dispatcher:
             letter.env[ATTEMPT] += 1  # (it may have run: count it)
         return dead
 
-    def split(self, worker: str, frame: Frame, parts: list[list[Envelope]]) -> list[Frame]:
+    def split(self, worker: str, frame: Frame, parts: list[list[Envelope]]
+              ) -> tuple[list[Frame], list[tuple[Envelope, Book | None]]]:
         """A frame too large to send as one: in its place, a frame (with a key of its own)
-        for each of `parts`; a message of `frame` in no part (too large for any frame: it
-        fails alone, see the node and book_of) leaves the books."""
+        for each of `parts`. Returns those, and the messages of `frame` in no part (too
+        large for any frame: each fails alone, see the node) with their books: they leave
+        the books here."""
         link = self.links[worker]
         del link.pending[frame.key]
         link.held -= len(frame.envs)
-        book_of = {id(env): book for env, book in
-                   zip(frame.envs, frame.message_books(), strict=True)}
+        book_of = {id(env): book for _, env, book in frame.members()}
         out = [Frame(next(self._keys), frame.stage, envs, frame.sent, frame.received,
-                     runs([book_of[id(env)] for env in envs])) for envs in parts]
+                     runs([book_of.pop(id(env)) for env in envs])) for envs in parts]
         for new in out:
             link.pending[new.key] = new
             link.held += len(new.envs)
-        return out
-
-    @staticmethod
-    def book_of(frame: Frame, env: Envelope) -> Book | None:
-        """The book that waits for a message of `frame` (None: nobody, or it was
-        received)."""
-        for member, book in zip(frame.envs, frame.message_books(), strict=True):
-            if member is env:
-                return book
-        return None
+        left = [(env, book_of[id(env)]) for env in frame.envs if id(env) in book_of]
+        return out, left
 
     def received(self, worker: str, keys: list[int]) -> list[tuple[Book, int]]:
         """Receipts of frames: the books their messages are outputs of, with how many, the

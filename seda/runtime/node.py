@@ -680,12 +680,11 @@ class Node:
                 parts = [(frame, body)]
             else:
                 pieces = bounded(frame.envs, partial(body_of, frame), limit)
-                large = [envs[0] for envs, part in pieces if not part]
-                books = [dispatcher.book_of(frame, env) for env in large]
-                new = dispatcher.split(peer, frame, [envs for envs, part in pieces if part])
+                new, large = dispatcher.split(peer, frame,
+                                              [envs for envs, part in pieces if part])
                 parts = [(f, body_of(f, f.envs)) for f in new]
-                for env, book in zip(large, books, strict=True):  # (no frame can carry it:
-                    stage = frame.stage if kind == DATA else self._stage_of(env)  # alone)
+                for env, book in large:  # (a message no frame can carry: it fails alone)
+                    stage = frame.stage if kind == DATA else self._stage_of(env)
                     letter = self._too_large(stage, env, len(pack(env)))
                     letter.book = book  # (its input's frame waits for it no more)
                     self.dead_letter([letter])

@@ -434,9 +434,9 @@ class Supervisor:
             host, pid = str(asked["host"])[:200], int(asked["pid"])
             stage, node = str(asked.get("stage", ""))[:200], str(asked.get("node", ""))[:64]
             address = str(asked.get("address", ""))[:200]
-            said: dict[str, Any] = {k: str(asked[k])[:40] for k in ("wire", "version")
-                                    if k in asked}
-            if "wire" in said:
+            said: dict[str, Any] = {"version": str(asked["version"])[:40]} \
+                if "version" in asked else {}
+            if "wire" in asked:
                 said["wire"] = int(asked["wire"])
         except (ProtocolError, KeyError, TypeError, ValueError, AttributeError):
             return
