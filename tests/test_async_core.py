@@ -57,7 +57,7 @@ def test_messages_in_flight_at_once_each_have_their_own_context() -> None:
     assert [e[PAYLOAD] for _, e in second.emits] == [{"x": 2, "request": 2}]
     sync = core(chain(), ["a"], {"m:a": lambda x, ctx: ctx.emit("b", {"x": x, "request": 1})})
     assert first.emits[0][1][ID] == sync.process("a", [env(1, 1)]).emits[0][1][ID]
-    assert c.stats["a"].completed == 2 and first.inputs[0][ID] == 1
+    assert c.stats["a"].completed == 2 and first.handled()[0][ID] == 1
 
 
 def test_a_sync_stage_fused_behind_an_async_one_runs_in_turn() -> None:
@@ -197,10 +197,10 @@ def test_cutoffs_cut_only_the_calls_past_their_limit_or_deadline() -> None:
         return list(groups), cutoffs, time.monotonic() - began
 
     (done, over, late, free), cutoffs, took = asyncio.run(run())
-    assert [e[PAYLOAD] for e in done.results] == [] and done.inputs == [env(1, 0.01)]
+    assert [e[PAYLOAD] for e in done.results] == [] and done.handled() == [env(1, 0.01)]
     assert over.overran == [(env(2, 5.0), "a: the handler ran over its time limit (0.3 s)")]
     assert [e[ID] for e in late.dropped] == [3] and not late.overran
-    assert free.inputs == [env(4, 0.05)]
+    assert free.handled() == [env(4, 0.05)]
     assert took < 2.0  # cut at 0.3 s, not run for their 5 s
     assert cutoffs.calls == {} and cutoffs.fired == {}
     assert c.stats["a"].errors == 1 and c.stats["a"].expired == 1
@@ -240,6 +240,6 @@ def test_cutoffs_tell_their_cut_from_a_stop_and_from_a_handlers_own_cancel() -> 
         return kept, failed, stopped
 
     kept, failed, stopped = asyncio.run(run())
-    assert [e[PAYLOAD] for e in kept.results] == [] and kept.inputs == [env(1, 0)]
+    assert [e[PAYLOAD] for e in kept.results] == [] and kept.handled() == [env(1, 0)]
     assert failed.failed[0][1] == "a: CancelledError: raised by the handler"
     assert stopped

@@ -69,7 +69,7 @@ def test_exception_discards_outputs_and_names_the_stage() -> None:
 
     c = core(chain(), ["a", "b"], {"m:a": a, "m:b": b})
     group = c.process("a", [env(1, 2), env(2, 3)])
-    assert [e[ID] for e in group.inputs] == []
+    assert [e[ID] for e in group.handled()] == []
     assert group.emits == [] and group.results == []
     [(e1, err1, tb1), (_, err2, _)] = group.failed
     assert (e1[ID], err1, err2) == (1, "b: ValueError: bad 2", "b: ValueError: bad 3")
@@ -85,7 +85,7 @@ def test_one_failing_input_does_not_take_its_batch_neighbours_down() -> None:
 
     c = core(chain(), ["a"], {"m:a": a})
     group = c.process("a", [env(1, 1), env(2, 2), env(3, 3)])
-    assert [e[ID] for e in group.inputs] == [1, 3]
+    assert [e[ID] for e in group.handled()] == [1, 3]
     assert [e[PAYLOAD] for _, e in group.emits] == [1, 3]
     assert [e[ID] for e, _, _ in group.failed] == [2]
 
@@ -110,7 +110,7 @@ def test_an_output_over_the_message_limit_fails_its_input_alone() -> None:
             .stage("b", "m:b", sink=True).settings(max_message_bytes=1024)).build()
     c = core(spec, ["a"], {"m:a": lambda x, ctx: "y" * x})
     group = c.process("a", [env(i, size) for i, size in enumerate([900] * 10 + [2000, 5])])
-    assert [e[ID] for e in group.inputs] == [*range(10), 11]
+    assert [e[ID] for e in group.handled()] == [*range(10), 11]
     [(failed, error, _)] = group.failed
     assert failed[ID] == 10
     assert "2003 bytes, over settings.max_message_bytes (1024)" in error
@@ -125,7 +125,7 @@ def test_an_unpackable_payload_fails_only_its_own_input() -> None:
 
     c = core(chain(), ["a"], {"m:a": a})
     group = c.process("a", [env(1, 1), env(2, 2), env(3, 3)])
-    assert [e[ID] for e in group.inputs] == [1, 3]
+    assert [e[ID] for e in group.handled()] == [1, 3]
     assert [e[PAYLOAD] for _, e in group.emits] == [1, 10, 3, 30]
     assert group.starts == [(0, 0), (2, 0)]
     assert [e[ID] for e, _, _ in group.failed] == [2]
@@ -177,7 +177,7 @@ def test_class_handler_lifecycle_and_batches() -> None:
 def test_expired_messages_are_dropped_and_counted() -> None:
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: x}, now=1000.0)
     group = c.process("a", [env(1, 1, deadline=999.0), env(2, 2, deadline=1001.0)])
-    assert [e[ID] for e in group.inputs] == [2]
+    assert [e[ID] for e in group.handled()] == [2]
     assert [e[ID] for e in group.dropped] == [1]
     assert c.stats["a"].expired == 1
 
@@ -188,7 +188,7 @@ def test_a_message_that_expires_while_others_run_is_dropped_at_its_turn() -> Non
     c = StageCore(chain(), ["a"], 0, lambda ref: lambda x, ctx: _time.sleep(0.05) or x)
     soon = _time.time() + 0.02  # passes while the first message runs
     group = c.process("a", [env(1, 1), env(2, 2, deadline=soon), env(3, 3)])
-    assert [e[ID] for e in group.inputs] == [1, 3] and [e[ID] for e in group.dropped] == [2]
+    assert [e[ID] for e in group.handled()] == [1, 3] and [e[ID] for e in group.dropped] == [2]
     assert c.stats["a"].expired == 1 and c.stats["a"].completed == 2
 
 
@@ -234,11 +234,11 @@ def test_malformed_frames_are_protocol_errors(bad: bytes) -> None:
 
 
 def test_oversized_frames_are_refused() -> None:
-    from seda.engine.wire import pack, unpack_data
+    from seda.engine.wire import encode_data, unpack_data
     from seda.errors import ProtocolError
 
     with pytest.raises(ProtocolError, match="over the 100-byte limit"):
-        unpack_data(pack(["s", [[1, "o", 1, 0.0, "x" * 200, 1, 1]], 0, 1]), 100)
+        unpack_data(encode_data("s", [[1, "o", 1, 0.0, "x" * 200, 1, 1]], 0, 1), 100)
 
 
 
@@ -470,7 +470,7 @@ def test_a_sink_in_a_service_answers_nobody() -> None:
             .stage("out", "m:out")).build()
     c = core(spec, ["log"], {"m:log": lambda x, ctx: "ignored"})
     group = c.process("log", [env(1, 1)])
-    assert group.results == [] and group.emits == [] and [e[ID] for e in group.inputs] == [1]
+    assert group.results == [] and group.emits == [] and [e[ID] for e in group.handled()] == [1]
 
 
 def test_an_output_no_frame_can_carry_is_charged_once() -> None:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1 << 16
 GOOD_ENV = [7, "source", 1, 0.0, ["Hello", "world"], 7, 0]
 VALID: dict[bytes, Any] = {
-    e.DATA: ["normalize", [GOOD_ENV], 0, 1 << 41],
+    e.DATA: ["normalize", 0, 1 << 41, [7], "source", 1, 0.0, [["Hello", "world"]], [7], [0]],
     e.ACK: [[1, 2], [3], [[1 << 41, 5, "ValueError: x", "Traceback ...", 0]]],
     e.CREDIT: [16, 1234],
     e.RESULT: [1 << 41, [[1, {"a": 1}, 9], [2, 3, 9, "count"]], [[3, None, 4]], [4]],
@@ -70,12 +70,18 @@ def _ints(v: Any) -> bool:
     return type(v) is list and all(type(x) is int for x in v)
 
 
-def _envelope(v: Any) -> bool:
-    """[id, origin, attempt, deadline, payload, request, born], each of its type (what the
-    stage core and the dispatcher index and compute with)."""
-    return (type(v) is list and len(v) == 7 and type(v[0]) is int and type(v[1]) is str
-            and type(v[2]) is int and type(v[3]) in (int, float) and type(v[5]) is int
-            and type(v[6]) is int)
+def _batch(b: Any) -> bool:
+    """Columns of one length, each value of its field's type (what the stage core and the
+    dispatcher index and compute with): ids, origins, attempts, deadlines, payloads,
+    requests, borns."""
+    if type(b) is not e.Batch:
+        return False
+    n = len(b.ids)
+    types = [(b.ids, (int,)), (b.origins, (str,)), (b.attempts, (int,)),
+             (b.deadlines, (int, float)), (b.requests, (int,)), (b.borns, (int,))]
+    return len(b.payloads) == n and all(
+        type(column) is list and len(column) == n and all(type(v) in ok for v in column)
+        for column, ok in types)
 
 
 def _result_rows(rows: Any) -> bool:
@@ -87,9 +93,8 @@ def _result_rows(rows: Any) -> bool:
 # what each decoder promises about what it returns: written here, apart from the decoders,
 # so that a decoder that stops checking a field is caught
 SHAPES: dict[bytes, Callable[[Any], bool]] = {
-    e.DATA: lambda d: (type(d) is tuple and type(d[0]) is str and type(d[1]) is list
-                       and all(map(_envelope, d[1])) and type(d[2]) is int and d[2] >= 0
-                       and type(d[3]) is int),
+    e.DATA: lambda d: (type(d) is tuple and type(d[0]) is str and _batch(d[1])
+                       and type(d[2]) is int and d[2] >= 0 and type(d[3]) is int),
     e.ACK: lambda d: type(d) is tuple and _ints(d[0]) and _ints(d[1]) and type(d[2]) is list
     and all(type(r) is list and [type(x) for x in r] == [int, int, str, str, int]
             for r in d[2]),
@@ -115,12 +120,14 @@ def _order_fields(d: Any) -> bool:
 
 
 def typed_data(data: st.DataObject) -> bytes:
-    """A DATA body of the right structure whose envelope fields hold values of any type --
-    what a peer with a bug would send, and what must never reach the stage core."""
+    """A DATA body of the right structure whose columns hold values of any type (each a
+    list of one to three, or one value) -- what a peer with a bug would send, and what must
+    never reach the stage core."""
     field = values | st.integers(0, 1 << 40)
-    envs = data.draw(st.lists(st.lists(field, min_size=7, max_size=7), min_size=1, max_size=3))
-    return e.pack(["normalize", envs, data.draw(st.integers(-2, 5)),
-                   data.draw(st.integers(0, 1 << 50) | values)])
+    column = st.lists(field, min_size=1, max_size=3) | field
+    return e.pack(["normalize", data.draw(st.integers(-2, 5)),
+                   data.draw(st.integers(0, 1 << 50) | values),
+                   *[data.draw(column) for _ in range(7)]])
 
 
 @pytest.mark.parametrize("kind", sorted(DECODERS))
@@ -210,7 +217,7 @@ def bad_frame(frames: list[bytes]) -> bool:
 def test_after_the_fuzz_a_good_frame_is_still_run(worker: Worker) -> None:
     stats = worker.core.stats["normalize"]
     completed, malformed = stats.completed, worker.counters["malformed"]
-    worker.take([b"tokenize.0", e.DATA, e.pack(["normalize", [GOOD_ENV[:]], 0, 1 << 41])])
+    worker.take([b"tokenize.0", e.DATA, e.encode_data("normalize", [GOOD_ENV[:]], 0, 1 << 41)])
     worker.step()
     assert stats.completed == completed + 1
     worker.take([b"tokenize.0", e.CONTROL, e.pack({"op": "stop"})])  # only the supervisor

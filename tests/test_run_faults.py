@@ -193,8 +193,8 @@ def test_malformed_frames_in_a_stage_mailbox_are_counted_and_dropped(tmp_path: P
         bad: list[list[bytes]] = [
             [e.DATA],                                         # too few frames
             [e.DATA, b"\xc1\xc1"],                            # not msgpack
-            [e.DATA, e.pack(["double", [[1, 2, 3]], 0, 1])],  # not an envelope
-            [e.DATA, e.pack(["nowhere", [], 0, 1])],          # a stage it does not run
+            [e.DATA, e.pack(["double", 0, 1, [1], 2, 3])],    # not a batch
+            [e.DATA, e.encode_data("nowhere", [], 0, 1)],     # a stage it does not run
             [e.ACK, e.pack([[1], [2], []])],                  # receipts from a stranger
             [e.CONTROL, e.pack({"op": "stop"})],              # orders from a stranger
             [b"Q", b""],                                      # no such kind

@@ -16,8 +16,15 @@ ENV = [7, "source", 1, 0.0, {"k": [1, b"\x00"]}, 7, 0]
 KEY = (1 << 41) + 5  # a frame's key
 
 
+def data(stage: str, envs: list[Any], held: int = 0, key: int = KEY) -> tuple[Any, ...]:
+    """A DATA frame of these envelopes, encoded and decoded: (stage, envelopes, held, key)."""
+    got, batch, held_back, got_key = e.unpack_data(e.encode_data(stage, envs, held, key),
+                                                   LIMIT)
+    return got, batch.envelopes(), held_back, got_key
+
+
 def test_each_kind_decodes_to_exactly_what_was_sent() -> None:
-    assert e.unpack_data(e.pack(["s", [ENV], 3, KEY]), LIMIT) == ("s", [ENV], 3, KEY)
+    assert data("s", [ENV], 3) == ("s", [ENV], 3, KEY)
     fails = [[KEY, 5, "err", "tb", 504]]
     assert e.unpack_ack(e.pack([[1, 2], [3], fails]), LIMIT) == ([1, 2], [3], fails)
     assert e.unpack_credit(e.pack([0, 99]), LIMIT) == (0, 99)
@@ -64,31 +71,69 @@ def test_a_frame_is_refused_past_its_limit_and_accepted_at_it() -> None:
         e.unpack(b"\xc1", LIMIT)
 
 
+def test_a_data_frame_carries_columns_and_sends_a_column_of_one_value_once() -> None:
+    other = [8, "source", 1, 0.0, "x", 9, 123]
+    body = e.encode_data("s", [ENV, other], 2, KEY)
+    assert e.unpack(body, LIMIT) == ["s", 2, KEY, [7, 8], "source", 1, 0.0,
+                                     [ENV[4], "x"], [7, 9], [0, 123]]
+    third = [9, "acceptor.1", 2, 5.5, None, 10, 0]
+    assert e.unpack(e.encode_data("s", [ENV, third], 0, KEY), LIMIT)[3:7] == [
+        [7, 9], ["source", "acceptor.1"], [1, 2], [0.0, 5.5]]
+    assert data("s", [ENV, other, third]) == ("s", [ENV, other, third], 0, KEY)
+    assert data("s", []) == ("s", [], 0, KEY)
+
+
+def test_a_batch_is_its_envelopes_as_columns() -> None:
+    envs = [[i, "o", 1, 0.0, {"n": i}, 100 + i, 0] for i in range(4)]
+    batch = e.Batch.of([list(env) for env in envs])
+    assert len(batch) == 4 and batch.ids == [0, 1, 2, 3] and batch.requests[2] == 102
+    assert batch.envelope(1) == envs[1] and batch.envelopes() == envs
+    assert batch.take([3, 1]).envelopes() == [envs[3], envs[1]]
+    assert e.Batch.one(envs[2]).envelopes() == [envs[2]]
+    assert len(e.Batch.of([])) == 0 and e.Batch.of([]).envelopes() == []
+
+
+MALFORMED_DATA = (r"^malformed DATA frame: expected \[stage, held back, key, \[id, \.\.\.\], "
+                  r"origins, attempts, deadlines, \[payload, \.\.\.\], \[request, \.\.\.\], "
+                  r"\[born, \.\.\.\]\]$")
+
+
 @pytest.mark.parametrize(("field", "bad"), [
     (0, "7"), (0, 7.0), (0, True), (1, 5), (1, b"source"), (2, "1"), (2, None),
     (3, "0"), (3, None), (5, "7"), (5, 7.5), (6, None), (6, "0")])
 def test_every_envelope_field_is_type_checked(field: int, bad: Any) -> None:
     env = list(ENV)
     env[field] = bad
-    with pytest.raises(ProtocolError, match=r"^malformed DATA frame: expected \[stage, "
-                                            r"\[\[id, origin, attempt, deadline, payload, "
-                                            r"request, born\], \.\.\.\], held back, "
-                                            r"key\]$"):
-        e.unpack_data(e.pack(["s", [ENV, env], 0, KEY]), LIMIT)
+    with pytest.raises(ProtocolError, match=MALFORMED_DATA):  # in a column of many values
+        e.unpack_data(e.encode_data("s", [ENV, env], 0, KEY), LIMIT)
+    with pytest.raises(ProtocolError, match=MALFORMED_DATA):  # or the column's one value
+        e.unpack_data(e.encode_data("s", [env, env], 0, KEY), LIMIT)
 
 
 def test_a_deadline_may_be_an_int_or_a_float() -> None:
     for deadline in (0, 12, 1.5):
         env = list(ENV)
         env[3] = deadline
-        assert e.unpack_data(e.pack(["s", [env], 0, KEY]), LIMIT)[1] == [env]
+        assert data("s", [env])[1] == [env]
+        assert data("s", [ENV, env])[1] == [ENV, env]
+
+
+GOOD = ["s", 0, 1, [7], "o", 1, 0.0, [None], [7], [0]]
+
+
+def _with(at: int, value: Any) -> list[Any]:
+    body = list(GOOD)
+    body[at] = value
+    return body
 
 
 @pytest.mark.parametrize("body", [
-    ["s", [ENV], 0], ["s", [ENV], 0, 1, 2], [1, [ENV], 0, 1], ["s", ENV, 0, 1],
-    ["s", [ENV[:6]], 0, 1], ["s", [[*ENV, 0]], 0, 1], ["s", [ENV], -1, 1], ["s", [ENV], "0", 1],
-    ["s", [ENV], 0, "1"], ["s", [ENV], 0, 1.0], {"s": 1}])
+    GOOD[:9], [*GOOD, 0], _with(0, 1), _with(1, -1), _with(1, "0"), _with(2, "1"),
+    _with(2, 1.0), _with(3, 7), _with(3, [7, 8]), _with(4, ["o", "p"]), _with(5, [1, 1]),
+    _with(6, [0.0, 0.0]), _with(7, None), _with(7, [1, 2]), _with(8, [7, 8]), _with(8, 7.5),
+    _with(9, []), _with(9, [0, 0]), {"s": 1}])
 def test_data_frames_of_another_shape_are_refused(body: Any) -> None:
+    assert e.unpack_data(e.pack(GOOD), LIMIT)[1].envelopes() == [[7, "o", 1, 0.0, None, 7, 0]]
     with pytest.raises(ProtocolError, match="malformed DATA frame"):
         e.unpack_data(e.pack(body), LIMIT)
 
@@ -165,10 +210,11 @@ def test_bounded_splits_rows_into_frames_no_larger_than_the_limit() -> None:
     assert e.bounded([], body, 0) == [([], body([]))]  # (an empty list packs to one byte)
 
 
-@pytest.mark.parametrize("envs", [{}, {"a": 1}, 5, "x", None])
-def test_data_frames_whose_envelopes_are_not_a_list_are_refused(envs: Any) -> None:
-    with pytest.raises(ProtocolError, match="malformed DATA frame"):
-        e.unpack_data(e.pack(["s", envs, 0, KEY]), 1 << 20)
+@pytest.mark.parametrize("column", [{}, {"a": 1}, 5, "x", None])
+def test_data_frames_whose_ids_or_payloads_are_not_a_list_are_refused(column: Any) -> None:
+    for at in (3, 7):
+        with pytest.raises(ProtocolError, match="malformed DATA frame"):
+            e.unpack_data(e.pack(_with(at, column)), 1 << 20)
 
 
 @pytest.mark.parametrize("rows", [{}, {"a": 1}, 5, "x", None])

@@ -58,7 +58,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
     """us per message in the chain's middle worker (best of reps)."""
     import bench_pipeline
 
-    from seda.engine.wire import ACK, DATA, pack, unpack_data
+    from seda.engine.wire import ACK, DATA, encode_data, pack, unpack_data
     from seda.handler import resolve
     from seda.plan.deployment import make_plan
     from seda.runtime.worker import Worker
@@ -74,7 +74,7 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
         for start in range(0, messages, 64):
             envs = [[i + 1, "source", 1, 0.0, bench_pipeline.item(i), i + 1,
                      0 if i % 8 else time.time_ns()] for i in range(start, start + 64)]
-            frames.append([b"source", DATA, pack(["double", envs, 0, (1 << 41) + start])])
+            frames.append([b"source", DATA, encode_data("double", envs, 0, (1 << 41) + start)])
         best = float("inf")
         for _ in range(reps):
             spent = 0.0
@@ -172,7 +172,7 @@ def _connections(acceptor: Any, transport: type, n: int) -> list[Any]:
 
 def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
     """us per request in graphs/hello.yaml's acceptor under AMPED (best of reps)."""
-    from seda.engine.wire import DATA, REQUEST, RESULT, pack, unpack_data
+    from seda.engine.wire import DATA, RESULT, pack, unpack_data
     from seda.handler import resolve
     from seda.plan.deployment import make_plan
     from seda.runtime.acceptor import Acceptor
@@ -209,7 +209,9 @@ def acceptor_path(requests: int = 25_600, reps: int = 5) -> float:
                 acceptor.flush()
                 spent += time.perf_counter() - began
                 frames = [unpack_data(body, 1 << 30) for kind, body in sent if kind == DATA]
-                rows = [[env[0], reply, env[REQUEST]] for frame in frames for env in frame[1]]
+                rows = [[msg_id, reply, request] for frame in frames
+                        for msg_id, request in zip(frame[1].ids, frame[1].requests,
+                                                           strict=True)]
                 sent.clear()
                 answer = [b"hello.0", RESULT, pack([0, [], rows, [f[3] for f in frames]])]
                 began = time.perf_counter()

@@ -32,6 +32,7 @@ from seda.calls import handler_is_async, is_coroutine
 from seda.engine.config import CONCURRENCY, Graph
 from seda.engine.credit import SeenIds
 from seda.engine.wire import (
+    ATTEMPT,
     BORN,
     DEADLINE,
     ID,
@@ -42,6 +43,7 @@ from seda.engine.wire import (
     PAYLOAD,
     REQUEST,
     SAMPLE,
+    Batch,
     Envelope,
     child_id,
     packable,
@@ -70,9 +72,10 @@ class HandlerUsageError(Exception):
 @dataclass(slots=True)
 class Group:
     """What one batch caused: the inputs handled, their outputs, and the inputs that failed
-    or were dropped (both are finished with at once; handled ones once outputs arrive)."""
+    or were dropped (both are finished with at once; handled ones once outputs arrive).
+    `inputs` are positions in `batch`, the messages run."""
 
-    inputs: list[Envelope]
+    inputs: list[int]
     emits: list[tuple[str, Envelope]] = field(default_factory=list)  # to other pools
     results: list[Envelope] = field(default_factory=list)  # envelopes for the origin
     failed: list[tuple[Envelope, str, str]] = field(default_factory=list)  # (env, error, tb)
@@ -81,6 +84,12 @@ class Group:
     overran: list[tuple[Envelope, str]] = field(default_factory=list)
     # where each input's outputs start in emits and results (run one at a time)
     starts: list[tuple[int, int]] = field(default_factory=list)
+    batch: Batch | None = None
+
+    def handled(self) -> list[Envelope]:
+        """The envelopes of the inputs handled (made on demand: tests, rare paths)."""
+        batch = self.batch
+        return [] if batch is None else [batch.envelope(i) for i in self.inputs]
 
 
 # the figures a front door (acceptor, mp master) counts and reports, summed by the status
@@ -130,13 +139,18 @@ _HISTOGRAMS = ("times", "waits")
 class Context:
     """What a handler sees as `ctx`: its options, and emit/reply for the current message."""
 
-    __slots__ = ("_core", "_env", "_group", "_log", "_n", "_pending", "options", "stage",
-                 "worker")
+    __slots__ = ("_batch", "_core", "_env", "_group", "_i", "_log", "_n", "_pending",
+                 "options", "stage", "worker")
 
     def __init__(self, core: StageCore, stage: str, options: dict[str, Any]) -> None:
         self._core, self.stage, self.options = core, stage, options
         self.worker = core.worker
+        # the current message: the i-th of `_batch` (a batch run by the stage core: its
+        # envelope is made only if asked for), or `_env` when _batch is None (a message of a
+        # fused stage, or of an async pool)
         self._env: Envelope = [0, "", 1, 0.0, None, 0, 0]
+        self._batch: Batch | None = None
+        self._i = 0
         self._group = Group([])
         self._n = 0
         self._pending = core._pending  # what fused stages are sent, run in turn
@@ -146,8 +160,18 @@ class Context:
     def log(self) -> StageLog:
         """The stage's logger: each record says the stage and the current request."""
         if self._log is None:
-            self._log = StageLog(self.stage, lambda: self._env[REQUEST] & ~ONCE)
+            self._log = StageLog(self.stage, lambda: self._message()[REQUEST] & ~ONCE)
         return self._log
+
+    def _message(self) -> Envelope:
+        batch = self._batch
+        return self._env if batch is None else batch.envelope(self._i)
+
+    def call_mark(self) -> tuple[Any, int]:
+        """What tells one call from the next (for the watchdog): the same while one message
+        runs, another for the next."""
+        batch = self._batch
+        return (self._env, 0) if batch is None else (batch, self._i)
 
     def _fork(self, env: Envelope, group: Group,
               pending: deque[tuple[str, Envelope]] | None = None) -> Context:
@@ -156,16 +180,19 @@ class Context:
         ctx._core, ctx.stage, ctx.options, ctx.worker = self._core, self.stage, self.options, \
             self.worker
         ctx._env, ctx._group, ctx._n, ctx._log = env, group, 0, None
+        ctx._batch, ctx._i = None, 0
         ctx._pending = deque() if pending is None else pending
         return ctx
 
     @property
     def request_id(self) -> int:
-        return int(self._env[ID])
+        batch = self._batch
+        return int(self._env[ID] if batch is None else batch.ids[self._i])
 
     @property
     def attempt(self) -> int:
-        return int(self._env[2])
+        batch = self._batch
+        return int(self._env[ATTEMPT] if batch is None else batch.attempts[self._i])
 
     def emit(self, stage: str, payload: Any) -> None:
         """Send `payload` to `stage`, which must be one of this stage's routes."""
@@ -251,7 +278,8 @@ class StageCore:
         self.streams = spec.acceptor is not None and spec.acceptor.protocol == "http"
         self._parts: dict[int, int] = {}  # message id -> parts it has sent in this run
         # the stage whose handler runs now ('' between batches): the watchdog reads it, with
-        # that stage's ctx._env, to see how long one call has run (see seda.runtime.watchdog)
+        # that stage's ctx.call_mark(), to see how long one call has run (see
+        # seda.runtime.watchdog)
         self.running = ""
         # an async handler anywhere in the pool: every message goes through run_async
         self.is_async = any(r.is_async for r in self.runners.values())
@@ -300,17 +328,21 @@ class StageCore:
         return [(stage, value) for stage, value in values if value is not None]
 
     # ---------------------------------------------------------------- processing
-    def process(self, stage: str, batch: list[Envelope]) -> Group:
-        """Run `batch` (all for `stage`, from outside this pool) and return what it caused.
-        Each input is atomic: a handler that raises takes back that input's outputs."""
+    def process(self, stage: str, batch: Batch | list[Envelope]) -> Group:
+        """Run `batch` (all for `stage`, from outside this pool; envelopes are made into a
+        Batch) and return what it caused. Each input is atomic: a handler that raises takes
+        back that input's outputs."""
+        if type(batch) is list:
+            batch = Batch.of(batch)
+        assert type(batch) is Batch
         stats = self.stats[stage]
         stats.received += len(batch)
         group = Group([])
-        batch = self._fresh(stage, batch, group.dropped)
+        batch = group.batch = self._fresh(stage, batch, group.dropped)
         started = time.perf_counter()
         runner = self.runners[stage]
         if runner.batch is not None:
-            batch = self._unexpired(stage, batch, group.dropped)
+            batch = group.batch = self._unexpired(stage, batch, group.dropped)
             self._run_batch(stage, runner, batch, group)
         else:
             self._run_each(stage, runner, batch, group)
@@ -336,27 +368,28 @@ class StageCore:
                 return
         except (TypeError, ValueError, OverflowError):
             pass
-        limit = self.max_bytes
+        limit, batch = self.max_bytes, group.batch
+        assert batch is not None
         if len(group.starts) != len(group.inputs):  # a batch handler's batch fails as one
             why = _unpackable(group.emits, group.results, limit)
             if why is not None:
-                for env in group.inputs:
-                    self._unpackable_input(stage, env, why, group)
+                for at in group.inputs:
+                    self._unpackable_input(stage, batch.envelope(at), why, group)
                 group.inputs, group.emits, group.results = [], [], []
             return
         bounds = [*group.starts, (len(group.emits), len(group.results))]
-        inputs: list[Envelope] = []
+        inputs: list[int] = []
         emits: list[tuple[str, Envelope]] = []
         results: list[Envelope] = []
         starts: list[tuple[int, int]] = []
-        for i, env in enumerate(group.inputs):
+        for i, at in enumerate(group.inputs):
             (e0, r0), (e1, r1) = bounds[i], bounds[i + 1]
             why = _unpackable(group.emits[e0:e1], group.results[r0:r1], limit)
             if why is not None:
-                self._unpackable_input(stage, env, why, group)
+                self._unpackable_input(stage, batch.envelope(at), why, group)
                 continue
             starts.append((len(emits), len(results)))
-            inputs.append(env)
+            inputs.append(at)
             emits.extend(group.emits[e0:e1])
             results.extend(group.results[r0:r1])
         group.inputs, group.emits, group.results, group.starts = inputs, emits, results, starts
@@ -368,12 +401,11 @@ class StageCore:
         self.stats[stage].completed -= 1
         group.failed.append((env, f"{stage}: {type(error).__name__}: {error}", ""))
 
-    def _run_each(self, stage: str, runner: _Runner, batch: list[Envelope],
-                  group: Group) -> None:
-        """The hot loop: one handler call per message, locals hoisted out of the loop. A
-        returned value's usual routes -- on to a stage of another pool, or back to the
-        origin -- are inlined here (what _emit and _result do); the rest go through
-        _route_return."""
+    def _run_each(self, stage: str, runner: _Runner, batch: Batch, group: Group) -> None:
+        """The hot loop: one handler call per message, read from the batch's columns (no
+        envelope is made for it), locals hoisted out of the loop. A returned value's usual
+        routes -- on to a stage of another pool, or back to the origin -- are inlined here
+        (what _emit and _result do); the rest go through _route_return."""
         call, ctx, route = runner.call, runner.ctx, self._route_return
         returns = runner.returns
         replies = returns == "reply"  # a request always gets an answer here
@@ -386,35 +418,35 @@ class StageCore:
         stats = self.stats[stage]
         times, waits, clock, wall_ns = stats.times, stats.waits, time.perf_counter_ns, \
             time.time_ns
-        ctx._group = group
+        origins, requests = batch.origins, batch.requests
+        ctx._group, ctx._batch = group, batch
         done = made = 0
         last = clock()  # one clock read per message: the time since the previous one ended
         wall = int(self.clock() * 1e9) - last  # + a perf_counter_ns reading = wall clock
         self.running = stage
-        for env in batch:
-            due = env[DEADLINE]  # a message past its deadline is dropped, unrun
-            if due and due * 1e9 < last + wall:
+        columns = zip(batch.ids, batch.deadlines, batch.borns, batch.payloads, strict=True)
+        for i, (msg_id, due, born, payload) in enumerate(columns):
+            if due and due * 1e9 < last + wall:  # past its deadline: dropped, unrun
                 stats.expired += 1
-                group.dropped.append(env)
+                group.dropped.append(batch.envelope(i))
                 continue
-            born = env[BORN]  # set on a sample of messages: their queue wait is timed
-            if born:
+            if born:  # set on a sample of messages: their queue wait is timed
                 ns = last + wall - born
                 if ns >= 0:  # (< 0: the wall clock was set back)
                     b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
                     waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             marks = len(emits), len(results)
-            ctx._env, ctx._n = env, 0
+            ctx._i, ctx._n = i, 0
             try:
-                value = call(env[PAYLOAD], ctx)
+                value = call(payload, ctx)
                 if value is not None and (onward or answers):
-                    # child_id(env[ID], ctx._n), inlined
-                    cid = ((env[ID] * 1_000_003) ^ ((ctx._n + 1) * ID_MIX)) & ID_MASK
+                    # child_id(msg_id, ctx._n), inlined
+                    cid = ((msg_id * 1_000_003) ^ ((ctx._n + 1) * ID_MIX)) & ID_MASK
                     if onward:
-                        emits.append((onward, [cid, env[ORIGIN], 1, due, value, env[REQUEST],
+                        emits.append((onward, [cid, origins[i], 1, due, value, requests[i],
                                                0 if cid & SAMPLE else wall_ns()]))
                     else:
-                        results.append([cid, env[ORIGIN], 1, 0.0, value, env[REQUEST], 0])
+                        results.append([cid, origins[i], 1, 0.0, value, requests[i], 0])
                     made += 1
                 elif value is not None or (replies and not ctx._n):
                     route(stage, ctx, value)
@@ -422,7 +454,8 @@ class StageCore:
                 if pending:
                     self._drain_local(group)
                     self.running = stage
-                inputs.append(env)
+                    ctx._batch = batch  # (a fused stage may be this one: its ctx moved)
+                inputs.append(i)
                 starts.append(marks)
                 now = clock()
                 ns, last = now - last, now
@@ -430,8 +463,9 @@ class StageCore:
                 times[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             except Exception as exc:
                 del emits[marks[0]:], results[marks[1]:]
-                group.failed.append((env, *self._failure(exc)))
+                group.failed.append((batch.envelope(i), *self._failure(exc)))
                 self.running = stage
+                ctx._batch = batch
                 last = clock()
         stats.completed += done
         if onward:
@@ -439,63 +473,68 @@ class StageCore:
         else:
             stats.results += made
 
-    def _fresh(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
-               ) -> list[Envelope]:
+    def _fresh(self, stage: str, batch: Batch, dropped: list[Envelope]) -> Batch:
         """Drop duplicates at sinks (a re-run upstream re-sends)."""
         if stage not in self.sinks:
             return batch
-        repeats = self.seen.repeats([env[ID] for env in batch])
+        repeats = self.seen.repeats(batch.ids)
         if not repeats:
             return batch
         self.stats[stage].duplicates += len(repeats)
-        dropped.extend(batch[i] for i in repeats)
+        dropped.extend(batch.envelope(i) for i in repeats)
         skip = set(repeats)
-        return [env for i, env in enumerate(batch) if i not in skip]
+        return batch.take([i for i in range(len(batch)) if i not in skip])
 
-    def _unexpired(self, stage: str, batch: list[Envelope], dropped: list[Envelope]
-                   ) -> list[Envelope]:
+    def _unexpired(self, stage: str, batch: Batch, dropped: list[Envelope]) -> Batch:
         """Drop messages past their deadline (a batch handler runs the rest at once; one
         message at a time, each is checked as its turn comes)."""
         now = self.clock()
-        keep = [env for env in batch if not env[DEADLINE] or env[DEADLINE] >= now]
-        if len(keep) < len(batch):
-            self.stats[stage].expired += len(batch) - len(keep)
-            dropped.extend(env for env in batch if env[DEADLINE] and env[DEADLINE] < now)
-        return keep
+        late = [i for i, due in enumerate(batch.deadlines) if due and due < now]
+        if not late:
+            return batch
+        self.stats[stage].expired += len(late)
+        dropped.extend(batch.envelope(i) for i in late)
+        skip = set(late)
+        return batch.take([i for i in range(len(batch)) if i not in skip])
 
-    def _run_batch(self, stage: str, runner: _Runner, batch: list[Envelope],
-                   group: Group) -> None:
-        if not batch:
+    def _run_batch(self, stage: str, runner: _Runner, batch: Batch, group: Group) -> None:
+        if not len(batch):
             return
         ctx = runner.ctx
-        ctx._env, ctx._group, ctx._n = batch[0], group, 0
+        ctx._batch, ctx._i, ctx._group, ctx._n = batch, 0, group, 0
         self.running = stage
         try:
             assert runner.batch is not None
             self._waited(stage, batch)
             start = time.perf_counter_ns()
-            values = runner.batch([env[PAYLOAD] for env in batch], ctx)
+            values = runner.batch(list(batch.payloads), ctx)
             key = time_bucket((time.perf_counter_ns() - start) // len(batch))  # the mean
             self.stats[stage].times[key] += len(batch)
             if values is not None:
-                replies = runner.returns == "reply"
-                for env, value in zip(batch, values, strict=True):
-                    if value is not None or replies:
-                        ctx._env = env
-                        self._route_return(stage, ctx, value)
+                self._route_values(stage, runner, ctx, batch, values)
             self.stats[stage].completed += len(batch)
             self._drain_local(group)
-            group.inputs.extend(batch)
+            group.inputs.extend(range(len(batch)))
         except Exception as exc:
             group.emits.clear()
             group.results.clear()
             failure = self._failure(exc)
-            group.failed.extend((env, *failure) for env in batch)
+            group.failed.extend((env, *failure) for env in batch.envelopes())
+
+    def _route_values(self, stage: str, runner: _Runner, ctx: Context, batch: Batch,
+                      values: Any) -> None:
+        """A batch handler's values, one a message, each routed as its message's."""
+        replies = runner.returns == "reply"
+        ctx._batch = batch
+        for i, value in zip(range(len(batch)), values, strict=True):
+            if value is not None or replies:
+                ctx._i, ctx._n = i, 0
+                self._route_return(stage, ctx, value)
 
     def _call(self, stage: str, env: Envelope, group: Group) -> None:
         runner = self.runners[stage]
         ctx = runner.ctx
-        ctx._env, ctx._group, ctx._n = env, group, 0
+        ctx._env, ctx._batch, ctx._group, ctx._n = env, None, group, 0
         self.running = stage
         start = time.perf_counter_ns()
         value = runner.call(env[PAYLOAD], ctx)
@@ -517,7 +556,7 @@ class StageCore:
                                     f"use ctx.emit(stage, payload) to choose one")
 
     def _emit(self, ctx: Context, stage: str, payload: Any) -> None:
-        env = ctx._env
+        env = ctx._message()
         cid = child_id(env[ID], ctx._n)
         child = [cid, env[ORIGIN], 1, env[DEADLINE], payload, env[REQUEST],
                  0 if cid & SAMPLE else time.time_ns()]
@@ -529,7 +568,7 @@ class StageCore:
             ctx._group.emits.append((stage, child))
 
     def _result(self, ctx: Context, payload: Any) -> None:
-        env = ctx._env
+        env = ctx._message()
         result_id = child_id(env[ID], ctx._n)
         ctx._n += 1
         self.stats[ctx.stage].results += 1
@@ -550,7 +589,7 @@ class StageCore:
             raise HandlerUsageError(f"a part of {len(data)} bytes is over "
                                     f"settings.max_message_bytes ({self.max_bytes}): send "
                                     f"smaller parts")
-        env = ctx._env
+        env = ctx._message()
         seq = self._parts.get(env[ID], 0)
         self._parts[env[ID]] = seq + 1
         head = {"status": status, "headers": dict(headers or {})} if seq == 0 else None
@@ -582,7 +621,7 @@ class StageCore:
         Cancelling it (a deadline, a time limit) is the runtime's: CancelledError passes.
         (Per request of an inline ASGI app, so the checks of _fresh, _unexpired and _waited
         are written out here for the one message.)"""
-        group = Group([])
+        group = Group([], batch=Batch.one(env))
         stats = self.stats[stage]
         stats.received += 1
         if stage in self.sinks and not self.seen.first_time(env[ID]):
@@ -610,7 +649,7 @@ class StageCore:
                                        child)
                 if self._parts:
                     self._parts.pop(child[ID], None)
-            group.inputs.append(env)
+            group.inputs.append(0)
             group.starts.append((0, 0))
         except Exception as exc:
             group.emits.clear()
@@ -624,32 +663,31 @@ class StageCore:
             self._check_packable(stage, group)
         return group
 
-    async def run_batch_async(self, stage: str, batch: list[Envelope]) -> Group:
+    async def run_batch_async(self, stage: str, envs: list[Envelope]) -> Group:
         """A batch for a stage with `handle_batch` (async or not) in an async pool: one call,
         failed as one, as `process` does."""
         group = Group([])
-        self.stats[stage].received += len(batch)
-        batch = self._unexpired(stage, self._fresh(stage, batch, group.dropped), group.dropped)
-        if not batch:
+        self.stats[stage].received += len(envs)
+        batch = self._unexpired(stage, self._fresh(stage, Batch.of(envs), group.dropped),
+                                group.dropped)
+        group.batch = batch
+        if not len(batch):
             return group
         self._waited(stage, batch)
         runner = self.runners[stage]
         assert runner.batch is not None
-        ctx = runner.ctx._fork(batch[0], group)
+        ctx = runner.ctx._fork(envs[0], group)
+        ctx._batch = batch  # (its message is the batch's first, as in a sync batch)
         at, started = stage, time.perf_counter()
         try:
             start = time.perf_counter_ns()
-            values = runner.batch([env[PAYLOAD] for env in batch], ctx)
+            values = runner.batch(list(batch.payloads), ctx)
             if inspect.isawaitable(values):
                 values = await values
             key = time_bucket((time.perf_counter_ns() - start) // len(batch))
             self.stats[stage].times[key] += len(batch)
             if values is not None:
-                replies = runner.returns == "reply"
-                for env, value in zip(batch, values, strict=True):
-                    if value is not None or replies:
-                        ctx._env, ctx._n = env, 0
-                        self._route_return(stage, ctx, value)
+                self._route_values(stage, runner, ctx, batch, values)
             self.stats[stage].completed += len(batch)
             while ctx._pending:
                 at, child = ctx._pending.popleft()
@@ -657,27 +695,27 @@ class StageCore:
                 fused = self.runners[at]
                 await self._call_async(at, fused, fused.ctx._fork(child, group, ctx._pending),
                                        child)
-            group.inputs.extend(batch)
+            group.inputs.extend(range(len(batch)))
         except Exception as exc:
             group.emits.clear()
             group.results.clear()
             failure = self._failure(exc, at)
-            group.failed.extend((env, *failure) for env in batch)
+            group.failed.extend((env, *failure) for env in batch.envelopes())
         finally:
             self.stats[stage].busy += (time.perf_counter() - started) * len(batch) / self.slots
             if self._parts:
-                for env in batch:
-                    self._parts.pop(env[ID], None)
+                for msg_id in batch.ids:
+                    self._parts.pop(msg_id, None)
         if group.emits or group.results:
             self._check_packable(stage, group)
         return group
 
-    def _waited(self, stage: str, batch: list[Envelope]) -> None:
+    def _waited(self, stage: str, batch: Batch) -> None:
         """Queue waits of the sampled messages (those with a birth time)."""
         waits, now = self.stats[stage].waits, int(self.clock() * 1e9)
-        for env in batch:
-            if env[BORN] and now >= env[BORN]:
-                waits[time_bucket(now - env[BORN])] += 1
+        for born in batch.borns:
+            if born and now >= born:
+                waits[time_bucket(now - born)] += 1
 
     async def _call_async(self, stage: str, runner: _Runner, ctx: Context,
                           env: Envelope) -> None:

@@ -58,6 +58,7 @@ from seda.engine.wire import (
     Stats,
     Stop,
     bounded,
+    encode_data,
     pack,
     pack_record,
     unpack_ack,
@@ -662,7 +663,7 @@ class Node:
     def _send_data(self, dispatcher: Dispatcher, worker: str, frames: list[Frame]) -> None:
         held = dispatcher.backlog() + self.held_back(dispatcher)  # for the batching controller
         sent = self._send_frames(dispatcher, worker, DATA, frames,
-                                 lambda f, envs: pack([f.stage, envs, held, f.key]))
+                                 lambda f, envs: encode_data(f.stage, envs, held, f.key))
         for frame in sent:
             self.sent_to[frame.stage] = self.sent_to.get(frame.stage, 0) + len(frame.envs)
 

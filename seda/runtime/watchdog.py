@@ -3,7 +3,7 @@ process when one handler call outlives its stage's `timeout`.
 
 A call that never returns keeps its process forever while everything looks alive; only the
 process's own death frees what it holds. Theory of operation: the stage core names the stage
-it is running (`StageCore.running`) and each call's input envelope (the context's `_env`);
+it is running (`StageCore.running`) and each call's mark (the context's `call_mark()`);
 the watchdog samples the pair a few times per limit. The same pair for longer than the
 stage's limit means one call has run that long: the watchdog writes a note (which messages,
 which stage) into the run directory and exits the process with EXIT_STUCK. The supervisor
@@ -72,7 +72,7 @@ class Watchdog(threading.Thread):
         self.period = min(0.5, max(0.01, min(limits.values()) / 10))
 
     def run(self) -> None:
-        last: tuple[str, Any] = ("", None)
+        last: tuple[str, Any, int] = ("", None, 0)
         since = beat = self.clock()
         heart = beat_path(self.run_dir, self.proc) if self.run_dir else None
         if heart is not None:
@@ -90,11 +90,11 @@ class Watchdog(threading.Thread):
                 blocked = next((s for s, r in self.core.runners.items() if r.is_async), "")
                 self.stuck(blocked, min(self.limits.values()), now - self.beat())
             if runner is None:
-                last = ("", None)
+                last = ("", None, 0)
                 continue
-            env = runner.ctx._env
-            if last[0] != stage or last[1] is not env:
-                last, since = (stage, env), now
+            mark, at = runner.ctx.call_mark()
+            if last[0] != stage or last[1] is not mark or last[2] != at:
+                last, since = (stage, mark, at), now
                 continue
             limit = self.limits.get(stage)
             if limit is not None and now - since > limit:

@@ -27,7 +27,7 @@ from seda.engine.wire import (
     ID,
     PAYLOAD,
     REQUEST,
-    Envelope,
+    Batch,
     Finish,
     Order,
     Retire,
@@ -79,7 +79,7 @@ class Worker(Node):
         # this worker's outputs that wait for another stage's credit (see _grant)
         self.granted = self.window
         # frames received, not run yet: (sender, stage, envelopes, the frame's book)
-        self.work: deque[tuple[str, str, list[Envelope], Book]] = deque()
+        self.work: deque[tuple[str, str, Batch, Book]] = deque()
         self.frames_held_back = 0  # frames that came while their sender held more for us
         self.finishing = self.finished = False
         self.senders: set[str] = set()  # who asked for credit (HELLO)
@@ -91,7 +91,7 @@ class Worker(Node):
         self.core.setup()
         if self.lane is not None:
             self.lane.run(self.core.setup_async())
-        self.current: tuple[str, str, list[Envelope]] = ("", "", [])  # the frame being run
+        self.current: tuple[str, str, Batch] = ("", "", Batch.of([]))  # the frame being run
         limits = {s: lim for s in self.me.stages if (lim := self.spec.call_limit(s))}
         # the longest a blocked event loop is waited for (see step)
         self.loop_limit = min(limits.values()) if limits and self.core.is_async else 0.0
@@ -101,11 +101,11 @@ class Worker(Node):
     def _culprits(self) -> tuple[str, list[int]]:
         """For the watchdog: who sent the call that runs now, and its messages (a batch
         handler's call holds the whole frame)."""
-        sender, stage, envs = self.current
+        sender, stage, batch = self.current
         runner = self.core.runners[stage]
         if runner.batch is not None:
-            return sender, [env[ID] for env in envs]
-        return sender, [runner.ctx._env[ID]]
+            return sender, list(batch.ids)
+        return sender, [runner.ctx.request_id]
 
     def targets(self) -> set[str]:
         mine = set(self.me.stages)
@@ -113,17 +113,18 @@ class Worker(Node):
 
     def on_other(self, sender: str, kind: bytes, body: bytes) -> None:
         if kind == DATA:
-            stage, envs, held, key = unpack_data(body, self.limit)
+            stage, batch, held, key = unpack_data(body, self.limit)
             if stage not in self.core.runners:
                 self.counters["malformed"] += 1
                 return
             if held:
                 self.frames_held_back += 1
             self.bytes_in += len(body)
-            self.messages_in += len(envs)
+            self.messages_in += len(batch)
             if sender != self.origin:  # an origin tracks nothing: it needs no receipts
                 self.ack_received(sender, key)
-            self.work.append((sender, stage, envs, self.tracker.open(sender, key, len(envs))))
+            self.work.append((sender, stage, batch, self.tracker.open(sender, key,
+                                                                      len(batch))))
         elif kind == HELLO:
             self.senders.add(sender)
             window = 0 if self.retiring else self.granted
@@ -139,9 +140,9 @@ class Worker(Node):
         frame it runs."""
         if not self.work or self.core.is_async:
             return True
-        _, stage, envs, _ = self.work[0]
+        _, stage, batch, _ = self.work[0]
         stats = self.core.stats[stage]
-        return not stats.completed or stats.busy / stats.completed * len(envs) > RECEIPT_WAIT
+        return not stats.completed or stats.busy / stats.completed * len(batch) > RECEIPT_WAIT
 
     def backlog(self) -> int:
         return sum(d.backlog() for d in self.dispatchers.values())
@@ -156,9 +157,9 @@ class Worker(Node):
             # a short slice, then the loop sends what it produced and reads what came in
             until = time.perf_counter() + STEP_SLICE
             while self.has_work() and time.perf_counter() < until:
-                sender, stage, envs, book = self.work.popleft()
-                self.current = (sender, stage, envs)
-                self._settle(book, self.core.process(stage, envs))
+                sender, stage, batch, book = self.work.popleft()
+                self.current = (sender, stage, batch)
+                self._settle(book, self.core.process(stage, batch))
                 if self.work:  # send what this frame made while the next one runs
                     self.flush()
         if self.finishing and not self.finished and self.pending() == 0:
@@ -212,8 +213,8 @@ class Worker(Node):
         """An async pool: hand every frame to the event loop at once (the window bounds how
         many messages are in flight), settle what came back."""
         while self.has_work():
-            _, stage, envs, book = self.work.popleft()
-            lane.submit(book, stage, envs)
+            _, stage, batch, book = self.work.popleft()
+            lane.submit(book, stage, batch.envelopes())
         for tag, item in lane.collect():
             if type(item) is Group:
                 self._settle(tag, item)
