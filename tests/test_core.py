@@ -334,7 +334,8 @@ def test_the_books_of_a_batch_add_up_exactly(monkeypatch: pytest.MonkeyPatch) ->
         10, 6, 2, 2, 4)
     assert stats.times[time_bucket(1000)] == 6  # one step of the fake clock per call
     assert sum(stats.times) == 6 + 2 * 0  # (a failed call is not timed)
-    assert stats.waits[time_bucket(5000)] == 2 and sum(stats.waits) == 2
+    # its wait: born 5,000 ns before the batch began, its call began one clock step later
+    assert stats.waits[time_bucket(6000)] == 2 and sum(stats.waits) == 2
     assert [(s, e[ID], e[ORIGIN], e[ATTEMPT], e[DEADLINE], e[PAYLOAD], e[REQUEST], e[BORN])
             for s, e in group.emits] == [
         ("b", cid, "source", 1, 0.0, p, r, 0 if cid & SAMPLE else 7)
@@ -343,7 +344,7 @@ def test_the_books_of_a_batch_add_up_exactly(monkeypatch: pytest.MonkeyPatch) ->
     assert c.running == ""  # between batches, nothing runs
     figures = stats.figures()
     assert figures["times"] == {time_bucket(1000): 6}
-    assert figures["waits"] == {time_bucket(5000): 2}
+    assert figures["waits"] == {time_bucket(6000): 2}
     assert {k: v for k, v in figures.items() if k not in ("times", "waits", "busy")} == {
         "received": 10, "completed": 6, "errors": 2, "emitted": 4, "results": 0,
         "duplicates": 0, "expired": 2}
@@ -590,7 +591,8 @@ def test_the_hot_loop_files_each_time_and_wait_in_time_buckets_bucket(
 
     monkeypatch.setattr(time, "perf_counter_ns", FakeClocks(ns).perf)
     c = core(chain(), ["a"], {"m:a": lambda x, ctx: x}, now=1000.0)
-    c.process("a", [[1, "source", 1, 0.0, 1, 1, int(1000.0 * 1e9) - ns]])  # waited ns
+    # born as the batch began; its call began one step of the clock (ns) later: waited ns
+    c.process("a", [[1, "source", 1, 0.0, 1, 1, int(1000.0 * 1e9)]])
     stats = c.stats["a"]
     assert {k: n for k, n in enumerate(stats.times) if n} == {time_bucket(ns): 1}
     assert {k: n for k, n in enumerate(stats.waits) if n} == {time_bucket(ns): 1}
@@ -664,7 +666,11 @@ def test_failures_in_a_row_are_each_counted_against_the_stage_that_raised() -> N
     assert group.failed[0][2].endswith("ValueError: negative\n")
 
 
-def test_a_message_due_exactly_now_still_runs() -> None:
+def test_a_message_due_exactly_now_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr(time, "perf_counter_ns", FakeClocks(0).perf)  # (now stays now)
+
     class Batch:
         def handle_batch(self, xs: list[Any], ctx: Any) -> list[Any]:
             return xs
@@ -692,3 +698,21 @@ def test_a_batch_handler_times_no_wait_for_unsampled_messages() -> None:
     c = core(chain(), ["a"], {"m:a": Batch})
     c.process("a", [[1, "source", 1, 0.0, 1, 1, 0], [2, "source", 1, 0.0, 2, 2, 0]])
     assert sum(c.stats["a"].waits) == 0 and sum(c.stats["a"].times) == 2
+
+
+def test_a_large_batch_times_one_message_in_eight_and_a_small_one_every_message() -> None:
+    """Service times cost two clock reads and a bucket a message: a fast stage's large
+    batches time the messages the queue waits are sampled on (id & SAMPLE == 0); a small
+    batch (a slow stage's, or a quiet one's) times each."""
+    from seda.engine.stage import SAMPLED_BATCH
+
+    c = core(chain(), ["a"], {"m:a": lambda x, ctx: x})
+    large = range(1, SAMPLED_BATCH + 1)
+    c.process("a", [env(i, i) for i in large])
+    stats = c.stats["a"]
+    assert sum(stats.times) == len([i for i in large if not i & SAMPLE]) == SAMPLED_BATCH // 8
+    assert sum(stats.waits) == SAMPLED_BATCH  # (env() gives every message a birth time)
+    small = range(1000, 1000 + SAMPLED_BATCH - 1)
+    c.process("a", [env(i, i) for i in small])
+    assert sum(stats.times) == SAMPLED_BATCH // 8 + len(small)
+    assert stats.completed == 2 * SAMPLED_BATCH - 1

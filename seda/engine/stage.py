@@ -97,6 +97,9 @@ FRONT_FIGURES = ("accepted", "refused", "requests", "responses", "rejected", "ti
                  "failed", "late", "protocol_errors", "idle_closed")
 
 
+SAMPLED_BATCH = 64  # from this many messages a batch, service times are timed on a sample
+
+
 def time_bucket(ns: int) -> int:
     """Histogram bucket of a duration in ns: four per power of two (within 25%)."""
     b = ns.bit_length()
@@ -421,17 +424,24 @@ class StageCore:
         origins, requests = batch.origins, batch.requests
         ctx._group, ctx._batch = group, batch
         done = made = 0
-        last = clock()  # one clock read per message: the time since the previous one ended
-        wall = int(self.clock() * 1e9) - last  # + a perf_counter_ns reading = wall clock
+        # service times: every message's in a small batch; in a large one (a fast stage's),
+        # those of one message in eight, chosen by id as the queue waits are (two clock
+        # reads and a bucket a message cost a fast stage ~0.18 us of its ~1.9)
+        sample = SAMPLE if len(batch) >= SAMPLED_BATCH else 0
+        now = clock()
+        wall = int(self.clock() * 1e9) - now  # + a perf_counter_ns reading = wall clock
         self.running = stage
         columns = zip(batch.ids, batch.deadlines, batch.borns, batch.payloads, strict=True)
         for i, (msg_id, due, born, payload) in enumerate(columns):
-            if due and due * 1e9 < last + wall:  # past its deadline: dropped, unrun
+            timed = not msg_id & sample
+            if timed:  # (`now` is then this message's start; else a timed one's before it)
+                now = clock()
+            if due and due * 1e9 < now + wall:  # past its deadline: dropped, unrun
                 stats.expired += 1
                 group.dropped.append(batch.envelope(i))
                 continue
-            if born:  # set on a sample of messages: their queue wait is timed
-                ns = last + wall - born
+            if born:  # set on a sample of messages (the timed ones): their queue wait
+                ns = now + wall - born
                 if ns >= 0:  # (< 0: the wall clock was set back)
                     b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
                     waits[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
@@ -457,16 +467,15 @@ class StageCore:
                     ctx._batch = batch  # (a fused stage may be this one: its ctx moved)
                 inputs.append(i)
                 starts.append(marks)
-                now = clock()
-                ns, last = now - last, now
-                b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
-                times[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
+                if timed:
+                    ns = clock() - now
+                    b = ns.bit_length()  # time_bucket(ns), inlined on the hot path
+                    times[b * 4 + ((ns >> (b - 3)) & 3) if b > 3 else ns] += 1
             except Exception as exc:
                 del emits[marks[0]:], results[marks[1]:]
                 group.failed.append((batch.envelope(i), *self._failure(exc)))
                 self.running = stage
                 ctx._batch = batch
-                last = clock()
         stats.completed += done
         if onward:
             stats.emitted += made
