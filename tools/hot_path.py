@@ -3,6 +3,7 @@
     python tools/hot_path.py                    # this tree: both paths
     python tools/hot_path.py --base REV [--runs 6]
                                                 # REV and this tree, interleaved run by run
+    python tools/hot_path.py --parts             # the worker path, part by part
 
   worker    the middle stage of tools/bench_pipeline.py's chain (`double`): DATA frames of 64
             messages in, its DATA frames out, the sink's receipts back in
@@ -54,8 +55,13 @@ def _recorder(sent: list[tuple[bytes, bytes]]) -> Callable[[str, bytes, bytes], 
     return send
 
 
-def worker_path(messages: int = 200_000, reps: int = 3) -> float:
-    """us per message in the chain's middle worker (best of reps)."""
+def worker_path(messages: int = 200_000, reps: int = 3,
+                parts: dict[str, float] | None = None) -> float:
+    """us per message in the chain's middle worker (best of reps); `parts`, if given, is
+    filled with the best rep's us per message of each part: the DATA frame taken in
+    (decoded, checked, its receipt queued), the frame run (the stage core, its outputs
+    handed to the dispatcher, the receipt sent), the output frames encoded and sent, the
+    sink's receipts taken in."""
     import bench_pipeline
 
     from seda.engine.wire import ACK, DATA, encode_data, pack, unpack_data
@@ -76,22 +82,31 @@ def worker_path(messages: int = 200_000, reps: int = 3) -> float:
                      0 if i % 8 else time.time_ns()] for i in range(start, start + 64)]
             frames.append([b"source", DATA, encode_data("double", envs, 0, (1 << 41) + start)])
         best = float("inf")
+        clock = time.perf_counter
         for _ in range(reps):
-            spent = 0.0
+            took = {"in": 0.0, "run": 0.0, "out": 0.0, "receipts": 0.0}
             for frame in frames:
-                began = time.perf_counter()
+                began = clock()
                 worker.take(frame)
+                taken = clock()
                 worker.flush()
                 worker.step()
+                ran = clock()
                 worker.flush()
-                spent += time.perf_counter() - began
+                took["in"] += taken - began
+                took["run"] += ran - taken
+                took["out"] += clock() - ran
                 outputs = [unpack_data(body, 1 << 30)[3] for kind, body in sent if kind == DATA]
                 sent.clear()
                 receipt = [b"sink.0", ACK, pack([outputs, outputs, []])]
-                began = time.perf_counter()
+                began = clock()
                 worker.take(receipt)
-                spent += time.perf_counter() - began
-            best = min(best, spent / len(frames) / 64 * 1e6)
+                took["receipts"] += clock() - began
+            per = {k: v / len(frames) / 64 * 1e6 for k, v in took.items()}
+            if sum(per.values()) < best:
+                best = sum(per.values())
+                if parts is not None:
+                    parts.update(per)
         worker.close()
     return best
 
@@ -414,8 +429,15 @@ def main() -> None:
     parser.add_argument("--base", help="a git revision to compare this tree with")
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--one", choices=list(PATHS), help=argparse.SUPPRESS)
+    parser.add_argument("--parts", action="store_true",
+                        help="the worker path only, and its parts: frame in, run, frames "
+                             "out, receipts in (us per message each)")
     args = parser.parse_args()
-    if args.one:
+    if args.parts:
+        parts: dict[str, float] = {}
+        total = worker_path(parts=parts)
+        print(" ".join(f"{k} {v:.3f}" for k, v in parts.items()) + f" = {total:.3f} us")
+    elif args.one:
         print(f"{PATHS[args.one]():.3f} us")
     elif args.base:
         compare(args.base, args.runs)
