@@ -65,6 +65,15 @@ def _unpackable(emits: list[tuple[str, Envelope]], results: list[Envelope], limi
     return None
 
 
+def _without(batch: Batch, positions: list[int], dropped: list[Envelope]) -> Batch:
+    """`batch` without the messages at `positions`, whose envelopes go to `dropped`."""
+    if not positions:
+        return batch
+    dropped.extend(batch.envelope(i) for i in positions)
+    skip = set(positions)
+    return batch.take([i for i in range(len(batch)) if i not in skip])
+
+
 class HandlerUsageError(Exception):
     """A handler used the API wrongly (emit to a stage it has no route to, ...)."""
 
@@ -487,24 +496,16 @@ class StageCore:
         if stage not in self.sinks:
             return batch
         repeats = self.seen.repeats(batch.ids)
-        if not repeats:
-            return batch
         self.stats[stage].duplicates += len(repeats)
-        dropped.extend(batch.envelope(i) for i in repeats)
-        skip = set(repeats)
-        return batch.take([i for i in range(len(batch)) if i not in skip])
+        return _without(batch, repeats, dropped)
 
     def _unexpired(self, stage: str, batch: Batch, dropped: list[Envelope]) -> Batch:
         """Drop messages past their deadline (a batch handler runs the rest at once; one
         message at a time, each is checked as its turn comes)."""
         now = self.clock()
         late = [i for i, due in enumerate(batch.deadlines) if due and due < now]
-        if not late:
-            return batch
         self.stats[stage].expired += len(late)
-        dropped.extend(batch.envelope(i) for i in late)
-        skip = set(late)
-        return batch.take([i for i in range(len(batch)) if i not in skip])
+        return _without(batch, late, dropped)
 
     def _run_batch(self, stage: str, runner: _Runner, batch: Batch, group: Group) -> None:
         if not len(batch):
