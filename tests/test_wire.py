@@ -89,7 +89,6 @@ def test_a_batch_is_its_envelopes_as_columns() -> None:
     assert len(batch) == 4 and batch.ids == [0, 1, 2, 3] and batch.requests[2] == 102
     assert batch.envelope(1) == envs[1] and batch.envelopes() == envs
     assert batch.take([3, 1]).envelopes() == [envs[3], envs[1]]
-    assert e.Batch.one(envs[2]).envelopes() == [envs[2]]
     assert len(e.Batch.of([])) == 0 and e.Batch.of([]).envelopes() == []
 
 

@@ -82,7 +82,8 @@ class HandlerUsageError(Exception):
 class Group:
     """What one batch caused: the inputs handled, their outputs, and the inputs that failed
     or were dropped (both are finished with at once; handled ones once outputs arrive).
-    `inputs` are positions in `batch`, the messages run."""
+    `inputs` are positions in `batch`, the messages run: a Batch, or the one envelope of an
+    async call (see run_async)."""
 
     inputs: list[int]
     emits: list[tuple[str, Envelope]] = field(default_factory=list)  # to other pools
@@ -93,12 +94,17 @@ class Group:
     overran: list[tuple[Envelope, str]] = field(default_factory=list)
     # where each input's outputs start in emits and results (run one at a time)
     starts: list[tuple[int, int]] = field(default_factory=list)
-    batch: Batch | None = None
+    batch: Batch | Envelope | None = None
+
+    def input(self, at: int) -> Envelope:
+        """The envelope of the input at position `at` (made on demand: the rare paths)."""
+        batch = self.batch
+        assert batch is not None
+        return batch.envelope(at) if isinstance(batch, Batch) else batch
 
     def handled(self) -> list[Envelope]:
-        """The envelopes of the inputs handled (made on demand: tests, rare paths)."""
-        batch = self.batch
-        return [] if batch is None else [batch.envelope(i) for i in self.inputs]
+        """The envelopes of the inputs handled (tests, rare paths)."""
+        return [self.input(at) for at in self.inputs]
 
 
 # the figures a front door (acceptor, mp master) counts and reports, summed by the status
@@ -380,13 +386,12 @@ class StageCore:
                 return
         except (TypeError, ValueError, OverflowError):
             pass
-        limit, batch = self.max_bytes, group.batch
-        assert batch is not None
+        limit = self.max_bytes
         if len(group.starts) != len(group.inputs):  # a batch handler's batch fails as one
             why = _unpackable(group.emits, group.results, limit)
             if why is not None:
                 for at in group.inputs:
-                    self._unpackable_input(stage, batch.envelope(at), why, group)
+                    self._unpackable_input(stage, group.input(at), why, group)
                 group.inputs, group.emits, group.results = [], [], []
             return
         bounds = [*group.starts, (len(group.emits), len(group.results))]
@@ -398,7 +403,7 @@ class StageCore:
             (e0, r0), (e1, r1) = bounds[i], bounds[i + 1]
             why = _unpackable(group.emits[e0:e1], group.results[r0:r1], limit)
             if why is not None:
-                self._unpackable_input(stage, batch.envelope(at), why, group)
+                self._unpackable_input(stage, group.input(at), why, group)
                 continue
             starts.append((len(emits), len(results)))
             inputs.append(at)
@@ -631,7 +636,8 @@ class StageCore:
         Cancelling it (a deadline, a time limit) is the runtime's: CancelledError passes.
         (Per request of an inline ASGI app, so the checks of _fresh, _unexpired and _waited
         are written out here for the one message.)"""
-        group = Group([], batch=Batch.one(env))
+        group = Group([])
+        group.batch = env
         stats = self.stats[stage]
         stats.received += 1
         if stage in self.sinks and not self.seen.first_time(env[ID]):

@@ -142,10 +142,6 @@ class Batch:
             list, zip(*envs, strict=True))
         return cls(ids, origins, attempts, deadlines, payloads, requests, borns)
 
-    @classmethod
-    def one(cls, env: Envelope) -> Batch:
-        return cls([env[0]], [env[1]], [env[2]], [env[3]], [env[4]], [env[5]], [env[6]])
-
     def __len__(self) -> int:
         return len(self.ids)
 
