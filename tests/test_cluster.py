@@ -115,13 +115,25 @@ def test_run_refuses_clear_text_tcp_and_bad_keys_before_anything_starts(tmp_path
 
 
 # ------------------------------------------------------------------ runs over tcp
+PCAP_HEADER = 24  # bytes of a pcap file before its first packet
+
+
 @contextmanager
-def captured(pcap: Path, link: str = "lo") -> Iterator[None]:
-    """tcpdump writing `link`'s TCP packets to `pcap` while the block runs."""
+def captured(pcap: Path, link: str = "lo", probe: str = "127.0.0.1") -> Iterator[None]:
+    """tcpdump writing `link`'s TCP packets to `pcap` while the block runs. The block starts
+    once a probe (a connection to a closed port at `probe`, over `link`) is in the file: the
+    capture is live, so an empty capture means the run sent nothing there (once, in a full
+    suite run, the file held its header and no packet at all)."""
     dump = subprocess.Popen(["tcpdump", "-i", link, "-U", "-w", str(pcap), "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def probed() -> bool:
+        with contextlib.suppress(OSError):
+            socket.create_connection((probe, 9), timeout=0.2).close()
+        return pcap.exists() and pcap.stat().st_size > PCAP_HEADER
+
     try:
-        wait_for(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, "tcpdump to start")
+        wait_for(probed, 10, f"tcpdump to capture a probe on {link}")
         yield
     finally:
         dump.send_signal(signal.SIGINT)
@@ -639,7 +651,7 @@ def test_a_worker_on_another_host_joins_over_an_encrypted_link(tmp_path: Path) -
     keys = str(tmp_path / "k")
     with other_host() as host:
         pcap = tmp_path / "veth.pcap"
-        with captured(pcap, host.link), SedaRun(
+        with captured(pcap, host.link, host.there), SedaRun(
                 tmp_path, MARKED, "--tcp", host.here, "--keys", keys, "--join-at",
                 f"{host.here}:0", "--remote", "tag", "--workers", "tag=1") as run:
             url = join_url(run)
@@ -838,7 +850,7 @@ def test_ray_nodes_on_other_hosts_run_the_stage_and_replace_it_when_one_dies(
                 "--resources", '{"far": 1}', namespace=host.namespace))
         pcaps = {host.there: tmp_path / f"{host.namespace}.pcap" for host in (one, two)}
         for host in (one, two):
-            stack.enter_context(captured(pcaps[host.there], host.link))
+            stack.enter_context(captured(pcaps[host.there], host.link, host.there))
         with SedaRun(tmp_path, graph, "--tcp", one.here, "--keys", str(tmp_path / "k"),
                      "--ray", address) as run:
             joined = r"joined from .* at (\S+) \(pid"
