@@ -439,8 +439,9 @@ class StageCore:
         ctx._group, ctx._batch = group, batch
         done = made = 0
         # service times: every message's in a small batch; in a large one (a fast stage's),
-        # those of one message in eight, chosen by id as the queue waits are (two clock
-        # reads and a bucket a message cost a fast stage ~0.18 us of its ~1.9)
+        # those of one message in eight, chosen by id as the queue waits are (timing every
+        # message cost a fast stage about a tenth of its Python: see
+        # docs/measurements/columns-2026-12-08.md)
         sample = SAMPLE if len(batch) >= SAMPLED_BATCH else 0
         now = clock()
         wall = int(self.clock() * 1e9) - now  # + a perf_counter_ns reading = wall clock
